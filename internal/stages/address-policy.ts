@@ -1,0 +1,75 @@
+/**
+ * Which network addresses a URL fetch may connect to. The policy is an allowlist: only global
+ * unicast addresses pass, so any range ipaddr.js knows as special (private, loopback, link-local,
+ * CGNAT, multicast, broadcast, unspecified, documentation, benchmarking, reserved, Teredo, 6to4,
+ * discard…) is refused, and an IPv6 address that embeds an IPv4 one is judged by the IPv4 one.
+ */
+import { lookup as dnsLookup, type LookupAddress } from "node:dns";
+import ipaddr from "ipaddr.js";
+import { PermanentStageError } from "./errors.ts";
+
+/** Knobs of the address policy. */
+export interface AddressPolicy {
+  /** Let 127.0.0.0/8 and ::1 through. Tests only: a worker must never enable it. */
+  allowLoopback?: boolean;
+}
+
+/** True when a fetch must not connect to `ip`; unparseable input is forbidden too. */
+export function isForbiddenAddress(ip: string, policy: AddressPolicy = {}): boolean {
+  if (!ipaddr.isValid(ip)) return true;
+  let addr: ipaddr.IPv4 | ipaddr.IPv6 = ipaddr.parse(ip);
+  if (addr.kind() === "ipv6") addr = embeddedIPv4(addr as ipaddr.IPv6) ?? addr;
+  const range = addr.range();
+  if (range === "unicast") return false;
+  return !(range === "loopback" && policy.allowLoopback === true);
+}
+
+/**
+ * The IPv4 address inside an IPv4-mapped (::ffff:a.b.c.d) or NAT64 well-known-prefix
+ * (64:ff9b::/96) address; undefined when there is none.
+ * Other embeddings (6to4, Teredo, local NAT64 prefixes) are not unwrapped: they are refused.
+ */
+function embeddedIPv4(addr: ipaddr.IPv6): ipaddr.IPv4 | undefined {
+  const range = addr.range();
+  const p = addr.parts;
+  const wellKnownNat64 = p[0] === 0x64 && p[1] === 0xff9b && p.slice(2, 6).every((x) => x === 0);
+  if (range !== "ipv4Mapped" && !(range === "rfc6052" && wellKnownNat64)) return undefined;
+  return new ipaddr.IPv4([p[6]! >> 8, p[6]! & 0xff, p[7]! >> 8, p[7]! & 0xff]);
+}
+
+/** Throws ssrf_blocked when `ip` is forbidden; the message names the host, not the address. */
+export function assertAllowedAddress(host: string, ip: string, policy: AddressPolicy): void {
+  if (isForbiddenAddress(ip, policy)) {
+    throw new PermanentStageError("ssrf_blocked", `refusing to fetch from ${host}: address not allowed`, {
+      cause: new Error(`${host} resolved to forbidden address ${ip}`),
+    });
+  }
+}
+
+type LookupCallback = (err: NodeJS.ErrnoException | null, address: string | LookupAddress[], family?: number) => void;
+
+/** Signature of `net.connect`'s `lookup` option. */
+export type ConnectLookup = (hostname: string, options: { all?: boolean; family?: number | string }, cb: LookupCallback) => void;
+
+/**
+ * A `lookup` for net/tls connect that resolves every address of the host, refuses the host if
+ * ANY of them is forbidden (an attacker controls which one the socket would pick), and hands the
+ * socket exactly the addresses it checked. Checking inside the connect path pins the address:
+ * there is no second resolution a rebinding DNS server could answer differently.
+ */
+export function createGuardedLookup(policy: AddressPolicy, resolve: ConnectLookup = dnsLookup as ConnectLookup): ConnectLookup {
+  return (hostname, options, cb) => {
+    resolve(hostname, { ...options, all: true }, (err, addresses) => {
+      if (err) return cb(err, []);
+      const list = addresses as LookupAddress[];
+      try {
+        if (list.length === 0) throw new Error(`${hostname} has no addresses`);
+        for (const a of list) assertAllowedAddress(hostname, a.address, policy);
+      } catch (e) {
+        return cb(e as NodeJS.ErrnoException, []);
+      }
+      if (options.all) cb(null, list);
+      else cb(null, list[0]!.address, list[0]!.family);
+    });
+  };
+}

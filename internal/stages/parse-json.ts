@@ -1,0 +1,33 @@
+/** JSON → pretty-printed text; top-level keys as headings; an array of flat records as a table. */
+import { PermanentStageError } from "./errors.ts";
+import type { ParsedDocument, Table } from "./parsed-document.ts";
+
+/** Parses JSON; invalid JSON is a corrupt document. */
+export function parseJson(source: string): ParsedDocument {
+  let value: unknown;
+  try {
+    value = JSON.parse(source);
+  } catch (cause) {
+    throw new PermanentStageError("corrupt_document", "the JSON document could not be parsed", { cause });
+  }
+  const text = JSON.stringify(value, null, 2) ?? "";
+  const isObject = value !== null && typeof value === "object" && !Array.isArray(value);
+  const headings = isObject ? Object.keys(value as object).map((key) => ({ level: 1, text: key })) : [];
+  const table = Array.isArray(value) ? recordsTable(value) : undefined;
+  return { text, headings, tables: table ? [table] : [], links: [] };
+}
+
+/** A header row of every key seen (in first-seen order) and a row per record. */
+function recordsTable(items: unknown[]): Table | undefined {
+  if (items.length === 0) return undefined;
+  const records: Record<string, unknown>[] = [];
+  for (const item of items) {
+    if (item === null || typeof item !== "object" || Array.isArray(item)) return undefined;
+    const rec = item as Record<string, unknown>;
+    if (Object.values(rec).some((v) => v !== null && typeof v === "object")) return undefined;
+    records.push(rec);
+  }
+  const columns = [...new Set(records.flatMap((r) => Object.keys(r)))];
+  const cell = (v: unknown): string => (v === undefined || v === null ? "" : String(v));
+  return { rows: [columns, ...records.map((r) => columns.map((c) => cell(r[c])))] };
+}
