@@ -32,12 +32,20 @@ export function parseHtml(html: string): ParsedDocument {
   let skipDepth = 0;
   let preDepth = 0;
 
-  const append = (text: string): void => {
-    out.push(text);
+  // Text also belongs to every open heading, link and cell (a nested table's text is part of
+  // the enclosing cell too); a block or cell boundary is a word break there.
+  const addToOpen = (text: string): void => {
     if (heading) heading.text += text;
     for (const link of openLinks) link.text += text;
-    const table = openTables.at(-1);
-    if (table && table.cell !== null) table.cell += text;
+    for (const table of openTables) if (table.cell !== null) table.cell += text;
+  };
+  const append = (text: string): void => {
+    out.push(text);
+    addToOpen(text);
+  };
+  const boundary = (separator: string): void => {
+    out.push(separator);
+    addToOpen(" ");
   };
 
   const parser = new Parser(
@@ -47,16 +55,16 @@ export function parseHtml(html: string): ParsedDocument {
         if (skipDepth > 0) return;
         const table = openTables.at(-1);
         // Inside a cell a block only separates words: the row must stay on one text line.
-        if (BLOCKS.has(name)) out.push(table?.cell != null ? " " : "\n\n");
+        if (BLOCKS.has(name)) boundary(table?.cell != null ? " " : "\n\n");
         switch (name) {
           case "br": append("\n"); break;
           case "pre": preDepth++; break;
           case "a": if (attrs.href !== undefined) openLinks.push({ href: attrs.href.trim(), text: "" }); break;
           case "table": openTables.push({ rows: [], row: null, cell: null }); break;
-          case "tr": out.push("\n"); if (table) table.row = []; break;
+          case "tr": boundary("\n"); if (table) table.row = []; break;
           case "td": case "th":
+            boundary("\t");
             if (table) { table.row ??= []; table.cell = ""; }
-            out.push("\t");
             break;
           case "img": if (attrs.alt) append(` ${attrs.alt} `); break;
           default:
@@ -98,7 +106,7 @@ export function parseHtml(html: string): ParsedDocument {
               heading = null;
             }
         }
-        if (BLOCKS.has(name)) out.push(openTables.at(-1)?.cell != null ? " " : "\n\n");
+        if (BLOCKS.has(name)) boundary(openTables.at(-1)?.cell != null ? " " : "\n\n");
       },
     },
     { decodeEntities: true, lowerCaseTags: true, lowerCaseAttributeNames: true },
