@@ -4,7 +4,7 @@
  * address the SSRF policy accepted (see address-policy.ts).
  */
 import { isIP } from "node:net";
-import { Agent, request, errors as undiciErrors } from "undici";
+import { Agent, request, errors as undiciErrors, type Dispatcher } from "undici";
 import {
   assertAllowedAddress, createGuardedLookup, type AddressPolicy, type ConnectLookup,
 } from "./address-policy.ts";
@@ -79,7 +79,7 @@ export async function fetchUrl(
       });
       const location = res.headers["location"];
       if (REDIRECTS.has(res.statusCode) && typeof location === "string") {
-        res.body.destroy();
+        discard(res.body);
         if (hop >= maxRedirects) {
           throw new PermanentStageError("too_many_redirects", `more than ${maxRedirects} redirects`);
         }
@@ -87,12 +87,12 @@ export async function fetchUrl(
         continue;
       }
       if (res.statusCode < 200 || res.statusCode > 299) {
-        res.body.destroy();
+        discard(res.body);
         throw statusError(res.statusCode);
       }
       const declared = Number(res.headers["content-length"]);
       if (Number.isFinite(declared) && declared > limits.maxBytes) {
-        res.body.destroy();
+        discard(res.body);
         throw tooLarge(limits.maxBytes);
       }
       const bytes = await readLimited(res.body, limits.maxBytes);
@@ -111,18 +111,26 @@ export async function fetchUrl(
 }
 
 /** Collects a body, destroying the stream (and so the connection) once it passes the limit. */
-async function readLimited(body: AsyncIterable<Uint8Array> & { destroy(): void }, maxBytes: number): Promise<Uint8Array> {
+async function readLimited(body: Body, maxBytes: number): Promise<Uint8Array> {
   const chunks: Uint8Array[] = [];
   let total = 0;
   for await (const chunk of body) {
     total += chunk.byteLength;
     if (total > maxBytes) {
-      body.destroy();
+      discard(body);
       throw tooLarge(maxBytes);
     }
     chunks.push(chunk);
   }
   return new Uint8Array(Buffer.concat(chunks, total));
+}
+
+type Body = Dispatcher.ResponseData["body"];
+
+/** Drops a body we will not read; undici reports the abort as a stream error nobody needs. */
+function discard(body: Body): void {
+  body.on("error", () => {});
+  body.destroy();
 }
 
 export function tooLarge(maxBytes: number): PermanentStageError {
