@@ -166,3 +166,24 @@ t.test("cancel - an aborted signal stops a stage before it works", async (t) => 
   await t.rejects(parseStage({ bytes, mediaType: "application/pdf" }, {}, { signal: controller.signal }), { message: "job cancelled" });
   await t.rejects(enrichStage({ text: PROSE }, {}, { signal: controller.signal }), { message: "job cancelled" });
 });
+
+t.test("output - text only on request, retention passed through, big results leave the row", async (t) => {
+  const ingest = await ingestStage({ kind: "text", text: PROSE }, {}, ctx());
+  const detect = await detectStage(ingest, {}, ctx());
+  const parse = await parseStage({ ...ingest, ...detect }, {}, ctx());
+  const small = await outputStage({ ingest, detect, parse }, { resultRetentionMs: 3_600_000 }, ctx());
+  t.notOk("text" in small.result, "no text unless includeText");
+  t.notOk("counts" in small.result, "no enrichment fields when enrich did not run");
+  t.same(small.result, {
+    schemaVersion: 1, mediaType: "text/plain", encoding: "utf-8", language: "eng", sha256: ingest.sha256,
+    size: ingest.size, structure: { headings: [], tables: [], links: [] },
+  });
+  t.equal(small.resultRetentionMs, 3_600_000);
+  t.ok(small.storeInline);
+
+  const huge = "word ".repeat(300_000);
+  const bigParse = { ...parse, text: huge };
+  const big = await outputStage({ ingest, detect, parse: bigParse }, { includeText: true }, ctx());
+  t.ok(big.jsonSize > 1024 * 1024);
+  t.equal(big.storeInline, false, "over 1 MiB goes to object storage");
+});

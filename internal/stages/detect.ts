@@ -25,6 +25,7 @@ export interface DetectResult {
   language?: string;
 }
 
+/** The media type of a binary nothing recognised; parse refuses it. */
 export const OCTET_STREAM = "application/octet-stream";
 const SAMPLE_BYTES = 64 * 1024;
 

@@ -32,11 +32,14 @@ export interface FetchedDocument {
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 const RETRYABLE_STATUS = new Set([408, 425, 429]);
 
-/** Parses and checks a URL: http/https only, and an IP-literal host must pass the policy. */
-export function checkFetchUrl(raw: string, policy: AddressPolicy): URL {
+/**
+ * Parses and checks a URL (relative to `base`, for a redirect's Location): http/https only, and
+ * an IP-literal host must pass the policy.
+ */
+export function checkFetchUrl(raw: string, policy: AddressPolicy, base?: URL): URL {
   let url: URL;
   try {
-    url = new URL(raw);
+    url = new URL(raw, base);
   } catch (cause) {
     throw new PermanentStageError("invalid_source", "the document URL is not a valid URL", { cause });
   }
@@ -75,7 +78,7 @@ export async function fetchUrl(
         method: "GET",
         dispatcher: agent,
         signal: combined,
-        headers: { "user-agent": policy.userAgent ?? "jobmesh-ingest/1", accept: "*/*" },
+        headers: { "user-agent": policy.userAgent ?? "jobmesh-ingest/1", accept: "*/*", "accept-encoding": "identity" },
       });
       const location = res.headers["location"];
       if (REDIRECTS.has(res.statusCode) && typeof location === "string") {
@@ -83,7 +86,7 @@ export async function fetchUrl(
         if (hop >= maxRedirects) {
           throw new PermanentStageError("too_many_redirects", `more than ${maxRedirects} redirects`);
         }
-        url = checkFetchUrl(new URL(location, url).href, policy);
+        url = checkFetchUrl(location, policy, url);
         continue;
       }
       if (res.statusCode < 200 || res.statusCode > 299) {
@@ -133,6 +136,7 @@ function discard(body: Body): void {
   body.destroy();
 }
 
+/** The error for a document over the size limit; shared with the non-URL sources. */
 export function tooLarge(maxBytes: number): PermanentStageError {
   return new PermanentStageError("document_too_large", `document exceeds the limit of ${maxBytes} bytes`);
 }

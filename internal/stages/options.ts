@@ -12,6 +12,7 @@ export interface StageContext {
   signal: AbortSignal;
 }
 
+/** One mebibyte, the unit of the size limits. */
 export const MIB = 1024 * 1024;
 
 /** Options of the ingest stage (proto IngestOptions). */

@@ -21,6 +21,7 @@ export interface ParseInput {
   encoding?: string;
 }
 
+/** The media type file-type gives a Word (OOXML) document. */
 export const DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document";
 
 type Parser = (input: ParseInput, maxPages: number, signal: AbortSignal) => ParsedDocument | Promise<ParsedDocument>;

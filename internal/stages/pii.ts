@@ -5,6 +5,7 @@
  */
 import { findPhoneNumbersInText, type CountryCode } from "libphonenumber-js";
 
+/** The kinds of PII findPii looks for. */
 export type PiiKind = "email" | "phone" | "card" | "iban";
 
 /** One match: where it is in the text and a masked form safe to show. */

@@ -5,6 +5,7 @@
  */
 import type { TextCounts } from "./text-units.ts";
 
+/** Stable codes of what lowered a quality score. */
 export type QualityReason =
   | "empty"
   | "too_short"

@@ -4,6 +4,7 @@
  * plain text) the filename or declared media type breaks the tie when the content allows it.
  */
 
+/** The text media types detect can tell apart and parse understands. */
 export const TEXT_MEDIA_TYPES = {
   plain: "text/plain",
   markdown: "text/markdown",
