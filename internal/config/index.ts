@@ -1,0 +1,124 @@
+/**
+ * The one place that reads the environment. Every setting has a default from DESIGN.md's ports
+ * table and is validated at start-up; a bad value stops the process with one line naming the
+ * variable (see ConfigError).
+ */
+
+/** A setting that failed validation; its message names the variable. */
+export class ConfigError extends Error {
+  readonly variable: string;
+  constructor(variable: string, problem: string) {
+    super(`invalid configuration: ${variable} ${problem}`);
+    this.name = "ConfigError";
+    this.variable = variable;
+  }
+}
+
+export interface ServicePorts {
+  jobs: number;
+  pipelines: number;
+  auth: number;
+  audit: number;
+  webhooks: number;
+  gateway: number;
+}
+
+export interface Config {
+  /** Interface the services listen on. */
+  host: string;
+  ports: ServicePorts;
+  databaseUrl: string;
+  redisUrl: string;
+  natsUrl: string;
+  /** Prefix of every JetStream stream/subject and Redis key; lets test runs share servers. */
+  namespace: string;
+  /** Slug of the tenant created at start-up (and, until identity lands, the caller's tenant). */
+  bootstrapTenant: string;
+  logLevel: "trace" | "debug" | "info" | "warn" | "error" | "fatal" | "silent";
+  /** Largest request message a service reads, in bytes. */
+  maxMessageBytes: number;
+  /** How long in-flight calls may run after SIGTERM before the process exits anyway. */
+  shutdownGraceMs: number;
+  /** OTLP/HTTP endpoint for traces, or "" for none. */
+  otlpEndpoint: string;
+  /** Where `jobmesh up` keeps local server data and writes mesh.json. */
+  dataDir: string;
+  /** Time-to-live of cached pipeline versions in Redis. */
+  cacheTtlSeconds: number;
+}
+
+type Env = Record<string, string | undefined>;
+
+function readPort(env: Env, name: string, fallback: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  const port = Number(raw);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new ConfigError(name, `must be a port number 0..65535, got "${raw}"`);
+  }
+  return port;
+}
+
+function readInt(env: Env, name: string, fallback: number, min: number, max: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new ConfigError(name, `must be an integer ${min}..${max}, got "${raw}"`);
+  }
+  return value;
+}
+
+function readUrl(env: Env, name: string, fallback: string, protocols: string[]): string {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ConfigError(name, "must be a URL");
+  }
+  if (!protocols.includes(url.protocol)) {
+    throw new ConfigError(name, `must use ${protocols.join(" or ")}, got "${url.protocol}"`);
+  }
+  return raw;
+}
+
+function readPattern(env: Env, name: string, fallback: string, pattern: RegExp, what: string): string {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  if (!pattern.test(raw)) throw new ConfigError(name, `must be ${what}, got "${raw}"`);
+  return raw;
+}
+
+const logLevels = ["trace", "debug", "info", "warn", "error", "fatal", "silent"] as const;
+
+/** Reads and validates the configuration; throws ConfigError naming the first bad variable. */
+export function loadConfig(env: Env = process.env): Config {
+  const logLevel = env.JOBMESH_LOG_LEVEL || "info";
+  if (!(logLevels as readonly string[]).includes(logLevel)) {
+    throw new ConfigError("JOBMESH_LOG_LEVEL", `must be one of ${logLevels.join(", ")}, got "${logLevel}"`);
+  }
+  return {
+    host: readPattern(env, "JOBMESH_HOST", "127.0.0.1", /^[0-9a-zA-Z.:-]+$/, "a host name or address"),
+    ports: {
+      gateway: readPort(env, "JOBMESH_GATEWAY_PORT", 8080),
+      jobs: readPort(env, "JOBMESH_JOBS_PORT", 50051),
+      pipelines: readPort(env, "JOBMESH_PIPELINES_PORT", 50052),
+      auth: readPort(env, "JOBMESH_AUTH_PORT", 50053),
+      audit: readPort(env, "JOBMESH_AUDIT_PORT", 50054),
+      webhooks: readPort(env, "JOBMESH_WEBHOOKS_PORT", 50055),
+    },
+    databaseUrl: readUrl(env, "DATABASE_URL", "postgres://postgres@127.0.0.1:5432/jobmesh", ["postgres:", "postgresql:"]),
+    redisUrl: readUrl(env, "REDIS_URL", "redis://127.0.0.1:6379", ["redis:", "rediss:"]),
+    natsUrl: readUrl(env, "NATS_URL", "nats://127.0.0.1:4222", ["nats:", "tls:"]),
+    namespace: readPattern(env, "JOBMESH_NAMESPACE", "jobmesh", /^[a-z][a-z0-9_]{0,30}$/, "lower-case letters, digits and _ (max 31)"),
+    bootstrapTenant: readPattern(env, "JOBMESH_BOOTSTRAP_TENANT", "default", /^[a-z][a-z0-9-]{0,62}$/, "a lower-case slug"),
+    logLevel: logLevel as Config["logLevel"],
+    maxMessageBytes: readInt(env, "JOBMESH_MAX_MESSAGE_BYTES", 8 * 1024 * 1024, 1024, 64 * 1024 * 1024),
+    shutdownGraceMs: readInt(env, "JOBMESH_SHUTDOWN_GRACE_MS", 10_000, 0, 300_000),
+    otlpEndpoint: readUrl(env, "JOBMESH_OTLP_ENDPOINT", "", ["http:", "https:"]),
+    dataDir: env.JOBMESH_DATA_DIR || ".jobmesh",
+    cacheTtlSeconds: readInt(env, "JOBMESH_CACHE_TTL_SECONDS", 3600, 1, 86_400 * 30),
+  };
+}

@@ -1,0 +1,206 @@
+/**
+ * One port per service that speaks everything: gRPC (HTTP/2 cleartext), Connect JSON and binary
+ * and gRPC-Web over HTTP/1.1 and h2c, plus grpc.health.v1, server reflection (v1 and v1alpha),
+ * /healthz, /readyz and /metrics.
+ *
+ * Node's http2 server cannot take HTTP/1.1 on a plaintext port, so a net.Server peeks at the
+ * first bytes of each connection and hands the socket to the http2 server (client preface
+ * "PRI * HTTP/2.0") or to the http server (anything else); both share one Connect handler.
+ */
+import type { DescService } from "@bufbuild/protobuf";
+import type { ConnectRouter, Interceptor, ServiceImpl } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import http from "node:http";
+import http2 from "node:http2";
+import net from "node:net";
+import type { Logger, Telemetry } from "../telemetry/index.ts";
+import { accessRulesOf } from "./authz.ts";
+import { createErrorInterceptor } from "./errors.ts";
+import { createHealth, type HealthServer } from "./health.ts";
+import { createReadiness, type ReadinessChecks } from "./readiness.ts";
+import { createReflectionRegistry, registerReflection } from "./reflection.ts";
+import { createTelemetryInterceptor } from "./telemetry.ts";
+import { createValidationInterceptor } from "./validation.ts";
+
+/** A service descriptor with its implementation; `bindService` keeps the pair type-checked. */
+export interface ServiceBinding {
+  service: DescService;
+  register(router: ConnectRouter): void;
+}
+
+/** Pairs a service with its full implementation: a missing RPC is a compile error. */
+export function bindService<S extends DescService>(service: S, impl: ServiceImpl<S>): ServiceBinding {
+  return { service, register: (router) => router.service(service, impl) };
+}
+
+export interface RpcServerOptions {
+  /** Names the server in logs, e.g. "pipelines". */
+  name: string;
+  host: string;
+  /** 0 picks a free port. */
+  port: number;
+  services: ServiceBinding[];
+  log: Logger;
+  telemetry: Telemetry;
+  /** Dependency checks behind /readyz and the health service, e.g. { postgres, nats, redis }. */
+  readiness: ReadinessChecks;
+  /** Identity interceptors, run after error mapping and before validation. */
+  identity: Interceptor[];
+  /** Largest request message read; larger ones get RESOURCE_EXHAUSTED. */
+  maxMessageBytes: number;
+  /** How long close() lets in-flight calls finish before cutting them off. */
+  shutdownGraceMs: number;
+}
+
+export interface RpcServer {
+  port: number;
+  /** http://host:port — the base URL for Connect, gRPC-Web and gRPC clients alike. */
+  url: string;
+  health: HealthServer;
+  /** Drains: NOT_SERVING, refuse new calls, let in-flight calls finish (bounded), close. */
+  close(): Promise<void>;
+}
+
+const http2Preface = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+
+export async function startRpcServer(options: RpcServerOptions): Promise<RpcServer> {
+  const { log } = options;
+  const descriptors = options.services.map((s) => s.service);
+  // Default deny: throws, naming the method, if any RPC lacks its authz rule.
+  accessRulesOf(descriptors);
+
+  const health = createHealth({ services: descriptors.map((s) => s.typeName), status: "NOT_SERVING" });
+  const readiness = createReadiness(options.readiness, health, log);
+  const registry = createReflectionRegistry(...descriptors.map((s) => s.file));
+  const shutdown = new AbortController();
+
+  const handler = connectNodeAdapter({
+    routes(router) {
+      for (const binding of options.services) binding.register(router);
+      health.register(router);
+      registerReflection(router, registry, descriptors.map((s) => s.typeName));
+    },
+    interceptors: [
+      createTelemetryInterceptor(options.telemetry),
+      createErrorInterceptor(log),
+      ...options.identity,
+      createValidationInterceptor(),
+    ],
+    readMaxBytes: options.maxMessageBytes,
+    shutdownSignal: shutdown.signal,
+    fallback(req, res) {
+      const path = (req.url ?? "/").split("?")[0];
+      if (path === "/healthz") return sendJson(res, 200, { status: "ok" });
+      if (path === "/readyz") {
+        readiness.check().then(
+          (report) => sendJson(res, report.ready ? 200 : 503, report),
+          (error: unknown) => sendJson(res, 503, { ready: false, error: String(error) }),
+        );
+        return;
+      }
+      if (path === "/metrics") return options.telemetry.serveMetrics(req as http.IncomingMessage, res as http.ServerResponse);
+      sendJson(res, 404, { error: `no route for ${path}` });
+    },
+  });
+
+  let draining = false;
+  let inFlight = 0;
+  let drained: (() => void) | undefined;
+  const requestListener = (req: http.IncomingMessage | http2.Http2ServerRequest, res: http.ServerResponse | http2.Http2ServerResponse) => {
+    if (draining) {
+      // 503 maps to UNAVAILABLE in gRPC and Connect clients: retry elsewhere.
+      res.setHeader("connection", "close");
+      return sendJson(res, 503, { error: "server is shutting down" });
+    }
+    inFlight++;
+    res.once("close", () => {
+      inFlight--;
+      if (draining && inFlight === 0) drained?.();
+    });
+    handler(req, res);
+  };
+
+  const h1 = http.createServer(requestListener);
+  const h2 = http2.createServer({}, requestListener);
+  const sessions = new Set<http2.ServerHttp2Session>();
+  h2.on("session", (session) => {
+    sessions.add(session);
+    session.once("close", () => sessions.delete(session));
+  });
+  const sockets = new Set<net.Socket>();
+  const listener = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+    routeConnection(socket, h1, h2);
+  });
+
+  await new Promise<void>((resolve, reject) => {
+    listener.once("error", reject);
+    listener.listen(options.port, options.host, () => resolve());
+  });
+  const port = (listener.address() as net.AddressInfo).port;
+  const url = `http://${options.host.includes(":") ? `[${options.host}]` : options.host}:${port}`;
+  readiness.start();
+  log.info({ server: options.name, url, services: descriptors.map((s) => s.typeName) }, "serving");
+
+  return {
+    port,
+    url,
+    health,
+    async close() {
+      if (draining) return;
+      draining = true;
+      readiness.stop();
+      health.close();
+      listener.close();
+      // GOAWAY on HTTP/2, close idle keep-alive sockets on HTTP/1.1: no new calls start.
+      for (const session of sessions) session.close();
+      h1.closeIdleConnections();
+      if (inFlight > 0) {
+        log.info({ server: options.name, inFlight }, "draining in-flight calls");
+        await new Promise<void>((resolve) => {
+          drained = resolve;
+          setTimeout(resolve, options.shutdownGraceMs).unref();
+        });
+      }
+      shutdown.abort(new Error("server shut down"));
+      for (const socket of sockets) socket.destroy();
+      h1.close();
+      h2.close();
+      log.info({ server: options.name }, "stopped");
+    },
+  };
+}
+
+/** Reads just enough of a new connection to tell HTTP/2 from HTTP/1.1, then hands it over. */
+function routeConnection(socket: net.Socket, h1: http.Server, h2: http2.Http2Server) {
+  let buffered = Buffer.alloc(0);
+  const onData = (chunk: Buffer) => {
+    buffered = Buffer.concat([buffered, chunk]);
+    const n = Math.min(buffered.length, http2Preface.length);
+    const isH2 = buffered.subarray(0, n).equals(http2Preface.subarray(0, n));
+    if (isH2 && n < http2Preface.length) return; // undecided: wait for more bytes
+    socket.off("data", onData);
+    socket.pause();
+    socket.unshift(buffered);
+    (isH2 ? h2 : h1).emit("connection", socket);
+    socket.resume();
+  };
+  socket.on("data", onData);
+  socket.on("error", () => socket.destroy());
+}
+
+/** The parts of an http or http2 response that sendJson uses. */
+interface JsonResponse {
+  statusCode: number;
+  setHeader(name: string, value: string | number): unknown;
+  end(text: string): unknown;
+}
+
+function sendJson(res: JsonResponse, status: number, body: unknown) {
+  const text = JSON.stringify(body);
+  res.statusCode = status;
+  res.setHeader("content-type", "application/json");
+  res.setHeader("content-length", Buffer.byteLength(text));
+  res.end(text);
+}
