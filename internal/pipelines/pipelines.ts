@@ -165,7 +165,7 @@ export function createPipelineDomain(deps: PipelineDomainDeps) {
     async listVersions(tenantId: string, parent: string, pageSize: number, pageToken: string): Promise<{ versions: PipelineVersion[]; nextPageToken: string }> {
       const pipelineId = idOf(parent);
       if (!(await store.pipelineExists(db, tenantId, pipelineId))) throw new PipelineNotFoundError(parent);
-      const before = pageToken ? deps.pageTokens.decode<number>(pageToken, parent) : Number.MAX_SAFE_INTEGER;
+      const before = pageToken ? deps.pageTokens.decode<number>(pageToken, parent) : 2 ** 31 - 1; // above any version (int4)
       const limit = pageSizeOf(pageSize);
       const rows = await store.selectVersionPage(db, tenantId, pipelineId, before, limit + 1);
       const versions = rows.slice(0, limit);

@@ -1,0 +1,63 @@
+/**
+ * Isolation for tests that share the machine's Postgres, Redis and NATS: each test file gets
+ * its own database, its own namespace (JetStream stream/subject prefix and Redis key prefix),
+ * and removes them when it ends.
+ */
+import { randomBytes } from "node:crypto";
+import pg from "pg";
+import { loadConfig, type Config } from "../../internal/config/index.ts";
+
+export const adminDatabaseUrl = process.env.JOBMESH_TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
+export const redisUrl = process.env.JOBMESH_TEST_REDIS_URL ?? "redis://127.0.0.1:6379";
+export const natsUrl = process.env.JOBMESH_TEST_NATS_URL ?? "nats://127.0.0.1:4222";
+
+export interface Isolated {
+  /** Unique per test file: database name suffix, namespace, tenant slug. */
+  id: string;
+  databaseUrl: string;
+  namespace: string;
+  /** Environment for a child process running a jobmesh binary in this isolation. */
+  env: Record<string, string>;
+  config: Config;
+  drop(): Promise<void>;
+}
+
+/** Creates a fresh database and namespace; ports default to 0 (free ports). */
+export async function isolate(overrides: Record<string, string> = {}): Promise<Isolated> {
+  const id = `t${Date.now().toString(36)}${randomBytes(3).toString("hex")}`;
+  const dbName = `jobmesh_${id}`;
+  const admin = new pg.Client({ connectionString: adminDatabaseUrl });
+  await admin.connect();
+  await admin.query(`CREATE DATABASE ${dbName}`);
+  await admin.end();
+  const url = new URL(adminDatabaseUrl);
+  url.pathname = `/${dbName}`;
+  const env: Record<string, string> = {
+    DATABASE_URL: url.href,
+    REDIS_URL: redisUrl,
+    NATS_URL: natsUrl,
+    JOBMESH_NAMESPACE: `jm_${id}`,
+    JOBMESH_LOG_LEVEL: "warn",
+    JOBMESH_HOST: "127.0.0.1",
+    JOBMESH_JOBS_PORT: "0",
+    JOBMESH_PIPELINES_PORT: "0",
+    JOBMESH_AUTH_PORT: "0",
+    JOBMESH_AUDIT_PORT: "0",
+    JOBMESH_WEBHOOKS_PORT: "0",
+    JOBMESH_GATEWAY_PORT: "0",
+    ...overrides,
+  };
+  return {
+    id,
+    databaseUrl: url.href,
+    namespace: env.JOBMESH_NAMESPACE,
+    env,
+    config: loadConfig(env),
+    async drop() {
+      const client = new pg.Client({ connectionString: adminDatabaseUrl });
+      await client.connect();
+      await client.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
+      await client.end();
+    },
+  };
+}
