@@ -9,7 +9,7 @@
  *
  *   node scripts/gen.ts           regenerate gen/ (and write .jobmesh/gen/image.binpb)
  *   node scripts/gen.ts --check   fail when gen/ is not what the protos generate
- *   node scripts/gen.ts --breaking <image>   also run buf breaking against an older image
+ *   node scripts/gen.ts --check --breaking <git-ref>   also fail on breaking changes since that commit
  */
 import { execFileSync } from "node:child_process";
 import { cpSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
@@ -44,7 +44,7 @@ function collect(file: DescFile, out: Map<string, FileDescriptorProto>) {
 }
 
 /** Compiles proto/ into a buf image under `dir`; returns its path. */
-export function compileImage(dir: string): string {
+export function compileImage(dir: string, protoRoot = join(root, "proto")): string {
   mkdirSync(dir, { recursive: true });
   const files = new Map<string, FileDescriptorProto>();
   collect(file_buf_validate_validate, files);
@@ -59,11 +59,11 @@ export function compileImage(dir: string): string {
   cpSync(join(root, "node_modules/grpc-health-check/proto/health/v1/health.proto"), join(grpcInclude, "grpc/health/v1/health.proto"));
   cpSync(join(root, "node_modules/@grpc/reflection/build/proto/grpc/reflection"), join(grpcInclude, "grpc/reflection"), { recursive: true });
 
-  const ours = readdirSync(join(root, "proto/jobmesh/v1")).filter((f) => f.endsWith(".proto")).sort().map((f) => `jobmesh/v1/${f}`);
+  const ours = readdirSync(join(protoRoot, "jobmesh/v1")).filter((f) => f.endsWith(".proto")).sort().map((f) => `jobmesh/v1/${f}`);
   const image = join(dir, "image.binpb");
   run("protoc", [
     `--descriptor_set_in=${validateSet}`,
-    "-Iproto",
+    `-I${protoRoot}`,
     "-Inode_modules/google-proto-files",
     `-I${grpcInclude}`,
     "--include_imports",
@@ -86,7 +86,15 @@ const image = compileImage(dir);
 run(bin("buf"), ["lint", image, "--path", "jobmesh", "--config", join(root, "buf.yaml")]);
 const breakingIdx = args.indexOf("--breaking");
 if (breakingIdx >= 0) {
-  run(bin("buf"), ["breaking", image, "--against", args[breakingIdx + 1], "--path", "jobmesh", "--config", join(root, "buf.yaml")]);
+  // Compile the older commit's protos the same way and let buf compare the two images.
+  const ref = args[breakingIdx + 1];
+  const old = join(dir, "against");
+  rmSync(old, { recursive: true, force: true });
+  mkdirSync(old, { recursive: true });
+  execFileSync("sh", ["-c", `git archive ${JSON.stringify(ref)} proto | tar -x -C ${JSON.stringify(old)}`], { cwd: root, stdio: "inherit" });
+  const oldImage = compileImage(join(old, "image"), join(old, "proto"));
+  run(bin("buf"), ["breaking", image, "--against", oldImage, "--path", "jobmesh", "--config", join(root, "buf.yaml")]);
+  console.log(`no breaking changes since ${ref}`);
 }
 if (args.includes("--check")) {
   const fresh = join(dir, "check");

@@ -45,6 +45,8 @@ export interface Config {
   dataDir: string;
   /** Time-to-live of cached pipeline versions in Redis. */
   cacheTtlSeconds: number;
+  /** The server URLs the environment named explicitly (`jobmesh up` starts local servers for the rest). */
+  explicitUrls: { databaseUrl?: string; redisUrl?: string; natsUrl?: string };
 }
 
 type Env = Record<string, string | undefined>;
@@ -120,5 +122,10 @@ export function loadConfig(env: Env = process.env): Config {
     otlpEndpoint: readUrl(env, "JOBMESH_OTLP_ENDPOINT", "", ["http:", "https:"]),
     dataDir: env.JOBMESH_DATA_DIR || ".jobmesh",
     cacheTtlSeconds: readInt(env, "JOBMESH_CACHE_TTL_SECONDS", 3600, 1, 86_400 * 30),
+    explicitUrls: {
+      databaseUrl: env.DATABASE_URL || undefined,
+      redisUrl: env.REDIS_URL || undefined,
+      natsUrl: env.NATS_URL || undefined,
+    },
   };
 }

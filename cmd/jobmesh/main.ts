@@ -1,0 +1,61 @@
+/**
+ * The jobmesh CLI.
+ *   jobmesh up       run the whole mesh on this machine (what `npm start` does)
+ *   jobmesh status   ask every service of a running mesh (.jobmesh/mesh.json) whether it is ready
+ */
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { ConfigError, loadConfig } from "../../internal/config/index.ts";
+import { runUntilSignal } from "../../internal/mesh/lifecycle.ts";
+import { meshUp, type MeshDescription } from "../../internal/mesh/up.ts";
+import { createLogger, startTelemetry } from "../../internal/telemetry/index.ts";
+
+const usage = "usage: jobmesh <up|status>";
+const command = process.argv[2];
+let config;
+try {
+  config = loadConfig();
+} catch (error) {
+  console.error(error instanceof ConfigError ? error.message : String(error));
+  process.exit(1);
+}
+
+if (command === "up") {
+  const log = createLogger({ name: "jobmesh", level: config.logLevel });
+  const telemetry = startTelemetry({ serviceName: "jobmesh", otlpEndpoint: config.otlpEndpoint });
+  await runUntilSignal(log, async () => {
+    const mesh = await meshUp(config, log, telemetry);
+    const d = mesh.description;
+    const lines = [
+      "",
+      "jobmesh is up.",
+      ...Object.entries(d.services).map(([name, url]) => `  ${name.padEnd(10)} ${url}   (gRPC, Connect, gRPC-Web; /readyz /metrics)`),
+      `  postgres   ${d.databaseUrl.replace(/:[^:@/]*@/, ":***@")}${d.startedLocally.includes("postgres") ? "  (started locally)" : ""}`,
+      `  redis      ${d.redisUrl}${d.startedLocally.includes("redis") ? "  (started locally)" : ""}`,
+      `  nats       ${d.natsUrl}${d.startedLocally.includes("nats") ? "  (started locally)" : ""}`,
+      `  not built yet: ${d.notYetBuilt.join(", ")}`,
+      `  authentication: ${d.authentication}`,
+      `  written: ${mesh.meshFile}`,
+      `  try: grpcurl -plaintext ${new URL(d.services.pipelines).host} list`,
+      "Ctrl-C stops everything.",
+      "",
+    ];
+    console.log(lines.join("\n"));
+    return async () => {
+      await mesh.stop();
+      await telemetry.shutdown();
+    };
+  });
+} else if (command === "status") {
+  const mesh = JSON.parse(await readFile(join(config.dataDir, "mesh.json"), "utf8")) as MeshDescription;
+  let allReady = true;
+  for (const [name, url] of Object.entries(mesh.services)) {
+    const ready = await fetch(new URL("/readyz", url)).then((r) => r.json(), (e: unknown) => ({ ready: false, error: String(e) }));
+    allReady &&= ready.ready === true;
+    console.log(`${name.padEnd(10)} ${url}  ${JSON.stringify(ready)}`);
+  }
+  process.exit(allReady ? 0 : 1);
+} else {
+  console.error(usage);
+  process.exit(2);
+}
