@@ -184,7 +184,10 @@ function routeConnection(socket: net.Socket, h1: http.Server, h2: http2.Http2Ser
     socket.pause();
     socket.unshift(buffered);
     (isH2 ? h2 : h1).emit("connection", socket);
-    socket.resume();
+    // The http2 session replays the unshifted bytes itself on the next tick, then reads the
+    // native handle; resuming here would flush them as 'data' events that nobody hears, and
+    // the session would see the client's second frame as its preface.
+    if (!isH2) socket.resume();
   };
   socket.on("data", onData);
   socket.on("error", () => socket.destroy());
