@@ -3,7 +3,8 @@
  * calls PipelineService over native gRPC: Python with Debian's python3-grpcio.
  */
 import t from "tap";
-import { execFileSync, spawnSync } from "node:child_process";
+import { execFile, execFileSync, spawnSync } from "node:child_process";
+import { promisify } from "node:util";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -33,8 +34,9 @@ t.test("python - a protoc-generated client calls GetPipeline and gets INVALID_AR
   const mesh = await startTestMesh();
   t.teardown(() => mesh.close());
   const target = new URL(mesh.pipelines.url).host;
-  const result = spawnSync(python, [join(root, "test/clients/python_client.py"), target, out], { encoding: "utf8", timeout: 30_000 });
-  t.equal(result.status, 0, result.stderr);
+  // Asynchronously: the server runs in this process, so a synchronous spawn would starve it.
+  const result = await promisify(execFile)(python, [join(root, "test/clients/python_client.py"), target, out], { encoding: "utf8", timeout: 30_000 });
+  t.equal(result.stderr, "");
   const [first, second] = result.stdout.trim().split("\n");
   t.equal(first, "pipelines/document-default 5");
   t.match(second, /^INVALID_ARGUMENT .*name/);
