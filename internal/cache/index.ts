@@ -54,6 +54,20 @@ export function createCache(options: CacheOptions): Cache {
   const hits = options.meter.createCounter("cache.hits", { description: "Cache reads answered by Redis" });
   const misses = options.meter.createCounter("cache.misses", { description: "Cache reads that went to the loader" });
   const errors = options.meter.createCounter("cache.errors", { description: "Cache operations that failed" });
+  // The ratio since start, per cache, so a dashboard needs no PromQL to show it.
+  const tally = new Map<string, { hits: number; misses: number }>();
+  const count = (cacheName: string, hit: boolean) => {
+    const t = tally.get(cacheName) ?? { hits: 0, misses: 0 };
+    if (hit) t.hits++;
+    else t.misses++;
+    tally.set(cacheName, t);
+    (hit ? hits : misses).add(1, { cache: cacheName });
+  };
+  options.meter
+    .createObservableGauge("cache.hit_ratio", { description: "Share of cache reads answered by Redis since start" })
+    .addCallback((result) => {
+      for (const [cacheName, t] of tally) result.observe(t.hits / (t.hits + t.misses), { cache: cacheName });
+    });
 
   return {
     redis,
@@ -63,13 +77,13 @@ export function createCache(options: CacheOptions): Cache {
       try {
         const cached = await redis.getBuffer(key);
         if (cached) {
-          hits.add(1, attrs);
+          count(cacheName, true);
           return codec.decode(cached);
         }
       } catch {
         errors.add(1, attrs);
       }
-      misses.add(1, attrs);
+      count(cacheName, false);
       const value = await load();
       if (value !== undefined) {
         redis.set(key, Buffer.from(codec.encode(value)), "EX", ttlSeconds).catch(() => errors.add(1, attrs));
