@@ -26,7 +26,16 @@ export function parseFilter(filter: string, fields: string[]): FilterTerm[] {
     const [, field, op, raw] = match;
     const known = fields.some((f) => (f.endsWith(".") ? field.startsWith(f) && field.length > f.length : f === field));
     if (!known) throw invalid(filter, `unknown field "${field}"; filterable fields are ${fields.join(", ")}`);
-    const value = raw.startsWith('"') ? (JSON.parse(raw) as string) : raw;
+    let value = raw;
+    if (raw.startsWith('"')) {
+      try {
+        value = JSON.parse(raw) as string;
+      } catch {
+        throw invalid(filter, `cannot read the quoted value ${raw}`);
+      }
+    }
+    // Postgres text cannot hold U+0000: refuse it here rather than fail inside the query.
+    if (value.includes("\u0000")) throw invalid(filter, `the value of "${field}" contains a NUL character`);
     return { field, op: op as FilterTerm["op"], value };
   });
 }

@@ -2,11 +2,12 @@
  * The pipeline domain: versioned configurations per tenant. Transport-free; the service maps
  * requests onto these functions and their named errors onto status codes.
  */
-import { fromBinary, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { Validator } from "@bufbuild/protovalidate";
-import { type Pipeline, type PipelineConfig, PipelineSchema, type PipelineVersion, type PipelineViolation } from "../../gen/jobmesh/v1/pipelines_pb.js";
+import { type Pipeline, type PipelineConfig, PipelineSchema, type PipelineVersion, type PipelineViolation, PipelineViolationSchema } from "../../gen/jobmesh/v1/pipelines_pb.js";
 import type { Cache, Codec } from "../cache/index.ts";
 import { inTransaction, type Pool } from "../db/index.ts";
+import { InvalidArgumentError, type FieldViolation } from "../errors/index.ts";
 import { pageSizeOf, parseFilter, parseOrderBy, type PageTokens } from "../paging/index.ts";
 import { documentDefaultConfig, documentDefaultId } from "./document-default.ts";
 import {
@@ -62,6 +63,20 @@ export function createPipelineDomain(deps: PipelineDomainDeps) {
     }
   }
 
+  /** Postgres text and jsonb cannot hold U+0000: such input is the caller's error, not an INTERNAL one. */
+  function rejectNul(fields: PipelineFields, paths: readonly UpdatableField[]) {
+    const violations: FieldViolation[] = [];
+    const check = (field: string, value: string) => {
+      if (value.includes("\u0000")) violations.push({ field, description: "must not contain NUL characters" });
+    };
+    if (paths.includes("display_name")) check("pipeline.display_name", fields.displayName);
+    if (paths.includes("description")) check("pipeline.description", fields.description);
+    if (paths.includes("labels")) for (const [key, value] of Object.entries(fields.labels)) check(`pipeline.labels[${JSON.stringify(key)}]`, value);
+    if (violations.length > 0) {
+      throw new InvalidArgumentError("invalid pipeline: " + violations.map((v) => `${v.field}: ${v.description}`).join("; "), { violations });
+    }
+  }
+
   /** Drops every cached version of a pipeline; called after any change to it. */
   async function invalidate(tenantId: string, pipelineId: string, upToVersion: number) {
     const keys = [cacheKey(tenantId, pipelineId, "latest")];
@@ -71,7 +86,8 @@ export function createPipelineDomain(deps: PipelineDomainDeps) {
 
   return {
     /** Every violation of a configuration, for ValidatePipeline's dry run. */
-    validate(config: PipelineConfig): PipelineViolation[] {
+    validate(config: PipelineConfig | undefined): PipelineViolation[] {
+      if (!config) return [create(PipelineViolationSchema, { field: "config", rule: "required", message: "a configuration is required" })];
       return allViolations(deps.validator, config, "config");
     },
 
@@ -84,6 +100,7 @@ export function createPipelineDomain(deps: PipelineDomainDeps) {
         }
       }
       rejectInvalid(fields.config, "pipeline.config");
+      rejectNul(fields, updatableFields);
       const created = await inTransaction(db, (tx) =>
         store.insertPipeline(tx, tenantId, { pipelineId, ...fields, builtIn: false, requestId: requestId || null }),
       );
@@ -138,6 +155,7 @@ export function createPipelineDomain(deps: PipelineDomainDeps) {
           config: paths.includes("config") ? fields.config : was.config!,
         };
         if (paths.includes("config")) rejectInvalid(fields.config, "pipeline.config");
+        rejectNul(fields, paths);
         const version = current.version + 1;
         await store.insertVersion(tx, tenantId, pipelineId, version, next);
         await store.setCurrentVersion(tx, tenantId, pipelineId, version, next);

@@ -74,8 +74,8 @@ export function createPipelineService(pipelines: PipelineDomain): ServiceImpl<ty
       return create(ListPipelineVersionsResponseSchema, page);
     },
     async validatePipeline(req) {
-      const violations = req.config ? pipelines.validate(req.config) : [];
-      return create(ValidatePipelineResponseSchema, { valid: violations.length === 0 && req.config !== undefined, violations });
+      const violations = pipelines.validate(req.config);
+      return create(ValidatePipelineResponseSchema, { valid: violations.length === 0, violations });
     },
   };
 }
