@@ -47,6 +47,19 @@ export interface Config {
   cacheTtlSeconds: number;
   /** The server URLs the environment named explicitly (`jobmesh up` starts local servers for the rest). */
   explicitUrls: { databaseUrl?: string; redisUrl?: string; natsUrl?: string };
+  /** Largest document a job may carry or an upload may store, in bytes. */
+  maxDocumentBytes: number;
+  /** How long a job result is kept when the pipeline does not say. */
+  resultRetentionSeconds: number;
+  /** Stage tasks one worker process runs at once. */
+  workerConcurrency: number;
+  /** Lifetime of a worker heartbeat in Redis; the reaper requeues attempts whose heartbeat is older. */
+  heartbeatTtlMs: number;
+  /**
+   * TEST ONLY: lets URL documents point at 127.0.0.0/8 and ::1 so tests can serve them from a local
+   * HTTP server. Never enable it in a deployment: it opens the workers to SSRF against the host.
+   */
+  allowLoopbackFetchForTests: boolean;
 }
 
 type Env = Record<string, string | undefined>;
@@ -93,6 +106,13 @@ function readPattern(env: Env, name: string, fallback: string, pattern: RegExp, 
   return raw;
 }
 
+function readBool(env: Env, name: string): boolean {
+  const raw = env[name];
+  if (raw === undefined || raw === "" || raw === "false" || raw === "0") return false;
+  if (raw === "true" || raw === "1") return true;
+  throw new ConfigError(name, `must be true or false, got "${raw}"`);
+}
+
 const logLevels = ["trace", "debug", "info", "warn", "error", "fatal", "silent"] as const;
 
 /** Reads and validates the configuration; throws ConfigError naming the first bad variable. */
@@ -127,5 +147,10 @@ export function loadConfig(env: Env = process.env): Config {
       redisUrl: env.REDIS_URL || undefined,
       natsUrl: env.NATS_URL || undefined,
     },
+    maxDocumentBytes: readInt(env, "JOBMESH_MAX_DOCUMENT_BYTES", 50 * 1024 * 1024, 1, 50 * 1024 * 1024),
+    resultRetentionSeconds: readInt(env, "JOBMESH_RESULT_RETENTION_SECONDS", 7 * 86_400, 60, 365 * 86_400),
+    workerConcurrency: readInt(env, "JOBMESH_WORKER_CONCURRENCY", 4, 1, 256),
+    heartbeatTtlMs: readInt(env, "JOBMESH_HEARTBEAT_TTL_MS", 15_000, 500, 600_000),
+    allowLoopbackFetchForTests: readBool(env, "JOBMESH_ALLOW_LOOPBACK_FETCH"),
   };
 }

@@ -1,0 +1,55 @@
+import { AlreadyExistsError, ConflictError, FailedPreconditionError, InvalidArgumentError, NotFoundError, ResourceExhaustedError } from "../errors/index.ts";
+
+export class JobNotFoundError extends NotFoundError {
+  constructor(name: string) {
+    super(`job ${name} not found`);
+  }
+}
+
+export class UploadNotFoundError extends NotFoundError {
+  constructor(name: string) {
+    super(`upload ${name} not found or expired`);
+  }
+}
+
+/** The request_id was used before with a different request body. */
+export class JobRequestIdReusedError extends AlreadyExistsError {
+  constructor(requestId: string, existing: string) {
+    super(`request_id ${requestId} was already used for a different request (${existing})`);
+  }
+}
+
+/** The job is in a state that does not allow the operation. */
+export class JobStateError extends FailedPreconditionError {}
+
+export class ResultNotFoundError extends NotFoundError {
+  constructor(name: string) {
+    super(`result ${name} not found (the job has not succeeded, or its result expired)`);
+  }
+}
+
+export class DocumentTooLargeError extends ResourceExhaustedError {
+  constructor(size: number, limit: number) {
+    super(`document of ${size} bytes exceeds the limit of ${limit} bytes`);
+  }
+}
+
+/** A URL whose literal address is private, loopback, link-local or otherwise not public. */
+export class ForbiddenUrlError extends FailedPreconditionError {
+  constructor(host: string) {
+    super(`refusing document URL: ${host} is not a public address`);
+  }
+}
+
+export class PipelineUnavailableError extends FailedPreconditionError {}
+
+export class StaleJobEtagError extends ConflictError {
+  constructor(name: string) {
+    super(`etag does not match the current version of ${name}; read it again and retry`);
+  }
+}
+
+export class InvalidJobRequestError extends InvalidArgumentError {}
+
+/** A download offset beyond the end of the result. */
+export class OffsetOutOfRangeError extends InvalidArgumentError {}

@@ -1,0 +1,201 @@
+/**
+ * The job domain behind JobService: create, read, list, cancel, retry, delete, results, watch
+ * and uploads. Transport-free: it throws the named errors of errors.ts.
+ */
+import type { NatsConnection } from "@nats-io/transport-node";
+import type { ObjectStore } from "@nats-io/obj";
+import type { Redis } from "ioredis";
+import { JobEventType, JobState } from "../../gen/jobmesh/v1/events_pb.js";
+import type { CreateJobRequest, Job, JobResult } from "../../gen/jobmesh/v1/jobs_pb.js";
+import { Stage } from "../../gen/jobmesh/v1/pipelines_pb.js";
+import { inTransaction, type Pool } from "../db/index.ts";
+import type { PageTokens } from "../paging/index.ts";
+import type { PipelineDomain } from "../pipelines/pipelines.ts";
+import type { JobResultDocument } from "../stages/index.ts";
+import type { Logger } from "../telemetry/index.ts";
+import { findByRequestId, insertJob, prepareJob, type PreparedJob } from "./create.ts";
+import { InvalidJobRequestError, JobNotFoundError, JobStateError, ResultNotFoundError, StaleJobEtagError } from "./errors.ts";
+import { listJobs, type ListJobsQuery } from "./list.ts";
+import { enqueueStage, recordEvents } from "./outbox.ts";
+import { cancelKey } from "./reaper.ts";
+import { selectResult, toJobResult } from "./results.ts";
+import { configOf, etagOf, isTerminal, jobIdOf, loadJob, maxAttemptOf, selectAttempts, selectJob, toJob } from "./store.ts";
+import type { Topology } from "./topology.ts";
+import { updateJob } from "./transitions.ts";
+
+export interface JobDomainDeps {
+  db: Pool;
+  redis: Redis;
+  nc: NatsConnection;
+  topology: Topology;
+  buckets: { uploads: ObjectStore; results: ObjectStore };
+  pipelines: PipelineDomain;
+  pageTokens: PageTokens;
+  log: Logger;
+  maxDocumentBytes: number;
+  allowLoopbackFetch: boolean;
+}
+
+export function createJobDomain(deps: JobDomainDeps) {
+  const { db, topology } = deps;
+
+  function idOrNotFound(name: string): string {
+    const id = jobIdOf(name);
+    if (!id) throw new JobNotFoundError(name);
+    return id;
+  }
+
+  async function reload(tenantId: string, jobId: string): Promise<Job> {
+    const job = await loadJob(db, tenantId, jobId);
+    if (!job) throw new JobNotFoundError(`jobs/${jobId}`);
+    return job;
+  }
+
+  return {
+    async create(tenantId: string, req: CreateJobRequest): Promise<Job> {
+      const prepared = await prepareJob(tenantId, req, { db, pipelines: deps.pipelines, maxDocumentBytes: deps.maxDocumentBytes, allowLoopbackFetch: deps.allowLoopbackFetch });
+      const earlier = await findByRequestId(db, tenantId, prepared);
+      if (earlier) return reload(tenantId, earlier.id);
+      const row = await inTransaction(db, (tx) => insertJob(tx, topology, tenantId, prepared));
+      return reload(tenantId, row.id);
+    },
+
+    /** All or nothing: every request is checked before any job is written. */
+    async createMany(tenantId: string, reqs: CreateJobRequest[]): Promise<Job[]> {
+      const prepared: PreparedJob[] = [];
+      for (const [i, req] of reqs.entries()) {
+        try {
+          prepared.push(await prepareJob(tenantId, req, { db, pipelines: deps.pipelines, maxDocumentBytes: deps.maxDocumentBytes, allowLoopbackFetch: deps.allowLoopbackFetch }));
+        } catch (error) {
+          if (error instanceof Error) error.message = `requests[${i}]: ${error.message}`;
+          throw error;
+        }
+      }
+      const ids = await inTransaction(db, async (tx) => {
+        const out: string[] = [];
+        for (const p of prepared) out.push((await insertJob(tx, topology, tenantId, p)).id);
+        return out;
+      });
+      return Promise.all(ids.map((id) => reload(tenantId, id)));
+    },
+
+    async get(tenantId: string, name: string): Promise<Job> {
+      return reload(tenantId, idOrNotFound(name));
+    },
+
+    async list(tenantId: string, query: ListJobsQuery) {
+      const page = await listJobs(db, deps.pageTokens, tenantId, query);
+      const attempts = await selectAttempts(db, tenantId, page.rows.map((r) => r.id));
+      return { jobs: page.rows.map((r) => toJob(r, attempts.get(r.id) ?? [])), nextPageToken: page.nextPageToken };
+    },
+
+    async cancel(tenantId: string, name: string): Promise<Job> {
+      const jobId = idOrNotFound(name);
+      const signalWorkers = await inTransaction(db, async (tx) => {
+        const row = await selectJob(tx, tenantId, jobId, true);
+        if (!row) throw new JobNotFoundError(name);
+        switch (row.state) {
+          case JobState.QUEUED: {
+            // The queued task stays on the stream; its claim finds the job cancelled and drops it.
+            const cancelled = await updateJob(tx, row, { state: JobState.CANCELLED, end_time: new Date() });
+            await recordEvents(tx, topology, cancelled, [{ type: JobEventType.JOB_CANCELLED }]);
+            return false;
+          }
+          case JobState.RUNNING: {
+            const cancelling = await updateJob(tx, row, { state: JobState.CANCELLING });
+            await recordEvents(tx, topology, cancelling, [{ type: JobEventType.JOB_CANCELLING }]);
+            return true;
+          }
+          case JobState.CANCELLING:
+          case JobState.CANCELLED:
+            return row.state === JobState.CANCELLING;
+          default:
+            throw new JobStateError(`job ${name} is ${JobState[row.state]} and cannot be cancelled`);
+        }
+      });
+      if (signalWorkers) {
+        // Two paths to the running stage: a message for an immediate abort, and a flag that the
+        // worker's heartbeat reads in case the message is missed.
+        await deps.redis.set(cancelKey(jobId), "1", "EX", 3600).catch(() => {});
+        deps.nc.publish(topology.cancelSubject(jobId));
+      }
+      return reload(tenantId, jobId);
+    },
+
+    async retry(tenantId: string, name: string, fromStage: Stage): Promise<Job> {
+      const jobId = idOrNotFound(name);
+      await inTransaction(db, async (tx) => {
+        const row = await selectJob(tx, tenantId, jobId, true);
+        if (!row) throw new JobNotFoundError(name);
+        if (row.state !== JobState.FAILED && row.state !== JobState.CANCELLED) {
+          throw new JobStateError(`job ${name} is ${JobState[row.state]}; only FAILED or CANCELLED jobs can be retried`);
+        }
+        const stages = configOf(row).stages;
+        let index = Math.min(row.stage_index, stages.length - 1);
+        if (fromStage !== Stage.UNSPECIFIED) {
+          const wanted = stages.findIndex((s) => s.stage === fromStage);
+          if (wanted < 0 || wanted > index) {
+            throw new InvalidJobRequestError(`from_stage ${Stage[fromStage]} is not a stage of this job at or before ${Stage[stages[index].stage]}`, {
+              violations: [{ field: "from_stage", description: "must be a stage of the job's pipeline at or before the failed stage" }],
+            });
+          }
+          index = wanted;
+        }
+        const attempt = (await maxAttemptOf(tx, tenantId, jobId, index)) + 1;
+        const queued = await updateJob(tx, row, {
+          state: JobState.QUEUED, stage_index: index, stage_attempt: attempt, stage_attempt_base: attempt, error: null, end_time: null,
+        });
+        await recordEvents(tx, topology, queued, [{ type: JobEventType.JOB_RETRIED, stageIndex: index, attempt }]);
+        await enqueueStage(tx, topology, queued, index, attempt);
+      });
+      await deps.redis.del(cancelKey(jobId)).catch(() => {});
+      return reload(tenantId, jobId);
+    },
+
+    async delete(tenantId: string, name: string, etag: string): Promise<void> {
+      const jobId = idOrNotFound(name);
+      const objects = await inTransaction(db, async (tx) => {
+        const row = await selectJob(tx, tenantId, jobId, true);
+        if (!row) throw new JobNotFoundError(name);
+        if (!isTerminal(row.state)) throw new JobStateError(`job ${name} is ${JobState[row.state]}; cancel it before deleting it`);
+        if (etag && etag !== etagOf(row)) throw new StaleJobEtagError(name);
+        const result = await tx.query<{ object_key: string | null }>("SELECT object_key FROM job_results WHERE tenant_id = $1 AND job_id = $2", [tenantId, jobId]);
+        await tx.query("DELETE FROM jobs WHERE tenant_id = $1 AND id = $2", [tenantId, jobId]);
+        let upload: string | null = null;
+        if (row.source_upload) {
+          const others = await tx.query("SELECT 1 FROM jobs WHERE tenant_id = $1 AND source_upload = $2 LIMIT 1", [tenantId, row.source_upload]);
+          if (others.rowCount === 0) {
+            await tx.query("DELETE FROM uploads WHERE tenant_id = $1 AND id = $2", [tenantId, row.source_upload]);
+            upload = row.source_upload;
+          }
+        }
+        return { result: result.rows[0]?.object_key ?? null, upload };
+      });
+      if (objects.result) await deps.buckets.results.delete(objects.result).catch(() => {});
+      if (objects.upload) await deps.buckets.uploads.delete(objects.upload).catch(() => {});
+    },
+
+    async getResult(tenantId: string, name: string): Promise<JobResult> {
+      const { row, bytes } = await this.resultBytes(tenantId, name, false);
+      const doc = bytes ? (JSON.parse(Buffer.from(bytes).toString("utf8")) as JobResultDocument) : undefined;
+      return toJobResult(name, row, topology.resultsBucket, doc);
+    },
+
+    /** The stored result row and, when inline (or `includeObject`), its JSON bytes. */
+    async resultBytes(tenantId: string, name: string, includeObject: boolean) {
+      const jobId = idOrNotFound(name);
+      const job = await selectJob(db, tenantId, jobId);
+      if (!job) throw new JobNotFoundError(name.replace(/\/result$/, ""));
+      if (job.state !== JobState.SUCCEEDED) throw new JobStateError(`job ${name.replace(/\/result$/, "")} is ${JobState[job.state]}; results exist only for SUCCEEDED jobs`);
+      const row = await selectResult(db, tenantId, jobId);
+      if (!row) throw new ResultNotFoundError(name);
+      if (row.inline_json) return { row, bytes: new Uint8Array(row.inline_json) };
+      if (!includeObject || !row.object_key) return { row, bytes: undefined };
+      const bytes = await deps.buckets.results.getBlob(row.object_key);
+      if (!bytes) throw new ResultNotFoundError(name);
+      return { row, bytes };
+    },
+  };
+}
+
+export type JobDomain = ReturnType<typeof createJobDomain>;

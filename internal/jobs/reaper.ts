@@ -1,0 +1,111 @@
+/**
+ * Background upkeep in the jobs process: the lease reaper, which requeues stage attempts whose
+ * worker stopped heartbeating (crashed, killed, partitioned), and the retention sweep, which
+ * deletes expired results, expired uploads and old published outbox rows.
+ */
+import type { Redis } from "ioredis";
+import type { ObjectStore } from "@nats-io/obj";
+import { StageAttemptOutcome } from "../../gen/jobmesh/v1/jobs_pb.js";
+import { inTransaction, type Pool } from "../db/index.ts";
+import type { Logger } from "../telemetry/index.ts";
+import type { StageTask } from "./outbox.ts";
+import type { Topology } from "./topology.ts";
+import { failStage } from "./transitions.ts";
+
+/** Redis key of a running attempt's heartbeat (the cache adds the namespace prefix). */
+export const heartbeatKey = (task: StageTask) => `hb:${task.jobId}:${task.stageIndex}:${task.attempt}`;
+/** Redis key that tells workers a job was cancelled. */
+export const cancelKey = (jobId: string) => `cancel:${jobId}`;
+
+export interface ReaperOptions {
+  db: Pool;
+  redis: Redis;
+  topology: Topology;
+  buckets: { uploads: ObjectStore; results: ObjectStore };
+  log: Logger;
+  heartbeatTtlMs: number;
+  onReaped?: (task: StageTask) => void;
+}
+
+export interface Reaper {
+  /** One pass: requeues lost attempts; resolves with how many. */
+  reap(): Promise<number>;
+  /** One retention pass. */
+  sweep(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export function createReaper(options: ReaperOptions): Reaper {
+  const { db, redis, log } = options;
+
+  async function reap(): Promise<number> {
+    // A worker writes its heartbeat before the stage starts; an attempt younger than one TTL
+    // may simply not have been seen yet.
+    const { rows } = await db.query<{ tenant_id: string; job_id: string; stage_index: number; attempt: number }>(
+      `SELECT tenant_id, job_id, stage_index, attempt FROM stage_attempts
+       WHERE outcome = $1 AND start_time < clock_timestamp() - make_interval(secs => $2::float8 / 1000)
+       LIMIT 500`,
+      [StageAttemptOutcome.RUNNING, options.heartbeatTtlMs],
+    );
+    let reaped = 0;
+    for (const r of rows) {
+      const task: StageTask = { tenantId: r.tenant_id, jobId: r.job_id, stageIndex: r.stage_index, attempt: r.attempt };
+      let alive: number;
+      try {
+        alive = await redis.exists(heartbeatKey(task));
+      } catch {
+        return reaped; // Without Redis we cannot tell a live worker from a dead one: wait.
+      }
+      if (alive) continue;
+      const outcome = await inTransaction(db, (tx) =>
+        failStage(tx, options.topology, task, {
+          kind: "transient",
+          outcome: StageAttemptOutcome.ABANDONED,
+          code: "WORKER_LOST",
+          message: "the worker running this stage stopped heartbeating",
+        }),
+      );
+      if (outcome !== "stale") {
+        reaped++;
+        options.onReaped?.(task);
+        log.warn({ job: task.jobId, stageIndex: task.stageIndex, attempt: task.attempt }, "reaped a stage attempt whose worker was lost");
+      }
+    }
+    return reaped;
+  }
+
+  async function sweep(): Promise<void> {
+    const expired = await db.query<{ object_key: string | null }>(
+      "DELETE FROM job_results WHERE expire_time < now() RETURNING object_key",
+    );
+    for (const { object_key } of expired.rows) {
+      if (object_key) await options.buckets.results.delete(object_key).catch(() => {});
+    }
+    const uploads = await db.query<{ id: string }>(
+      `DELETE FROM uploads u WHERE expire_time < now()
+       AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.tenant_id = u.tenant_id AND j.source_upload = u.id AND j.state NOT IN (3, 4, 6))
+       RETURNING id`,
+    );
+    for (const { id } of uploads.rows) await options.buckets.uploads.delete(id).catch(() => {});
+    await db.query("DELETE FROM outbox WHERE published_at < now() - interval '1 hour'");
+  }
+
+  let stopped = false;
+  const reapEvery = Math.max(200, Math.floor(options.heartbeatTtlMs / 3));
+  const reapTimer = setInterval(() => {
+    if (!stopped) reap().catch((error: unknown) => log.warn({ err: error }, "reaper pass failed"));
+  }, reapEvery);
+  const sweepTimer = setInterval(() => {
+    if (!stopped) sweep().catch((error: unknown) => log.warn({ err: error }, "retention sweep failed"));
+  }, 60_000);
+
+  return {
+    reap,
+    sweep,
+    async stop() {
+      stopped = true;
+      clearInterval(reapTimer);
+      clearInterval(sweepTimer);
+    },
+  };
+}

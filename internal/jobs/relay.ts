@@ -1,0 +1,126 @@
+/**
+ * The outbox relay: publishes committed outbox rows to JetStream and marks them published.
+ * Rows are claimed by their published state (FOR UPDATE SKIP LOCKED on published_at IS NULL),
+ * never by "id > last seen", so relays can run side by side and a row that commits late is
+ * never skipped. Each message carries Nats-Msg-Id = the row id: a relay that dies after
+ * publishing but before marking republishes, and JetStream drops the duplicate.
+ */
+import { context, propagation, SpanKind, trace, type Tracer } from "@opentelemetry/api";
+import type { JetStreamClient } from "@nats-io/jetstream";
+import { tracedHeaders } from "../bus/index.ts";
+import { inTransaction, type Pool } from "../db/index.ts";
+import type { Logger } from "../telemetry/index.ts";
+import { outboxChannel } from "./outbox.ts";
+
+export interface OutboxRelayOptions {
+  db: Pool;
+  js: JetStreamClient;
+  log: Logger;
+  tracer: Tracer;
+  /** Rows per transaction. */
+  batchSize?: number;
+  /** Poll interval: picks up delayed rows and covers a missed NOTIFY. */
+  pollMs?: number;
+  /** Test hook: runs after publishing a batch and before marking it (throw to simulate a crash). */
+  beforeMark?: (ids: string[]) => void | Promise<void>;
+}
+
+export interface OutboxRelay {
+  /** Publishes one batch now; resolves with the number of rows published. */
+  publishBatch(): Promise<number>;
+  stop(): Promise<void>;
+}
+
+interface OutboxRow {
+  id: string;
+  subject: string;
+  payload: Buffer;
+  headers: Record<string, string>;
+}
+
+export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
+  const { db, js, log, tracer } = options;
+  const batchSize = options.batchSize ?? 200;
+
+  async function publish(row: OutboxRow) {
+    const parent = propagation.extract(context.active(), row.headers);
+    const span = tracer.startSpan(`outbox publish ${row.subject.split(".").slice(1, 2).join("")}`, {
+      kind: SpanKind.PRODUCER,
+      attributes: { "messaging.system": "nats", "messaging.destination.name": row.subject, "messaging.message.id": row.id },
+    }, parent);
+    try {
+      const headers = tracedHeaders(trace.setSpan(parent, span));
+      for (const [key, value] of Object.entries(row.headers)) {
+        if (key !== "traceparent" && key !== "tracestate") headers.set(key, value);
+      }
+      await js.publish(row.subject, row.payload, { msgID: row.id, headers });
+    } finally {
+      span.end();
+    }
+  }
+
+  async function publishBatch(): Promise<number> {
+    return inTransaction(db, async (tx) => {
+      const { rows } = await tx.query<OutboxRow>(
+        `SELECT id, subject, payload, headers FROM outbox
+         WHERE published_at IS NULL AND available_time <= clock_timestamp()
+         ORDER BY available_time, create_time
+         LIMIT $1 FOR UPDATE SKIP LOCKED`,
+        [batchSize],
+      );
+      if (rows.length === 0) return 0;
+      // Sequential publishes keep each job's events in order on the stream.
+      for (const row of rows) await publish(row);
+      const ids = rows.map((r) => r.id);
+      await options.beforeMark?.(ids);
+      await tx.query("UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY($1::uuid[])", [ids]);
+      return rows.length;
+    });
+  }
+
+  let stopped = false;
+  let wake: (() => void) | undefined;
+  const listener = db.connect().then(async (client) => {
+    client.on("notification", () => wake?.());
+    await client.query(`LISTEN ${outboxChannel}`);
+    return client;
+  });
+  listener.catch((error: unknown) => log.warn({ err: error }, "outbox relay cannot LISTEN; polling only"));
+
+  const loop = (async () => {
+    let failures = 0;
+    while (!stopped) {
+      let published = 0;
+      try {
+        published = await publishBatch();
+        failures = 0;
+      } catch (error) {
+        failures++;
+        if (failures === 1 || failures % 50 === 0) log.warn({ err: error }, "outbox relay: publish failed; retrying");
+      }
+      if (published === batchSize && !stopped) continue;
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, failures > 0 ? Math.min(2000, 100 * failures) : (options.pollMs ?? 250));
+        wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      wake = undefined;
+    }
+  })();
+
+  return {
+    publishBatch,
+    async stop() {
+      stopped = true;
+      wake?.();
+      await loop;
+      const client = await listener.catch(() => undefined);
+      if (client) {
+        await client.query(`UNLISTEN ${outboxChannel}`).catch(() => {});
+        client.release();
+      }
+    },
+  };
+}

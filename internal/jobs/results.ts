@@ -1,0 +1,87 @@
+/**
+ * Job results: the result document the output stage built, stored inline in Postgres up to
+ * 1 MiB or in the results object store bucket beyond, and its protobuf form for GetJobResult.
+ */
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { type JobResult, JobResultSchema, PiiType } from "../../gen/jobmesh/v1/jobs_pb.js";
+import type { Queryable } from "../db/index.ts";
+import type { JobResultDocument, PiiKind } from "../stages/index.ts";
+
+/** What GetJobResult can answer without the text and structure. */
+export type ResultSummary = Omit<JobResultDocument, "text" | "structure"> & { piiRedacted: boolean };
+
+export interface ResultRow {
+  media_type: string;
+  summary: ResultSummary;
+  inline_json: Buffer | null;
+  object_key: string | null;
+  size_bytes: string;
+  sha256: string;
+  create_time: Date;
+  expire_time: Date;
+}
+
+/** The object key of a job's large result in the results bucket. */
+export const resultObjectKey = (tenantId: string, jobId: string) => `${tenantId}/${jobId}.json`;
+
+export async function insertResult(
+  tx: Queryable,
+  tenantId: string,
+  jobId: string,
+  r: { summary: ResultSummary; inlineJson?: Uint8Array; objectKey?: string; size: number; sha256: string; expireTime: Date },
+): Promise<void> {
+  await tx.query(
+    `INSERT INTO job_results (tenant_id, job_id, media_type, summary, inline_json, object_key, size_bytes, sha256, expire_time)
+     VALUES ($1, $2, 'application/json', $3, $4, $5, $6, $7, $8)
+     ON CONFLICT (tenant_id, job_id) DO UPDATE SET summary = EXCLUDED.summary, inline_json = EXCLUDED.inline_json,
+       object_key = EXCLUDED.object_key, size_bytes = EXCLUDED.size_bytes, sha256 = EXCLUDED.sha256,
+       expire_time = EXCLUDED.expire_time, create_time = date_trunc('milliseconds', now())`,
+    [tenantId, jobId, JSON.stringify(r.summary), r.inlineJson ? Buffer.from(r.inlineJson) : null, r.objectKey ?? null, r.size, r.sha256, r.expireTime],
+  );
+}
+
+export async function selectResult(db: Queryable, tenantId: string, jobId: string): Promise<ResultRow | undefined> {
+  const { rows } = await db.query<ResultRow>(
+    `SELECT media_type, summary, inline_json, object_key, size_bytes, sha256, create_time, expire_time
+     FROM job_results WHERE tenant_id = $1 AND job_id = $2 AND expire_time > now()`,
+    [tenantId, jobId],
+  );
+  return rows[0];
+}
+
+const piiTypes: Record<PiiKind, PiiType> = { email: PiiType.EMAIL, phone: PiiType.PHONE, card: PiiType.CARD_NUMBER, iban: PiiType.IBAN };
+
+/** The JobResult message: whole when `doc` is given, else metadata and the object reference. */
+export function toJobResult(name: string, row: ResultRow, bucket: string, doc?: JobResultDocument): JobResult {
+  const s = row.summary;
+  return create(JobResultSchema, {
+    name,
+    text: doc?.text ?? "",
+    structure: doc
+      ? {
+          headings: doc.structure.headings,
+          tables: doc.structure.tables.map((t) => ({ rows: t.rows.map((cells) => ({ cells })) })),
+          links: doc.structure.links.map((l) => ({ url: l.href, text: l.text })),
+          pageCount: doc.pageCount ?? 0,
+        }
+      : undefined,
+    mediaType: s.mediaType,
+    encoding: s.encoding ?? "",
+    language: s.language ?? "",
+    sha256: s.sha256,
+    counts: s.counts
+      ? { characters: BigInt(s.counts.characters), words: BigInt(s.counts.words), sentences: BigInt(s.counts.sentences), paragraphs: BigInt(s.counts.paragraphs) }
+      : undefined,
+    keywords: (s.keywords ?? []).map((k) => ({ term: k.term, score: k.score })),
+    summary: (s.summary ?? []).join(" "),
+    piiFindings: (s.pii?.findings ?? []).map((f) => ({ type: piiTypes[f.kind], startOffset: BigInt(f.start), endOffset: BigInt(f.end), maskedValue: f.masked })),
+    piiRedacted: s.piiRedacted,
+    quality: s.quality ? { score: s.quality.score, reasons: s.quality.reasons.map((code) => ({ code })) } : undefined,
+    object: row.object_key
+      ? { bucket, key: row.object_key, sizeBytes: BigInt(row.size_bytes), sha256: row.sha256, mediaType: row.media_type }
+      : undefined,
+    createTime: timestampFromDate(row.create_time),
+    expireTime: timestampFromDate(row.expire_time),
+  });
+}

@@ -1,0 +1,85 @@
+/**
+ * JobService handlers: read the caller's tenant, call the domain, shape the response.
+ * Validation happened in the interceptor; domain errors are mapped to codes there too.
+ */
+import { create } from "@bufbuild/protobuf";
+import type { ServiceImpl } from "@connectrpc/connect";
+import {
+  CancelJobResponseSchema,
+  CreateJobResponseSchema,
+  CreateJobsResponseSchema,
+  DeleteJobResponseSchema,
+  DownloadJobResultResponseSchema,
+  GetJobResponseSchema,
+  GetJobResultResponseSchema,
+  JobService,
+  ListJobsResponseSchema,
+  RetryJobResponseSchema,
+  UploadDocumentResponseSchema,
+  WatchJobResponseSchema,
+} from "../../gen/jobmesh/v1/jobs_pb.js";
+import type { NatsConnection } from "@nats-io/transport-node";
+import type { ObjectStore } from "@nats-io/obj";
+import type { Pool } from "../db/index.ts";
+import { callerOf } from "../rpc/context.ts";
+import type { JobDomain } from "./jobs.ts";
+import type { Topology } from "./topology.ts";
+import { downloadResult, uploadDocument } from "./transfer.ts";
+import { watchJob } from "./watch.ts";
+
+export { JobService };
+
+export interface JobServiceDeps {
+  jobs: JobDomain;
+  db: Pool;
+  nc: NatsConnection;
+  topology: Topology;
+  uploads: ObjectStore;
+  maxDocumentBytes: number;
+}
+
+export function createJobService(deps: JobServiceDeps): ServiceImpl<typeof JobService> {
+  const { jobs } = deps;
+  return {
+    async createJob(req, ctx) {
+      const job = await jobs.create(callerOf(ctx.values).tenantId, req);
+      return create(CreateJobResponseSchema, { job });
+    },
+    async createJobs(req, ctx) {
+      const created = await jobs.createMany(callerOf(ctx.values).tenantId, req.requests);
+      return create(CreateJobsResponseSchema, { jobs: created });
+    },
+    async getJob(req, ctx) {
+      return create(GetJobResponseSchema, { job: await jobs.get(callerOf(ctx.values).tenantId, req.name) });
+    },
+    async listJobs(req, ctx) {
+      return create(ListJobsResponseSchema, await jobs.list(callerOf(ctx.values).tenantId, req));
+    },
+    async cancelJob(req, ctx) {
+      return create(CancelJobResponseSchema, { job: await jobs.cancel(callerOf(ctx.values).tenantId, req.name) });
+    },
+    async retryJob(req, ctx) {
+      return create(RetryJobResponseSchema, { job: await jobs.retry(callerOf(ctx.values).tenantId, req.name, req.fromStage) });
+    },
+    async deleteJob(req, ctx) {
+      await jobs.delete(callerOf(ctx.values).tenantId, req.name, req.etag);
+      return create(DeleteJobResponseSchema, {});
+    },
+    async getJobResult(req, ctx) {
+      return create(GetJobResultResponseSchema, { result: await jobs.getResult(callerOf(ctx.values).tenantId, req.name) });
+    },
+    async *downloadJobResult(req, ctx) {
+      for await (const chunk of downloadResult(jobs, callerOf(ctx.values).tenantId, req.name, req.format, req.offset)) {
+        yield create(DownloadJobResultResponseSchema, chunk);
+      }
+    },
+    async *watchJob(req, ctx) {
+      const events = watchJob(deps, callerOf(ctx.values).tenantId, req.name, req.afterSequence, ctx.signal);
+      for await (const event of events) yield create(WatchJobResponseSchema, { event });
+    },
+    async uploadDocument(req, ctx) {
+      const upload = await uploadDocument({ db: deps.db, uploads: deps.uploads, maxDocumentBytes: deps.maxDocumentBytes }, callerOf(ctx.values).tenantId, req);
+      return create(UploadDocumentResponseSchema, { upload });
+    },
+  };
+}

@@ -1,0 +1,240 @@
+/**
+ * A stage worker: N stage tasks at once from the work stream, higher priorities first. For each
+ * task it claims the attempt in Postgres (fenced by attempt number), heartbeats into Redis and
+ * extends the JetStream ack deadline while the stage runs, aborts the stage on timeout or
+ * cancellation through its AbortSignal, commits the outcome with the next task in one
+ * transaction, and only then acks the message.
+ */
+import { context, SpanKind, SpanStatusCode, trace, type Tracer, type Meter } from "@opentelemetry/api";
+import type { ConsumerMessages, JetStreamClient, JsMsg } from "@nats-io/jetstream";
+import type { NatsConnection, Subscription } from "@nats-io/transport-node";
+import type { ObjectStore } from "@nats-io/obj";
+import type { Redis } from "ioredis";
+import { hostname } from "node:os";
+import { randomBytes } from "node:crypto";
+import { StageAttemptOutcome } from "../../gen/jobmesh/v1/jobs_pb.js";
+import { traceContextOf } from "../bus/index.ts";
+import { inTransaction, type Pool } from "../db/index.ts";
+import type { StageTask } from "../jobs/outbox.ts";
+import { cancelKey, heartbeatKey } from "../jobs/reaper.ts";
+import { stageAt, type JobRow } from "../jobs/store.ts";
+import { prioritiesInOrder, stageToken, workAckWaitMs, type Topology } from "../jobs/topology.ts";
+import { claimAttempt, completeStage, failStage, stageTimeoutMs, type StageFailure } from "../jobs/transitions.ts";
+import { findStageError } from "../stages/index.ts";
+import type { Logger } from "../telemetry/index.ts";
+import { runStage } from "./run-stage.ts";
+
+export interface WorkerDeps {
+  db: Pool;
+  js: JetStreamClient;
+  nc: NatsConnection;
+  redis: Redis;
+  topology: Topology;
+  buckets: { uploads: ObjectStore; results: ObjectStore };
+  log: Logger;
+  tracer: Tracer;
+  meter: Meter;
+  concurrency: number;
+  heartbeatTtlMs: number;
+  maxDocumentBytes: number;
+  allowLoopbackFetch: boolean;
+  resultRetentionSeconds: number;
+  /** Defaults to host-pid-random. */
+  workerId?: string;
+}
+
+export interface Worker {
+  id: string;
+  /** Stops taking work, lets running stages finish for up to `graceMs`, then aborts them. */
+  stop(graceMs?: number): Promise<void>;
+}
+
+/** Why a stage's signal was aborted. */
+class CancelledByUser extends Error {
+  override name = "CancelledByUser";
+}
+class StageTimedOut extends Error {
+  override name = "StageTimedOut";
+}
+class WorkerStopping extends Error {
+  override name = "WorkerStopping";
+}
+
+export async function startWorker(deps: WorkerDeps): Promise<Worker> {
+  const { db, redis, topology, log, tracer } = deps;
+  const workerId = deps.workerId ?? `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`;
+  const stageDuration = deps.meter.createHistogram("jobmesh.stage.duration", { description: "Stage attempt duration by stage and outcome", unit: "ms" });
+  const attempts = deps.meter.createCounter("jobmesh.stage.attempts", { description: "Stage attempts by stage and outcome" });
+
+  const running = new Map<string, AbortController>();
+  const queues: JsMsg[][] = prioritiesInOrder.map(() => []);
+  let active = 0;
+  let stopping = false;
+  const inflight = new Set<Promise<void>>();
+
+  const cancelSub: Subscription = deps.nc.subscribe(`${topology.namespace}.cancel.*`, {
+    callback: (_err, msg) => running.get(msg.subject.split(".").pop()!)?.abort(new CancelledByUser("job cancelled")),
+  });
+
+  const consumers = await Promise.all(prioritiesInOrder.map((p) => deps.js.consumers.get(topology.workStream, topology.workConsumer(p))));
+  const feeds: ConsumerMessages[] = await Promise.all(consumers.map((c) => c.consume({ max_messages: deps.concurrency, expires: 5_000 })));
+  feeds.forEach((feed, i) => {
+    void (async () => {
+      for await (const msg of feed) {
+        if (stopping) {
+          msg.nak();
+          continue;
+        }
+        queues[i].push(msg);
+        dispatch();
+      }
+    })().catch((error: unknown) => log.warn({ err: error }, "work feed ended"));
+  });
+
+  // Tasks waiting in the local queues keep their ack deadline too.
+  const keepQueuedAlive = setInterval(() => {
+    for (const q of queues) for (const msg of q) msg.working();
+  }, workAckWaitMs / 3);
+
+  function dispatch() {
+    while (!stopping && active < deps.concurrency) {
+      const msg = queues.find((q) => q.length > 0)?.shift();
+      if (!msg) return;
+      active++;
+      const p = handle(msg)
+        .catch((error: unknown) => log.error({ err: error }, "stage task failed unexpectedly"))
+        .finally(() => {
+          active--;
+          inflight.delete(p);
+          dispatch();
+        });
+      inflight.add(p);
+    }
+  }
+
+  async function handle(msg: JsMsg) {
+    let task: StageTask;
+    try {
+      task = JSON.parse(new TextDecoder().decode(msg.data)) as StageTask;
+    } catch {
+      log.error({ subject: msg.subject }, "dropping a malformed stage task");
+      msg.term();
+      return;
+    }
+    const stageName = msg.subject.split(".").at(-2) ?? "unknown";
+    const parent = traceContextOf(msg.headers);
+    const span = tracer.startSpan(`stage ${stageName}`, {
+      kind: SpanKind.CONSUMER,
+      attributes: { "jobmesh.job": task.jobId, "jobmesh.stage": stageName, "jobmesh.attempt": task.attempt, "jobmesh.worker": workerId },
+    }, parent);
+    await context.with(trace.setSpan(parent, span), async () => {
+      try {
+        const row = await inTransaction(db, (tx) => claimAttempt(tx, topology, task, workerId));
+        if (!row) {
+          // Stale, duplicate or cancelled: the job has moved on; this delivery has no effect.
+          span.setAttribute("jobmesh.stale", true);
+          msg.ack();
+          return;
+        }
+        await runClaimed(msg, task, row, span);
+      } catch (error) {
+        span.setStatus({ code: SpanStatusCode.ERROR, message: String(error) });
+        // The reaper requeues the attempt once its heartbeat lapses; redelivery finds it stale.
+        msg.ack();
+        throw error;
+      } finally {
+        span.end();
+      }
+    });
+  }
+
+  async function runClaimed(msg: JsMsg, task: StageTask, row: JobRow, span: ReturnType<Tracer["startSpan"]>) {
+    const stage = stageAt(row, task.stageIndex);
+    const hbKey = heartbeatKey(task);
+    const controller = new AbortController();
+    running.set(task.jobId, controller);
+    const timeoutMs = stageTimeoutMs(row, task.stageIndex);
+    const timeout = setTimeout(() => controller.abort(new StageTimedOut(`stage ${stageToken(stage)} exceeded its timeout of ${timeoutMs} ms`)), timeoutMs);
+    const beat = async () => {
+      msg.working();
+      try {
+        await redis.set(hbKey, workerId, "PX", deps.heartbeatTtlMs);
+        if (await redis.exists(cancelKey(task.jobId))) controller.abort(new CancelledByUser("job cancelled"));
+      } catch {
+        // Redis is down: the reaper cannot reap without it either, so keep working.
+      }
+    };
+    await beat();
+    const heartbeat = setInterval(() => void beat(), Math.max(100, Math.floor(deps.heartbeatTtlMs / 3)));
+    const started = performance.now();
+    let outcome = "succeeded";
+    try {
+      let result: Awaited<ReturnType<typeof runStage>> | undefined;
+      let failure: StageFailure | undefined;
+      try {
+        result = await runStage({ ...deps, db, uploads: deps.buckets.uploads, results: deps.buckets.results }, row, task, controller.signal);
+      } catch (error) {
+        failure = classify(error, controller.signal);
+        outcome = failure.code.toLowerCase();
+        span.setStatus({ code: SpanStatusCode.ERROR, message: failure.message });
+      }
+      if (controller.signal.reason instanceof WorkerStopping) {
+        // Shutting down: leave the attempt to the reaper, which requeues it for another worker.
+        return;
+      }
+      const committed = await inTransaction(db, (tx) =>
+        failure ? failStage(tx, topology, task, failure) : completeStage(tx, topology, task, result!),
+      );
+      span.setAttribute("jobmesh.commit", committed);
+    } finally {
+      clearTimeout(timeout);
+      clearInterval(heartbeat);
+      running.delete(task.jobId);
+      await redis.del(hbKey).catch(() => {});
+      const attrs = { stage: stageToken(stage), outcome };
+      stageDuration.record(performance.now() - started, attrs);
+      attempts.add(1, attrs);
+      msg.ack();
+    }
+  }
+
+  return {
+    id: workerId,
+    async stop(graceMs = 10_000) {
+      stopping = true;
+      clearInterval(keepQueuedAlive);
+      await Promise.all(feeds.map((f) => f.close().catch(() => {})));
+      for (const q of queues) for (const msg of q.splice(0)) msg.nak();
+      const all = Promise.allSettled([...inflight]);
+      const timer = setTimeout(() => {
+        for (const c of running.values()) c.abort(new WorkerStopping("worker stopping"));
+      }, graceMs);
+      await all;
+      clearTimeout(timer);
+      cancelSub.unsubscribe();
+    },
+  };
+}
+
+/** Maps what a stage threw to how the attempt failed. */
+export function classify(error: unknown, signal: AbortSignal): StageFailure {
+  if (signal.aborted) {
+    const reason: unknown = signal.reason;
+    if (reason instanceof CancelledByUser) {
+      return { kind: "cancelled", outcome: StageAttemptOutcome.CANCELLED, code: "CANCELLED", message: "the job was cancelled" };
+    }
+    if (reason instanceof StageTimedOut) {
+      return { kind: "transient", outcome: StageAttemptOutcome.TIMED_OUT, code: "STAGE_TIMEOUT", message: reason.message };
+    }
+  }
+  const stageError = findStageError(error);
+  if (stageError) {
+    return {
+      kind: stageError.retryable ? "transient" : "permanent",
+      outcome: StageAttemptOutcome.FAILED,
+      code: stageError.code.toUpperCase(),
+      message: stageError.message,
+    };
+  }
+  return { kind: "transient", outcome: StageAttemptOutcome.FAILED, code: "INTERNAL", message: "the stage failed unexpectedly; it will be retried" };
+}
