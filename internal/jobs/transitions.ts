@@ -9,7 +9,7 @@ import { StageAttemptOutcome } from "../../gen/jobmesh/v1/jobs_pb.js";
 import type { RetryPolicy } from "../../gen/jobmesh/v1/pipelines_pb.js";
 import type { Queryable } from "../db/index.ts";
 import { enqueueStage, recordEvents, type NewEvent, type StageTask } from "./outbox.ts";
-import { configOf, jobColumnList, stageAt, type JobErrorJson, type JobRow } from "./store.ts";
+import { configOf, jobColumnList, maxAttemptOf, stageAt, type JobErrorJson, type JobRow } from "./store.ts";
 import type { Topology } from "./topology.ts";
 
 /** A change to a job row: column → value. `version` and `update_time` change with every one. */
@@ -125,9 +125,11 @@ export async function completeStage(tx: Queryable, topology: Topology, task: Sta
   const succeeded: NewEvent = { type: JobEventType.STAGE_SUCCEEDED, stageIndex: task.stageIndex, attempt: task.attempt };
   const next = task.stageIndex + 1;
   if (next < configOf(current).stages.length) {
-    const row = await updateJob(tx, current, { ...done.patch, state: JobState.QUEUED, stage_index: next, stage_attempt: 1, stage_attempt_base: 1 });
+    // After RetryJob the next stage may have run before: its attempt numbers continue.
+    const attempt = (await maxAttemptOf(tx, task.tenantId, task.jobId, next)) + 1;
+    const row = await updateJob(tx, current, { ...done.patch, state: JobState.QUEUED, stage_index: next, stage_attempt: attempt, stage_attempt_base: attempt });
     await recordEvents(tx, topology, row, [succeeded]);
-    await enqueueStage(tx, topology, row, next, 1);
+    await enqueueStage(tx, topology, row, next, attempt);
     return "committed";
   }
   const { expireTime } = done.storeResult ? await done.storeResult(tx, current) : { expireTime: null };

@@ -129,7 +129,14 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
     }, parent);
     await context.with(trace.setSpan(parent, span), async () => {
       try {
-        const row = await inTransaction(db, (tx) => claimAttempt(tx, topology, task, workerId));
+        let row: JobRow | undefined;
+        try {
+          row = await inTransaction(db, (tx) => claimAttempt(tx, topology, task, workerId));
+        } catch (error) {
+          // Nothing was claimed (Postgres unreachable?): hand the task back for a later try.
+          msg.nak(1000);
+          throw error;
+        }
         if (!row) {
           // Stale, duplicate or cancelled: the job has moved on; this delivery has no effect.
           span.setAttribute("jobmesh.stale", true);
@@ -138,9 +145,9 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
         }
         await runClaimed(msg, task, row, span);
       } catch (error) {
+        // After a claim, runClaimed acked: if its commit failed, the reaper requeues the
+        // attempt once the heartbeat lapses.
         span.setStatus({ code: SpanStatusCode.ERROR, message: String(error) });
-        // The reaper requeues the attempt once its heartbeat lapses; redelivery finds it stale.
-        msg.ack();
         throw error;
       } finally {
         span.end();
