@@ -3,7 +3,8 @@ import { create, fromBinary } from "@bufbuild/protobuf";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
-import { JobEventSchema, JobEventType, JobState } from "../gen/jobmesh/v1/events_pb.js";
+import { type JobEvent, JobEventSchema, JobEventType, JobState } from "../gen/jobmesh/v1/events_pb.js";
+import type { MsgHdrs } from "@nats-io/transport-node";
 import { JobService, Priority, SourceKind, StageAttemptOutcome, UploadDocumentRequestSchema } from "../gen/jobmesh/v1/jobs_pb.js";
 import { PipelineConfigSchema, PipelineService, Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
 import { startWorkers } from "../internal/mesh/servers.ts";
@@ -158,7 +159,7 @@ t.test("events - a JetStream consumer receives the documented events with their 
     filter_subject: `${mesh.isolated.namespace}.events.${tenant}.>`,
   });
   const consumer = await js.consumers.get(stream, "test_reader");
-  const mine = [];
+  const mine: { event: JobEvent; subject: string; headers: MsgHdrs | undefined }[] = [];
   const jobId = watchedJob;
   const deadline = Date.now() + 10_000;
   while (Date.now() < deadline && !mine.some((m) => m.event.type === JobEventType.JOB_SUCCEEDED)) {
