@@ -60,6 +60,37 @@ export interface Config {
    * HTTP server. Never enable it in a deployment: it opens the workers to SSRF against the host.
    */
   allowLoopbackFetchForTests: boolean;
+  /** Identity: tokens, keys, the first admin, login rate limits. */
+  auth: AuthConfig;
+}
+
+export interface AuthConfig {
+  /** Email of the admin `jobmesh up` creates in the bootstrap tenant when it has no users. */
+  adminEmail: string;
+  /** That admin's password; "" generates one and prints it once. */
+  adminPassword: string;
+  /** `iss` and `aud` of access tokens. */
+  issuer: string;
+  audience: string;
+  /** Lifetime of an access token (at most 15 minutes). */
+  accessTokenTtlSeconds: number;
+  /** Lifetime of a refresh token. */
+  refreshTokenTtlSeconds: number;
+  /** Base64 of 32 bytes that seal the private signing keys in Postgres; "" keeps a key file in signingKeyDir. */
+  keyEncryptionKey: string;
+  /** Where the key-encryption key file lives when JOBMESH_KEY_ENCRYPTION_KEY is not set. */
+  signingKeyDir: string;
+  /** Age after which a new signing key replaces the current one. */
+  signingKeyRotationSeconds: number;
+  /** AuthService URL to fetch the JWKS from; "" reads the public keys from Postgres. */
+  authUrl: string;
+  /** Failed logins of one account within the window before it must wait. */
+  loginMaxFailuresPerAccount: number;
+  /** Login attempts from one address within the window before it must wait. */
+  loginMaxAttemptsPerIp: number;
+  loginWindowSeconds: number;
+  /** How long a verified API key is cached in Redis (at most 5 s: revocation reaches every service within it). */
+  apiKeyCacheSeconds: number;
 }
 
 type Env = Record<string, string | undefined>;
@@ -121,6 +152,7 @@ export function loadConfig(env: Env = process.env): Config {
   if (!(logLevels as readonly string[]).includes(logLevel)) {
     throw new ConfigError("JOBMESH_LOG_LEVEL", `must be one of ${logLevels.join(", ")}, got "${logLevel}"`);
   }
+  const dataDir = env.JOBMESH_DATA_DIR || ".jobmesh";
   return {
     host: readPattern(env, "JOBMESH_HOST", "127.0.0.1", /^[0-9a-zA-Z.:-]+$/, "a host name or address"),
     ports: {
@@ -140,7 +172,7 @@ export function loadConfig(env: Env = process.env): Config {
     maxMessageBytes: readInt(env, "JOBMESH_MAX_MESSAGE_BYTES", 8 * 1024 * 1024, 1024, 64 * 1024 * 1024),
     shutdownGraceMs: readInt(env, "JOBMESH_SHUTDOWN_GRACE_MS", 10_000, 0, 300_000),
     otlpEndpoint: readUrl(env, "JOBMESH_OTLP_ENDPOINT", "", ["http:", "https:"]),
-    dataDir: env.JOBMESH_DATA_DIR || ".jobmesh",
+    dataDir,
     cacheTtlSeconds: readInt(env, "JOBMESH_CACHE_TTL_SECONDS", 3600, 1, 86_400 * 30),
     explicitUrls: {
       databaseUrl: env.DATABASE_URL || undefined,
@@ -152,5 +184,33 @@ export function loadConfig(env: Env = process.env): Config {
     workerConcurrency: readInt(env, "JOBMESH_WORKER_CONCURRENCY", 4, 1, 256),
     heartbeatTtlMs: readInt(env, "JOBMESH_HEARTBEAT_TTL_MS", 15_000, 500, 600_000),
     allowLoopbackFetchForTests: readBool(env, "JOBMESH_ALLOW_LOOPBACK_FETCH"),
+    auth: loadAuthConfig(env, dataDir),
+  };
+}
+
+function loadAuthConfig(env: Env, dataDir: string): AuthConfig {
+  const adminPassword = env.JOBMESH_ADMIN_PASSWORD ?? "";
+  if (adminPassword !== "" && (adminPassword.length < 12 || adminPassword.length > 256)) {
+    throw new ConfigError("JOBMESH_ADMIN_PASSWORD", "must be 12..256 characters");
+  }
+  const keyEncryptionKey = env.JOBMESH_KEY_ENCRYPTION_KEY ?? "";
+  if (keyEncryptionKey !== "" && Buffer.from(keyEncryptionKey, "base64").length !== 32) {
+    throw new ConfigError("JOBMESH_KEY_ENCRYPTION_KEY", "must be the base64 of 32 random bytes (openssl rand -base64 32)");
+  }
+  return {
+    adminEmail: readPattern(env, "JOBMESH_ADMIN_EMAIL", "admin@jobmesh.local", /^[^\s@]+@[^\s@]+\.[^\s@]+$/, "an email address"),
+    adminPassword,
+    issuer: readPattern(env, "JOBMESH_TOKEN_ISSUER", "jobmesh", /^\S{1,200}$/, "a non-empty string"),
+    audience: readPattern(env, "JOBMESH_TOKEN_AUDIENCE", "jobmesh", /^\S{1,200}$/, "a non-empty string"),
+    accessTokenTtlSeconds: readInt(env, "JOBMESH_ACCESS_TOKEN_TTL_SECONDS", 900, 10, 900),
+    refreshTokenTtlSeconds: readInt(env, "JOBMESH_REFRESH_TOKEN_TTL_SECONDS", 30 * 86_400, 60, 365 * 86_400),
+    keyEncryptionKey,
+    signingKeyDir: env.JOBMESH_SIGNING_KEY_DIR || `${dataDir}/keys`,
+    signingKeyRotationSeconds: readInt(env, "JOBMESH_SIGNING_KEY_ROTATION_SECONDS", 30 * 86_400, 3600, 365 * 86_400),
+    authUrl: readUrl(env, "JOBMESH_AUTH_URL", "", ["http:", "https:"]),
+    loginMaxFailuresPerAccount: readInt(env, "JOBMESH_LOGIN_MAX_FAILURES_PER_ACCOUNT", 10, 1, 10_000),
+    loginMaxAttemptsPerIp: readInt(env, "JOBMESH_LOGIN_MAX_ATTEMPTS_PER_IP", 100, 1, 100_000),
+    loginWindowSeconds: readInt(env, "JOBMESH_LOGIN_WINDOW_SECONDS", 300, 1, 86_400),
+    apiKeyCacheSeconds: readInt(env, "JOBMESH_API_KEY_CACHE_SECONDS", 5, 1, 5),
   };
 }

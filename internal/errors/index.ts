@@ -55,6 +55,14 @@ export class ResourceExhaustedError extends DomainError {
 export class UnavailableError extends DomainError {
   readonly kind = "unavailable";
 }
+/** The caller is not known: no credentials, or credentials that do not verify. */
+export class UnauthenticatedError extends DomainError {
+  readonly kind = "unauthenticated";
+}
+/** The caller is known but its roles do not grant what it asked for. */
+export class PermissionDeniedError extends DomainError {
+  readonly kind = "permission_denied";
+}
 
 export function isDomainError(error: unknown): error is DomainError {
   return error instanceof DomainError;

@@ -2,9 +2,15 @@
  * How each service is served from the shared infrastructure. `cmd/<service>` serves one;
  * `jobmesh up` serves them all in one process.
  */
+import type { DescService } from "@bufbuild/protobuf";
+import type { Interceptor } from "@connectrpc/connect";
+import { createApiKeys, createAuthDomain, createTokenVerifier, ensureAdmin, loadPublicJwks, type BootstrapAdmin, type TokenVerifier } from "../auth/index.ts";
+import { AuthService, createAuthService } from "../auth/service.ts";
 import { createPipelineDomain } from "../pipelines/pipelines.ts";
 import { createPipelineService, PipelineService } from "../pipelines/service.ts";
+import { accessRulesOf } from "../rpc/authz.ts";
 import { createBootstrapTenantInterceptor } from "../rpc/bootstrap-tenant.ts";
+import { createIdentityInterceptors, createRemoteJwksLoader, meshServices } from "../rpc/identity.ts";
 import { bindService, startRpcServer, type RpcServer } from "../rpc/server.ts";
 import { createJobDomain } from "../jobs/jobs.ts";
 import { createOutboxRelay, type OutboxRelay } from "../jobs/relay.ts";
@@ -14,7 +20,43 @@ import { createTopology, openBuckets, provisionTopology, type Topology } from ".
 import { startWorker, type Worker } from "../worker/worker.ts";
 import type { Infra } from "./infra.ts";
 
-export async function servePipelines(infra: Infra, port = infra.config.ports.pipelines): Promise<RpcServer> {
+/**
+ * "enforce": every call needs a JWT or an API key and a role that grants the method's permission.
+ * "bootstrap": every caller acts as an admin of the bootstrap tenant (the mesh before issue 5).
+ */
+export type IdentityMode = "bootstrap" | "enforce";
+
+/** The mode services start in. Flipping it to "enforce" turns authentication on mesh-wide. */
+export const defaultIdentityMode: IdentityMode = "bootstrap";
+
+const verifiers = new WeakMap<Infra, TokenVerifier>();
+
+/** One JWKS-backed verifier per process: from AuthService when JOBMESH_AUTH_URL is set, else from Postgres. */
+function verifierOf(infra: Infra): TokenVerifier {
+  let verifier = verifiers.get(infra);
+  if (!verifier) {
+    const { auth } = infra.config;
+    verifier = createTokenVerifier({
+      loadJwks: auth.authUrl ? createRemoteJwksLoader(auth.authUrl) : () => loadPublicJwks(infra.db, auth.accessTokenTtlSeconds),
+      issuer: auth.issuer,
+      audience: auth.audience,
+    });
+    verifiers.set(infra, verifier);
+  }
+  return verifier;
+}
+
+/** The identity interceptors of a server of `services`: the only place that decides how callers are known. */
+export function identityFor(infra: Infra, services: DescService[], mode: IdentityMode = defaultIdentityMode): Interceptor[] {
+  if (mode === "bootstrap") return [createBootstrapTenantInterceptor(infra.bootstrapTenantId)];
+  return createIdentityInterceptors({
+    rules: accessRulesOf(services),
+    verifier: verifierOf(infra),
+    apiKeys: createApiKeys({ db: infra.db, cache: infra.cache, pageTokens: infra.pageTokens, log: infra.log, cacheSeconds: infra.config.auth.apiKeyCacheSeconds }),
+  });
+}
+
+export async function servePipelines(infra: Infra, port = infra.config.ports.pipelines, mode: IdentityMode = defaultIdentityMode): Promise<RpcServer> {
   const pipelines = createPipelineDomain({
     db: infra.db,
     cache: infra.cache,
@@ -31,7 +73,7 @@ export async function servePipelines(infra: Infra, port = infra.config.ports.pip
     log: infra.log,
     telemetry: infra.telemetry,
     readiness: infra.readiness,
-    identity: [createBootstrapTenantInterceptor(infra.bootstrapTenantId)],
+    identity: identityFor(infra, [PipelineService], mode),
     maxMessageBytes: infra.config.maxMessageBytes,
     shutdownGraceMs: infra.config.shutdownGraceMs,
   });
@@ -47,6 +89,8 @@ export interface JobsServer extends RpcServer {
 export interface ServeJobsOptions {
   /** Start the outbox relay (default true); tests turn it off to play a relay crash. */
   relay?: boolean;
+  /** How callers are identified; defaults to defaultIdentityMode. */
+  identityMode?: IdentityMode;
 }
 
 export async function serveJobs(infra: Infra, port = infra.config.ports.jobs, options: ServeJobsOptions = {}): Promise<JobsServer> {
@@ -86,7 +130,7 @@ export async function serveJobs(infra: Infra, port = infra.config.ports.jobs, op
     log: infra.log,
     telemetry: infra.telemetry,
     readiness: infra.readiness,
-    identity: [createBootstrapTenantInterceptor(infra.bootstrapTenantId)],
+    identity: identityFor(infra, [JobService], options.identityMode),
     maxMessageBytes: config.maxMessageBytes,
     shutdownGraceMs: config.shutdownGraceMs,
   });
@@ -132,4 +176,31 @@ export async function startWorkers(infra: Infra, options: StartWorkersOptions = 
     resultRetentionSeconds: config.resultRetentionSeconds,
     workerId: options.workerId,
   });
+}
+
+/** AuthService always enforces identity: user and key management open to anyone would be a takeover. */
+export async function serveAuth(infra: Infra, port = infra.config.ports.auth): Promise<RpcServer> {
+  const auth = await createAuthDomain({ db: infra.db, cache: infra.cache, pageTokens: infra.pageTokens, log: infra.log, config: infra.config.auth });
+  const knownPermissions = [...accessRulesOf([...meshServices]).values()].flatMap((r) => (r.kind === "permission" ? [r.permission] : []));
+  return startRpcServer({
+    name: "auth",
+    host: infra.config.host,
+    port,
+    services: [bindService(AuthService, createAuthService(auth, knownPermissions))],
+    log: infra.log,
+    telemetry: infra.telemetry,
+    readiness: infra.readiness,
+    identity: identityFor(infra, [AuthService], "enforce"),
+    maxMessageBytes: infra.config.maxMessageBytes,
+    shutdownGraceMs: infra.config.shutdownGraceMs,
+  });
+}
+
+/**
+ * The bootstrap tenant's first admin (JOBMESH_ADMIN_EMAIL / JOBMESH_ADMIN_PASSWORD). When this
+ * call generated the password it is returned once, to print; it is not logged.
+ */
+export function ensureBootstrapAdmin(infra: Infra): Promise<BootstrapAdmin> {
+  const { adminEmail, adminPassword } = infra.config.auth;
+  return ensureAdmin({ db: infra.db, pageTokens: infra.pageTokens }, infra.bootstrapTenantId, adminEmail, adminPassword);
 }

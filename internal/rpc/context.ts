@@ -28,3 +28,6 @@ export function callerOf(values: { get<T>(key: { id: symbol; defaultValue: T }):
   if (!caller) throw new NoCallerError();
   return caller;
 }
+
+/** The network address of the client (the socket's remote address), for per-address limits. */
+export const peerAddressKey = createContextKey<string | undefined>(undefined, { description: "jobmesh peer address" });

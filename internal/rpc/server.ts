@@ -8,13 +8,14 @@
  * "PRI * HTTP/2.0") or to the http server (anything else); both share one Connect handler.
  */
 import type { DescService } from "@bufbuild/protobuf";
-import type { ConnectRouter, Interceptor, ServiceImpl } from "@connectrpc/connect";
+import { createContextValues, type ConnectRouter, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
 import type { Logger, Telemetry } from "../telemetry/index.ts";
 import { accessRulesOf } from "./authz.ts";
+import { peerAddressKey } from "./context.ts";
 import { createErrorInterceptor } from "./errors.ts";
 import { createHealth, type HealthServer } from "./health.ts";
 import { createReadiness, type ReadinessChecks } from "./readiness.ts";
@@ -87,6 +88,7 @@ export async function startRpcServer(options: RpcServerOptions): Promise<RpcServ
       createValidationInterceptor(),
     ],
     readMaxBytes: options.maxMessageBytes,
+    contextValues: (req) => createContextValues().set(peerAddressKey, req.socket?.remoteAddress),
     shutdownSignal: shutdown.signal,
     fallback(req, res) {
       const path = (req.url ?? "/").split("?")[0];

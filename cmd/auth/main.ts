@@ -1,0 +1,30 @@
+/** AuthService as its own process: config → dependencies → first admin → serve → drain on SIGTERM. */
+import { ConfigError, loadConfig } from "../../internal/config/index.ts";
+import { createInfra } from "../../internal/mesh/infra.ts";
+import { runUntilSignal } from "../../internal/mesh/lifecycle.ts";
+import { ensureBootstrapAdmin, serveAuth } from "../../internal/mesh/servers.ts";
+import { createLogger, startTelemetry } from "../../internal/telemetry/index.ts";
+
+let config;
+try {
+  config = loadConfig();
+} catch (error) {
+  console.error(error instanceof ConfigError ? error.message : String(error));
+  process.exit(1);
+}
+const log = createLogger({ name: "auth", level: config.logLevel });
+const telemetry = startTelemetry({ serviceName: "jobmesh-auth", otlpEndpoint: config.otlpEndpoint });
+await runUntilSignal(log, async () => {
+  const infra = await createInfra(config, log, telemetry, "auth");
+  const admin = await ensureBootstrapAdmin(infra);
+  if (admin.generatedPassword) {
+    // Printed once, to the terminal only: the logs never carry it.
+    console.log(`first admin created: ${admin.email} with password ${admin.generatedPassword} (shown once; change it or set JOBMESH_ADMIN_PASSWORD)`);
+  }
+  const server = await serveAuth(infra);
+  return async () => {
+    await server.close();
+    await infra.close();
+    await telemetry.shutdown();
+  };
+});

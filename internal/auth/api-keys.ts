@@ -1,0 +1,229 @@
+/**
+ * API keys: `jmk_<prefix>_<secret>`, a fixed shape secret scanners recognise. The secret is
+ * shown once; Postgres keeps its SHA-256. A verified key is cached in Redis for at most 5 s and
+ * revocation deletes that entry, so a revoked key stops everywhere at once, and within 5 s even
+ * if the delete is lost.
+ */
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { createHash, randomBytes } from "node:crypto";
+import { type ApiKey, ApiKeySchema, ApiKeyState } from "../../gen/jobmesh/v1/auth_pb.js";
+import type { Cache } from "../cache/index.ts";
+import type { Pool } from "../db/index.ts";
+import { pageSizeOf, parseFilter, parseOrderBy, type PageTokens } from "../paging/index.ts";
+import type { Logger } from "../telemetry/index.ts";
+import { ApiKeyNotFoundError, InvalidTokenError } from "./errors.ts";
+import { roleEnum, type RoleName } from "./roles.ts";
+import type { TokenSubject } from "./tokens.ts";
+import { newId } from "./users.ts";
+
+export const apiKeyPattern = /^jmk_[a-z0-9]{8}_[A-Za-z0-9]{43}$/;
+
+export interface ApiKeyRow {
+  tenant_id: string;
+  api_key_id: string;
+  prefix: string;
+  secret_hash: Buffer;
+  display_name: string;
+  roles: string[];
+  creator: string;
+  create_time: Date;
+  expire_time: Date | null;
+  last_used_time: Date | null;
+  revoke_time: Date | null;
+}
+
+/** The caller an API key stands for. */
+export interface ApiKeyIdentity extends TokenSubject {
+  expireTime: Date | null;
+}
+
+export const apiKeyName = (id: string) => `apiKeys/${id}`;
+const apiKeyIdOf = (name: string) => name.replace(/^apiKeys\//, "");
+const hashOf = (secret: string) => createHash("sha256").update(secret).digest();
+const cacheKeyOf = (hash: Buffer) => `apikey:${hash.toString("hex")}`;
+
+const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+/** `length` base62 characters, unbiased (bytes ≥ 248 are skipped). */
+function randomBase62(length: number): string {
+  let out = "";
+  while (out.length < length) {
+    for (const byte of randomBytes(length * 2)) {
+      if (byte < 248 && out.length < length) out += alphabet[byte % 62];
+    }
+  }
+  return out;
+}
+
+function stateOf(row: ApiKeyRow, now = Date.now()): ApiKeyState {
+  if (row.revoke_time) return ApiKeyState.REVOKED;
+  if (row.expire_time && row.expire_time.getTime() <= now) return ApiKeyState.EXPIRED;
+  return ApiKeyState.ACTIVE;
+}
+
+export function toApiKey(row: ApiKeyRow): ApiKey {
+  const ts = (d: Date | null) => (d ? timestampFromDate(d) : undefined);
+  return create(ApiKeySchema, {
+    name: apiKeyName(row.api_key_id),
+    displayName: row.display_name,
+    roles: row.roles.map(roleEnum),
+    expireTime: ts(row.expire_time),
+    state: stateOf(row),
+    prefix: row.prefix,
+    creator: row.creator,
+    tenant: row.tenant_id,
+    createTime: ts(row.create_time),
+    lastUsedTime: ts(row.last_used_time),
+    revokeTime: ts(row.revoke_time),
+  });
+}
+
+export interface ApiKeysDeps {
+  db: Pool;
+  cache: Cache;
+  pageTokens: PageTokens;
+  log: Logger;
+  /** Seconds a verified key is cached (≤ 5). */
+  cacheSeconds: number;
+}
+
+const sortColumns: Record<string, string> = {
+  create_time: "create_time",
+  display_name: "display_name",
+  last_used_time: "COALESCE(last_used_time, 'epoch')",
+};
+
+export function createApiKeys(deps: ApiKeysDeps) {
+  const { db, cache } = deps;
+
+  async function forget(hashes: Buffer[]) {
+    await cache.invalidate(...hashes.map(cacheKeyOf));
+  }
+
+  async function get(tenantId: string, name: string): Promise<ApiKeyRow> {
+    const { rows } = await db.query<ApiKeyRow>("SELECT * FROM api_keys WHERE tenant_id = $1 AND api_key_id = $2", [tenantId, apiKeyIdOf(name)]);
+    if (!rows[0]) throw new ApiKeyNotFoundError(name);
+    return rows[0];
+  }
+
+  async function loadIdentity(hash: Buffer): Promise<ApiKeyIdentity | undefined> {
+    const { rows } = await db.query<ApiKeyRow>(
+      `UPDATE api_keys SET last_used_time = CASE
+         WHEN last_used_time IS NULL OR last_used_time < now() - interval '1 minute' THEN date_trunc('milliseconds', now())
+         ELSE last_used_time END
+       WHERE secret_hash = $1 AND revoke_time IS NULL AND (expire_time IS NULL OR expire_time > now())
+       RETURNING *`,
+      [hash],
+    );
+    const row = rows[0];
+    if (!row) return undefined;
+    return { subject: apiKeyName(row.api_key_id), tenantId: row.tenant_id, roles: row.roles, expireTime: row.expire_time };
+  }
+
+  return {
+    get,
+
+    /** Creates a key; the secret is returned only here, and not again for a repeated request_id. */
+    async create(tenantId: string, creator: string, fields: { displayName: string; roles: RoleName[]; expireTime: Date | null }, requestId: string) {
+      if (requestId) {
+        const { rows } = await db.query<ApiKeyRow>("SELECT * FROM api_keys WHERE tenant_id = $1 AND create_request_id = $2", [tenantId, requestId]);
+        if (rows[0]) return { row: rows[0], secret: "" };
+      }
+      const prefix = `jmk_${randomBase62(8).toLowerCase()}`;
+      const secret = `${prefix}_${randomBase62(43)}`;
+      const { rows } = await db.query<ApiKeyRow>(
+        `INSERT INTO api_keys (tenant_id, api_key_id, prefix, secret_hash, display_name, roles, creator, create_request_id, expire_time)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT (tenant_id, create_request_id) WHERE create_request_id IS NOT NULL DO NOTHING
+         RETURNING *`,
+        [tenantId, newId(), prefix, hashOf(secret), fields.displayName, fields.roles, creator, requestId || null, fields.expireTime],
+      );
+      if (rows[0]) return { row: rows[0], secret };
+      const again = await db.query<ApiKeyRow>("SELECT * FROM api_keys WHERE tenant_id = $1 AND create_request_id = $2", [tenantId, requestId]);
+      return { row: again.rows[0], secret: "" };
+    },
+
+    async list(tenantId: string, req: { pageSize: number; pageToken: string; filter: string; orderBy: string }) {
+      const terms = parseFilter(req.filter, ["state", "creator", "role"]);
+      const orderBy = parseOrderBy(req.orderBy, Object.keys(sortColumns), { field: "create_time", descending: true });
+      const query = JSON.stringify(["apiKeys", req.filter, req.orderBy]);
+      const after = req.pageToken ? deps.pageTokens.decode<[string, string]>(req.pageToken, query) : undefined;
+      const limit = pageSizeOf(req.pageSize);
+      const params: unknown[] = [tenantId];
+      const param = (v: unknown) => `$${params.push(v)}`;
+      const where = ["tenant_id = $1"];
+      for (const term of terms) {
+        const negate = term.op === "!=" ? "NOT " : "";
+        const value = term.value.toUpperCase().replace(/^API_KEY_STATE_|^ROLE_/, "");
+        if (term.field === "creator") where.push(`${negate}(creator = ${param(term.value)})`);
+        else if (term.field === "role") where.push(`${negate}(${param(value.toLowerCase())} = ANY(roles))`);
+        else if (value === "REVOKED") where.push(`${negate}(revoke_time IS NOT NULL)`);
+        else if (value === "EXPIRED") where.push(`${negate}(revoke_time IS NULL AND expire_time <= now())`);
+        else where.push(`${negate}(revoke_time IS NULL AND (expire_time IS NULL OR expire_time > now()))`);
+      }
+      const sort = sortColumns[orderBy.field];
+      const dir = orderBy.descending ? "DESC" : "ASC";
+      if (after) {
+        const cast = orderBy.field === "display_name" ? "text" : "timestamptz";
+        where.push(`(${sort}, api_key_id) ${orderBy.descending ? "<" : ">"} (${param(after[0])}::${cast}, ${param(after[1])})`);
+      }
+      const { rows } = await db.query<ApiKeyRow & { sort_key: string | Date }>(
+        `SELECT *, ${sort} AS sort_key FROM api_keys WHERE ${where.join(" AND ")} ORDER BY ${sort} ${dir}, api_key_id ${dir} LIMIT ${param(limit + 1)}`,
+        params,
+      );
+      const page = rows.slice(0, limit);
+      const last = page[page.length - 1];
+      const key = (v: string | Date) => (v instanceof Date ? v.toISOString() : v);
+      const nextPageToken = rows.length > limit ? deps.pageTokens.encode([key(last.sort_key), last.api_key_id], query) : "";
+      return { apiKeys: page.map(toApiKey), nextPageToken };
+    },
+
+    /** Revokes a key now, in Postgres and in the cache; revoking a revoked key changes nothing. */
+    async revoke(tenantId: string, name: string): Promise<ApiKeyRow> {
+      await db.query(
+        "UPDATE api_keys SET revoke_time = date_trunc('milliseconds', now()) WHERE tenant_id = $1 AND api_key_id = $2 AND revoke_time IS NULL",
+        [tenantId, apiKeyIdOf(name)],
+      );
+      const row = await get(tenantId, name);
+      await forget([row.secret_hash]);
+      return row;
+    },
+
+    /** Revokes every key a principal created (its user was deleted). */
+    async revokeByCreator(tenantId: string, creator: string): Promise<void> {
+      const { rows } = await db.query<{ secret_hash: Buffer }>(
+        "UPDATE api_keys SET revoke_time = date_trunc('milliseconds', now()) WHERE tenant_id = $1 AND creator = $2 AND revoke_time IS NULL RETURNING secret_hash",
+        [tenantId, creator],
+      );
+      await forget(rows.map((r) => r.secret_hash));
+    },
+
+    /** The identity of an active key; an unknown, revoked or expired key is InvalidTokenError. */
+    async verify(secret: string): Promise<ApiKeyIdentity> {
+      if (!apiKeyPattern.test(secret)) throw new InvalidTokenError("API key");
+      const hash = hashOf(secret);
+      const key = cacheKeyOf(hash);
+      let identity: ApiKeyIdentity | undefined;
+      try {
+        const cached = await cache.redis.get(key);
+        if (cached) {
+          const parsed = JSON.parse(cached) as Omit<ApiKeyIdentity, "expireTime"> & { expireTime: string | null };
+          identity = { ...parsed, expireTime: parsed.expireTime ? new Date(parsed.expireTime) : null };
+        }
+      } catch (error) {
+        deps.log.debug({ err: (error as Error).message }, "API key cache read failed; reading Postgres");
+      }
+      if (!identity) {
+        identity = await loadIdentity(hash);
+        if (!identity) throw new InvalidTokenError("API key");
+        const untilExpiry = identity.expireTime ? Math.floor((identity.expireTime.getTime() - Date.now()) / 1000) : Infinity;
+        const ttl = Math.min(deps.cacheSeconds, untilExpiry);
+        if (ttl >= 1) cache.redis.set(key, JSON.stringify(identity), "EX", ttl).catch(() => {});
+      }
+      if (identity.expireTime && identity.expireTime.getTime() <= Date.now()) throw new InvalidTokenError("API key");
+      return identity;
+    },
+  };
+}
+
+export type ApiKeys = ReturnType<typeof createApiKeys>;

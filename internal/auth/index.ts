@@ -1,0 +1,107 @@
+/**
+ * Identity for jobmesh: users and passwords, sessions with rotating refresh tokens, API keys,
+ * signing keys and the JWKS, login rate limits, and the role table every service decides with.
+ * Transport-free: internal/auth/service.ts serves it, internal/rpc/identity.ts enforces it.
+ */
+import type { JWK } from "jose";
+import type { Cache } from "../cache/index.ts";
+import type { AuthConfig } from "../config/index.ts";
+import type { Pool } from "../db/index.ts";
+import type { PageTokens } from "../paging/index.ts";
+import type { Logger } from "../telemetry/index.ts";
+import { createApiKeys } from "./api-keys.ts";
+import { AmbiguousTenantError, InvalidCredentialsError } from "./errors.ts";
+import { createLoginLimits } from "./login-limits.ts";
+import { createPasswordChecker } from "./passwords.ts";
+import { createSessions } from "./sessions.ts";
+import { createSigningKeys, loadKeyEncryptionKey, loadPublicJwks } from "./signing-keys.ts";
+import { createTokenIssuer } from "./tokens.ts";
+import { createUsers, selectUsersByEmail, type UserFields } from "./users.ts";
+
+export { ensureAdmin, type BootstrapAdmin } from "./bootstrap.ts";
+export { apiKeyPattern, createApiKeys, type ApiKeyIdentity, type ApiKeys } from "./api-keys.ts";
+export * from "./errors.ts";
+export * from "./roles.ts";
+export { loadPublicJwks } from "./signing-keys.ts";
+export { createTokenVerifier, type TokenVerifier, type VerifiedToken } from "./tokens.ts";
+
+export interface AuthDomainDeps {
+  db: Pool;
+  cache: Cache;
+  pageTokens: PageTokens;
+  log: Logger;
+  config: AuthConfig;
+}
+
+export async function createAuthDomain(deps: AuthDomainDeps) {
+  const { db, config, log } = deps;
+  const keys = createSigningKeys({
+    db,
+    keyEncryptionKey: await loadKeyEncryptionKey(config.keyEncryptionKey, config.signingKeyDir),
+    rotationSeconds: config.signingKeyRotationSeconds,
+  });
+  const issuer = createTokenIssuer({ keys, issuer: config.issuer, audience: config.audience, ttlSeconds: config.accessTokenTtlSeconds });
+  const passwords = await createPasswordChecker();
+  const users = createUsers(deps);
+  const sessions = createSessions({
+    db,
+    issuer,
+    refreshTokenTtlSeconds: config.refreshTokenTtlSeconds,
+    onReuse: (who) => log.warn({ tenant: who.tenantId, user: who.userId, family: who.familyId }, "spent refresh token presented again; session revoked"),
+  });
+  const apiKeys = createApiKeys({ db, cache: deps.cache, pageTokens: deps.pageTokens, log, cacheSeconds: config.apiKeyCacheSeconds });
+  const limits = createLoginLimits({
+    cache: deps.cache,
+    maxFailuresPerAccount: config.loginMaxFailuresPerAccount,
+    maxAttemptsPerIp: config.loginMaxAttemptsPerIp,
+    windowSeconds: config.loginWindowSeconds,
+  });
+  // The first key is made now, not by the first login, so the JWKS is never empty.
+  await keys.current();
+
+  return {
+    keys,
+    users,
+    sessions,
+    apiKeys,
+    /** The public keys of the JWKS. */
+    jwks: (): Promise<JWK[]> => loadPublicJwks(db, config.accessTokenTtlSeconds),
+
+    /** Email + password → a session. Every failure looks alike and costs the same. */
+    async login(email: string, password: string, tenant: string, clientAddress: string | undefined) {
+      await limits.admit(email, tenant, clientAddress);
+      const found = await selectUsersByEmail(db, email, tenant);
+      if (found.length > 1) throw new AmbiguousTenantError();
+      const user = found[0];
+      const matches = await passwords.check(user?.password_hash, password);
+      if (!matches || user.disabled) {
+        await limits.recordFailure(email, tenant);
+        throw new InvalidCredentialsError();
+      }
+      await limits.recordSuccess(email, tenant);
+      await users.recordLogin(user.tenant_id, user.user_id);
+      return sessions.start(user);
+    },
+
+    /** An access token acting as the key, never outliving it. */
+    async exchangeApiKey(secret: string) {
+      const identity = await apiKeys.verify(secret);
+      return issuer.issue(identity, identity.expireTime);
+    },
+
+    /** Updates a user; disabling one ends its sessions. */
+    async updateUser(tenantId: string, name: string, etag: string, mask: readonly string[], fields: Omit<UserFields, "email">) {
+      const { row, disabledNow } = await users.update(tenantId, name, etag, mask, fields);
+      if (disabledNow) await sessions.revokeAll(tenantId, row.user_id);
+      return row;
+    },
+
+    /** Deletes a user with its sessions, and revokes the API keys it created. */
+    async deleteUser(tenantId: string, name: string, etag: string) {
+      await users.delete(tenantId, name, etag);
+      await apiKeys.revokeByCreator(tenantId, name);
+    },
+  };
+}
+
+export type AuthDomain = Awaited<ReturnType<typeof createAuthDomain>>;

@@ -1,0 +1,137 @@
+/**
+ * Access tokens: JWTs (RFC 9068 profile, `typ: at+jwt`) signed with the current signing key and
+ * verified against the JWKS. Verification follows RFC 8725: one allowed algorithm (never "none",
+ * never a MAC keyed with a public key), the key chosen by `kid` from our JWKS only, and `iss`,
+ * `aud`, `exp`, `nbf` and the jobmesh claims all checked.
+ */
+import { decodeProtectedHeader, importJWK, jwtVerify, SignJWT, type CryptoKey, type JWK } from "jose";
+import { randomUUID } from "node:crypto";
+import { InvalidTokenError } from "./errors.ts";
+import { signingAlg, type SigningKeys } from "./signing-keys.ts";
+
+export const accessTokenType = "at+jwt";
+
+/** Who a token speaks for. */
+export interface TokenSubject {
+  /** "users/{id}" or "apiKeys/{id}". */
+  subject: string;
+  tenantId: string;
+  roles: string[];
+}
+
+export interface VerifiedToken extends TokenSubject {
+  expireTime: Date;
+  tokenId: string;
+}
+
+export interface TokenIssuerDeps {
+  keys: SigningKeys;
+  issuer: string;
+  audience: string;
+  ttlSeconds: number;
+}
+
+export interface IssuedToken {
+  token: string;
+  expireTime: Date;
+}
+
+export function createTokenIssuer(deps: TokenIssuerDeps) {
+  return {
+    /** Signs an access token; it never outlives `notAfter` (an API key's expiry). */
+    async issue(who: TokenSubject, notAfter?: Date | null): Promise<IssuedToken> {
+      const key = await deps.keys.current();
+      const now = Math.floor(Date.now() / 1000);
+      let exp = now + deps.ttlSeconds;
+      if (notAfter) exp = Math.min(exp, Math.floor(notAfter.getTime() / 1000));
+      const token = await new SignJWT({ tenant: who.tenantId, roles: who.roles })
+        .setProtectedHeader({ alg: signingAlg, kid: key.kid, typ: accessTokenType })
+        .setIssuer(deps.issuer)
+        .setAudience(deps.audience)
+        .setSubject(who.subject)
+        .setIssuedAt(now)
+        .setNotBefore(now)
+        .setExpirationTime(exp)
+        .setJti(randomUUID())
+        .sign(key.privateKey);
+      return { token, expireTime: new Date(exp * 1000) };
+    },
+  };
+}
+
+export type TokenIssuer = ReturnType<typeof createTokenIssuer>;
+
+export interface TokenVerifierDeps {
+  /** Fetches the current JWKS keys (from Postgres in process, or from AuthService). */
+  loadJwks(): Promise<JWK[]>;
+  issuer: string;
+  audience: string;
+  /** How long a loaded JWKS is trusted before it is loaded again. Default 5 minutes. */
+  maxAgeMs?: number;
+  /** Least time between two loads caused by unknown `kid`s, so forged kids cannot flood the source. Default 1 s. */
+  minReloadGapMs?: number;
+}
+
+export interface TokenVerifier {
+  verify(token: string): Promise<VerifiedToken>;
+}
+
+export function createTokenVerifier(deps: TokenVerifierDeps): TokenVerifier {
+  const maxAgeMs = deps.maxAgeMs ?? 300_000;
+  const minReloadGapMs = deps.minReloadGapMs ?? 1_000;
+  let keys = new Map<string, CryptoKey>();
+  let loadedAt = 0;
+  let loading: Promise<void> | undefined;
+
+  function reload(): Promise<void> {
+    loading ??= (async () => {
+      try {
+        const next = new Map<string, CryptoKey>();
+        for (const jwk of await deps.loadJwks()) {
+          if (jwk.kid && jwk.alg === signingAlg) next.set(jwk.kid, (await importJWK(jwk, signingAlg)) as CryptoKey);
+        }
+        keys = next;
+        loadedAt = Date.now();
+      } finally {
+        loading = undefined;
+      }
+    })();
+    return loading;
+  }
+
+  async function keyFor(kid: string): Promise<CryptoKey | undefined> {
+    const age = Date.now() - loadedAt;
+    if (age > maxAgeMs || (!keys.has(kid) && age > minReloadGapMs)) await reload();
+    return keys.get(kid);
+  }
+
+  return {
+    async verify(token) {
+      let kid: string | undefined;
+      try {
+        const header = decodeProtectedHeader(token);
+        if (header.alg !== signingAlg || typeof header.kid !== "string") throw new Error(`unexpected header alg=${String(header.alg)}`);
+        kid = header.kid;
+      } catch (error) {
+        throw new InvalidTokenError("access token", { cause: error });
+      }
+      const key = await keyFor(kid);
+      if (!key) throw new InvalidTokenError("access token", { cause: new Error(`unknown kid ${kid}`) });
+      try {
+        const { payload } = await jwtVerify(token, key, {
+          algorithms: [signingAlg],
+          issuer: deps.issuer,
+          audience: deps.audience,
+          typ: accessTokenType,
+          requiredClaims: ["sub", "exp", "nbf", "jti", "tenant", "roles"],
+        });
+        const { tenant, roles } = payload as { tenant?: unknown; roles?: unknown };
+        if (typeof tenant !== "string" || tenant === "") throw new Error("tenant claim is not a string");
+        if (!Array.isArray(roles) || !roles.every((r) => typeof r === "string")) throw new Error("roles claim is not a list of strings");
+        return { subject: payload.sub!, tenantId: tenant, roles: roles as string[], expireTime: new Date(payload.exp! * 1000), tokenId: payload.jti! };
+      } catch (error) {
+        throw new InvalidTokenError("access token", { cause: error });
+      }
+    },
+  };
+}

@@ -1,0 +1,92 @@
+/**
+ * The identity interceptor every service shares: who is calling (a JWT access token or an API
+ * key), for which tenant, and whether the method's `(jobmesh.v1.authz)` rule lets the caller's
+ * roles in. No credentials → UNAUTHENTICATED; a role without the permission → PERMISSION_DENIED.
+ * Public methods, gRPC health and reflection pass without credentials.
+ */
+import type { DescService } from "@bufbuild/protobuf";
+import { createClient, createContextKey, type Interceptor } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import type { JWK } from "jose";
+import { AuditService } from "../../gen/jobmesh/v1/audit_pb.js";
+import { AuthService } from "../../gen/jobmesh/v1/auth_pb.js";
+import { JobService } from "../../gen/jobmesh/v1/jobs_pb.js";
+import { PipelineService } from "../../gen/jobmesh/v1/pipelines_pb.js";
+import { WebhookService } from "../../gen/jobmesh/v1/webhooks_pb.js";
+import { apiKeyPattern, decide, MissingPermissionError, NoCredentialsError, InvalidTokenError, type ApiKeyIdentity, type TokenVerifier } from "../auth/index.ts";
+import type { AccessRule } from "./authz.ts";
+import { callerKey } from "./context.ts";
+
+/** Every service of the mesh, as generated: the role × RPC matrix and the permission list come from these. */
+export const meshServices: readonly DescService[] = [JobService, PipelineService, AuthService, AuditService, WebhookService];
+
+/** How the caller proved who it is, for GetCurrentIdentity. */
+export interface Credential {
+  kind: "user" | "api_key";
+  /** When the credential stops working (token expiry, key expiry), or null for a key without expiry. */
+  expireTime: Date | null;
+}
+
+export const credentialKey = createContextKey<Credential | undefined>(undefined, { description: "jobmesh credential" });
+
+/** Services every server exposes that never need credentials. */
+const infrastructurePrefixes = ["grpc.health.v1.", "grpc.reflection."];
+
+export interface IdentityOptions {
+  /** accessRulesOf(the services served), keyed "/pkg.Service/Method". */
+  rules: Map<string, AccessRule>;
+  verifier: TokenVerifier;
+  apiKeys: { verify(secret: string): Promise<ApiKeyIdentity> };
+}
+
+/** The credential a request carries: a bearer token, or an API key (header or bearer). */
+export function credentialOf(header: Headers): { kind: "token" | "api_key"; value: string } | undefined {
+  const authorization = header.get("authorization");
+  if (authorization !== null) {
+    const match = /^Bearer\s+(\S+)\s*$/i.exec(authorization);
+    if (!match) throw new InvalidTokenError("authorization header");
+    return { kind: apiKeyPattern.test(match[1]) ? "api_key" : "token", value: match[1] };
+  }
+  const apiKey = header.get("x-api-key");
+  if (apiKey !== null) return { kind: "api_key", value: apiKey.trim() };
+  return undefined;
+}
+
+export function createIdentityInterceptors(options: IdentityOptions): Interceptor[] {
+  const identity: Interceptor = (next) => async (req) => {
+    const service = req.method.parent.typeName;
+    const procedure = `/${service}/${req.method.name}`;
+    const rule = options.rules.get(procedure);
+    if (!rule) {
+      if (infrastructurePrefixes.some((p) => service.startsWith(p))) return next(req);
+      // Not reachable through startRpcServer (a method without a rule fails start-up); deny anyway.
+      throw new MissingPermissionError(procedure);
+    }
+    if (rule.kind === "public") return next(req);
+
+    const presented = credentialOf(req.header);
+    if (!presented) throw new NoCredentialsError();
+    let caller;
+    if (presented.kind === "token") {
+      const token = await options.verifier.verify(presented.value);
+      caller = { tenantId: token.tenantId, subject: token.subject, roles: token.roles, credential: { kind: token.subject.startsWith("apiKeys/") ? "api_key" : "user", expireTime: token.expireTime } as const };
+    } else {
+      const key = await options.apiKeys.verify(presented.value);
+      caller = { tenantId: key.tenantId, subject: key.subject, roles: key.roles, credential: { kind: "api_key", expireTime: key.expireTime } as const };
+    }
+    if (decide(rule, caller.roles) !== "allow") throw new MissingPermissionError(rule.permission);
+    req.contextValues.set(callerKey, { tenantId: caller.tenantId, subject: caller.subject, roles: caller.roles });
+    req.contextValues.set(credentialKey, caller.credential);
+    return next(req);
+  };
+  return [identity];
+}
+
+/** Loads the JWKS from a remote AuthService over Connect (for services in other processes). */
+export function createRemoteJwksLoader(authUrl: string): () => Promise<JWK[]> {
+  const client = createClient(AuthService, createConnectTransport({ baseUrl: authUrl, httpVersion: "1.1" }));
+  return async () => {
+    const { keys } = await client.getJwks({}, { timeoutMs: 5_000 });
+    return keys.map((k) => ({ kty: k.kty, crv: k.crv, x: k.x, ...(k.y ? { y: k.y } : {}), kid: k.kid, alg: k.alg, use: k.use }));
+  };
+}
