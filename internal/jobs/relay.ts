@@ -21,6 +21,8 @@ export interface OutboxRelayOptions {
   batchSize?: number;
   /** Poll interval: picks up delayed rows and covers a missed NOTIFY. */
   pollMs?: number;
+  /** Run the publish loop (default true); false leaves publishing to explicit publishBatch calls. */
+  run?: boolean;
   /** Test hook: runs after publishing a batch and before marking it (throw to simulate a crash). */
   beforeMark?: (ids: string[]) => void | Promise<void>;
 }
@@ -78,8 +80,9 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
     });
   }
 
-  let stopped = false;
+  let stopped = options.run === false;
   let wake: (() => void) | undefined;
+  if (stopped) return { publishBatch, stop: () => Promise.resolve() };
   const listener = db.connect().then(async (client) => {
     client.on("notification", () => wake?.());
     await client.query(`LISTEN ${outboxChannel}`);
