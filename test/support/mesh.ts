@@ -5,7 +5,9 @@
 import { InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace";
 import { createInfra, type Infra } from "../../internal/mesh/infra.ts";
 import { removeTopology } from "../../internal/jobs/topology.ts";
-import { serveJobs, servePipelines, startWorkers, type JobsServer } from "../../internal/mesh/servers.ts";
+import { serveAuth, serveJobs, servePipelines, startWorkers, type JobsServer } from "../../internal/mesh/servers.ts";
+import type { DestinationStream } from "pino";
+import { createTestAuth, type TestAuth } from "./auth.ts";
 import type { Worker } from "../../internal/worker/worker.ts";
 import type { RpcServer } from "../../internal/rpc/server.ts";
 import { createLogger, startTelemetry, type Telemetry } from "../../internal/telemetry/index.ts";
@@ -21,6 +23,8 @@ export interface TestMesh {
   jobs?: JobsServer;
   /** In-process stage workers, set with `{ jobs: true }` unless `workers: 0`. */
   workers: Worker[];
+  /** Set with `{ auth: true }`: AuthService, and every served service enforcing identity. */
+  auth?: TestAuth;
   close(): Promise<void>;
 }
 
@@ -31,16 +35,24 @@ export interface TestMeshOptions {
   workers?: number;
   /** Start the outbox relay with JobService (default true). */
   relay?: boolean;
+  /** Serve AuthService and make every served service require credentials (see test/support/auth.ts). */
+  auth?: boolean;
+  /** Where the mesh's logs go (e.g. a stream a test reads), at `logLevel`. */
+  logDestination?: DestinationStream;
+  logLevel?: string;
 }
 
 export async function startTestMesh(overrides: Record<string, string> = {}, options: TestMeshOptions = {}): Promise<TestMesh> {
   const isolated = await isolate(overrides);
   const spans = new InMemorySpanExporter();
   const telemetry = startTelemetry({ serviceName: "jobmesh-test", spanProcessors: [new SimpleSpanProcessor({ exporter: spans })] });
-  const log = createLogger({ name: "test", level: isolated.config.logLevel });
+  const log = createLogger({ name: "test", level: options.logLevel ?? isolated.config.logLevel, destination: options.logDestination });
   const infra = await createInfra(isolated.config, log, telemetry, "test");
-  const pipelines = await servePipelines(infra, 0);
-  const jobs = options.jobs ? await serveJobs(infra, 0, { relay: options.relay }) : undefined;
+  const identityMode = options.auth ? "enforce" : undefined;
+  const pipelines = await servePipelines(infra, 0, identityMode);
+  const jobs = options.jobs ? await serveJobs(infra, 0, { relay: options.relay, identityMode }) : undefined;
+  const authServer = options.auth ? await serveAuth(infra, 0) : undefined;
+  const auth = authServer ? await createTestAuth(infra, authServer) : undefined;
   const workers: Worker[] = [];
   for (let i = 0; options.jobs && i < (options.workers ?? 1); i++) workers.push(await startWorkers(infra));
   return {
@@ -51,7 +63,9 @@ export async function startTestMesh(overrides: Record<string, string> = {}, opti
     telemetry,
     jobs,
     workers,
+    auth,
     async close() {
+      await authServer?.close();
       await Promise.all(workers.map((w) => w.stop(1000)));
       await jobs?.close();
       if (jobs) await removeTopology(jobs.topology, infra.bus.jsm);
