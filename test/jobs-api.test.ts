@@ -247,3 +247,12 @@ t.test("upload - a document streamed in chunks runs as a job", async (t) => {
   }
   t.equal(await codeOf(streaming.uploadDocument(wrongSize())), Code.InvalidArgument);
 });
+
+t.test("metrics - jobs created and finished, queue depth, stage durations on /metrics", async (t) => {
+  const text = await (await fetch(`${mesh.jobs!.url}/metrics`)).text();
+  t.match(text, /jobmesh_jobs_created_total\{priority="normal"[^}]*\} \d+/);
+  t.match(text, /jobmesh_jobs_finished_total\{outcome="succeeded"[^}]*\} \d+/);
+  t.match(text, /jobmesh_jobs_finished_total\{outcome="failed"[^}]*\} \d+/);
+  t.match(text, /jobmesh_queue_depth\{stage="ingest",priority="normal"[^}]*\} \d+/);
+  t.match(text, /jobmesh_stage_duration_bucket\{stage="parse"/);
+});

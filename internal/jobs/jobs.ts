@@ -20,7 +20,8 @@ import { enqueueStage, recordEvents } from "./outbox.ts";
 import { cancelKey } from "./reaper.ts";
 import { selectResult, toJobResult } from "./results.ts";
 import { configOf, etagOf, isTerminal, jobIdOf, loadJob, maxAttemptOf, selectAttempts, selectJob, toJob } from "./store.ts";
-import type { Topology } from "./topology.ts";
+import { countFinished, jobCounters, registerQueueDepth } from "./metrics.ts";
+import { priorityToken, type Topology } from "./topology.ts";
 import { updateJob } from "./transitions.ts";
 
 export interface JobDomainDeps {
@@ -38,6 +39,7 @@ export interface JobDomainDeps {
 
 export function createJobDomain(deps: JobDomainDeps) {
   const { db, topology } = deps;
+  registerQueueDepth(db);
 
   function idOrNotFound(name: string): string {
     const id = jobIdOf(name);
@@ -57,6 +59,7 @@ export function createJobDomain(deps: JobDomainDeps) {
       const earlier = await findByRequestId(db, tenantId, prepared);
       if (earlier) return reload(tenantId, earlier.id);
       const row = await inTransaction(db, (tx) => insertJob(tx, topology, tenantId, prepared));
+      jobCounters().created.add(1, { priority: priorityToken(prepared.priority) });
       return reload(tenantId, row.id);
     },
 
@@ -76,6 +79,7 @@ export function createJobDomain(deps: JobDomainDeps) {
         for (const p of prepared) out.push((await insertJob(tx, topology, tenantId, p)).id);
         return out;
       });
+      for (const p of prepared) jobCounters().created.add(1, { priority: priorityToken(p.priority) });
       return Promise.all(ids.map((id) => reload(tenantId, id)));
     },
 
@@ -99,6 +103,7 @@ export function createJobDomain(deps: JobDomainDeps) {
             // The queued task stays on the stream; its claim finds the job cancelled and drops it.
             const cancelled = await updateJob(tx, row, { state: JobState.CANCELLED, end_time: new Date() });
             await recordEvents(tx, topology, cancelled, [{ type: JobEventType.JOB_CANCELLED }]);
+            countFinished(JobState.CANCELLED);
             return false;
           }
           case JobState.RUNNING: {

@@ -8,6 +8,7 @@ import type { ObjectStore } from "@nats-io/obj";
 import { StageAttemptOutcome } from "../../gen/jobmesh/v1/jobs_pb.js";
 import { inTransaction, type Pool } from "../db/index.ts";
 import type { Logger } from "../telemetry/index.ts";
+import { jobCounters } from "./metrics.ts";
 import type { StageTask } from "./outbox.ts";
 import type { Topology } from "./topology.ts";
 import { failStage } from "./transitions.ts";
@@ -67,6 +68,7 @@ export function createReaper(options: ReaperOptions): Reaper {
       );
       if (outcome !== "stale") {
         reaped++;
+        jobCounters().reaped.add(1);
         options.onReaped?.(task);
         log.warn({ job: task.jobId, stageIndex: task.stageIndex, attempt: task.attempt }, "reaped a stage attempt whose worker was lost");
       }

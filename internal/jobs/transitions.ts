@@ -6,8 +6,9 @@
 import { durationMs } from "@bufbuild/protobuf/wkt";
 import { JobEventType, JobState } from "../../gen/jobmesh/v1/events_pb.js";
 import { StageAttemptOutcome } from "../../gen/jobmesh/v1/jobs_pb.js";
-import type { RetryPolicy } from "../../gen/jobmesh/v1/pipelines_pb.js";
+import { type RetryPolicy, Stage } from "../../gen/jobmesh/v1/pipelines_pb.js";
 import type { Queryable } from "../db/index.ts";
+import { countFinished, jobCounters } from "./metrics.ts";
 import { enqueueStage, recordEvents, type NewEvent, type StageTask } from "./outbox.ts";
 import { configOf, jobColumnList, maxAttemptOf, stageAt, type JobErrorJson, type JobRow } from "./store.ts";
 import type { Topology } from "./topology.ts";
@@ -107,6 +108,7 @@ async function cancelRunning(tx: Queryable, topology: Topology, row: JobRow, tas
   await endAttempt(tx, task, StageAttemptOutcome.CANCELLED);
   const cancelled = await updateJob(tx, row, { state: JobState.CANCELLED, end_time: new Date() });
   await recordEvents(tx, topology, cancelled, [{ type: JobEventType.JOB_CANCELLED }]);
+  countFinished(JobState.CANCELLED);
   return "cancelled";
 }
 
@@ -135,6 +137,7 @@ export async function completeStage(tx: Queryable, topology: Topology, task: Sta
   const { expireTime } = done.storeResult ? await done.storeResult(tx, current) : { expireTime: null };
   const row = await updateJob(tx, current, { ...done.patch, state: JobState.SUCCEEDED, end_time: new Date(), result_expire_time: expireTime, error: null });
   await recordEvents(tx, topology, row, [succeeded, { type: JobEventType.JOB_SUCCEEDED }]);
+  countFinished(JobState.SUCCEEDED);
   return "committed";
 }
 
@@ -164,9 +167,11 @@ export async function failStage(tx: Queryable, topology: Topology, task: StageTa
     const row = await updateJob(tx, current, { state: JobState.QUEUED, stage_attempt: task.attempt + 1 });
     await recordEvents(tx, topology, row, [failed]);
     await enqueueStage(tx, topology, row, task.stageIndex, task.attempt + 1, backoffMs(policy, attemptsUsed));
+    jobCounters().retries.add(1, { stage: Stage[stage].toLowerCase() });
     return "committed";
   }
   const row = await updateJob(tx, current, { state: JobState.FAILED, end_time: new Date(), error });
   await recordEvents(tx, topology, row, [failed, { type: JobEventType.JOB_FAILED, stageIndex: task.stageIndex, attempt: task.attempt, error }]);
+  countFinished(JobState.FAILED);
   return "committed";
 }
