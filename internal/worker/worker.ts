@@ -76,20 +76,33 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
     callback: (_err, msg) => running.get(msg.subject.split(".").pop()!)?.abort(new CancelledByUser("job cancelled")),
   });
 
-  const consumers = await Promise.all(prioritiesInOrder.map((p) => deps.js.consumers.get(topology.workStream, topology.workConsumer(p))));
-  const feeds: ConsumerMessages[] = await Promise.all(consumers.map((c) => c.consume({ max_messages: deps.concurrency, expires: 5_000 })));
-  feeds.forEach((feed, i) => {
-    void (async () => {
-      for await (const msg of feed) {
-        if (stopping) {
-          msg.nak();
-          continue;
+  const feeds = new Set<ConsumerMessages>();
+  /** Pulls one priority's tasks into its local queue; re-subscribes when the feed breaks (NATS restart). */
+  async function feed(i: number) {
+    while (!stopping) {
+      try {
+        const consumer = await deps.js.consumers.get(topology.workStream, topology.workConsumer(prioritiesInOrder[i]));
+        const messages = await consumer.consume({ max_messages: deps.concurrency, expires: 5_000 });
+        feeds.add(messages);
+        try {
+          for await (const msg of messages) {
+            if (stopping) {
+              msg.nak();
+              continue;
+            }
+            queues[i].push(msg);
+            dispatch();
+          }
+        } finally {
+          feeds.delete(messages);
         }
-        queues[i].push(msg);
-        dispatch();
+      } catch (error) {
+        if (!stopping) log.warn({ err: error }, "work feed broke; subscribing again");
       }
-    })().catch((error: unknown) => log.warn({ err: error }, "work feed ended"));
-  });
+      if (!stopping) await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+  const feeding = prioritiesInOrder.map((_, i) => feed(i));
 
   // Tasks waiting in the local queues keep their ack deadline too.
   const keepQueuedAlive = setInterval(() => {
@@ -210,7 +223,8 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
     async stop(graceMs = 10_000) {
       stopping = true;
       clearInterval(keepQueuedAlive);
-      await Promise.all(feeds.map((f) => f.close().catch(() => {})));
+      await Promise.all([...feeds].map((f) => f.close().catch(() => {})));
+      await Promise.allSettled(feeding);
       for (const q of queues) for (const msg of q.splice(0)) msg.nak();
       const all = Promise.allSettled([...inflight]);
       const timer = setTimeout(() => {
