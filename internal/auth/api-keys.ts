@@ -216,9 +216,10 @@ export function createApiKeys(deps: ApiKeysDeps) {
       if (!identity) {
         identity = await loadIdentity(hash);
         if (!identity) throw new InvalidTokenError("API key");
-        const untilExpiry = identity.expireTime ? Math.floor((identity.expireTime.getTime() - Date.now()) / 1000) : Infinity;
-        const ttl = Math.min(deps.cacheSeconds, untilExpiry);
-        if (ttl >= 1) cache.redis.set(key, JSON.stringify(identity), "EX", ttl).catch(() => {});
+        // Half a second under the promise, for the time between this read and the caller's next request.
+        const untilExpiry = identity.expireTime ? identity.expireTime.getTime() - Date.now() : Infinity;
+        const ttlMs = Math.min(deps.cacheSeconds * 1000 - 500, untilExpiry);
+        if (ttlMs >= 100) cache.redis.set(key, JSON.stringify(identity), "PX", ttlMs).catch(() => {});
       }
       if (identity.expireTime && identity.expireTime.getTime() <= Date.now()) throw new InvalidTokenError("API key");
       return identity;
