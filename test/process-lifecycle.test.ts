@@ -61,6 +61,21 @@ async function until(what: string, ok: () => Promise<boolean>, ms = 20_000) {
   }
 }
 
+// Each failed start costs a process start: begin them all now, the tests below read the results.
+const failedStarts = {
+  // Everything else valid, so only the named variable can be the reason.
+  badSettings: ([
+    ["JOBMESH_PIPELINES_PORT", "abc"],
+    ["DATABASE_URL", "mysql://x"],
+  ] as const).map(([variable, value]) => [variable, value, startPipelines({ JOBMESH_LOG_LEVEL: "info", JOBMESH_PIPELINES_PORT: "0", [variable]: value })] as const),
+  unreachableDatabase: startPipelines({ DATABASE_URL: `postgres://postgres@127.0.0.1:${await freePort()}/jobmesh`, JOBMESH_PIPELINES_PORT: "0", JOBMESH_LOG_LEVEL: "silent" }),
+};
+t.teardown(() => {
+  for (const proc of [...failedStarts.badSettings.map(([, , p]) => p), failedStarts.unreachableDatabase]) {
+    if (proc.child.exitCode === null && proc.child.signalCode === null) proc.child.kill("SIGKILL");
+  }
+});
+
 t.test("SIGTERM - calls in flight over gRPC and Connect complete, new calls are refused, the process exits 0", async (t) => {
   const port = await freePort();
   const isolated = await isolate({ JOBMESH_PIPELINES_PORT: String(port), JOBMESH_SHUTDOWN_GRACE_MS: "30000", JOBMESH_LOG_LEVEL: "info" });
@@ -141,14 +156,7 @@ t.test("SIGTERM - calls in flight over gRPC and Connect complete, new calls are 
 });
 
 t.test("start - a bad setting exits 1 with one stderr line naming the variable", async (t) => {
-  const cases: [string, string][] = [
-    ["JOBMESH_PIPELINES_PORT", "abc"],
-    ["DATABASE_URL", "mysql://x"],
-  ];
-  // Everything else valid, so only this variable can be the reason.
-  const started = cases.map(([variable, value]) => startPipelines({ JOBMESH_LOG_LEVEL: "info", JOBMESH_PIPELINES_PORT: "0", [variable]: value }));
-  for (const [i, [variable, value]] of cases.entries()) {
-    const proc = started[i];
+  for (const [variable, value, proc] of failedStarts.badSettings) {
     const code = await within(proc.exited, 30_000, `${variable}=${value}`);
     const lines = proc.stderr().split("\n").filter((l) => l.trim() !== "");
     t.equal(code, 1, `${variable}=${value} exits 1`);
@@ -178,8 +186,7 @@ t.test("config - every kind of bad value is a ConfigError naming its variable", 
 });
 
 t.test("start - a database that does not answer exits 1 with one stderr line", async (t) => {
-  const closed = await freePort();
-  const proc = startPipelines({ DATABASE_URL: `postgres://postgres@127.0.0.1:${closed}/jobmesh`, JOBMESH_PIPELINES_PORT: "0", JOBMESH_LOG_LEVEL: "silent" });
+  const proc = failedStarts.unreachableDatabase;
   t.equal(await within(proc.exited, 30_000, "exit"), 1);
   const lines = proc.stderr().split("\n").filter((l) => l.trim() !== "");
   t.equal(lines.length, 1, `one line: ${JSON.stringify(proc.stderr())}`);
