@@ -82,9 +82,14 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
 
   let stopped = options.run === false;
   let wake: (() => void) | undefined;
+  // A NOTIFY that lands while a batch is being published must not wait for the next poll.
+  let notified = false;
   if (stopped) return { publishBatch, stop: () => Promise.resolve() };
   const listener = db.connect().then(async (client) => {
-    client.on("notification", () => wake?.());
+    client.on("notification", () => {
+      notified = true;
+      wake?.();
+    });
     await client.query(`LISTEN ${outboxChannel}`);
     return client;
   });
@@ -94,6 +99,7 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
     let failures = 0;
     while (!stopped) {
       let published = 0;
+      notified = false;
       try {
         published = await publishBatch();
         failures = 0;
@@ -101,7 +107,7 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
         failures++;
         if (failures === 1 || failures % 50 === 0) log.warn({ err: error }, "outbox relay: publish failed; retrying");
       }
-      if (published === batchSize && !stopped) continue;
+      if ((published === batchSize || notified) && !stopped && failures === 0) continue;
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, failures > 0 ? Math.min(2000, 100 * failures) : (options.pollMs ?? 250));
         wake = () => {

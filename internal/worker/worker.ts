@@ -68,6 +68,8 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
 
   const running = new Map<string, AbortController>();
   const queues: JsMsg[][] = prioritiesInOrder.map(() => []);
+  /** Feeds waiting for room in their queue. */
+  const spaceWaiters: (() => void)[] = [];
   let active = 0;
   let stopping = false;
   const inflight = new Set<Promise<void>>();
@@ -92,6 +94,9 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
             }
             queues[i].push(msg);
             dispatch();
+            // Backpressure: a worker holds at most `concurrency` waiting tasks per priority, so
+            // other workers get the rest and priorities are decided close to the stream.
+            while (queues[i].length >= deps.concurrency && !stopping) await new Promise<void>((r) => spaceWaiters.push(r));
           }
         } finally {
           feeds.delete(messages);
@@ -113,6 +118,7 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
     while (!stopping && active < deps.concurrency) {
       const msg = queues.find((q) => q.length > 0)?.shift();
       if (!msg) return;
+      for (const wake of spaceWaiters.splice(0)) wake();
       active++;
       const p = handle(msg)
         .catch((error: unknown) => log.error({ err: error }, "stage task failed unexpectedly"))
@@ -222,6 +228,7 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
     id: workerId,
     async stop(graceMs = 10_000) {
       stopping = true;
+      for (const wake of spaceWaiters.splice(0)) wake();
       clearInterval(keepQueuedAlive);
       await Promise.all([...feeds].map((f) => f.close().catch(() => {})));
       await Promise.allSettled(feeding);
