@@ -1,7 +1,7 @@
 import t from "tap";
 import { create, fromBinary } from "@bufbuild/protobuf";
 import { createClient } from "@connectrpc/connect";
-import { createConnectTransport } from "@connectrpc/connect-node";
+import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
 import { type JobEvent, JobEventSchema, JobEventType, JobState } from "../gen/jobmesh/v1/events_pb.js";
 import type { MsgHdrs } from "@nats-io/transport-node";
@@ -255,4 +255,31 @@ t.test("metrics - jobs created and finished, queue depth, stage durations on /me
   t.match(text, /jobmesh_jobs_finished_total\{outcome="failed"[^}]*\} \d+/);
   t.match(text, /jobmesh_queue_depth\{stage="ingest",priority="normal"[^}]*\} \d+/);
   t.match(text, /jobmesh_stage_duration_bucket\{stage="parse"/);
+});
+
+t.test("protocols - gRPC and gRPC-Web reach JobService, server streaming included", async (t) => {
+  for (const [protocol, transport] of [
+    ["grpc", createGrpcTransport({ baseUrl: mesh.jobs!.url })],
+    ["grpc-web", createGrpcWebTransport({ baseUrl: mesh.jobs!.url, httpVersion: "1.1" })],
+  ] as const) {
+    const c = createClient(JobService, transport);
+    const { job } = await c.createJob({ job: { document: text(`${protocol}: ${PROSE}`) } });
+    const events = [];
+    for await (const res of c.watchJob({ name: job!.name })) events.push(res.event!.type);
+    t.equal(events.at(-1), JobEventType.JOB_SUCCEEDED, protocol);
+    const chunks = [];
+    for await (const res of c.downloadJobResult({ name: `${job!.name}/result` })) chunks.push(res.chunk);
+    t.match(JSON.parse(Buffer.concat(chunks).toString("utf8")), { text: `${protocol}: ${PROSE}` }, protocol);
+  }
+});
+
+t.test("upload - more than the document limit is RESOURCE_EXHAUSTED", async (t) => {
+  const streaming = createClient(JobService, createConnectTransport({ baseUrl: mesh.jobs!.url, httpVersion: "2" }));
+  async function* tooBig() {
+    yield create(UploadDocumentRequestSchema, { part: { case: "metadata", value: { filename: "big.txt" } } });
+    for (let i = 0; i < 5; i++) yield create(UploadDocumentRequestSchema, { part: { case: "chunk", value: new Uint8Array(64 * 1024).fill(66) } });
+  }
+  t.equal(await codeOf(streaming.uploadDocument(tooBig())), Code.ResourceExhausted);
+  const { rows } = await mesh.infra.db.query<{ n: number }>("SELECT count(*)::int AS n FROM uploads");
+  t.equal(rows[0].n, 1, "only the earlier, complete upload is recorded");
 });

@@ -2,8 +2,9 @@ import t from "tap";
 import { JobState } from "../gen/jobmesh/v1/events_pb.js";
 import { ResultFormat, StageAttemptOutcome } from "../gen/jobmesh/v1/jobs_pb.js";
 import { Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
+import { openBuckets } from "../internal/jobs/topology.ts";
 import { DOCX } from "../internal/stages/index.ts";
-import { jobClient, waitForJob } from "./jobs-support.ts";
+import { Code, codeOf, jobClient, waitForJob } from "./jobs-support.ts";
 import { makeDocx, makePdf, PROSE } from "./stages-fixtures.ts";
 import { startTestMesh } from "./support/mesh.ts";
 
@@ -126,4 +127,11 @@ t.test("large result - over 1 MiB goes to the object store and downloads intact"
   const bytes = Buffer.concat(chunks.map((c) => c.chunk));
   t.equal(bytes.length, Number(result?.object?.sizeBytes));
   t.equal((JSON.parse(bytes.toString("utf8")) as { text: string }).text, text);
+
+  // Retention: once expired, the sweep deletes the row and the object.
+  await mesh.infra.db.query("UPDATE job_results SET expire_time = now() - interval '1 second' WHERE job_id = $1", [job!.name.slice(5)]);
+  await mesh.jobs!.reaper.sweep();
+  t.equal(await codeOf(client.getJobResult({ name: `${job!.name}/result` })), Code.NotFound);
+  const { results } = await openBuckets(mesh.jobs!.topology, mesh.infra.bus.js);
+  t.equal(await results.getBlob(result!.object!.key), null, "the object is deleted");
 });
