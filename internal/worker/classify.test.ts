@@ -5,7 +5,7 @@ import { classify } from "./worker.ts";
 
 const live = new AbortController().signal;
 
-t.test("classify - stage errors decide retry versus fail; anything else is retried", async (t) => {
+void t.test("classify - stage errors decide retry versus fail; anything else is retried", async (t) => {
   t.match(classify(new PermanentStageError("unsupported_media_type", "no"), live), { kind: "permanent", code: "UNSUPPORTED_MEDIA_TYPE", outcome: StageAttemptOutcome.FAILED });
   t.match(classify(new TransientStageError("fetch_failed", "503"), live), { kind: "transient", code: "FETCH_FAILED" });
   t.match(classify(new Error("wrapped", { cause: new PermanentStageError("corrupt_document", "bad") }), live), { kind: "permanent", code: "CORRUPT_DOCUMENT" });
