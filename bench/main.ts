@@ -6,9 +6,10 @@
 import { availableParallelism, loadavg } from "node:os";
 import { parseArgs } from "node:util";
 import { startLoadGenerator, type BenchContext, type BenchEntry } from "./harness.ts";
+import { authEntry } from "./auth.ts";
 import { pipelinesEntry } from "./pipelines.ts";
 
-const entries: BenchEntry[] = [pipelinesEntry];
+const entries: BenchEntry[] = [pipelinesEntry, authEntry];
 
 const { values } = parseArgs({
   options: {

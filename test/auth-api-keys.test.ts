@@ -67,13 +67,14 @@ t.test("use - as x-api-key, as a bearer, and exchanged for an access token; last
   t.equal(await getWith({ "x-api-key": secret.slice(0, -1) + (secret.endsWith("A") ? "B" : "A") }), Code.Unauthenticated, "a wrong secret is refused");
 });
 
-t.test("revoke - RevokeApiKey stops the key at once, everywhere, and the exchange too", async (t) => {
+t.test("revoke - RevokeApiKey stops the key everywhere within a second, and the exchange at once", async (t) => {
   const { apiKey, secret } = await auth.client.createApiKey({ apiKey: { displayName: "to-revoke" } }, { headers: admin });
   t.equal(await getWith({ "x-api-key": secret }), "ok", "works, and is now cached");
   const { apiKey: revoked } = await auth.client.revokeApiKey({ name: apiKey!.name }, { headers: admin });
   t.equal(revoked?.state, ApiKeyState.REVOKED);
   t.ok(revoked?.revokeTime);
-  t.ok((await msUntilRefused({ "x-api-key": secret }, 5000)) <= 5000, "refused within 5 s");
+  const ms = await msUntilRefused({ "x-api-key": secret }, 1000);
+  t.ok(ms <= 1000, `refused after ${ms} ms`);
   t.equal(await auth.client.exchangeApiKey({ secret }).then(() => "ok", (e: unknown) => ConnectError.from(e).code), Code.Unauthenticated);
   const again = await auth.client.revokeApiKey({ name: apiKey!.name }, { headers: admin });
   t.same(again.apiKey?.revokeTime, revoked?.revokeTime, "revoking twice changes nothing");
@@ -106,5 +107,6 @@ t.test("delete user - the API keys it created are revoked", async (t) => {
   const { secret } = await auth.client.createApiKey({ apiKey: { displayName: "orphan" } }, { headers: { authorization: `Bearer ${login.accessToken}` } });
   t.equal(await getWith({ "x-api-key": secret }), "ok");
   await auth.client.deleteUser({ name: newAdmin.name }, { headers: admin });
-  t.equal(await getWith({ "x-api-key": secret }), Code.Unauthenticated);
+  const ms = await msUntilRefused({ "x-api-key": secret }, 1000);
+  t.ok(ms <= 1000, `refused after ${ms} ms`);
 });

@@ -70,6 +70,8 @@ export interface TokenVerifierDeps {
   maxAgeMs?: number;
   /** Least time between two loads caused by unknown `kid`s, so forged kids cannot flood the source. Default 1 s. */
   minReloadGapMs?: number;
+  /** Verified tokens remembered (until they expire) so a client's next call skips the signature check. Default 10 000. */
+  rememberedTokens?: number;
 }
 
 export interface TokenVerifier {
@@ -82,6 +84,14 @@ export function createTokenVerifier(deps: TokenVerifierDeps): TokenVerifier {
   let keys = new Map<string, CryptoKey>();
   let loadedAt = 0;
   let loading: Promise<void> | undefined;
+  // The same token string verifies the same way until it expires (a retired key stays in the
+  // JWKS until then), so a verified token is remembered; a tampered one is a different string.
+  const remembered = new Map<string, VerifiedToken>();
+  const maxRemembered = deps.rememberedTokens ?? 10_000;
+  function remember(token: string, verified: VerifiedToken) {
+    if (remembered.size >= maxRemembered) remembered.delete(remembered.keys().next().value!);
+    remembered.set(token, verified);
+  }
 
   function reload(): Promise<void> {
     loading ??= (async () => {
@@ -107,6 +117,11 @@ export function createTokenVerifier(deps: TokenVerifierDeps): TokenVerifier {
 
   return {
     async verify(token) {
+      const known = remembered.get(token);
+      if (known) {
+        if (known.expireTime.getTime() > Date.now()) return known;
+        remembered.delete(token);
+      }
       let kid: string | undefined;
       try {
         const header = decodeProtectedHeader(token);
@@ -128,7 +143,9 @@ export function createTokenVerifier(deps: TokenVerifierDeps): TokenVerifier {
         const { tenant, roles } = payload as { tenant?: unknown; roles?: unknown };
         if (typeof tenant !== "string" || tenant === "") throw new Error("tenant claim is not a string");
         if (!Array.isArray(roles) || !roles.every((r) => typeof r === "string")) throw new Error("roles claim is not a list of strings");
-        return { subject: payload.sub!, tenantId: tenant, roles: roles as string[], expireTime: new Date(payload.exp! * 1000), tokenId: payload.jti! };
+        const verified = { subject: payload.sub!, tenantId: tenant, roles: roles as string[], expireTime: new Date(payload.exp! * 1000), tokenId: payload.jti! };
+        remember(token, verified);
+        return verified;
       } catch (error) {
         throw new InvalidTokenError("access token", { cause: error });
       }
