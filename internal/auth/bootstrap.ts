@@ -1,5 +1,6 @@
 import type { Pool } from "../db/index.ts";
 import type { PageTokens } from "../paging/index.ts";
+import { UserExistsError } from "./errors.ts";
 import { generatePassword } from "./passwords.ts";
 import { createUsers } from "./users.ts";
 
@@ -19,7 +20,12 @@ export async function ensureAdmin(deps: { db: Pool; pageTokens: PageTokens }, te
   const { rows } = await deps.db.query("SELECT 1 FROM users WHERE tenant_id = $1 AND lower(email) = lower($2)", [tenantId, email]);
   if (rows.length > 0) return { email, created: false };
   const chosen = password || generatePassword();
-  // A fixed request id makes two processes bootstrapping at once create one admin.
-  await createUsers(deps).create(tenantId, { email, displayName: "Administrator", roles: ["admin"], disabled: false }, chosen, "00000000-0000-4000-8000-000000000001");
+  try {
+    await createUsers(deps).create(tenantId, { email, displayName: "Administrator", roles: ["admin"], disabled: false }, chosen, "");
+  } catch (error) {
+    // Another process bootstrapping at the same moment created it first.
+    if (error instanceof UserExistsError) return { email, created: false };
+    throw error;
+  }
   return { email, created: true, generatedPassword: password ? undefined : chosen };
 }
