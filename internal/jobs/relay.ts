@@ -71,8 +71,9 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
         [batchSize],
       );
       if (rows.length === 0) return 0;
-      // Sequential publishes keep each job's events in order on the stream.
-      for (const row of rows) await publish(row);
+      // Published back to back on one connection, so the stream stores them in this order
+      // (each job's events stay ordered); the acks are awaited together.
+      await Promise.all(rows.map(publish));
       const ids = rows.map((r) => r.id);
       await options.beforeMark?.(ids);
       await tx.query("UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY($1::uuid[])", [ids]);
