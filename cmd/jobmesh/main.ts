@@ -35,8 +35,12 @@ if (command === "up") {
       `  nats       ${d.natsUrl}${d.startedLocally.includes("nats") ? "  (started locally)" : ""}`,
       `  not built yet: ${d.notYetBuilt.join(", ")}`,
       `  authentication: ${d.authentication}`,
+      mesh.generatedAdminPassword
+        ? `  admin: ${d.admin.email}  password: ${mesh.generatedAdminPassword}   (generated; shown this once — set JOBMESH_ADMIN_PASSWORD to choose it)`
+        : `  admin: ${d.admin.email}  (${d.admin.created ? "password from JOBMESH_ADMIN_PASSWORD" : "exists already; its password is unchanged"})`,
+      `  log in: grpcurl -plaintext -d '{"email":"${d.admin.email}","password":"..."}' ${new URL(d.services.auth).host} jobmesh.v1.AuthService/Login`,
+      `  then:   grpcurl -plaintext -H "authorization: Bearer <access_token>" ${new URL(d.services.pipelines).host} list`,
       `  written: ${mesh.meshFile}`,
-      `  try: grpcurl -plaintext ${new URL(d.services.pipelines).host} list`,
       "Ctrl-C stops everything.",
       "",
     ];

@@ -11,7 +11,8 @@ import { startDevStack } from "../devstack/index.ts";
 import type { RpcServer } from "../rpc/server.ts";
 import type { Logger, Telemetry } from "../telemetry/index.ts";
 import { createInfra } from "./infra.ts";
-import { servePipelines } from "./servers.ts";
+import type { BootstrapAdmin } from "../auth/bootstrap.ts";
+import { ensureBootstrapAdmin, serveAuth, serveJobs, servePipelines, startWorkers } from "./servers.ts";
 
 export interface MeshDescription {
   /** Base URL of each service (gRPC, Connect and gRPC-Web on the same port). */
@@ -25,6 +26,8 @@ export interface MeshDescription {
   /** What is not served yet, said plainly. */
   notYetBuilt: string[];
   authentication: string;
+  /** The bootstrap tenant's admin; its password appears only in the console, once, when generated. */
+  admin: { email: string; created: boolean };
 }
 
 export async function meshUp(config: Config, log: Logger, telemetry: Telemetry) {
@@ -36,15 +39,22 @@ export async function meshUp(config: Config, log: Logger, telemetry: Telemetry) 
   });
   const servers: Record<string, RpcServer> = {};
   let infra: Awaited<ReturnType<typeof createInfra>> | undefined;
+  let worker: Awaited<ReturnType<typeof startWorkers>> | undefined;
   const stop = async () => {
+    // Servers first (no new work), then the worker finishes or abandons its stages, then the pools.
     await Promise.allSettled(Object.values(servers).map((s) => s.close()));
+    await worker?.stop();
     await infra?.close();
     await stack.stop();
   };
   try {
     const resolved = { ...config, databaseUrl: stack.databaseUrl, redisUrl: stack.redisUrl, natsUrl: stack.natsUrl };
     infra = await createInfra(resolved, log, telemetry, "mesh");
+    servers.auth = await serveAuth(infra);
     servers.pipelines = await servePipelines(infra);
+    servers.jobs = await serveJobs(infra);
+    worker = await startWorkers(infra);
+    const admin: BootstrapAdmin = await ensureBootstrapAdmin(infra);
 
     const description: MeshDescription = {
       services: Object.fromEntries(Object.entries(servers).map(([name, s]) => [name, s.url])),
@@ -53,13 +63,14 @@ export async function meshUp(config: Config, log: Logger, telemetry: Telemetry) 
       natsUrl: stack.natsUrl,
       namespace: config.namespace,
       startedLocally: stack.started,
-      notYetBuilt: ["jobs", "worker", "auth", "audit", "webhooks", "gateway"].filter((name) => !(name in servers)),
-      authentication: "none yet: every caller acts for the bootstrap tenant (see README)",
+      notYetBuilt: ["audit", "webhooks", "gateway"],
+      authentication: "JWT (AuthService Login) or API key on every service",
+      admin: { email: admin.email, created: admin.created },
     };
     await mkdir(dataDir, { recursive: true });
     const meshFile = join(dataDir, "mesh.json");
     await writeFile(meshFile, JSON.stringify(description, null, 2) + "\n");
-    return { description, meshFile, stop };
+    return { description, meshFile, generatedAdminPassword: admin.generatedPassword, stop };
   } catch (error) {
     await stop();
     throw error;
