@@ -283,3 +283,12 @@ t.test("upload - more than the document limit is RESOURCE_EXHAUSTED", async (t) 
   const { rows } = await mesh.infra.db.query<{ n: number }>("SELECT count(*)::int AS n FROM uploads");
   t.equal(rows[0].n, 1, "only the earlier, complete upload is recorded");
 });
+
+t.test("ssrf - a host name that resolves to loopback fails permanently at ingest, nothing is fetched", async (t) => {
+  const { job } = await client.createJob({ job: { document: { source: { case: "url", value: "http://localhost:9/doc" } } } });
+  const done = await waitForJob(client, job!.name);
+  t.equal(done.state, JobState.FAILED);
+  t.equal(done.error?.code, "SSRF_BLOCKED");
+  t.equal(done.error?.stage, Stage.INGEST);
+  t.equal(done.attempts.length, 1, "not retried");
+});

@@ -58,9 +58,13 @@ export function createJobDomain(deps: JobDomainDeps) {
       const prepared = await prepareJob(tenantId, req, { db, pipelines: deps.pipelines, maxDocumentBytes: deps.maxDocumentBytes, allowLoopbackFetch: deps.allowLoopbackFetch });
       const earlier = await findByRequestId(db, tenantId, prepared);
       if (earlier) return reload(tenantId, earlier.id);
-      const row = await inTransaction(db, (tx) => insertJob(tx, topology, tenantId, prepared));
+      // The job as this request left it (QUEUED), read before a worker can change it.
+      const job = await inTransaction(db, async (tx) => {
+        const row = await insertJob(tx, topology, tenantId, prepared);
+        return (await loadJob(tx, tenantId, row.id))!;
+      });
       jobCounters().created.add(1, { priority: priorityToken(prepared.priority) });
-      return reload(tenantId, row.id);
+      return job;
     },
 
     /** All or nothing: every request is checked before any job is written. */
@@ -74,13 +78,13 @@ export function createJobDomain(deps: JobDomainDeps) {
           throw error;
         }
       }
-      const ids = await inTransaction(db, async (tx) => {
-        const out: string[] = [];
-        for (const p of prepared) out.push((await insertJob(tx, topology, tenantId, p)).id);
+      const jobs = await inTransaction(db, async (tx) => {
+        const out: Job[] = [];
+        for (const p of prepared) out.push((await loadJob(tx, tenantId, (await insertJob(tx, topology, tenantId, p)).id))!);
         return out;
       });
       for (const p of prepared) jobCounters().created.add(1, { priority: priorityToken(p.priority) });
-      return Promise.all(ids.map((id) => reload(tenantId, id)));
+      return jobs;
     },
 
     async get(tenantId: string, name: string): Promise<Job> {
@@ -129,7 +133,7 @@ export function createJobDomain(deps: JobDomainDeps) {
 
     async retry(tenantId: string, name: string, fromStage: Stage): Promise<Job> {
       const jobId = idOrNotFound(name);
-      await inTransaction(db, async (tx) => {
+      const job = await inTransaction(db, async (tx) => {
         const row = await selectJob(tx, tenantId, jobId, true);
         if (!row) throw new JobNotFoundError(name);
         if (row.state !== JobState.FAILED && row.state !== JobState.CANCELLED) {
@@ -152,9 +156,10 @@ export function createJobDomain(deps: JobDomainDeps) {
         });
         await recordEvents(tx, topology, queued, [{ type: JobEventType.JOB_RETRIED, stageIndex: index, attempt }]);
         await enqueueStage(tx, topology, queued, index, attempt);
+        return (await loadJob(tx, tenantId, jobId))!;
       });
       await deps.redis.del(cancelKey(jobId)).catch(() => {});
-      return reload(tenantId, jobId);
+      return job;
     },
 
     async delete(tenantId: string, name: string, etag: string): Promise<void> {
