@@ -8,7 +8,7 @@
  */
 import { exportJWK, generateKeyPair, importJWK, type CryptoKey, type JWK } from "jose";
 import { createCipheriv, createDecipheriv, randomBytes, randomUUID } from "node:crypto";
-import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { link, mkdir, readFile, unlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { inTransaction, type Pool, type Queryable } from "../db/index.ts";
 
@@ -42,11 +42,16 @@ export async function loadKeyEncryptionKey(configured: string, keyDir: string): 
     if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
   }
   await mkdir(keyDir, { recursive: true, mode: 0o700 });
+  // Written aside and linked into place: a process starting at the same moment never reads a
+  // half-written file, and link() refuses to replace a key another process put there first.
+  const draft = `${file}.${process.pid}.${randomBytes(4).toString("hex")}`;
+  await writeFile(draft, randomBytes(32).toString("base64") + "\n", { mode: 0o600 });
   try {
-    await writeFile(file, randomBytes(32).toString("base64") + "\n", { mode: 0o600, flag: "wx" });
+    await link(draft, file);
   } catch (error) {
-    // Another process created it first: use theirs.
     if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+  } finally {
+    await unlink(draft);
   }
   return Buffer.from((await readFile(file, "utf8")).trim(), "base64");
 }
