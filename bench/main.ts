@@ -27,7 +27,7 @@ const loadAtStart = loadavg()[0];
 const load = await startLoadGenerator();
 const ctx: BenchContext = {
   load,
-  timing: values.quick ? { rounds: 1, warmupMs: 300, durationMs: 1000 } : { rounds: 3, warmupMs: 500, durationMs: 1500 },
+  timing: values.quick ? { rounds: 1, warmupMs: 300, durationMs: 1000 } : { rounds: 2, warmupMs: 500, durationMs: 1500 },
   progress: (line) => console.error(`  ${line}`),
 };
 let failed = false;
