@@ -56,7 +56,8 @@ t.test("NATS restarted while jobs are in flight - none is lost and each finishes
   nats = await startNats();
 
   const all = [...jobs, during!];
-  const finished = await Promise.all(all.map((j) => waitForJob(client, j.name, undefined, 90_000)));
+  const finished = [];
+  for (const j of all) finished.push(await waitForJob(client, j.name, undefined, 90_000));
   t.same(finished.map((j) => j.state), all.map(() => JobState.SUCCEEDED));
   const { rows } = await mesh.infra.db.query<{ job_id: string; n: number }>(
     "SELECT job_id, count(*)::int AS n FROM job_events WHERE event_type = $1 GROUP BY job_id",
