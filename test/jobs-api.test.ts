@@ -93,6 +93,10 @@ t.test("list - filters by state, label, pipeline and pages with tokens", async (
   t.same(asc.jobs.map((j) => j.name), [...filtered.jobs].reverse().map((j) => j.name), "order_by create_time ascends");
   const since = await client.listJobs({ filter: `labels.batch = "list" AND create_time >= "${new Date(Date.now() + 60_000).toISOString()}"` });
   t.equal(since.jobs.length, 0);
+  t.equal((await client.listJobs({ filter: 'labels.batch = "list" AND stage = INGEST AND priority = NORMAL' })).jobs.length, 3);
+  t.equal((await client.listJobs({ filter: 'labels.batch = "list" AND stage = PARSE' })).jobs.length, 0);
+  t.equal((await client.listJobs({ filter: "priority = HIGH" })).jobs.length, 1, "the one high job of the batch test");
+  t.equal(await codeOf(client.listJobs({ filter: "state = SLEEPING" })), Code.InvalidArgument);
   t.equal(await codeOf(client.listJobs({ filter: "colour = red" })), Code.InvalidArgument);
   t.equal(await codeOf(client.listJobs({ pageToken: "forged.token" })), Code.InvalidArgument);
 });

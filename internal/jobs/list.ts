@@ -59,7 +59,8 @@ export async function listJobs(db: Queryable, pageTokens: PageTokens, tenantId: 
     else if (term.field === "pipeline") where.push(`pipeline_id ${op} ${param(term.value.replace(/^pipelines\//, ""))}`);
     else if (term.field === "stage") {
       const stage = enumValue(Stage as never, "STAGE_", term.value);
-      where.push(`(pipeline_config -> 'stages' -> stage_index ->> 'stage') ${op} ${param(Stage[stage])}`);
+      // The snapshot is protobuf JSON, where enum values are their full names.
+      where.push(`(pipeline_config -> 'stages' -> stage_index ->> 'stage') ${op} ${param(`STAGE_${Stage[stage]}`)}`);
     } else where.push(`(labels ->> ${param(term.field.slice("labels.".length))}) ${op} ${param(term.value)}`);
   }
   const orderBy = parseOrderBy(q.orderBy, Object.keys(sortColumns), { field: "create_time", descending: true });

@@ -30,6 +30,9 @@ export async function* watchJob(
   let last = afterSequence;
   try {
     while (!signal.aborted) {
+      // The state is read before the events: a terminal state commits with its events, so once
+      // it is seen here the query below sees them too.
+      const job = await selectJob(deps.db, tenantId, jobId);
       const { rows } = await deps.db.query<{ sequence: string; event: Buffer }>(
         `SELECT sequence, event FROM job_events WHERE tenant_id = $1 AND job_id = $2 AND sequence > $3
          ORDER BY sequence LIMIT 500`,
@@ -42,8 +45,6 @@ export async function* watchJob(
         if (terminalEvents.has(event.type)) return;
       }
       if (rows.length > 0) continue;
-      // The terminal event commits with the terminal state: terminal and nothing left = done.
-      const job = await selectJob(deps.db, tenantId, jobId);
       if (!job || isTerminal(job.state)) return;
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, pollMs);
