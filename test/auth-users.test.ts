@@ -90,3 +90,13 @@ t.test("delete - the user is gone and cannot log in; a stale etag is ABORTED", a
   t.equal(await codeOf(client.getUser({ name: user!.name }, { headers: admin })), Code.NotFound);
   t.equal(await codeOf(client.login({ email: "frank@example.com", password })), Code.Unauthenticated);
 });
+
+t.test("support - a transport with interceptorFor(role) is signed in as that role", async (t) => {
+  const { createClient } = await import("@connectrpc/connect");
+  const { createConnectTransport } = await import("@connectrpc/connect-node");
+  const { AuthService } = await import("../gen/jobmesh/v1/auth_pb.js");
+  const signedIn = createClient(AuthService, createConnectTransport({ baseUrl: auth.server.url, httpVersion: "1.1", interceptors: [await auth.interceptorFor("operator")] }));
+  const { identity } = await signedIn.getCurrentIdentity({});
+  t.same(identity?.roles, [Role.OPERATOR]);
+  t.equal(await codeOf(signedIn.listUsers({})), Code.PermissionDenied);
+});

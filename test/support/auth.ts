@@ -3,7 +3,7 @@
  * each role (created once per tenant through AuthService), their access tokens and headers,
  * and more tenants with their own admin.
  */
-import { createClient, type Client } from "@connectrpc/connect";
+import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { randomBytes } from "node:crypto";
 import { AuthService, Role } from "../../gen/jobmesh/v1/auth_pb.js";
@@ -35,6 +35,11 @@ export interface TestAuth {
   headersFor(role: RoleName, tenant?: string): Promise<Record<string, string>>;
   /** A fresh user with this role, not cached: for tests that disable, delete or log out. */
   newUser(role: RoleName, tenant?: string): Promise<TestUser>;
+  /**
+   * A Connect interceptor that sends tokenFor(role, tenant) on every call: give it to a
+   * transport (`interceptors: [await mesh.auth.interceptorFor("admin")]`) and its client is signed in.
+   */
+  interceptorFor(role: RoleName, tenant?: string): Promise<Interceptor>;
 }
 
 const roleEnums: Record<RoleName, Role> = { viewer: Role.VIEWER, operator: Role.OPERATOR, admin: Role.ADMIN };
@@ -103,5 +108,12 @@ export async function createTestAuth(infra: Infra, server: RpcServer): Promise<T
     tokenFor,
     newUser,
     headersFor: async (role, tenant) => ({ authorization: `Bearer ${await tokenFor(role, tenant)}` }),
+    async interceptorFor(role, tenant) {
+      const authorization = `Bearer ${await tokenFor(role, tenant)}`;
+      return (next) => (req) => {
+        req.header.set("authorization", authorization);
+        return next(req);
+      };
+    },
   };
 }

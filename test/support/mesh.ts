@@ -5,7 +5,7 @@
 import { InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace";
 import { createInfra, type Infra } from "../../internal/mesh/infra.ts";
 import { removeTopology } from "../../internal/jobs/topology.ts";
-import { serveAuth, serveJobs, servePipelines, startWorkers, type JobsServer } from "../../internal/mesh/servers.ts";
+import { defaultIdentityMode, serveAuth, serveJobs, servePipelines, startWorkers, type JobsServer } from "../../internal/mesh/servers.ts";
 import type { DestinationStream } from "pino";
 import { createTestAuth, type TestAuth } from "./auth.ts";
 import type { Worker } from "../../internal/worker/worker.ts";
@@ -35,7 +35,7 @@ export interface TestMeshOptions {
   workers?: number;
   /** Start the outbox relay with JobService (default true). */
   relay?: boolean;
-  /** Serve AuthService and make every served service require credentials (see test/support/auth.ts). */
+  /** Serve AuthService and make every served service require credentials (see test/support/auth.ts); defaults to whether services enforce by default. */
   auth?: boolean;
   /** Where the mesh's logs go (e.g. a stream a test reads), at `logLevel`. */
   logDestination?: DestinationStream;
@@ -48,10 +48,12 @@ export async function startTestMesh(overrides: Record<string, string> = {}, opti
   const telemetry = startTelemetry({ serviceName: "jobmesh-test", spanProcessors: [new SimpleSpanProcessor({ exporter: spans })] });
   const log = createLogger({ name: "test", level: options.logLevel ?? isolated.config.logLevel, destination: options.logDestination });
   const infra = await createInfra(isolated.config, log, telemetry, "test");
-  const identityMode = options.auth ? "enforce" : undefined;
+  // Once services enforce identity by default, every test mesh needs AuthService to sign in.
+  const withAuth = options.auth ?? defaultIdentityMode === "enforce";
+  const identityMode = withAuth ? "enforce" : undefined;
   const pipelines = await servePipelines(infra, 0, identityMode);
   const jobs = options.jobs ? await serveJobs(infra, 0, { relay: options.relay, identityMode }) : undefined;
-  const authServer = options.auth ? await serveAuth(infra, 0) : undefined;
+  const authServer = withAuth ? await serveAuth(infra, 0) : undefined;
   const auth = authServer ? await createTestAuth(infra, authServer) : undefined;
   const workers: Worker[] = [];
   for (let i = 0; options.jobs && i < (options.workers ?? 1); i++) workers.push(await startWorkers(infra));
