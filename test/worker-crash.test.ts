@@ -11,7 +11,7 @@ import { jobClient, waitForJob } from "./jobs-support.ts";
 import { PROSE } from "./stages-fixtures.ts";
 import { startTestMesh } from "./support/mesh.ts";
 
-const overrides = { JOBMESH_ALLOW_LOOPBACK_FETCH: "true", JOBMESH_HEARTBEAT_TTL_MS: "1000" };
+const overrides = { JOBMESH_ALLOW_LOOPBACK_FETCH: "true", JOBMESH_HEARTBEAT_TTL_MS: "2000" };
 // JobService with its relay and reaper in this process; the first worker is a child process.
 const mesh = await startTestMesh(overrides, { jobs: true, workers: 0 });
 t.teardown(() => mesh.close());
