@@ -67,14 +67,18 @@ t.test("use - as x-api-key, as a bearer, and exchanged for an access token; last
   t.equal(await getWith({ "x-api-key": secret.slice(0, -1) + (secret.endsWith("A") ? "B" : "A") }), Code.Unauthenticated, "a wrong secret is refused");
 });
 
-t.test("revoke - RevokeApiKey stops the key everywhere within a second, and the exchange at once", async (t) => {
+t.test("revoke - RevokeApiKey stops the key and the tokens exchanged from it everywhere within a second, and the exchange at once", async (t) => {
   const { apiKey, secret } = await auth.client.createApiKey({ apiKey: { displayName: "to-revoke" } }, { headers: admin });
   t.equal(await getWith({ "x-api-key": secret }), "ok", "works, and is now cached");
+  const exchanged = await auth.client.exchangeApiKey({ secret });
+  t.equal(await getWith({ authorization: `Bearer ${exchanged.accessToken}` }), "ok", "so does a token exchanged from it");
   const { apiKey: revoked } = await auth.client.revokeApiKey({ name: apiKey!.name }, { headers: admin });
   t.equal(revoked?.state, ApiKeyState.REVOKED);
   t.ok(revoked?.revokeTime);
   const ms = await msUntilRefused({ "x-api-key": secret }, 1000);
   t.ok(ms <= 1000, `refused after ${ms} ms`);
+  const tokenMs = await msUntilRefused({ authorization: `Bearer ${exchanged.accessToken}` }, 1000);
+  t.ok(tokenMs <= 1000, `its exchanged token refused after ${tokenMs} ms, long before the token expires`);
   t.equal(await auth.client.exchangeApiKey({ secret }).then(() => "ok", (e: unknown) => ConnectError.from(e).code), Code.Unauthenticated);
   const again = await auth.client.revokeApiKey({ name: apiKey!.name }, { headers: admin });
   t.same(again.apiKey?.revokeTime, revoked?.revokeTime, "revoking twice changes nothing");
@@ -83,9 +87,12 @@ t.test("revoke - RevokeApiKey stops the key everywhere within a second, and the 
 t.test("revoke - even when the cache is never told (revoked in Postgres behind its back), the key stops within 5 s", async (t) => {
   const { apiKey, secret } = await auth.client.createApiKey({ apiKey: { displayName: "behind-the-back" } }, { headers: admin });
   t.equal(await getWith({ "x-api-key": secret }), "ok", "works, and is now cached in Redis");
+  const { accessToken } = await auth.client.exchangeApiKey({ secret });
+  t.equal(await getWith({ authorization: `Bearer ${accessToken}` }), "ok", "its exchanged token too");
   await mesh.infra.db.query("UPDATE api_keys SET revoke_time = now() WHERE api_key_id = $1", [apiKey!.name.replace("apiKeys/", "")]);
-  const ms = await msUntilRefused({ "x-api-key": secret }, 5000);
-  t.ok(ms <= 5000, `refused after ${ms} ms`);
+  const [ms, tokenMs] = await Promise.all([msUntilRefused({ "x-api-key": secret }, 5000), msUntilRefused({ authorization: `Bearer ${accessToken}` }, 5000)]);
+  t.ok(ms <= 5000, `the key refused after ${ms} ms`);
+  t.ok(tokenMs <= 5000, `its token refused after ${tokenMs} ms`);
 });
 
 t.test("expire - a key past its expire_time is refused, and its exchanged tokens do not outlive it", async (t) => {

@@ -97,9 +97,14 @@ const sortColumns: Record<string, string> = {
 export function createApiKeys(deps: ApiKeysDeps) {
   const { db, cache } = deps;
 
-  async function forget(hashes: Buffer[]) {
-    await cache.invalidate(...hashes.map(cacheKeyOf));
+  const activeKeyOf = (tenantId: string, apiKeyId: string) => `apikey-active:${tenantId}:${apiKeyId}`;
+
+  async function forget(rows: Pick<ApiKeyRow, "tenant_id" | "api_key_id" | "secret_hash">[]) {
+    await cache.invalidate(...rows.flatMap((r) => [cacheKeyOf(r.secret_hash), activeKeyOf(r.tenant_id, r.api_key_id)]));
   }
+
+  /** Cache lifetimes: a second under the promise, half for the in-process copy, half for the caller's next request. */
+  const redisTtlMs = (expireTime: Date | null) => Math.min(deps.cacheSeconds * 1000 - 1000, expireTime ? expireTime.getTime() - Date.now() : Infinity);
 
   async function get(tenantId: string, name: string): Promise<ApiKeyRow> {
     const { rows } = await db.query<ApiKeyRow>("SELECT * FROM api_keys WHERE tenant_id = $1 AND api_key_id = $2", [tenantId, apiKeyIdOf(name)]);
@@ -132,9 +137,7 @@ export function createApiKeys(deps: ApiKeysDeps) {
     const row = rows[0];
     if (!row) return undefined;
     const identity = { subject: apiKeyName(row.api_key_id), tenantId: row.tenant_id, roles: row.roles, expireTime: row.expire_time };
-    // A second under the promise: half for the in-process copy, half for the caller's next request.
-    const untilExpiry = row.expire_time ? row.expire_time.getTime() - Date.now() : Infinity;
-    const ttlMs = Math.min(deps.cacheSeconds * 1000 - 1000, untilExpiry);
+    const ttlMs = redisTtlMs(row.expire_time);
     if (ttlMs >= 100) cache.redis.set(cacheKeyOf(hash), JSON.stringify(identity), "PX", ttlMs).catch(() => {});
     return identity;
   }
@@ -142,6 +145,7 @@ export function createApiKeys(deps: ApiKeysDeps) {
   // Half a second in the process saves a Redis round trip on most calls of a busy client.
   const memo = new Map<string, { identity: ApiKeyIdentity; until: number }>();
   const memoMs = 500;
+  const activeMemo = new Map<string, number>();
 
   return {
     get,
@@ -208,17 +212,42 @@ export function createApiKeys(deps: ApiKeysDeps) {
         [tenantId, apiKeyIdOf(name)],
       );
       const row = await get(tenantId, name);
-      await forget([row.secret_hash]);
+      await forget([row]);
       return row;
     },
 
     /** Revokes every key a principal created (its user was deleted). */
     async revokeByCreator(tenantId: string, creator: string): Promise<void> {
-      const { rows } = await db.query<{ secret_hash: Buffer }>(
-        "UPDATE api_keys SET revoke_time = date_trunc('milliseconds', now()) WHERE tenant_id = $1 AND creator = $2 AND revoke_time IS NULL RETURNING secret_hash",
+      const { rows } = await db.query<ApiKeyRow>(
+        "UPDATE api_keys SET revoke_time = date_trunc('milliseconds', now()) WHERE tenant_id = $1 AND creator = $2 AND revoke_time IS NULL RETURNING *",
         [tenantId, creator],
       );
-      await forget(rows.map((r) => r.secret_hash));
+      await forget(rows);
+    },
+
+    /**
+     * Whether the key `name` ("apiKeys/{id}") is still active: asked for every access token
+     * exchanged from a key, so revoking the key stops its tokens within the same 5 s.
+     */
+    async isActive(tenantId: string, name: string): Promise<boolean> {
+      const apiKeyId = apiKeyIdOf(name);
+      const key = activeKeyOf(tenantId, apiKeyId);
+      if ((activeMemo.get(key) ?? 0) > Date.now()) return true;
+      let active = (await cache.redis.get(key).catch(() => null)) === "1";
+      if (!active) {
+        const { rows } = await db.query<{ expire_time: Date | null }>(
+          "SELECT expire_time FROM api_keys WHERE tenant_id = $1 AND api_key_id = $2 AND revoke_time IS NULL AND (expire_time IS NULL OR expire_time > now())",
+          [tenantId, apiKeyId],
+        );
+        active = rows.length > 0;
+        const ttlMs = active ? redisTtlMs(rows[0].expire_time) : 0;
+        if (ttlMs >= 100) cache.redis.set(key, "1", "PX", ttlMs).catch(() => {});
+      }
+      if (active) {
+        if (activeMemo.size >= 10_000) activeMemo.clear();
+        activeMemo.set(key, Date.now() + memoMs);
+      }
+      return active;
     },
 
     /** The identity of an active key; an unknown, revoked or expired key is InvalidTokenError. */

@@ -36,7 +36,7 @@ export interface IdentityOptions {
   /** accessRulesOf(the services served), keyed "/pkg.Service/Method". */
   rules: Map<string, AccessRule>;
   verifier: TokenVerifier;
-  apiKeys: { verify(secret: string): Promise<ApiKeyIdentity> };
+  apiKeys: { verify(secret: string): Promise<ApiKeyIdentity>; isActive(tenantId: string, name: string): Promise<boolean> };
 }
 
 /** The credential a request carries: a bearer token, or an API key (header or bearer). */
@@ -66,17 +66,15 @@ export function createIdentityInterceptors(options: IdentityOptions): Intercepto
 
     const presented = credentialOf(req.header);
     if (!presented) throw new NoCredentialsError();
-    let caller;
-    if (presented.kind === "token") {
-      const token = await options.verifier.verify(presented.value);
-      caller = { tenantId: token.tenantId, subject: token.subject, roles: token.roles, credential: { kind: token.subject.startsWith("apiKeys/") ? "api_key" : "user", expireTime: token.expireTime } as const };
-    } else {
-      const key = await options.apiKeys.verify(presented.value);
-      caller = { tenantId: key.tenantId, subject: key.subject, roles: key.roles, credential: { kind: "api_key", expireTime: key.expireTime } as const };
+    const who = presented.kind === "token" ? await options.verifier.verify(presented.value) : await options.apiKeys.verify(presented.value);
+    const viaApiKey = who.subject.startsWith("apiKeys/");
+    // A token exchanged from an API key dies with the key, not only when it expires.
+    if (presented.kind === "token" && viaApiKey && !(await options.apiKeys.isActive(who.tenantId, who.subject))) {
+      throw new InvalidTokenError("access token");
     }
-    if (decide(rule, caller.roles) !== "allow") throw new MissingPermissionError(rule.permission);
-    req.contextValues.set(callerKey, { tenantId: caller.tenantId, subject: caller.subject, roles: caller.roles });
-    req.contextValues.set(credentialKey, caller.credential);
+    if (decide(rule, who.roles) !== "allow") throw new MissingPermissionError(rule.permission);
+    req.contextValues.set(callerKey, { tenantId: who.tenantId, subject: who.subject, roles: who.roles });
+    req.contextValues.set(credentialKey, { kind: viaApiKey ? "api_key" : "user", expireTime: who.expireTime });
     return next(req);
   };
   return [identity];
