@@ -15,7 +15,7 @@ import type { Queryable } from "../db/index.ts";
 import type { PipelineDomain } from "../pipelines/pipelines.ts";
 import { isForbiddenAddress } from "../stages/index.ts";
 import { DocumentTooLargeError, ForbiddenUrlError, JobRequestIdReusedError, PipelineUnavailableError, UploadNotFoundError } from "./errors.ts";
-import { enqueueStage, recordEvents } from "./outbox.ts";
+import { applyChange } from "./outbox.ts";
 import { jobColumnList, jobNameOf, type JobRow } from "./store.ts";
 import type { Topology } from "./topology.ts";
 
@@ -137,10 +137,7 @@ export async function insertJob(tx: Queryable, topology: Topology, tenantId: str
     if (!row || row.request_hash !== p.requestHash) throw new JobRequestIdReusedError(p.requestId ?? "", row ? jobNameOf(row.id) : "another job");
     return row;
   }
-  const row = rows[0];
-  await recordEvents(tx, topology, row, [{ type: JobEventType.JOB_CREATED }]);
-  await enqueueStage(tx, topology, row, 0, 1);
-  return row;
+  return applyChange(tx, topology, rows[0], {}, [{ type: JobEventType.JOB_CREATED }], { stageIndex: 0, attempt: 1 });
 }
 
 /** The existing job of a request_id, when the same request was made before. */

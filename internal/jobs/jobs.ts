@@ -8,7 +8,7 @@ import type { Redis } from "ioredis";
 import { JobEventType, JobState } from "../../gen/jobmesh/v1/events_pb.js";
 import type { CreateJobRequest, Job, JobResult } from "../../gen/jobmesh/v1/jobs_pb.js";
 import { Stage } from "../../gen/jobmesh/v1/pipelines_pb.js";
-import { inTransaction, type Pool } from "../db/index.ts";
+import { inTransaction, type Pool, type Queryable } from "../db/index.ts";
 import type { PageTokens } from "../paging/index.ts";
 import type { PipelineDomain } from "../pipelines/pipelines.ts";
 import type { JobResultDocument } from "../stages/index.ts";
@@ -16,13 +16,12 @@ import type { Logger } from "../telemetry/index.ts";
 import { findByRequestId, insertJob, prepareJob, type PreparedJob } from "./create.ts";
 import { InvalidJobRequestError, JobNotFoundError, JobStateError, ResultNotFoundError, StaleJobEtagError } from "./errors.ts";
 import { listJobs, type ListJobsQuery } from "./list.ts";
-import { enqueueStage, recordEvents } from "./outbox.ts";
+import { applyChange } from "./outbox.ts";
 import { cancelKey } from "./reaper.ts";
 import { selectResult, toJobResult } from "./results.ts";
-import { configOf, etagOf, isTerminal, jobIdOf, loadJob, maxAttemptOf, selectAttempts, selectJob, toJob } from "./store.ts";
+import { configOf, etagOf, isTerminal, jobIdOf, loadJob, maxAttemptOf, selectAttempts, selectJob, toJob, type JobRow } from "./store.ts";
 import { countFinished, jobCounters, registerQueueDepth } from "./metrics.ts";
 import { priorityToken, type Topology } from "./topology.ts";
-import { updateJob } from "./transitions.ts";
 
 export interface JobDomainDeps {
   db: Pool;
@@ -47,6 +46,11 @@ export function createJobDomain(deps: JobDomainDeps) {
     return id;
   }
 
+  /** A row just written: a new job has no attempts to read; a request_id replay might. */
+  async function jobOf(tx: Queryable, tenantId: string, row: JobRow): Promise<Job> {
+    return row.event_seq === "1" ? toJob(row, []) : (await loadJob(tx, tenantId, row.id))!;
+  }
+
   async function reload(tenantId: string, jobId: string): Promise<Job> {
     const job = await loadJob(db, tenantId, jobId);
     if (!job) throw new JobNotFoundError(`jobs/${jobId}`);
@@ -60,8 +64,7 @@ export function createJobDomain(deps: JobDomainDeps) {
       if (earlier) return reload(tenantId, earlier.id);
       // The job as this request left it (QUEUED), read before a worker can change it.
       const job = await inTransaction(db, async (tx) => {
-        const row = await insertJob(tx, topology, tenantId, prepared);
-        return (await loadJob(tx, tenantId, row.id))!;
+        return jobOf(tx, tenantId, await insertJob(tx, topology, tenantId, prepared));
       });
       jobCounters().created.add(1, { priority: priorityToken(prepared.priority) });
       return job;
@@ -80,7 +83,7 @@ export function createJobDomain(deps: JobDomainDeps) {
       }
       const jobs = await inTransaction(db, async (tx) => {
         const out: Job[] = [];
-        for (const p of prepared) out.push((await loadJob(tx, tenantId, (await insertJob(tx, topology, tenantId, p)).id))!);
+        for (const p of prepared) out.push(await jobOf(tx, tenantId, await insertJob(tx, topology, tenantId, p)));
         return out;
       });
       for (const p of prepared) jobCounters().created.add(1, { priority: priorityToken(p.priority) });
@@ -105,14 +108,12 @@ export function createJobDomain(deps: JobDomainDeps) {
         switch (row.state) {
           case JobState.QUEUED: {
             // The queued task stays on the stream; its claim finds the job cancelled and drops it.
-            const cancelled = await updateJob(tx, row, { state: JobState.CANCELLED, end_time: new Date() });
-            await recordEvents(tx, topology, cancelled, [{ type: JobEventType.JOB_CANCELLED }]);
+            await applyChange(tx, topology, row, { state: JobState.CANCELLED, end_time: new Date() }, [{ type: JobEventType.JOB_CANCELLED }]);
             countFinished(JobState.CANCELLED);
             return false;
           }
           case JobState.RUNNING: {
-            const cancelling = await updateJob(tx, row, { state: JobState.CANCELLING });
-            await recordEvents(tx, topology, cancelling, [{ type: JobEventType.JOB_CANCELLING }]);
+            await applyChange(tx, topology, row, { state: JobState.CANCELLING }, [{ type: JobEventType.JOB_CANCELLING }]);
             return true;
           }
           case JobState.CANCELLING:
@@ -151,11 +152,8 @@ export function createJobDomain(deps: JobDomainDeps) {
           index = wanted;
         }
         const attempt = (await maxAttemptOf(tx, tenantId, jobId, index)) + 1;
-        const queued = await updateJob(tx, row, {
-          state: JobState.QUEUED, stage_index: index, stage_attempt: attempt, stage_attempt_base: attempt, error: null, end_time: null,
-        });
-        await recordEvents(tx, topology, queued, [{ type: JobEventType.JOB_RETRIED, stageIndex: index, attempt }]);
-        await enqueueStage(tx, topology, queued, index, attempt);
+        const patch = { state: JobState.QUEUED, stage_index: index, stage_attempt: attempt, stage_attempt_base: attempt, error: null, end_time: null };
+        await applyChange(tx, topology, row, patch, [{ type: JobEventType.JOB_RETRIED, stageIndex: index, attempt }], { stageIndex: index, attempt });
         return (await loadJob(tx, tenantId, jobId))!;
       });
       await deps.redis.del(cancelKey(jobId)).catch(() => {});

@@ -8,10 +8,10 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { context, propagation, trace } from "@opentelemetry/api";
 import { randomUUID } from "node:crypto";
-import { JobEventSchema, type JobEventType, type JobEvent } from "../../gen/jobmesh/v1/events_pb.js";
+import { JobEventSchema, type JobEventType } from "../../gen/jobmesh/v1/events_pb.js";
 import { Stage } from "../../gen/jobmesh/v1/pipelines_pb.js";
 import type { Queryable } from "../db/index.ts";
-import { jobErrorOf, jobNameOf, pipelineNameOf, stageAt, type JobErrorJson, type JobRow } from "./store.ts";
+import { jobColumnList, jobErrorOf, jobNameOf, pipelineNameOf, stageAt, type JobErrorJson, type JobRow } from "./store.ts";
 import { eventTypeToken, type Topology } from "./topology.ts";
 
 /** Postgres channel the relay LISTENs on; a NOTIFY in the writing transaction wakes it on commit. */
@@ -41,64 +41,104 @@ export function traceHeaders(row: Pick<JobRow, "traceparent">): Record<string, s
   return carrier;
 }
 
-async function insertOutbox(tx: Queryable, id: string, subject: string, payload: Uint8Array, headers: Record<string, string>, delayMs = 0) {
-  await tx.query(
-    `INSERT INTO outbox (id, subject, payload, headers, available_time)
-     VALUES ($1, $2, $3, $4, clock_timestamp() + make_interval(secs => $5::float8 / 1000))`,
-    [id, subject, Buffer.from(payload), headers, delayMs],
-  );
+/** A stage task to queue with a change. */
+export interface QueuedTask {
+  stageIndex: number;
+  attempt: number;
+  /** Held back this long (retry backoff). */
+  delayMs?: number;
 }
 
 /**
- * Appends events to the job (sequence numbers follow the job's last one) and to the outbox.
- * `row` is the job after the change: its state goes into every event.
+ * Applies a change to a job in ONE statement: the patched row (version and update_time bumped),
+ * its events (job_events and outbox) and the next stage task (outbox), plus the NOTIFY that wakes
+ * the relay on commit. `current` must be the row as locked by the caller's transaction: event
+ * sequences continue from its event_seq. Returns the row after the change.
  */
-export async function recordEvents(tx: Queryable, topology: Topology, row: JobRow, events: NewEvent[]): Promise<JobEvent[]> {
-  if (events.length === 0) return [];
-  const { rows } = await tx.query<{ event_seq: string; now: Date }>(
-    `UPDATE jobs SET event_seq = event_seq + $3 WHERE tenant_id = $1 AND id = $2
-     RETURNING event_seq, date_trunc('milliseconds', now()) AS now`,
-    [row.tenant_id, row.id, events.length],
-  );
-  const last = BigInt(rows[0].event_seq);
-  const headers = traceHeaders(row);
-  const out: JobEvent[] = [];
-  for (const [i, e] of events.entries()) {
+export async function applyChange(
+  tx: Queryable,
+  topology: Topology,
+  current: JobRow,
+  patch: Record<string, unknown>,
+  events: NewEvent[],
+  task?: QueuedTask,
+): Promise<JobRow> {
+  const after = { ...current, ...patch } as JobRow;
+  const headers = traceHeaders(current);
+  const now = new Date(Math.floor(Date.now()));
+  const first = BigInt(current.event_seq) + 1n;
+  const eventRows = events.map((e, i) => {
     const event = create(JobEventSchema, {
       eventId: randomUUID(),
       type: e.type,
-      tenant: row.tenant_id,
-      job: jobNameOf(row.id),
-      pipeline: pipelineNameOf(row.pipeline_id),
-      pipelineVersion: row.pipeline_version,
-      stage: e.stageIndex === undefined ? Stage.UNSPECIFIED : stageAt(row, e.stageIndex),
+      tenant: current.tenant_id,
+      job: jobNameOf(current.id),
+      pipeline: pipelineNameOf(current.pipeline_id),
+      pipelineVersion: current.pipeline_version,
+      stage: e.stageIndex === undefined ? Stage.UNSPECIFIED : stageAt(current, e.stageIndex),
       attempt: e.stageIndex === undefined ? 0 : (e.attempt ?? 0),
-      state: row.state,
+      state: after.state,
       error: e.error ? jobErrorOf(e.error) : undefined,
-      eventTime: timestampFromDate(rows[0].now),
-      sequence: last - BigInt(events.length) + BigInt(i) + 1n,
-      labels: row.labels,
-      traceId: row.trace_id,
+      eventTime: timestampFromDate(now),
+      sequence: first + BigInt(i),
+      labels: current.labels,
+      traceId: current.trace_id,
     });
-    const bytes = toBinary(JobEventSchema, event);
-    await tx.query(
-      "INSERT INTO job_events (tenant_id, job_id, sequence, event_type, event) VALUES ($1, $2, $3, $4, $5)",
-      [row.tenant_id, row.id, event.sequence.toString(), e.type, Buffer.from(bytes)],
-    );
-    await insertOutbox(tx, event.eventId, topology.eventSubject(row.tenant_id, e.type), bytes, {
-      ...headers,
-      "Jobmesh-Event-Type": eventTypeToken(e.type),
+    return { event, bytes: Buffer.from(toBinary(JobEventSchema, event)) };
+  });
+  const outbox: { id: string; subject: string; payload: Buffer; headers: Record<string, string>; delayMs: number }[] = eventRows.map(({ event, bytes }) => ({
+    id: event.eventId,
+    subject: topology.eventSubject(current.tenant_id, event.type),
+    payload: bytes,
+    headers: { ...headers, "Jobmesh-Event-Type": eventTypeToken(event.type) },
+    delayMs: 0,
+  }));
+  if (task) {
+    const payload: StageTask = { tenantId: current.tenant_id, jobId: current.id, stageIndex: task.stageIndex, attempt: task.attempt };
+    outbox.push({
+      id: randomUUID(),
+      subject: topology.workSubject(stageAt(current, task.stageIndex), current.priority),
+      payload: Buffer.from(JSON.stringify(payload)),
+      headers,
+      delayMs: task.delayMs ?? 0,
     });
-    out.push(event);
   }
-  await tx.query(`SELECT pg_notify('${outboxChannel}', '')`);
-  return out;
+  const params: unknown[] = [
+    current.tenant_id,
+    current.id,
+    events.length,
+    eventRows.map((r) => r.event.sequence.toString()),
+    eventRows.map((r) => r.event.type),
+    eventRows.map((r) => r.bytes),
+    outbox.map((o) => o.id),
+    outbox.map((o) => o.subject),
+    outbox.map((o) => o.payload),
+    outbox.map((o) => JSON.stringify(o.headers)),
+    outbox.map((o) => o.delayMs),
+  ];
+  const sets = Object.entries(patch).map(([column, value]) => {
+    params.push(value);
+    return `${column} = $${params.length}`;
+  });
+  const { rows } = await tx.query<JobRow>(
+    `WITH job AS (
+       UPDATE jobs SET ${[...sets, "event_seq = event_seq + $3", "version = version + 1", "update_time = date_trunc('milliseconds', now())"].join(", ")}
+       WHERE tenant_id = $1 AND id = $2 RETURNING ${jobColumnList}
+     ), events AS (
+       INSERT INTO job_events (tenant_id, job_id, sequence, event_type, event)
+       SELECT $1, $2, x.seq, x.type, x.event FROM unnest($4::bigint[], $5::smallint[], $6::bytea[]) AS x(seq, type, event)
+     ), box AS (
+       INSERT INTO outbox (id, subject, payload, headers, available_time)
+       SELECT x.id, x.subject, x.payload, x.headers, clock_timestamp() + make_interval(secs => x.delay / 1000)
+       FROM unnest($7::uuid[], $8::text[], $9::bytea[], $10::jsonb[], $11::float8[]) AS x(id, subject, payload, headers, delay)
+     )
+     SELECT job.*, pg_notify('${outboxChannel}', '') FROM job`,
+    params,
+  );
+  return rows[0];
 }
 
-/** Queues a stage task; `delayMs` holds it back (retry backoff). */
-export async function enqueueStage(tx: Queryable, topology: Topology, row: JobRow, stageIndex: number, attempt: number, delayMs = 0): Promise<void> {
-  const task: StageTask = { tenantId: row.tenant_id, jobId: row.id, stageIndex, attempt };
-  const subject = topology.workSubject(stageAt(row, stageIndex), row.priority);
-  await insertOutbox(tx, randomUUID(), subject, new TextEncoder().encode(JSON.stringify(task)), traceHeaders(row), delayMs);
-  await tx.query(`SELECT pg_notify('${outboxChannel}', '')`);
+/** Appends events to a job (locked by the caller) and to the outbox. */
+export async function recordEvents(tx: Queryable, topology: Topology, row: JobRow, events: NewEvent[]): Promise<void> {
+  if (events.length > 0) await applyChange(tx, topology, row, {}, events);
 }

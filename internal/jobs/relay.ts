@@ -23,7 +23,7 @@ export interface OutboxRelayOptions {
   pollMs?: number;
   /** Run the publish loop (default true); false leaves publishing to explicit publishBatch calls. */
   run?: boolean;
-  /** Test hook: runs after publishing a batch and before marking it (throw to simulate a crash). */
+  /** Test hook: runs after publishing a batch and before its mark commits (throw to simulate a crash). */
   beforeMark?: (ids: string[]) => void | Promise<void>;
 }
 
@@ -38,6 +38,8 @@ interface OutboxRow {
   subject: string;
   payload: Buffer;
   headers: Record<string, string>;
+  /** Order of the row in the claimed batch. */
+  position: string;
 }
 
 export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
@@ -63,20 +65,29 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
 
   async function publishBatch(): Promise<number> {
     return inTransaction(db, async (tx) => {
+      // Claimed and marked in one statement; the mark commits only after JetStream acked every
+      // message, so a relay that dies in between leaves the rows unpublished (and republishes).
       const { rows } = await tx.query<OutboxRow>(
-        `SELECT id, subject, payload, headers FROM outbox
-         WHERE published_at IS NULL AND available_time <= clock_timestamp()
-         ORDER BY available_time, create_time
-         LIMIT $1 FOR UPDATE SKIP LOCKED`,
+        `UPDATE outbox o SET published_at = clock_timestamp()
+         FROM (
+           SELECT id, row_number() OVER (ORDER BY available_time, create_time) AS position
+           FROM (
+             SELECT id, available_time, create_time FROM outbox
+             WHERE published_at IS NULL AND available_time <= clock_timestamp()
+             ORDER BY available_time, create_time
+             LIMIT $1 FOR UPDATE SKIP LOCKED
+           ) locked
+         ) claimed
+         WHERE o.id = claimed.id
+         RETURNING o.id, o.subject, o.payload, o.headers, claimed.position`,
         [batchSize],
       );
       if (rows.length === 0) return 0;
+      rows.sort((a, b) => Number(a.position) - Number(b.position));
       // Published back to back on one connection, so the stream stores them in this order
       // (each job's events stay ordered); the acks are awaited together.
       await Promise.all(rows.map(publish));
-      const ids = rows.map((r) => r.id);
-      await options.beforeMark?.(ids);
-      await tx.query("UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY($1::uuid[])", [ids]);
+      await options.beforeMark?.(rows.map((r) => r.id));
       return rows.length;
     });
   }

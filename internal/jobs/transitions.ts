@@ -9,32 +9,24 @@ import { StageAttemptOutcome } from "../../gen/jobmesh/v1/jobs_pb.js";
 import { type RetryPolicy, Stage } from "../../gen/jobmesh/v1/pipelines_pb.js";
 import type { Queryable } from "../db/index.ts";
 import { countFinished, jobCounters } from "./metrics.ts";
-import { enqueueStage, recordEvents, type NewEvent, type StageTask } from "./outbox.ts";
-import { configOf, jobColumnList, maxAttemptOf, stageAt, type JobErrorJson, type JobRow } from "./store.ts";
+import { applyChange, type NewEvent, type StageTask } from "./outbox.ts";
+import { configOf, jobColumnList, stageAt, type JobErrorJson, type JobRow } from "./store.ts";
 import type { Topology } from "./topology.ts";
 
 /** A change to a job row: column → value. `version` and `update_time` change with every one. */
 export type JobPatch = Record<string, unknown>;
 
-/** Applies a patch to the job and returns the row after it. */
-export async function updateJob(tx: Queryable, row: Pick<JobRow, "tenant_id" | "id">, patch: JobPatch): Promise<JobRow> {
-  const params: unknown[] = [row.tenant_id, row.id];
-  const sets = Object.entries(patch).map(([column, value]) => {
-    params.push(value);
-    return `${column} = $${params.length}`;
-  });
-  sets.push("version = version + 1", "update_time = date_trunc('milliseconds', now())");
-  const { rows } = await tx.query<JobRow>(
-    `UPDATE jobs SET ${sets.join(", ")} WHERE tenant_id = $1 AND id = $2 RETURNING ${jobColumnList}`,
-    params,
-  );
-  return rows[0];
-}
 
-/** Locks the job if `task` is still its current attempt and it is in one of `states`. */
-async function lockCurrent(tx: Queryable, task: StageTask, states: JobState[]): Promise<JobRow | undefined> {
-  const { rows } = await tx.query<JobRow>(
-    `SELECT ${jobColumnList} FROM jobs
+/**
+ * Locks the job if `task` is still its current attempt and it is in one of `states`. Also reads
+ * the highest attempt the next stage has had (after RetryJob it may have run before).
+ */
+async function lockCurrent(tx: Queryable, task: StageTask, states: JobState[]): Promise<(JobRow & { next_max_attempt: number }) | undefined> {
+  const { rows } = await tx.query<JobRow & { next_max_attempt: number }>(
+    `SELECT ${jobColumnList},
+       (SELECT coalesce(max(attempt), 0) FROM stage_attempts a
+        WHERE a.tenant_id = jobs.tenant_id AND a.job_id = jobs.id AND a.stage_index = jobs.stage_index + 1) AS next_max_attempt
+     FROM jobs
      WHERE tenant_id = $1 AND id = $2 AND stage_index = $3 AND stage_attempt = $4 AND state = ANY($5::smallint[])
      FOR UPDATE`,
     [task.tenantId, task.jobId, task.stageIndex, task.attempt, states],
@@ -82,14 +74,14 @@ export function stageTimeoutMs(row: JobRow, stageIndex: number): number {
 export async function claimAttempt(tx: Queryable, topology: Topology, task: StageTask, workerId: string): Promise<JobRow | undefined> {
   const current = await lockCurrent(tx, task, [JobState.QUEUED]);
   if (!current) return undefined;
-  const row = await updateJob(tx, current, { state: JobState.RUNNING, start_time: current.start_time ?? new Date() });
   await tx.query(
     `INSERT INTO stage_attempts (tenant_id, job_id, stage_index, attempt, stage, worker_id, outcome)
      VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-    [task.tenantId, task.jobId, task.stageIndex, task.attempt, stageAt(row, task.stageIndex), workerId, StageAttemptOutcome.RUNNING],
+    [task.tenantId, task.jobId, task.stageIndex, task.attempt, stageAt(current, task.stageIndex), workerId, StageAttemptOutcome.RUNNING],
   );
-  await recordEvents(tx, topology, row, [{ type: JobEventType.STAGE_STARTED, stageIndex: task.stageIndex, attempt: task.attempt }]);
-  return row;
+  return applyChange(tx, topology, current, { state: JobState.RUNNING, start_time: current.start_time ?? new Date() }, [
+    { type: JobEventType.STAGE_STARTED, stageIndex: task.stageIndex, attempt: task.attempt },
+  ]);
 }
 
 /** What a finished stage hands on. */
@@ -106,8 +98,7 @@ export type CommitOutcome = "committed" | "stale" | "cancelled";
 
 async function cancelRunning(tx: Queryable, topology: Topology, row: JobRow, task: StageTask): Promise<CommitOutcome> {
   await endAttempt(tx, task, StageAttemptOutcome.CANCELLED);
-  const cancelled = await updateJob(tx, row, { state: JobState.CANCELLED, end_time: new Date() });
-  await recordEvents(tx, topology, cancelled, [{ type: JobEventType.JOB_CANCELLED }]);
+  await applyChange(tx, topology, row, { state: JobState.CANCELLED, end_time: new Date() }, [{ type: JobEventType.JOB_CANCELLED }]);
   countFinished(JobState.CANCELLED);
   return "cancelled";
 }
@@ -117,26 +108,29 @@ export async function completeStage(tx: Queryable, topology: Topology, task: Sta
   const current = await lockCurrent(tx, task, [JobState.RUNNING, JobState.CANCELLING]);
   if (!current) return "stale";
   if (current.state === JobState.CANCELLING) return cancelRunning(tx, topology, current, task);
-  await endAttempt(tx, task, StageAttemptOutcome.SUCCEEDED);
   const stage = stageAt(current, task.stageIndex);
+  // The attempt's end and the stage's output in one round trip.
   await tx.query(
-    `INSERT INTO stage_outputs (tenant_id, job_id, stage, output, bytes) VALUES ($1, $2, $3, $4, $5)
+    `WITH ended AS (
+       UPDATE stage_attempts SET outcome = $6, end_time = clock_timestamp(), error = NULL
+       WHERE tenant_id = $1 AND job_id = $2 AND stage_index = $7 AND attempt = $8
+     )
+     INSERT INTO stage_outputs (tenant_id, job_id, stage, output, bytes) VALUES ($1, $2, $3, $4, $5)
      ON CONFLICT (tenant_id, job_id, stage) DO UPDATE SET output = EXCLUDED.output, bytes = EXCLUDED.bytes`,
-    [task.tenantId, task.jobId, stage, JSON.stringify(done.output ?? null), done.bytes ? Buffer.from(done.bytes) : null],
+    [task.tenantId, task.jobId, stage, JSON.stringify(done.output ?? null), done.bytes ? Buffer.from(done.bytes) : null, StageAttemptOutcome.SUCCEEDED, task.stageIndex, task.attempt],
   );
   const succeeded: NewEvent = { type: JobEventType.STAGE_SUCCEEDED, stageIndex: task.stageIndex, attempt: task.attempt };
   const next = task.stageIndex + 1;
   if (next < configOf(current).stages.length) {
     // After RetryJob the next stage may have run before: its attempt numbers continue.
-    const attempt = (await maxAttemptOf(tx, task.tenantId, task.jobId, next)) + 1;
-    const row = await updateJob(tx, current, { ...done.patch, state: JobState.QUEUED, stage_index: next, stage_attempt: attempt, stage_attempt_base: attempt });
-    await recordEvents(tx, topology, row, [succeeded]);
-    await enqueueStage(tx, topology, row, next, attempt);
+    const attempt = current.next_max_attempt + 1;
+    const patch = { ...done.patch, state: JobState.QUEUED, stage_index: next, stage_attempt: attempt, stage_attempt_base: attempt };
+    await applyChange(tx, topology, current, patch, [succeeded], { stageIndex: next, attempt });
     return "committed";
   }
   const { expireTime } = done.storeResult ? await done.storeResult(tx, current) : { expireTime: null };
-  const row = await updateJob(tx, current, { ...done.patch, state: JobState.SUCCEEDED, end_time: new Date(), result_expire_time: expireTime, error: null });
-  await recordEvents(tx, topology, row, [succeeded, { type: JobEventType.JOB_SUCCEEDED }]);
+  const patch = { ...done.patch, state: JobState.SUCCEEDED, end_time: new Date(), result_expire_time: expireTime, error: null };
+  await applyChange(tx, topology, current, patch, [succeeded, { type: JobEventType.JOB_SUCCEEDED }]);
   countFinished(JobState.SUCCEEDED);
   return "committed";
 }
@@ -164,14 +158,15 @@ export async function failStage(tx: Queryable, topology: Topology, task: StageTa
   await endAttempt(tx, task, failure.outcome, error);
   const failed: NewEvent = { type: JobEventType.STAGE_FAILED, stageIndex: task.stageIndex, attempt: task.attempt, error };
   if (retry) {
-    const row = await updateJob(tx, current, { state: JobState.QUEUED, stage_attempt: task.attempt + 1 });
-    await recordEvents(tx, topology, row, [failed]);
-    await enqueueStage(tx, topology, row, task.stageIndex, task.attempt + 1, backoffMs(policy, attemptsUsed));
+    const next = { stageIndex: task.stageIndex, attempt: task.attempt + 1, delayMs: backoffMs(policy, attemptsUsed) };
+    await applyChange(tx, topology, current, { state: JobState.QUEUED, stage_attempt: task.attempt + 1 }, [failed], next);
     jobCounters().retries.add(1, { stage: Stage[stage].toLowerCase() });
     return "committed";
   }
-  const row = await updateJob(tx, current, { state: JobState.FAILED, end_time: new Date(), error });
-  await recordEvents(tx, topology, row, [failed, { type: JobEventType.JOB_FAILED, stageIndex: task.stageIndex, attempt: task.attempt, error }]);
+  await applyChange(tx, topology, current, { state: JobState.FAILED, end_time: new Date(), error }, [
+    failed,
+    { type: JobEventType.JOB_FAILED, stageIndex: task.stageIndex, attempt: task.attempt, error },
+  ]);
   countFinished(JobState.FAILED);
   return "committed";
 }
