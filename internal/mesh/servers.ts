@@ -3,7 +3,6 @@
  * `jobmesh up` serves them all in one process.
  */
 import type { DescService } from "@bufbuild/protobuf";
-import type { Interceptor } from "@connectrpc/connect";
 import { createApiKeys, createAuthDomain, createTokenVerifier, ensureAdmin, loadPublicJwks, type BootstrapAdmin, type TokenVerifier } from "../auth/index.ts";
 import { AuthService, createAuthService } from "../auth/service.ts";
 import { createPipelineDomain } from "../pipelines/pipelines.ts";
@@ -11,7 +10,7 @@ import { createPipelineService, PipelineService } from "../pipelines/service.ts"
 import { accessRulesOf } from "../rpc/authz.ts";
 import { createBootstrapTenantInterceptor } from "../rpc/bootstrap-tenant.ts";
 import { createIdentityInterceptors, createRemoteJwksLoader, meshServices } from "../rpc/identity.ts";
-import { bindService, startRpcServer, type RpcServer } from "../rpc/server.ts";
+import { bindService, startRpcServer, type RpcServer, type RpcServerOptions } from "../rpc/server.ts";
 import { createJobDomain } from "../jobs/jobs.ts";
 import { createOutboxRelay, type OutboxRelay } from "../jobs/relay.ts";
 import { createReaper, type Reaper } from "../jobs/reaper.ts";
@@ -47,7 +46,7 @@ function verifierOf(infra: Infra): TokenVerifier {
 }
 
 /** The identity interceptors of a server of `services`: the only place that decides how callers are known. */
-export function identityFor(infra: Infra, services: DescService[], mode: IdentityMode = defaultIdentityMode): Interceptor[] {
+export function identityFor(infra: Infra, services: DescService[], mode: IdentityMode = defaultIdentityMode): RpcServerOptions["identity"] {
   if (mode === "bootstrap") return [createBootstrapTenantInterceptor(infra.bootstrapTenantId)];
   return createIdentityInterceptors({
     rules: accessRulesOf(services),
