@@ -1,6 +1,7 @@
 import t from "tap";
 import { JobState } from "../gen/jobmesh/v1/events_pb.js";
 import { StageAttemptOutcome } from "../gen/jobmesh/v1/jobs_pb.js";
+import { Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
 import { inTransaction } from "../internal/db/index.ts";
 import type { StageTask } from "../internal/jobs/outbox.ts";
 import { claimAttempt, completeStage, failStage } from "../internal/jobs/transitions.ts";
@@ -39,4 +40,19 @@ t.test("fencing - a stale worker can never complete a newer attempt", async (t) 
   const done = (await client.getJob({ name: job!.name })).job!;
   t.equal(done.state, JobState.QUEUED, "queued for the next stage");
   t.same(done.attempts.map((a) => [a.attempt, a.workerId, a.outcome]), [[1, "worker-a", StageAttemptOutcome.ABANDONED], [2, "worker-b", StageAttemptOutcome.SUCCEEDED]]);
+});
+
+t.test("cancel - a CANCELLING job whose worker is lost ends CANCELLED when the reaper takes the attempt", async (t) => {
+  const { job } = await client.createJob({ job: { document: { source: { case: "text", value: "orphaned" } } } });
+  const task: StageTask = { tenantId: mesh.infra.bootstrapTenantId, jobId: job!.name.slice(5), stageIndex: 0, attempt: 1 };
+  t.ok(await inTransaction(db, (tx) => claimAttempt(tx, topology, task, "worker-gone")));
+  t.equal((await client.cancelJob({ name: job!.name })).job?.state, JobState.CANCELLING);
+  // The reaper's move for an attempt without heartbeat:
+  t.equal(await inTransaction(db, (tx) => failStage(tx, topology, task, { kind: "transient", outcome: StageAttemptOutcome.ABANDONED, code: "WORKER_LOST", message: "lost" })), "cancelled");
+  const done = (await client.getJob({ name: job!.name })).job!;
+  t.equal(done.state, JobState.CANCELLED);
+  t.same(done.attempts.map((a) => a.outcome), [StageAttemptOutcome.CANCELLED]);
+  const retried = await client.retryJob({ name: job!.name });
+  t.equal(retried.job?.state, JobState.QUEUED, "a cancelled job can be retried");
+  t.equal(retried.job?.stage, Stage.INGEST);
 });
