@@ -1,17 +1,10 @@
 /** AuthService as its own process: config → dependencies → first admin → serve → drain on SIGTERM. */
-import { ConfigError, loadConfig } from "../../internal/config/index.ts";
 import { createInfra } from "../../internal/mesh/infra.ts";
-import { runUntilSignal } from "../../internal/mesh/lifecycle.ts";
+import { loadConfigOrExit, runUntilSignal } from "../../internal/mesh/lifecycle.ts";
 import { ensureBootstrapAdmin, serveAuth } from "../../internal/mesh/servers.ts";
 import { createLogger, startTelemetry } from "../../internal/telemetry/index.ts";
 
-let config;
-try {
-  config = loadConfig();
-} catch (error) {
-  console.error(error instanceof ConfigError ? error.message : String(error));
-  process.exit(1);
-}
+const config = loadConfigOrExit();
 const log = createLogger({ name: "auth", level: config.logLevel });
 const telemetry = startTelemetry({ serviceName: "jobmesh-auth", otlpEndpoint: config.otlpEndpoint });
 await runUntilSignal(log, async () => {

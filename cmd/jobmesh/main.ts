@@ -5,20 +5,13 @@
  */
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { ConfigError, loadConfig } from "../../internal/config/index.ts";
-import { runUntilSignal } from "../../internal/mesh/lifecycle.ts";
+import { loadConfigOrExit, runUntilSignal } from "../../internal/mesh/lifecycle.ts";
 import { meshUp, type MeshDescription } from "../../internal/mesh/up.ts";
 import { createLogger, startTelemetry } from "../../internal/telemetry/index.ts";
 
 const usage = "usage: jobmesh <up|status>";
 const command = process.argv[2];
-let config;
-try {
-  config = loadConfig();
-} catch (error) {
-  console.error(error instanceof ConfigError ? error.message : String(error));
-  process.exit(1);
-}
+const config = loadConfigOrExit();
 
 if (command === "up") {
   const log = createLogger({ name: "jobmesh", level: config.logLevel });

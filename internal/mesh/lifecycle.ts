@@ -1,3 +1,4 @@
+import { ConfigError, loadConfig, type Config } from "../config/index.ts";
 import type { Logger } from "../telemetry/index.ts";
 
 /**
@@ -32,4 +33,14 @@ export async function runUntilSignal(log: Logger, start: () => Promise<() => Pro
   };
   process.on("SIGTERM", onSignal);
   process.on("SIGINT", onSignal);
+}
+
+/** The configuration, or one line naming the bad variable and exit 1: how every binary starts. */
+export function loadConfigOrExit(): Config {
+  try {
+    return loadConfig();
+  } catch (error) {
+    console.error(error instanceof ConfigError ? error.message : String(error));
+    process.exit(1);
+  }
 }
