@@ -21,10 +21,12 @@ export interface GetPipelineArgs {
   protocol: Protocol;
   baseUrl: string;
   name: string;
+  /** Sent with every call: the credentials jobmesh needs when it enforces identity. */
+  headers?: Record<string, string>;
 }
 
 /** GetPipeline by name, over a fresh connection (h2c) or keep-alive agent (HTTP/1.1) per run. */
-export const getPipelineCall: CallFactory<GetPipelineArgs> = ({ protocol, baseUrl, name }) => {
+export const getPipelineCall: CallFactory<GetPipelineArgs> = ({ protocol, baseUrl, name, headers = {} }) => {
   // Own session manager and agent, only so that close() can drop this run's connections; the
   // transports' defaults behave the same (one h2 session; a keep-alive agent, unlimited sockets).
   const sessionManager = new Http2SessionManager(baseUrl);
@@ -37,7 +39,7 @@ export const getPipelineCall: CallFactory<GetPipelineArgs> = ({ protocol, baseUr
         : createConnectTransport({ baseUrl, httpVersion: "1.1", useBinaryFormat: true, nodeOptions: { agent } });
   const client = createClient(PipelineService, transport);
   return {
-    call: () => client.getPipeline({ name }),
+    call: () => client.getPipeline({ name }, { headers }),
     close() {
       sessionManager.abort();
       agent.destroy();

@@ -8,6 +8,10 @@
  * `http2.createServer` for the h2c rows and `http.createServer` for the HTTP/1.1 row. Each row
  * loads the bare server and jobmesh in alternating rounds with the same client settings, never
  * both at once; both idle in this process while the other is loaded.
+ *
+ * jobmesh identifies callers the way services do by default: when they enforce identity, every
+ * call carries an admin's access token. Both sides get the same headers (the bare server ignores
+ * them), so the requests are the same bytes too.
  */
 import { create } from "@bufbuild/protobuf";
 import type { ConnectRouter } from "@connectrpc/connect";
@@ -32,8 +36,10 @@ export const pipelinesEntry: BenchEntry = {
     const rssBefore = process.memoryUsage().rss;
     const mesh = await startTestMesh({ JOBMESH_LOG_LEVEL: "silent" });
     try {
+      // Set when services enforce identity by default (startTestMesh then serves AuthService).
+      const headers = mesh.auth ? await mesh.auth.headersFor("admin") : {};
       // The first read misses and fills Redis; every measured call is then a cache hit.
-      const response = await getOnce(mesh.pipelines.url);
+      const response = await getOnce(mesh.pipelines.url, headers);
       const bare = await startBareServers(response);
       const rows: ComparisonRow[] = [];
       try {
@@ -50,7 +56,7 @@ export const pipelinesEntry: BenchEntry = {
               const order = round % 2 === 0 ? (["bare", "jobmesh"] as const) : (["jobmesh", "bare"] as const);
               for (const side of order) {
                 ctx.progress(`pipelines: ${side}, ${protocols[protocol]}, concurrency ${concurrency}, round ${round + 1}/${ctx.timing.rounds}`);
-                const args: GetPipelineArgs = { protocol, baseUrl: sides[side], name: pipelineName };
+                const args: GetPipelineArgs = { protocol, baseUrl: sides[side], name: pipelineName, headers };
                 const series = `pipelines/${protocol}/${concurrency}/${side}`;
                 results[side] = await ctx.load.run({ module: clientModule, factory: "getPipelineCall", args, options, series });
               }
@@ -75,6 +81,7 @@ export const pipelinesEntry: BenchEntry = {
         notes: [
           `ratio = jobmesh req/s / bare req/s (target >= 0.70x); per cell and side ${ctx.timing.rounds} x ${ctx.timing.durationMs / 1000}s, ` +
             `sides alternating, each round after ${ctx.timing.warmupMs / 1000}s warm-up on a new connection`,
+          `jobmesh identity: ${mesh.auth ? "enforced, an admin's JWT on every call" : "bootstrap (no credentials)"}`,
           `jobmesh cache "pipelines": ${cache}`,
           `server process RSS after the last run: ${mib(memory.rss)} (heap used ${mib(memory.heapUsed)}, peak ${mib(process.resourceUsage().maxRSS * 1024)}, ` +
             `${mib(rssBefore)} before jobmesh started); jobmesh and the bare servers share the process, the load runs in another`,
@@ -86,8 +93,8 @@ export const pipelinesEntry: BenchEntry = {
   },
 };
 
-async function getOnce(baseUrl: string): Promise<GetPipelineResponse> {
-  const { call, close } = getPipelineCall({ protocol: "connect-http1", baseUrl, name: pipelineName });
+async function getOnce(baseUrl: string, headers: Record<string, string>): Promise<GetPipelineResponse> {
+  const { call, close } = getPipelineCall({ protocol: "connect-http1", baseUrl, name: pipelineName, headers });
   try {
     return (await call()) as GetPipelineResponse;
   } finally {

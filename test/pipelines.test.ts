@@ -5,9 +5,12 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { PipelineConfigSchema, PipelineService, Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
 import { startTestMesh } from "./support/mesh.ts";
 
-const mesh = await startTestMesh();
+const mesh = await startTestMesh({}, { auth: true });
 t.teardown(() => mesh.close());
-const client = createClient(PipelineService, createConnectTransport({ baseUrl: mesh.pipelines.url, httpVersion: "1.1" }));
+const client = createClient(
+  PipelineService,
+  createConnectTransport({ baseUrl: mesh.pipelines.url, httpVersion: "1.1", interceptors: [await mesh.auth!.interceptorFor("admin")] }),
+);
 
 const minimalConfig = () =>
   create(PipelineConfigSchema, { stages: [{ stage: Stage.INGEST }, { stage: Stage.DETECT }, { stage: Stage.PARSE }, { stage: Stage.OUTPUT }] });

@@ -10,7 +10,7 @@ import { join } from "node:path";
 import pg from "pg";
 import { create, createFileRegistry, setExtension } from "@bufbuild/protobuf";
 import { file_google_protobuf_empty, FileDescriptorProtoSchema, MethodOptionsSchema } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { AuditService } from "../gen/jobmesh/v1/audit_pb.js";
 import { AuthService } from "../gen/jobmesh/v1/auth_pb.js";
@@ -20,10 +20,13 @@ import { PipelineService, Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
 import { WebhookService } from "../gen/jobmesh/v1/webhooks_pb.js";
 import { loadConfig } from "../internal/config/index.ts";
 import { freePort } from "../internal/devstack/server-process.ts";
+import { createInfra } from "../internal/mesh/infra.ts";
+import { serveAuth } from "../internal/mesh/servers.ts";
 import { accessRulesOf, MissingAuthzRuleError } from "../internal/rpc/authz.ts";
 import { startRpcServer } from "../internal/rpc/server.ts";
 import { createLogger, startTelemetry } from "../internal/telemetry/index.ts";
-import { isolate } from "./support/isolation.ts";
+import { createTestAuth } from "./support/auth.ts";
+import { isolate, type Isolated } from "./support/isolation.ts";
 
 const main = join(import.meta.dirname, "../cmd/pipelines/main.ts");
 
@@ -61,6 +64,28 @@ async function until(what: string, ok: () => Promise<boolean>, ms = 20_000) {
   }
 }
 
+/**
+ * An admin's access token for a binary running in `isolated`: AuthService served in this
+ * process on the same database. The binary verifies it with the JWKS it reads from Postgres,
+ * so the token is good whether or not the binary enforces identity.
+ */
+async function signIn(isolated: Isolated): Promise<{ interceptor: Interceptor; close(): Promise<void> }> {
+  const telemetry = startTelemetry({ serviceName: "lifecycle-auth" });
+  const infra = await createInfra(isolated.config, createLogger({ name: "lifecycle-auth", level: "silent" }), telemetry, "lifecycle-auth");
+  const server = await serveAuth(infra, 0);
+  const close = async () => {
+    await server.close();
+    await infra.close();
+    await telemetry.shutdown();
+  };
+  try {
+    return { interceptor: await (await createTestAuth(infra, server)).interceptorFor("admin"), close };
+  } catch (error) {
+    await close();
+    throw error;
+  }
+}
+
 // Each failed start costs a process start: begin them all now, the tests below read the results.
 const failedStarts = {
   // Everything else valid, so only the named variable can be the reason.
@@ -79,6 +104,8 @@ t.teardown(() => {
 t.test("SIGTERM - calls in flight over gRPC and Connect complete, new calls are refused, the process exits 0", async (t) => {
   const port = await freePort();
   const isolated = await isolate({ JOBMESH_PIPELINES_PORT: String(port), JOBMESH_SHUTDOWN_GRACE_MS: "30000", JOBMESH_LOG_LEVEL: "info" });
+  // Signed in before the binary starts: its migrations then find the database already migrated.
+  const auth = await signIn(isolated);
   const proc = startPipelines(isolated.env);
   const lock = new pg.Client({ connectionString: isolated.databaseUrl });
   // Its own connection: inside the lock's transaction pg_stat_activity would be a frozen snapshot.
@@ -89,13 +116,15 @@ t.test("SIGTERM - calls in flight over gRPC and Connect complete, new calls are 
     if (proc.child.exitCode === null) proc.child.kill("SIGKILL");
     await lock.end().catch(() => {});
     await observer.end().catch(() => {});
+    await auth.close();
     await isolated.drop();
   });
 
   const url = `http://127.0.0.1:${port}`;
   await until("ready", async () => (await fetch(`${url}/readyz`)).status === 200, 45_000);
-  const connect = createClient(PipelineService, createConnectTransport({ baseUrl: url, httpVersion: "1.1" }));
-  const grpc = createClient(PipelineService, createGrpcTransport({ baseUrl: url, sessionManager: session }));
+  const interceptors = [auth.interceptor];
+  const connect = createClient(PipelineService, createConnectTransport({ baseUrl: url, httpVersion: "1.1", interceptors }));
+  const grpc = createClient(PipelineService, createGrpcTransport({ baseUrl: url, sessionManager: session, interceptors }));
   const config = { stages: [{ stage: Stage.INGEST }, { stage: Stage.OUTPUT }] };
   const a = (await connect.createPipeline({ pipelineId: "inflight-grpc", pipeline: { config } })).pipeline!;
   const b = (await grpc.createPipeline({ pipelineId: "inflight-connect", pipeline: { config } })).pipeline!;

@@ -31,11 +31,12 @@ t.test("python - a protoc-generated client calls GetPipeline and gets INVALID_AR
     "google/api/annotations.proto", "google/api/http.proto", "google/api/field_behavior.proto",
     "google/api/resource.proto", "google/api/client.proto", "google/api/launch_stage.proto",
   ]);
-  const mesh = await startTestMesh();
+  const mesh = await startTestMesh({}, { auth: true });
   t.teardown(() => mesh.close());
   const target = new URL(mesh.pipelines.url).host;
+  const token = await mesh.auth!.tokenFor("admin");
   // Asynchronously: the server runs in this process, so a synchronous spawn would starve it.
-  const result = await promisify(execFile)(python, [join(root, "test/clients/python_client.py"), target, out], { encoding: "utf8", timeout: 30_000 });
+  const result = await promisify(execFile)(python, [join(root, "test/clients/python_client.py"), target, out, token], { encoding: "utf8", timeout: 30_000 });
   t.equal(result.stderr, "");
   const [first, second] = result.stdout.trim().split("\n");
   t.equal(first, "pipelines/document-default 5");

@@ -15,9 +15,10 @@ const run = async (args: string[]) => {
   return stdout;
 };
 
-const mesh = await startTestMesh();
+const mesh = await startTestMesh({}, { auth: true });
 t.teardown(() => mesh.close());
 const url = mesh.pipelines.url;
+const { authorization } = await mesh.auth!.headersFor("admin");
 
 t.test("reflection - list shows every service served, with no proto files", async (t) => {
   const services = (await run(["--list-services", url])).trim().split("\n");
@@ -30,7 +31,7 @@ t.test("reflection - list shows every service served, with no proto files", asyn
 });
 
 t.test("reflection - a call over native gRPC with a JSON body built from the reflected schema", async (t) => {
-  const out = await run(["--protocol", "grpc", "-d", '{"name":"pipelines/document-default"}', `${url}/jobmesh.v1.PipelineService/GetPipeline`]);
+  const out = await run(["--protocol", "grpc", "-H", `authorization: ${authorization}`, "-d", '{"name":"pipelines/document-default"}', `${url}/jobmesh.v1.PipelineService/GetPipeline`]);
   const body = JSON.parse(out) as { pipeline: { name: string; config: { stages: { stage: string }[] } } };
   t.equal(body.pipeline.name, "pipelines/document-default");
   t.same(body.pipeline.config.stages.map((s) => s.stage), ["STAGE_INGEST", "STAGE_DETECT", "STAGE_PARSE", "STAGE_ENRICH", "STAGE_OUTPUT"]);

@@ -22,8 +22,10 @@ import { startTestMesh } from "./support/mesh.ts";
 // A low message limit so that "too big" is cheap to send; every valid request below fits.
 const maxMessageBytes = 8192;
 // "fatal": the INTERNAL error provoked below is logged at "error" on purpose.
-const mesh = await startTestMesh({ JOBMESH_MAX_MESSAGE_BYTES: String(maxMessageBytes), JOBMESH_LOG_LEVEL: "fatal" });
+const mesh = await startTestMesh({ JOBMESH_MAX_MESSAGE_BYTES: String(maxMessageBytes), JOBMESH_LOG_LEVEL: "fatal" }, { auth: true });
 const url = mesh.pipelines.url;
+// Every client signs in as the bootstrap tenant's admin.
+const interceptors = [await mesh.auth!.interceptorFor("admin")];
 const session = new Http2SessionManager(url);
 t.teardown(async () => {
   session.abort();
@@ -32,8 +34,8 @@ t.teardown(async () => {
 
 type Pipelines = Client<typeof PipelineService>;
 const clients: [string, Pipelines][] = [
-  ["Connect JSON over HTTP/1.1", createClient(PipelineService, createConnectTransport({ baseUrl: url, httpVersion: "1.1" }))],
-  ["gRPC over h2c", createClient(PipelineService, createGrpcTransport({ baseUrl: url, sessionManager: session }))],
+  ["Connect JSON over HTTP/1.1", createClient(PipelineService, createConnectTransport({ baseUrl: url, httpVersion: "1.1", interceptors }))],
+  ["gRPC over h2c", createClient(PipelineService, createGrpcTransport({ baseUrl: url, sessionManager: session, interceptors }))],
 ];
 const [, client] = clients[0];
 
@@ -400,8 +402,8 @@ t.test("RESOURCE_EXHAUSTED - a request over the server's message limit, on every
   const big = { pipelineId: "too-big", pipeline: { labels: labels(64, x(200)), config: minimal() } };
   const transports: [string, Pipelines][] = [
     ...clients,
-    ["Connect binary over h2c", createClient(PipelineService, createConnectTransport({ baseUrl: url, httpVersion: "2", useBinaryFormat: true, sessionManager: session }))],
-    ["gRPC-Web over HTTP/1.1", createClient(PipelineService, createGrpcWebTransport({ baseUrl: url, httpVersion: "1.1" }))],
+    ["Connect binary over h2c", createClient(PipelineService, createConnectTransport({ baseUrl: url, httpVersion: "2", useBinaryFormat: true, sessionManager: session, interceptors }))],
+    ["gRPC-Web over HTTP/1.1", createClient(PipelineService, createGrpcWebTransport({ baseUrl: url, httpVersion: "1.1", interceptors }))],
   ];
   for (const [name, c] of transports) {
     const error = await errorOf(c.createPipeline(big));

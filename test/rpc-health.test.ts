@@ -48,9 +48,10 @@ async function restartable(command: string, scheme: string, args: (port: number)
 const redis = await restartable("redis-server", "redis", (port) => ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dataDir], isRedisUp);
 const nats = await restartable("nats-server", "nats", (port) => ["-js", "-a", "127.0.0.1", "-p", String(port), "-sd", join(dataDir, "nats")], isNatsUp);
 // "error": the warnings this file provokes on purpose (redis down, nats down) would only be noise.
-const mesh = await startTestMesh({ REDIS_URL: redis.url, NATS_URL: nats.url, JOBMESH_LOG_LEVEL: "error" });
+const mesh = await startTestMesh({ REDIS_URL: redis.url, NATS_URL: nats.url, JOBMESH_LOG_LEVEL: "error" }, { auth: true });
 const url = mesh.pipelines.url;
-const client = createClient(PipelineService, createConnectTransport({ baseUrl: url, httpVersion: "1.1" }));
+// Health, /readyz, /healthz and /metrics are public; PipelineService calls sign in.
+const client = createClient(PipelineService, createConnectTransport({ baseUrl: url, httpVersion: "1.1", interceptors: [await mesh.auth!.interceptorFor("admin")] }));
 
 // The standard health client, from grpc-health-check's own proto (not our generated code).
 const healthDefinition = protoLoader.loadSync("health/v1/health.proto", { includeDirs: ["node_modules/grpc-health-check/proto"], enums: String, defaults: true });

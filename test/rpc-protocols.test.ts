@@ -18,8 +18,11 @@ import {
 } from "../gen/jobmesh/v1/pipelines_pb.js";
 import { startTestMesh } from "./support/mesh.ts";
 
-const mesh = await startTestMesh();
+const mesh = await startTestMesh({}, { auth: true });
 const url = mesh.pipelines.url;
+// Every protocol signs in as the bootstrap tenant's admin: a Bearer token in the headers.
+const authHeaders = await mesh.auth!.headersFor("admin");
+const authInterceptor = await mesh.auth!.interceptorFor("admin");
 const sessions: Http2SessionManager[] = [];
 
 function h2(): Http2SessionManager {
@@ -55,11 +58,14 @@ const GrpcPipelineService = grpc.makeClientConstructor(
   "jobmesh.v1.PipelineService",
 );
 const grpcClient = new GrpcPipelineService(url.replace(/^http:\/\//, ""), grpc.credentials.createInsecure()) as grpc.Client &
-  Record<string, (req: unknown, cb: (err: grpc.ServiceError | null, res: GrpcResponse) => void) => void>;
+  Record<string, (req: unknown, metadata: grpc.Metadata, cb: (err: grpc.ServiceError | null, res: GrpcResponse) => void) => void>;
 const methodOf = (name: string) => (definition["jobmesh.v1.PipelineService"] as grpc.ServiceDefinition)[name];
 
+const grpcMetadata = new grpc.Metadata();
+for (const [key, value] of Object.entries(authHeaders)) grpcMetadata.set(key, value);
+
 function grpcUnary(method: string, req: unknown): Promise<GrpcResponse> {
-  return new Promise((resolve, reject) => grpcClient[method](req, (err, res) => (err ? reject(err) : resolve(res))));
+  return new Promise((resolve, reject) => grpcClient[method](req, grpcMetadata, (err, res) => (err ? reject(err) : resolve(res))));
 }
 
 /** grpc-js's plain object, re-encoded by proto-loader's own serializer, then read as JSON. */
@@ -73,7 +79,7 @@ function grpcToJson(method: string, schema: typeof GetPipelineResponseSchema | t
 async function fetchConnect(method: string, body: unknown): Promise<JsonValue> {
   const res = await fetch(`${url}/jobmesh.v1.PipelineService/${method}`, {
     method: "POST",
-    headers: { "content-type": "application/json", "connect-protocol-version": "1" },
+    headers: { "content-type": "application/json", "connect-protocol-version": "1", ...authHeaders },
     body: JSON.stringify(body),
   });
   const json = (await res.json()) as JsonValue;
@@ -137,12 +143,12 @@ const protocols: Protocol[] = [
     get: (name) => fetchConnect("GetPipeline", { name }),
     list: (filter) => fetchConnect("ListPipelines", { filter, orderBy: "name" }),
   },
-  viaConnectClient("Connect JSON over HTTP/1.1", createConnectTransport({ baseUrl: url, httpVersion: "1.1" })),
-  viaConnectClient("Connect binary over HTTP/1.1", createConnectTransport({ baseUrl: url, httpVersion: "1.1", useBinaryFormat: true })),
-  viaConnectClient("Connect binary over h2c", createConnectTransport({ baseUrl: url, httpVersion: "2", useBinaryFormat: true, sessionManager: h2() })),
-  viaConnectClient("gRPC-Web over HTTP/1.1", createGrpcWebTransport({ baseUrl: url, httpVersion: "1.1" })),
-  viaConnectClient("gRPC-Web over h2c", createGrpcWebTransport({ baseUrl: url, httpVersion: "2", sessionManager: h2() })),
-  viaConnectClient("gRPC over h2c", createGrpcTransport({ baseUrl: url, sessionManager: h2() })),
+  viaConnectClient("Connect JSON over HTTP/1.1", createConnectTransport({ baseUrl: url, httpVersion: "1.1", interceptors: [authInterceptor] })),
+  viaConnectClient("Connect binary over HTTP/1.1", createConnectTransport({ baseUrl: url, httpVersion: "1.1", useBinaryFormat: true, interceptors: [authInterceptor] })),
+  viaConnectClient("Connect binary over h2c", createConnectTransport({ baseUrl: url, httpVersion: "2", useBinaryFormat: true, sessionManager: h2(), interceptors: [authInterceptor] })),
+  viaConnectClient("gRPC-Web over HTTP/1.1", createGrpcWebTransport({ baseUrl: url, httpVersion: "1.1", interceptors: [authInterceptor] })),
+  viaConnectClient("gRPC-Web over h2c", createGrpcWebTransport({ baseUrl: url, httpVersion: "2", sessionManager: h2(), interceptors: [authInterceptor] })),
+  viaConnectClient("gRPC over h2c", createGrpcTransport({ baseUrl: url, sessionManager: h2(), interceptors: [authInterceptor] })),
 ];
 
 t.teardown(async () => {
@@ -233,7 +239,7 @@ t.test("protocols - NOT_FOUND arrives as the same code and message on every prot
 t.test("protocols - Connect GET is refused for methods not marked side-effect free", async (t) => {
   // No RPC sets idempotency_level = NO_SIDE_EFFECTS, so the Connect GET form must not run it.
   const message = encodeURIComponent(JSON.stringify({ name: "pipelines/document-default" }));
-  const res = await fetch(`${url}/jobmesh.v1.PipelineService/GetPipeline?connect=v1&encoding=json&message=${message}`);
+  const res = await fetch(`${url}/jobmesh.v1.PipelineService/GetPipeline?connect=v1&encoding=json&message=${message}`, { headers: authHeaders });
   await res.arrayBuffer();
   t.equal(res.status, 405);
 });

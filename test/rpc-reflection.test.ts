@@ -17,7 +17,8 @@ import { startTestMesh } from "./support/mesh.ts";
 type Stub = grpc.Client & Record<string, (...args: unknown[]) => any>;
 type Message = Record<string, any>;
 
-const mesh = await startTestMesh();
+// Reflection is public; only the call of PipelineService at the end signs in.
+const mesh = await startTestMesh({}, { auth: true });
 const address = mesh.pipelines.url.replace(/^http:\/\//, "");
 
 /** Everything this server serves, as our generated descriptors describe it. */
@@ -133,8 +134,10 @@ t.test("reflection - the reflected descriptors alone are enough to call Pipeline
   const Client = grpc.makeClientConstructor(definition[PipelineService.typeName] as grpc.ServiceDefinition, PipelineService.typeName);
   const client = new Client(address, grpc.credentials.createInsecure()) as Stub;
   clients.push(client);
+  const metadata = new grpc.Metadata();
+  for (const [key, value] of Object.entries(await mesh.auth!.headersFor("admin"))) metadata.set(key, value);
   const res = await new Promise<Message>((resolve, reject) =>
-    client.GetPipeline({ name: "pipelines/document-default" }, (err: grpc.ServiceError | null, r: Message) => (err ? reject(err) : resolve(r))),
+    client.GetPipeline({ name: "pipelines/document-default" }, metadata, (err: grpc.ServiceError | null, r: Message) => (err ? reject(err) : resolve(r))),
   );
   t.equal(res.pipeline.name, "pipelines/document-default");
   t.same(
