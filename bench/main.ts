@@ -7,9 +7,10 @@ import { availableParallelism, loadavg } from "node:os";
 import { parseArgs } from "node:util";
 import { startLoadGenerator, type BenchContext, type BenchEntry } from "./harness.ts";
 import { authEntry } from "./auth.ts";
+import { jobsEntry } from "./jobs.ts";
 import { pipelinesEntry } from "./pipelines.ts";
 
-const entries: BenchEntry[] = [pipelinesEntry, authEntry];
+const entries: BenchEntry[] = [pipelinesEntry, authEntry, jobsEntry];
 
 const { values } = parseArgs({
   options: {
