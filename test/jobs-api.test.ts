@@ -8,15 +8,16 @@ import type { MsgHdrs } from "@nats-io/transport-node";
 import { JobService, Priority, SourceKind, StageAttemptOutcome, UploadDocumentRequestSchema } from "../gen/jobmesh/v1/jobs_pb.js";
 import { PipelineConfigSchema, PipelineService, Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
 import { startWorkers } from "../internal/mesh/servers.ts";
-import { Code, codeOf, jobClient, waitForJob } from "./jobs-support.ts";
+import { Code, codeOf, jobClient, signInAsAdmin, waitForJob } from "./jobs-support.ts";
 import { makePdf, makePng, PROSE } from "./stages-fixtures.ts";
 import { startTestMesh } from "./support/mesh.ts";
 
 // No workers at first: queued jobs stay queued until the "worker starts" test.
-const mesh = await startTestMesh({ JOBMESH_MAX_DOCUMENT_BYTES: String(256 * 1024) }, { jobs: true, workers: 0 });
+const mesh = await startTestMesh({ JOBMESH_MAX_DOCUMENT_BYTES: String(256 * 1024) }, { jobs: true, auth: true, workers: 0 });
 t.teardown(() => mesh.close());
-const client = jobClient(mesh.jobs!.url);
-const pipelinesClient = createClient(PipelineService, createConnectTransport({ baseUrl: mesh.pipelines.url, httpVersion: "1.1" }));
+const signIn = await signInAsAdmin(mesh);
+const client = jobClient(mesh.jobs!.url, signIn);
+const pipelinesClient = createClient(PipelineService, createConnectTransport({ baseUrl: mesh.pipelines.url, httpVersion: "1.1", interceptors: signIn }));
 const text = (value: string) => ({ source: { case: "text" as const, value } });
 const tenant = mesh.infra.bootstrapTenantId;
 
@@ -230,7 +231,7 @@ t.test("delete - a finished job is gone with its result; a queued one is FAILED_
 });
 
 t.test("upload - a document streamed in chunks runs as a job", async (t) => {
-  const streaming = createClient(JobService, createConnectTransport({ baseUrl: mesh.jobs!.url, httpVersion: "2" }));
+  const streaming = createClient(JobService, createConnectTransport({ baseUrl: mesh.jobs!.url, httpVersion: "2", interceptors: signIn }));
   const pdf = await makePdf([PROSE, "Uploaded second page."]);
   async function* parts() {
     yield create(UploadDocumentRequestSchema, { part: { case: "metadata", value: { filename: "up.pdf", mediaType: "application/pdf", sizeBytes: BigInt(pdf.byteLength) } } });
@@ -264,8 +265,8 @@ t.test("metrics - jobs created and finished, queue depth, stage durations on /me
 
 t.test("protocols - gRPC and gRPC-Web reach JobService, server streaming included", async (t) => {
   for (const [protocol, transport] of [
-    ["grpc", createGrpcTransport({ baseUrl: mesh.jobs!.url })],
-    ["grpc-web", createGrpcWebTransport({ baseUrl: mesh.jobs!.url, httpVersion: "1.1" })],
+    ["grpc", createGrpcTransport({ baseUrl: mesh.jobs!.url, interceptors: signIn })],
+    ["grpc-web", createGrpcWebTransport({ baseUrl: mesh.jobs!.url, httpVersion: "1.1", interceptors: signIn })],
   ] as const) {
     const c = createClient(JobService, transport);
     const { job } = await c.createJob({ job: { document: text(`${protocol}: ${PROSE}`) } });
@@ -279,7 +280,7 @@ t.test("protocols - gRPC and gRPC-Web reach JobService, server streaming include
 });
 
 t.test("upload - more than the document limit is RESOURCE_EXHAUSTED", async (t) => {
-  const streaming = createClient(JobService, createConnectTransport({ baseUrl: mesh.jobs!.url, httpVersion: "2" }));
+  const streaming = createClient(JobService, createConnectTransport({ baseUrl: mesh.jobs!.url, httpVersion: "2", interceptors: signIn }));
   async function* tooBig() {
     yield create(UploadDocumentRequestSchema, { part: { case: "metadata", value: { filename: "big.txt" } } });
     for (let i = 0; i < 5; i++) yield create(UploadDocumentRequestSchema, { part: { case: "chunk", value: new Uint8Array(64 * 1024).fill(66) } });

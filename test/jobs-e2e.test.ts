@@ -4,13 +4,14 @@ import { ResultFormat, StageAttemptOutcome } from "../gen/jobmesh/v1/jobs_pb.js"
 import { Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
 import { openBuckets } from "../internal/jobs/topology.ts";
 import { DOCX } from "../internal/stages/index.ts";
-import { Code, codeOf, jobClient, waitForJob } from "./jobs-support.ts";
+import { Code, codeOf, jobClient, signInAsAdmin, waitForJob } from "./jobs-support.ts";
 import { makeDocx, makePdf, PROSE } from "./stages-fixtures.ts";
 import { startTestMesh } from "./support/mesh.ts";
 
-const mesh = await startTestMesh({}, { jobs: true });
+const mesh = await startTestMesh({}, { jobs: true, auth: true });
 t.teardown(() => mesh.close());
-const client = jobClient(mesh.jobs!.url);
+const signIn = await signInAsAdmin(mesh);
+const client = jobClient(mesh.jobs!.url, signIn);
 
 type Source = { case: "text"; value: string } | { case: "content"; value: Uint8Array };
 

@@ -4,12 +4,13 @@ import { randomBytes } from "node:crypto";
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { jobClient, waitForJob } from "./jobs-support.ts";
+import { jobClient, signInAsAdmin, waitForJob } from "./jobs-support.ts";
 import { startTestMesh } from "./support/mesh.ts";
 
-const mesh = await startTestMesh({}, { jobs: true });
+const mesh = await startTestMesh({}, { jobs: true, auth: true });
 t.teardown(() => mesh.close());
-const client = jobClient(mesh.jobs!.url);
+const signIn = await signInAsAdmin(mesh);
+const client = jobClient(mesh.jobs!.url, signIn);
 const root = join(import.meta.dirname, "..");
 
 t.test("events doc - the consumer example prints every event of a job from JetStream", async (t) => {

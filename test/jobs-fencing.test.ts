@@ -5,13 +5,14 @@ import { Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
 import { inTransaction } from "../internal/db/index.ts";
 import type { StageTask } from "../internal/jobs/outbox.ts";
 import { claimAttempt, completeStage, failStage } from "../internal/jobs/transitions.ts";
-import { jobClient } from "./jobs-support.ts";
+import { jobClient, signInAsAdmin } from "./jobs-support.ts";
 import { startTestMesh } from "./support/mesh.ts";
 
 // No workers and no relay: the test plays two workers racing for one job.
-const mesh = await startTestMesh({}, { jobs: true, workers: 0, relay: false });
+const mesh = await startTestMesh({}, { jobs: true, auth: true, workers: 0, relay: false });
 t.teardown(() => mesh.close());
-const client = jobClient(mesh.jobs!.url);
+const signIn = await signInAsAdmin(mesh);
+const client = jobClient(mesh.jobs!.url, signIn);
 const { db } = mesh.infra;
 const topology = mesh.jobs!.topology;
 

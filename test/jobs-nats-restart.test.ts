@@ -5,7 +5,7 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { JobEventType, JobState } from "../gen/jobmesh/v1/events_pb.js";
-import { jobClient, waitForJob } from "./jobs-support.ts";
+import { jobClient, signInAsAdmin, waitForJob } from "./jobs-support.ts";
 import { startTestMesh } from "./support/mesh.ts";
 
 // A private NATS server, so restarting it disturbs no other test.
@@ -39,9 +39,10 @@ t.teardown(() => {
   nats.kill("SIGKILL");
   rmSync(storeDir, { recursive: true, force: true });
 });
-const mesh = await startTestMesh({ NATS_URL: `nats://127.0.0.1:${port}` }, { jobs: true, workers: 1 });
+const mesh = await startTestMesh({ NATS_URL: `nats://127.0.0.1:${port}` }, { jobs: true, auth: true, workers: 1 });
 t.teardown(() => mesh.close());
-const client = jobClient(mesh.jobs!.url);
+const signIn = await signInAsAdmin(mesh);
+const client = jobClient(mesh.jobs!.url, signIn);
 
 t.test("NATS restarted while jobs are in flight - none is lost and each finishes once", async (t) => {
   const { jobs } = await client.createJobs({

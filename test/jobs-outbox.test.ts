@@ -4,13 +4,14 @@ import { inTransaction } from "../internal/db/index.ts";
 import { recordEvents } from "../internal/jobs/outbox.ts";
 import { createOutboxRelay } from "../internal/jobs/relay.ts";
 import { selectJob } from "../internal/jobs/store.ts";
-import { jobClient } from "./jobs-support.ts";
+import { jobClient, signInAsAdmin } from "./jobs-support.ts";
 import { startTestMesh } from "./support/mesh.ts";
 
 // No relay and no workers: the test plays the relay itself.
-const mesh = await startTestMesh({}, { jobs: true, workers: 0, relay: false });
+const mesh = await startTestMesh({}, { jobs: true, auth: true, workers: 0, relay: false });
 t.teardown(() => mesh.close());
-const client = jobClient(mesh.jobs!.url);
+const signIn = await signInAsAdmin(mesh);
+const client = jobClient(mesh.jobs!.url, signIn);
 const { db, bus, log, telemetry } = mesh.infra;
 const ns = mesh.isolated.namespace;
 

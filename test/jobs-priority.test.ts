@@ -6,13 +6,14 @@ import { JobEventType } from "../gen/jobmesh/v1/events_pb.js";
 import { Priority } from "../gen/jobmesh/v1/jobs_pb.js";
 import { PipelineConfigSchema, PipelineService, Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
 import { startWorkers } from "../internal/mesh/servers.ts";
-import { jobClient } from "./jobs-support.ts";
+import { jobClient, signInAsAdmin } from "./jobs-support.ts";
 import { startTestMesh } from "./support/mesh.ts";
 
-const mesh = await startTestMesh({}, { jobs: true, workers: 0 });
+const mesh = await startTestMesh({}, { jobs: true, auth: true, workers: 0 });
 t.teardown(() => mesh.close());
-const client = jobClient(mesh.jobs!.url);
-const pipelines = createClient(PipelineService, createConnectTransport({ baseUrl: mesh.pipelines.url, httpVersion: "1.1" }));
+const signIn = await signInAsAdmin(mesh);
+const client = jobClient(mesh.jobs!.url, signIn);
+const pipelines = createClient(PipelineService, createConnectTransport({ baseUrl: mesh.pipelines.url, httpVersion: "1.1", interceptors: signIn }));
 
 t.test("priority - under a backlog a worker serves high-priority stage tasks first", async (t) => {
   const config = create(PipelineConfigSchema, { stages: [{ stage: Stage.INGEST }, { stage: Stage.DETECT }, { stage: Stage.PARSE }, { stage: Stage.OUTPUT }] });

@@ -8,14 +8,15 @@ import type { AddressInfo } from "node:net";
 import { JobEventType, JobState } from "../gen/jobmesh/v1/events_pb.js";
 import { StageAttemptOutcome } from "../gen/jobmesh/v1/jobs_pb.js";
 import { PipelineConfigSchema, PipelineService, Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
-import { jobClient, waitForJob } from "./jobs-support.ts";
+import { jobClient, signInAsAdmin, waitForJob } from "./jobs-support.ts";
 import { PROSE } from "./stages-fixtures.ts";
 import { startTestMesh } from "./support/mesh.ts";
 
-const mesh = await startTestMesh({ JOBMESH_ALLOW_LOOPBACK_FETCH: "true" }, { jobs: true, workers: 1 });
+const mesh = await startTestMesh({ JOBMESH_ALLOW_LOOPBACK_FETCH: "true" }, { jobs: true, auth: true, workers: 1 });
 t.teardown(() => mesh.close());
-const client = jobClient(mesh.jobs!.url);
-const pipelines = createClient(PipelineService, createConnectTransport({ baseUrl: mesh.pipelines.url, httpVersion: "1.1" }));
+const signIn = await signInAsAdmin(mesh);
+const client = jobClient(mesh.jobs!.url, signIn);
+const pipelines = createClient(PipelineService, createConnectTransport({ baseUrl: mesh.pipelines.url, httpVersion: "1.1", interceptors: signIn }));
 
 /** A pipeline whose ingest retries fast: `attempts` attempts, 50 ms backoff, `timeoutMs` per attempt. */
 async function fastPipeline(id: string, attempts: number, timeoutMs = 10_000) {

@@ -1,13 +1,29 @@
-/** Helpers shared by the job tests: a typed JobService client and waits on job states. */
-import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+/** Helpers shared by the job tests: signing in, a typed JobService client and waits on job states. */
+import { Code, ConnectError, createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { JobState } from "../gen/jobmesh/v1/events_pb.js";
 import { type Job, JobService } from "../gen/jobmesh/v1/jobs_pb.js";
+import type { TestMesh } from "./support/mesh.ts";
 
 export type JobClient = Client<typeof JobService>;
 
-export function jobClient(baseUrl: string): JobClient {
-  return createClient(JobService, createConnectTransport({ baseUrl, httpVersion: "1.1" }));
+/** A JobService client; give it `await signInAsAdmin(mesh)` to call a mesh that enforces identity. */
+export function jobClient(baseUrl: string, interceptors: Interceptor[] = []): JobClient {
+  return createClient(JobService, createConnectTransport({ baseUrl, httpVersion: "1.1", interceptors }));
+}
+
+/**
+ * Interceptors that sign a transport in as the admin of the bootstrap tenant, for a mesh started
+ * with `{ auth: true }`. Job tests read rows and event subjects of `mesh.infra.bootstrapTenantId`,
+ * so this checks that the services see the admin in that tenant.
+ */
+export async function signInAsAdmin(mesh: TestMesh): Promise<Interceptor[]> {
+  if (!mesh.auth) throw new Error("signInAsAdmin needs a mesh started with { auth: true }");
+  const { identity } = await mesh.auth.client.getCurrentIdentity({}, { headers: await mesh.auth.headersFor("admin") });
+  if (identity?.tenant !== mesh.infra.bootstrapTenantId) {
+    throw new Error(`the test admin is in tenant ${identity?.tenant}, not the bootstrap tenant ${mesh.infra.bootstrapTenantId}`);
+  }
+  return [await mesh.auth.interceptorFor("admin")];
 }
 
 export const isTerminalState = (state: JobState) => [JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED].includes(state);

@@ -7,15 +7,16 @@ import { JobEventType, JobState } from "../gen/jobmesh/v1/events_pb.js";
 import { StageAttemptOutcome } from "../gen/jobmesh/v1/jobs_pb.js";
 import { Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
 import { startWorkers } from "../internal/mesh/servers.ts";
-import { jobClient, waitForJob } from "./jobs-support.ts";
+import { jobClient, signInAsAdmin, waitForJob } from "./jobs-support.ts";
 import { PROSE } from "./stages-fixtures.ts";
 import { startTestMesh } from "./support/mesh.ts";
 
 const overrides = { JOBMESH_ALLOW_LOOPBACK_FETCH: "true", JOBMESH_HEARTBEAT_TTL_MS: "2000" };
 // JobService with its relay and reaper in this process; the first worker is a child process.
-const mesh = await startTestMesh(overrides, { jobs: true, workers: 0 });
+const mesh = await startTestMesh(overrides, { jobs: true, auth: true, workers: 0 });
 t.teardown(() => mesh.close());
-const client = jobClient(mesh.jobs!.url);
+const signIn = await signInAsAdmin(mesh);
+const client = jobClient(mesh.jobs!.url, signIn);
 
 /** The first request hangs (the worker is mid-stage when it dies); later ones get the document. */
 const requests: number[] = [];
