@@ -14,9 +14,11 @@ const client = jobClient(mesh.jobs!.url, signIn);
 const root = join(import.meta.dirname, "..");
 
 t.test("events doc - the consumer example prints every event of a job from JetStream", async (t) => {
-  const doc = readFileSync(join(root, "internal", "jobs", "EVENTS.md"), "utf8");
-  const code = /```ts\n([\s\S]*?)```/.exec(doc)?.[1];
-  t.ok(code, "the doc has a TypeScript example");
+  // The example in the README's "Subscribing to job events" section, exactly as a reader sees it.
+  const readme = readFileSync(join(root, "README.md"), "utf8");
+  const section = readme.slice(readme.indexOf("## Subscribing to job events"));
+  const code = /```ts\n([\s\S]*?)```/.exec(section)?.[1];
+  t.ok(code, "the README section has a TypeScript example");
   // Where the doc says to save it: the repository root (its imports are relative to it).
   const file = join(root, `.watch-events-${randomBytes(4).toString("hex")}.ts`);
   writeFileSync(file, code!);

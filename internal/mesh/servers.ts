@@ -26,7 +26,7 @@ import type { Infra } from "./infra.ts";
 export type IdentityMode = "bootstrap" | "enforce";
 
 /** The mode services start in. Flipping it to "enforce" turns authentication on mesh-wide. */
-export const defaultIdentityMode: IdentityMode = "bootstrap";
+export const defaultIdentityMode: IdentityMode = "enforce";
 
 const verifiers = new WeakMap<Infra, TokenVerifier>();
 

@@ -122,7 +122,9 @@ export async function startRpcServer(options: RpcServerOptions): Promise<RpcServ
     handler(req, res);
   };
 
-  const h1 = http.createServer(requestListener);
+  // Idle keep-alive connections stay open well past the clients' own idle timeouts, so a client
+  // never reuses a socket the server is closing at that instant (ECONNRESET under load).
+  const h1 = http.createServer({ keepAliveTimeout: 65_000 }, requestListener);
   const h2 = http2.createServer({}, requestListener);
   const sessions = new Set<http2.ServerHttp2Session>();
   h2.on("session", (session) => {
