@@ -15,8 +15,10 @@ export const INLINE_RESULT_LIMIT_BYTES = MIB;
 /** What output needs from the stages before it; enrich is optional (a pipeline may skip it). */
 export interface OutputInput {
   ingest: Pick<IngestResult, "size" | "sha256" | "filename" | "sourceKind">;
-  detect: DetectResult;
-  parse: ParsedDocument;
+  /** Absent when the pipeline has no detect stage (e.g. [ingest, output]: store and fingerprint). */
+  detect?: DetectResult;
+  /** Absent when the pipeline has no parse stage: the result then has no text or structure. */
+  parse?: ParsedDocument;
   enrich?: EnrichResult;
 }
 
@@ -60,17 +62,17 @@ export async function outputStage(input: OutputInput, options: OutputOptions, ct
   const { ingest, detect, parse, enrich } = input;
   const result: JobResultDocument = {
     schemaVersion: 1,
-    mediaType: detect.mediaType,
-    encoding: detect.encoding,
+    mediaType: detect?.mediaType ?? "application/octet-stream",
+    encoding: detect?.encoding,
     // Enrich looked at the parsed text; detect only at a raw sample.
-    language: enrich?.language ?? detect.language,
+    language: enrich?.language ?? detect?.language,
     sha256: ingest.sha256,
     size: ingest.size,
     filename: ingest.filename,
-    pageCount: parse.pageCount,
-    pagesParsed: parse.pagesParsed,
-    text: includeText ? (enrich?.redactedText ?? parse.text) : undefined,
-    structure: enrich?.redactedStructure ?? { headings: parse.headings, tables: parse.tables, links: parse.links },
+    pageCount: parse?.pageCount,
+    pagesParsed: parse?.pagesParsed,
+    text: includeText && parse ? (enrich?.redactedText ?? parse.text) : undefined,
+    structure: enrich?.redactedStructure ?? { headings: parse?.headings ?? [], tables: parse?.tables ?? [], links: parse?.links ?? [] },
     counts: enrich?.counts,
     keywords: enrich?.keywords,
     summary: enrich?.summary,

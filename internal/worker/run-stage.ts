@@ -129,11 +129,12 @@ export async function runStage(deps: StageRunDeps, row: JobRow, task: StageTask,
 async function runOutput(deps: StageRunDeps, row: JobRow, task: StageTask, o: { includeText: boolean; resultRetention?: Parameters<typeof durationMs>[0] } | undefined, signal: AbortSignal): Promise<StageCompletion> {
   const outputs = await loadOutputs(deps.db, task, [Stage.INGEST, Stage.DETECT, Stage.PARSE, Stage.ENRICH]);
   const ingest = need<IngestMeta>(outputs, Stage.INGEST, "output");
-  const detect = need<DetectResult>(outputs, Stage.DETECT, "output");
-  const parse = need<ParsedDocument>(outputs, Stage.PARSE, "output");
+  // Detect and parse are optional: [ingest, output] stores and fingerprints a document as is.
+  const detect = outputs.get(Stage.DETECT)?.output as DetectResult | undefined;
+  const parse = outputs.get(Stage.PARSE)?.output as ParsedDocument | undefined;
   const enrich = outputs.get(Stage.ENRICH)?.output as EnrichResult | undefined;
   const out = await outputStage(
-    { ingest: ingest.output, detect: detect.output, parse: parse.output, enrich },
+    { ingest: ingest.output, detect, parse, enrich },
     { includeText: o?.includeText, resultRetentionMs: o?.resultRetention ? durationMs(o.resultRetention) : undefined },
     { signal },
   );
