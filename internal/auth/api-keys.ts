@@ -11,7 +11,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { type ApiKey, ApiKeySchema, ApiKeyState } from "../../gen/jobmesh/v1/auth_pb.js";
 import type { Cache } from "../cache/index.ts";
 import type { Pool } from "../db/index.ts";
-import { pageSizeOf, parseFilter, parseOrderBy, type PageTokens } from "../paging/index.ts";
+import { keysetSql, pageSizeOf, parseFilter, parseOrderBy, splitPage, type KeysetPosition, type PageTokens } from "../paging/index.ts";
 import type { Logger } from "../telemetry/index.ts";
 import { ApiKeyNotFoundError, InvalidTokenError } from "./errors.ts";
 import { roleEnum, type RoleName } from "./roles.ts";
@@ -174,7 +174,7 @@ export function createApiKeys(deps: ApiKeysDeps) {
       const terms = parseFilter(req.filter, ["state", "creator", "role"]);
       const orderBy = parseOrderBy(req.orderBy, Object.keys(sortColumns), { field: "create_time", descending: true });
       const query = JSON.stringify(["apiKeys", req.filter, req.orderBy]);
-      const after = req.pageToken ? deps.pageTokens.decode<[string, string]>(req.pageToken, query) : undefined;
+      const after = req.pageToken ? deps.pageTokens.decode<KeysetPosition>(req.pageToken, query) : undefined;
       const limit = pageSizeOf(req.pageSize);
       const params: unknown[] = [tenantId];
       const param = (v: unknown) => `$${params.push(v)}`;
@@ -189,19 +189,13 @@ export function createApiKeys(deps: ApiKeysDeps) {
         else where.push(`${negate}(revoke_time IS NULL AND (expire_time IS NULL OR expire_time > now()))`);
       }
       const sort = sortColumns[orderBy.field];
-      const dir = orderBy.descending ? "DESC" : "ASC";
-      if (after) {
-        const cast = orderBy.field === "display_name" ? "text" : "timestamptz";
-        where.push(`(${sort}, api_key_id) ${orderBy.descending ? "<" : ">"} (${param(after[0])}::${cast}, ${param(after[1])})`);
-      }
-      const { rows } = await db.query<ApiKeyRow & { sort_key: string | Date }>(
-        `SELECT *, ${sort} AS sort_key FROM api_keys WHERE ${where.join(" AND ")} ORDER BY ${sort} ${dir}, api_key_id ${dir} LIMIT ${param(limit + 1)}`,
+      const keyset = keysetSql({ sort, sortType: orderBy.field === "display_name" ? "text" : "timestamptz", id: "api_key_id", descending: orderBy.descending, after, param });
+      if (keyset.resume) where.push(keyset.resume);
+      const { rows } = await db.query<ApiKeyRow & { sort_key: string }>(
+        `SELECT *, (${sort})::text AS sort_key FROM api_keys WHERE ${where.join(" AND ")} ${keyset.orderBy} LIMIT ${param(limit + 1)}`,
         params,
       );
-      const page = rows.slice(0, limit);
-      const last = page[page.length - 1];
-      const key = (v: string | Date) => (v instanceof Date ? v.toISOString() : v);
-      const nextPageToken = rows.length > limit ? deps.pageTokens.encode([key(last.sort_key), last.api_key_id], query) : "";
+      const { page, nextPageToken } = splitPage(rows, limit, (last) => [last.sort_key, last.api_key_id], deps.pageTokens, query);
       return { apiKeys: page.map(toApiKey), nextPageToken };
     },
 

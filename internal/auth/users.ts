@@ -7,7 +7,7 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { createHash, randomBytes } from "node:crypto";
 import { type User, UserSchema } from "../../gen/jobmesh/v1/auth_pb.js";
 import { inTransaction, type Pool, type Queryable } from "../db/index.ts";
-import { pageSizeOf, parseFilter, parseOrderBy, type PageTokens } from "../paging/index.ts";
+import { keysetSql, pageSizeOf, parseFilter, parseOrderBy, splitPage, type KeysetPosition, type PageTokens } from "../paging/index.ts";
 import { InvalidArgumentError } from "../errors/index.ts";
 import { StaleUserEtagError, UserExistsError, UserNotFoundError } from "./errors.ts";
 import { hashPassword } from "./passwords.ts";
@@ -113,7 +113,7 @@ export function createUsers(deps: { db: Pool; pageTokens: PageTokens }) {
       const terms = parseFilter(req.filter, ["email", "role", "disabled"]);
       const orderBy = parseOrderBy(req.orderBy, Object.keys(sortColumns), { field: "email", descending: false });
       const query = JSON.stringify(["users", req.filter, req.orderBy]);
-      const after = req.pageToken ? deps.pageTokens.decode<[string, string]>(req.pageToken, query) : undefined;
+      const after = req.pageToken ? deps.pageTokens.decode<KeysetPosition>(req.pageToken, query) : undefined;
       const limit = pageSizeOf(req.pageSize);
       const params: unknown[] = [tenantId];
       const param = (v: unknown) => `$${params.push(v)}`;
@@ -126,19 +126,13 @@ export function createUsers(deps: { db: Pool; pageTokens: PageTokens }) {
         else where.push(`${negate}(disabled = ${param(term.value === "true")})`);
       }
       const sort = sortColumns[orderBy.field];
-      const dir = orderBy.descending ? "DESC" : "ASC";
-      if (after) {
-        const cast = orderBy.field === "email" ? "text" : "timestamptz";
-        where.push(`(${sort}, user_id) ${orderBy.descending ? "<" : ">"} (${param(after[0])}::${cast}, ${param(after[1])})`);
-      }
-      const { rows } = await db.query<UserRow & { sort_key: string | Date }>(
-        `SELECT *, ${sort} AS sort_key FROM users WHERE ${where.join(" AND ")} ORDER BY ${sort} ${dir}, user_id ${dir} LIMIT ${param(limit + 1)}`,
+      const keyset = keysetSql({ sort, sortType: orderBy.field === "email" ? "text" : "timestamptz", id: "user_id", descending: orderBy.descending, after, param });
+      if (keyset.resume) where.push(keyset.resume);
+      const { rows } = await db.query<UserRow & { sort_key: string }>(
+        `SELECT *, (${sort})::text AS sort_key FROM users WHERE ${where.join(" AND ")} ${keyset.orderBy} LIMIT ${param(limit + 1)}`,
         params,
       );
-      const page = rows.slice(0, limit);
-      const last = page[page.length - 1];
-      const key = (v: string | Date) => (v instanceof Date ? v.toISOString() : v);
-      const nextPageToken = rows.length > limit ? deps.pageTokens.encode([key(last.sort_key), last.user_id], query) : "";
+      const { page, nextPageToken } = splitPage(rows, limit, (last) => [last.sort_key, last.user_id], deps.pageTokens, query);
       return { users: page.map(toUser), nextPageToken };
     },
 

@@ -7,7 +7,7 @@ import { Priority } from "../../gen/jobmesh/v1/jobs_pb.js";
 import { Stage } from "../../gen/jobmesh/v1/pipelines_pb.js";
 import type { Queryable } from "../db/index.ts";
 import { InvalidArgumentError } from "../errors/index.ts";
-import { pageSizeOf, parseFilter, parseOrderBy, type PageTokens } from "../paging/index.ts";
+import { keysetSql, pageSizeOf, parseFilter, parseOrderBy, splitPage, type KeysetPosition, type PageTokens } from "../paging/index.ts";
 import { jobColumnList, type JobRow } from "./store.ts";
 
 export interface ListJobsQuery {
@@ -65,22 +65,18 @@ export async function listJobs(db: Queryable, pageTokens: PageTokens, tenantId: 
   }
   const orderBy = parseOrderBy(q.orderBy, Object.keys(sortColumns), { field: "create_time", descending: true });
   const sort = sortColumns[orderBy.field];
-  const dir = orderBy.descending ? "DESC" : "ASC";
   const queryKey = JSON.stringify([q.filter, q.orderBy]);
-  if (q.pageToken) {
-    const [value, id] = pageTokens.decode<[string, string]>(q.pageToken, queryKey);
-    const cast = orderBy.field === "priority" ? "smallint" : "timestamptz";
-    where.push(`(${sort}, id) ${orderBy.descending ? "<" : ">"} (${param(value)}::${cast}, ${param(id)}::uuid)`);
-  }
+  const after = q.pageToken ? pageTokens.decode<KeysetPosition>(q.pageToken, queryKey) : undefined;
+  const sortType = orderBy.field === "priority" ? "smallint" : "timestamptz";
+  const keyset = keysetSql({ sort, sortType, id: "id", idType: "uuid", descending: orderBy.descending, after, param });
+  if (keyset.resume) where.push(keyset.resume);
   const limit = pageSizeOf(q.pageSize);
   // The sort value travels as text: exact to the microsecond, and 'infinity' survives.
   const { rows } = await db.query<JobRow & { sort_value: string }>(
     `SELECT ${jobColumnList}, (${sort})::text AS sort_value FROM jobs WHERE ${where.join(" AND ")}
-     ORDER BY ${sort} ${dir}, id ${dir} LIMIT ${param(limit + 1)}`,
+     ${keyset.orderBy} LIMIT ${param(limit + 1)}`,
     params,
   );
-  const page = rows.slice(0, limit);
-  const last = page[page.length - 1];
-  const position = last ? [last.sort_value, last.id] : undefined;
-  return { rows: page, nextPageToken: rows.length > limit && position ? pageTokens.encode(position, queryKey) : "" };
+  const { page, nextPageToken } = splitPage(rows, limit, (last) => [last.sort_value, last.id], pageTokens, queryKey);
+  return { rows: page, nextPageToken };
 }

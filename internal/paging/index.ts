@@ -48,3 +48,4 @@ export function createPageTokens(secret: string): PageTokens {
     },
   };
 }
+export { keysetSql, splitPage, type KeysetPosition } from "./keyset.ts";

@@ -8,7 +8,7 @@ import { type Pipeline, type PipelineConfig, PipelineSchema, type PipelineVersio
 import type { Cache, Codec } from "../cache/index.ts";
 import { inTransaction, type Pool } from "../db/index.ts";
 import { InvalidArgumentError, type FieldViolation } from "../errors/index.ts";
-import { pageSizeOf, parseFilter, parseOrderBy, type PageTokens } from "../paging/index.ts";
+import { pageSizeOf, parseFilter, parseOrderBy, splitPage, type KeysetPosition, type PageTokens } from "../paging/index.ts";
 import { documentDefaultConfig, documentDefaultId } from "./document-default.ts";
 import {
   BuiltInPipelineError,
@@ -129,11 +129,10 @@ export function createPipelineDomain(deps: PipelineDomainDeps) {
       const terms = parseFilter(req.filter, ["name", "display_name", "state", "built_in", "labels."]);
       const orderBy = parseOrderBy(req.orderBy, ["create_time", "update_time", "name"], { field: "create_time", descending: true });
       const query = JSON.stringify([req.filter, req.orderBy, req.showDeleted]);
-      const after = req.pageToken ? deps.pageTokens.decode<store.ListPosition>(req.pageToken, query) : undefined;
+      const after = req.pageToken ? deps.pageTokens.decode<KeysetPosition>(req.pageToken, query) : undefined;
       const limit = pageSizeOf(req.pageSize);
       const rows = await store.selectPipelinePage(db, tenantId, { terms, showDeleted: req.showDeleted, orderBy, after, limit: limit + 1 });
-      const page = rows.slice(0, limit);
-      const nextPageToken = rows.length > limit ? deps.pageTokens.encode(store.positionOf(page[page.length - 1], orderBy), query) : "";
+      const { page, nextPageToken } = splitPage(rows, limit, (last) => store.positionOf(last, orderBy), deps.pageTokens, query);
       return { pipelines: page.map(store.toPipeline), nextPageToken };
     },
 

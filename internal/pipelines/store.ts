@@ -15,7 +15,7 @@ import {
   PipelineVersionSchema,
 } from "../../gen/jobmesh/v1/pipelines_pb.js";
 import type { Queryable } from "../db/index.ts";
-import type { FilterTerm, OrderBy } from "../paging/index.ts";
+import { keysetSql, type FilterTerm, type KeysetPosition, type OrderBy } from "../paging/index.ts";
 
 export interface PipelineRow {
   pipeline_id: string;
@@ -131,15 +131,13 @@ export async function markDeleted(db: Queryable, tenantId: string, pipelineId: s
   );
 }
 
-/** Keyset position of a row in a list: the sort value and the id that breaks ties. */
-export type ListPosition = [string, string];
 
 const sortColumns: Record<string, string> = { create_time: "p.create_time", update_time: "p.update_time", name: "p.pipeline_id" };
 
 export async function selectPipelinePage(
   db: Queryable,
   tenantId: string,
-  query: { terms: FilterTerm[]; showDeleted: boolean; orderBy: OrderBy; after?: ListPosition; limit: number },
+  query: { terms: FilterTerm[]; showDeleted: boolean; orderBy: OrderBy; after?: KeysetPosition; limit: number },
 ): Promise<PipelineRow[]> {
   const params: unknown[] = [tenantId];
   const where = ["p.tenant_id = $1", "v.version = p.current_version"];
@@ -166,22 +164,24 @@ export async function selectPipelinePage(
     }
   }
   if (!stateFiltered && !query.showDeleted) where.push("p.delete_time IS NULL");
-  const sort = sortColumns[query.orderBy.field];
-  const dir = query.orderBy.descending ? "DESC" : "ASC";
-  if (query.after) {
-    const [value, id] = query.after;
-    const cast = query.orderBy.field === "name" ? "text" : "timestamptz";
-    where.push(`(${sort}, p.pipeline_id) ${query.orderBy.descending ? "<" : ">"} (${param(value)}::${cast}, ${param(id)})`);
-  }
+  const keyset = keysetSql({
+    sort: sortColumns[query.orderBy.field],
+    sortType: query.orderBy.field === "name" ? "text" : "timestamptz",
+    id: "p.pipeline_id",
+    descending: query.orderBy.descending,
+    after: query.after,
+    param,
+  });
+  if (keyset.resume) where.push(keyset.resume);
   const { rows } = await db.query<PipelineRow>(
-    `${selectPipeline} WHERE ${where.join(" AND ")} ORDER BY ${sort} ${dir}, p.pipeline_id ${dir} LIMIT ${param(query.limit)}`,
+    `${selectPipeline} WHERE ${where.join(" AND ")} ${keyset.orderBy} LIMIT ${param(query.limit)}`,
     params,
   );
   return rows;
 }
 
 /** The position of a row for the next page's token. */
-export function positionOf(row: PipelineRow, orderBy: OrderBy): ListPosition {
+export function positionOf(row: PipelineRow, orderBy: OrderBy): KeysetPosition {
   const value = orderBy.field === "name" ? row.pipeline_id : (orderBy.field === "update_time" ? row.update_time : row.create_time).toISOString();
   return [value, row.pipeline_id];
 }
