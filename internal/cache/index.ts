@@ -23,8 +23,6 @@ export interface Codec<T> {
 
 export interface Cache {
   redis: Redis;
-  /** The full key for a cache-relative one. */
-  key(name: string): string;
   /** Returns the cached value, or loads, stores and returns it. `undefined` is never cached. */
   readThrough<T>(cacheName: string, key: string, ttlSeconds: number, codec: Codec<T>, load: () => Promise<T | undefined>): Promise<T | undefined>;
   /** Deletes keys; failures are logged, not thrown (the TTL bounds any staleness). */
@@ -71,7 +69,6 @@ export function createCache(options: CacheOptions): Cache {
 
   return {
     redis,
-    key: (name) => name,
     async readThrough(cacheName, key, ttlSeconds, codec, load) {
       const attrs = { cache: cacheName };
       try {

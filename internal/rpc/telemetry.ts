@@ -60,10 +60,9 @@ export function createTelemetryInterceptor(telemetry: Telemetry): Interceptor {
           finish();
           return res;
         }
+        // A streaming call ends when its stream does: the span and the metrics wait for that.
         let failed: unknown;
-        // Bind the stream to the span's context so work done while streaming joins the trace.
-        const message = mapStream(res.message, (m) => m, (e) => (failed = e), () => finish(failed));
-        return { ...res, message: context.bind(active, message) };
+        return { ...res, message: mapStream(res.message, (m) => m, (e) => (failed = e), () => finish(failed)) };
       } catch (error) {
         if (error instanceof ConnectError) propagation.inject(active, error.metadata, headerSetter);
         finish(error);
