@@ -72,7 +72,7 @@ export const jobsEntry: BenchEntry = {
     ctx.progress(`jobs: starting jobmesh (own database and namespace, identity enforced, worker concurrency ${concurrency})`);
     const mesh = await startTestMesh(
       { JOBMESH_LOG_LEVEL: "warn", JOBMESH_WORKER_CONCURRENCY: String(concurrency) },
-      { jobs: true, workers: 1, auth: true },
+      { jobs: true, workers: 1, auth: true, recordSpans: false },
     );
     const closers: (() => Promise<void>)[] = [() => mesh.close()];
     try {

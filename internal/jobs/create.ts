@@ -3,9 +3,9 @@
  * literal private URLs, known upload), request_id idempotency. Everything is checked before
  * anything is written, so a batch is all or nothing.
  */
-import { toBinary } from "@bufbuild/protobuf";
+import { toBinary, type JsonValue } from "@bufbuild/protobuf";
 import { context, propagation, trace } from "@opentelemetry/api";
-import { createHash } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 import { isIP } from "node:net";
 import { JobEventType, JobState } from "../../gen/jobmesh/v1/events_pb.js";
 import { type CreateJobRequest, DocumentSchema, Priority, SourceKind } from "../../gen/jobmesh/v1/jobs_pb.js";
@@ -15,8 +15,8 @@ import type { Queryable } from "../db/index.ts";
 import type { PipelineDomain } from "../pipelines/pipelines.ts";
 import { isForbiddenAddress } from "../stages/index.ts";
 import { DocumentTooLargeError, ForbiddenUrlError, JobRequestIdReusedError, PipelineUnavailableError, UploadNotFoundError } from "./errors.ts";
-import { applyChange } from "./outbox.ts";
-import { jobColumnList, jobNameOf, type JobRow } from "./store.ts";
+import { applyChange, changeRows, type OutboxMessage } from "./outbox.ts";
+import { jobColumnList, jobNameOf, stageAt, type JobRow } from "./store.ts";
 import type { Topology } from "./topology.ts";
 
 export const defaultPipelineName = "pipelines/document-default";
@@ -41,7 +41,7 @@ export interface PreparedJob {
 
 export interface PrepareDeps {
   db: Queryable;
-  pipelines: PipelineDomain;
+  pipelines: Pick<PipelineDomain, "get">;
   maxDocumentBytes: number;
   allowLoopbackFetch: boolean;
 }
@@ -110,11 +110,119 @@ export async function prepareJob(tenantId: string, req: CreateJobRequest, deps: 
   }
 }
 
+/** Inline documents larger than this are written one job per statement, as plain parameters. */
+const groupedContentLimit = 256 * 1024;
+
+export interface InsertedJobs {
+  /** The jobs in request order (an earlier job where a request_id was replayed). */
+  rows: JobRow[];
+  /** Outbox rows of the new jobs (job_created events and first stage tasks), to publish now. */
+  outbox: OutboxMessage[];
+}
+
 /**
- * Inserts a prepared job with its JOB_CREATED event and first stage task. With a request_id
- * already used, returns that job when the request is the same and throws ALREADY_EXISTS when not.
+ * Inserts prepared jobs, each QUEUED with its JOB_CREATED event and first stage task, all in one
+ * statement. A request_id used before returns that job when the request is the same and throws
+ * ALREADY_EXISTS when not; `db` must then be a transaction, so that nothing of the group stays.
+ * The outbox rows are due for the relay `graceSeconds` from now (0: at once).
  */
-export async function insertJob(tx: Queryable, topology: Topology, tenantId: string, p: PreparedJob): Promise<JobRow> {
+export async function insertJobs(db: Queryable, topology: Topology, tenantId: string, prepared: PreparedJob[], graceSeconds: number): Promise<InsertedJobs> {
+  const span = trace.getSpan(context.active());
+  const carrier: Record<string, string> = {};
+  propagation.inject(context.active(), carrier);
+  const traceId = span?.spanContext().traceId ?? "";
+  const built = prepared.map((p) => {
+    const id = randomUUID();
+    const header = { pipelineId: p.pipelineId, pipelineVersion: p.pipelineVersion, labels: p.labels, traceId, priority: p.priority };
+    const config = { pipeline_config: p.pipelineConfig as JsonValue };
+    // Inserted as version 1 with event 1 (job_created): the first task expects exactly that.
+    const rows = changeRows(topology, { tenantId, jobId: id, header, stageAt: (i) => stageAt(config, i) }, JobState.QUEUED, 1n, 1n,
+      [{ type: JobEventType.JOB_CREATED }], carrier, { stageIndex: 0, attempt: 1 });
+    return { id, p, rows };
+  });
+  const { rows } = await db.query<JobRow>({
+    name: "jobs-insert-many",
+    text: `WITH t AS (
+       SELECT * FROM unnest($2::uuid[], $3::text[], $4::int[], $5::jsonb[], $6::smallint[], $7::jsonb[], $8::smallint[], $9::bytea[],
+         $10::text[], $11::text[], $12::uuid[], $13::text[], $14::text[], $15::uuid[], $16::text[], $17::bytea[])
+         AS t(id, pipeline_id, pipeline_version, pipeline_config, priority, labels, source_kind, source_content,
+           source_text, source_url, source_upload, media_type_hint, filename, request_id, request_hash, event)
+     ), ins AS (
+       INSERT INTO jobs (tenant_id, id, pipeline_id, pipeline_version, pipeline_config, priority, state, labels, source_kind,
+         source_content, source_text, source_url, source_upload, media_type_hint, filename, request_id, request_hash,
+         trace_id, traceparent, event_seq, version)
+       SELECT $1, id, pipeline_id, pipeline_version, pipeline_config, priority, $18::smallint, labels, source_kind,
+         source_content, source_text, source_url, source_upload, media_type_hint, filename, request_id, request_hash,
+         $19, $20, 1, 1
+       FROM t
+       ON CONFLICT (tenant_id, request_id) WHERE request_id IS NOT NULL DO NOTHING
+       RETURNING ${jobColumnList}
+     ), events AS (
+       INSERT INTO job_events (tenant_id, job_id, sequence, event_type, event)
+       SELECT $1, t.id, 1, $21::smallint, t.event FROM ins JOIN t ON t.id = ins.id
+     ), box AS (
+       INSERT INTO outbox (id, subject, payload, headers, available_time)
+       SELECT o.id, o.subject, o.payload, o.headers, clock_timestamp() + make_interval(secs => $27::float8)
+       FROM ins JOIN unnest($22::uuid[], $23::uuid[], $24::text[], $25::bytea[], $26::jsonb[]) AS o(job_id, id, subject, payload, headers)
+         ON o.job_id = ins.id
+     )
+     SELECT * FROM ins`,
+    values: [
+      tenantId,
+      built.map((b) => b.id),
+      built.map((b) => b.p.pipelineId),
+      built.map((b) => b.p.pipelineVersion),
+      built.map((b) => JSON.stringify(b.p.pipelineConfig)),
+      built.map((b) => b.p.priority),
+      built.map((b) => JSON.stringify(b.p.labels)),
+      built.map((b) => b.p.sourceKind),
+      built.map((b) => (b.p.content ? Buffer.from(b.p.content) : null)),
+      built.map((b) => b.p.text),
+      built.map((b) => b.p.url),
+      built.map((b) => b.p.upload),
+      built.map((b) => b.p.mediaTypeHint),
+      built.map((b) => b.p.filename),
+      built.map((b) => b.p.requestId),
+      built.map((b) => b.p.requestHash),
+      built.map((b) => b.rows.events[0].bytes),
+      JobState.QUEUED,
+      traceId,
+      carrier.traceparent ?? "",
+      JobEventType.JOB_CREATED,
+      built.flatMap((b) => b.rows.outbox.map(() => b.id)),
+      built.flatMap((b) => b.rows.outbox.map((o) => o.id)),
+      built.flatMap((b) => b.rows.outbox.map((o) => o.subject)),
+      built.flatMap((b) => b.rows.outbox.map((o) => o.payload)),
+      built.flatMap((b) => b.rows.outbox.map((o) => JSON.stringify(o.headers))),
+      graceSeconds,
+    ],
+  });
+  const inserted = new Map(rows.map((r) => [r.id, r]));
+  const out: InsertedJobs = { rows: [], outbox: [] };
+  for (const b of built) {
+    const row = inserted.get(b.id);
+    if (row) {
+      out.rows.push(row);
+      out.outbox.push(...b.rows.outbox);
+      continue;
+    }
+    // Not inserted: its request_id was used before (or earlier in this group).
+    const earlier = await findByRequestId(db, tenantId, b.p);
+    if (!earlier) throw new Error(`job ${b.id} was neither inserted nor found by its request_id`);
+    out.rows.push(earlier);
+  }
+  return out;
+}
+
+/** Whether a group of prepared jobs can be written by insertJobs in one statement. */
+export const insertableAtOnce = (prepared: PreparedJob[]) =>
+  prepared.every((p) => (p.content?.byteLength ?? 0) <= groupedContentLimit && (p.text?.length ?? 0) <= groupedContentLimit);
+
+/**
+ * Inserts one prepared job with large inline content, as plain parameters (insertJobs passes
+ * arrays, which Postgres receives as text). Same contract as insertJobs for one job.
+ */
+export async function insertLargeJob(tx: Queryable, topology: Topology, tenantId: string, p: PreparedJob): Promise<JobRow> {
   const span = trace.getSpan(context.active());
   const carrier: Record<string, string> = {};
   propagation.inject(context.active(), carrier);
@@ -132,10 +240,9 @@ export async function insertJob(tx: Queryable, topology: Topology, tenantId: str
     ],
   );
   if (rows.length === 0) {
-    const earlier = await tx.query<JobRow>(`SELECT ${jobColumnList} FROM jobs WHERE tenant_id = $1 AND request_id = $2`, [tenantId, p.requestId]);
-    const row = earlier.rows[0];
-    if (!row || row.request_hash !== p.requestHash) throw new JobRequestIdReusedError(p.requestId ?? "", row ? jobNameOf(row.id) : "another job");
-    return row;
+    const earlier = await findByRequestId(tx, tenantId, p);
+    if (!earlier) throw new Error("a job was neither inserted nor found by its request_id");
+    return earlier;
   }
   return applyChange(tx, topology, rows[0], {}, [{ type: JobEventType.JOB_CREATED }], { stageIndex: 0, attempt: 1 });
 }

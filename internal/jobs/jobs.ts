@@ -7,16 +7,17 @@ import type { ObjectStore } from "@nats-io/obj";
 import type { Redis } from "ioredis";
 import { JobEventType, JobState } from "../../gen/jobmesh/v1/events_pb.js";
 import type { CreateJobRequest, Job, JobResult } from "../../gen/jobmesh/v1/jobs_pb.js";
-import { Stage } from "../../gen/jobmesh/v1/pipelines_pb.js";
+import { type Pipeline, Stage } from "../../gen/jobmesh/v1/pipelines_pb.js";
 import { inTransaction, type Pool, type Queryable } from "../db/index.ts";
 import type { PageTokens } from "../paging/index.ts";
 import type { PipelineDomain } from "../pipelines/pipelines.ts";
 import type { JobResultDocument } from "../stages/index.ts";
 import type { Logger } from "../telemetry/index.ts";
-import { findByRequestId, insertJob, prepareJob, type PreparedJob } from "./create.ts";
+import { findByRequestId, insertableAtOnce, insertJobs, insertLargeJob, prepareJob, type PreparedJob } from "./create.ts";
 import { InvalidJobRequestError, JobNotFoundError, JobStateError, ResultNotFoundError, StaleJobEtagError } from "./errors.ts";
 import { listJobs, type ListJobsQuery } from "./list.ts";
 import { applyChange } from "./outbox.ts";
+import type { DirectPublisher } from "./publisher.ts";
 import { cancelKey } from "./reaper.ts";
 import { selectResult, toJobResult } from "./results.ts";
 import { configOf, etagOf, isTerminal, jobIdOf, loadJob, maxAttemptOf, selectAttempts, selectJob, toJob, type JobRow } from "./store.ts";
@@ -34,6 +35,8 @@ export interface JobDomainDeps {
   log: Logger;
   maxDocumentBytes: number;
   allowLoopbackFetch: boolean;
+  /** Publishes new jobs' outbox rows right after their commit. */
+  publisher: DirectPublisher;
 }
 
 export function createJobDomain(deps: JobDomainDeps) {
@@ -51,6 +54,30 @@ export function createJobDomain(deps: JobDomainDeps) {
     return row.event_seq === "1" ? toJob(row, []) : (await loadJob(tx, tenantId, row.id))!;
   }
 
+  /**
+   * Writes prepared jobs (all or nothing), publishes their events and first tasks, and returns
+   * them as this request left them (QUEUED), read before a worker can change them.
+   */
+  async function insert(tenantId: string, prepared: PreparedJob[]): Promise<Job[]> {
+    let rows: JobRow[];
+    if (!insertableAtOnce(prepared)) {
+      // Large inline documents: one statement each, published by the relay on commit.
+      rows = await inTransaction(db, async (tx) => {
+        const out: JobRow[] = [];
+        for (const p of prepared) out.push(await insertLargeJob(tx, topology, tenantId, p));
+        return out;
+      });
+    } else {
+      // A replayed request_id may turn out to be reused with another body: then nothing stays.
+      const write = (q: Queryable) => insertJobs(q, topology, tenantId, prepared, deps.publisher.graceSeconds);
+      const inserted = prepared.some((p) => p.requestId) ? await inTransaction(db, write) : await write(db);
+      void deps.publisher.publish(inserted.outbox);
+      rows = inserted.rows;
+    }
+    for (const p of prepared) jobCounters().created.add(1, { priority: priorityToken(p.priority) });
+    return Promise.all(rows.map((row) => jobOf(db, tenantId, row)));
+  }
+
   async function reload(tenantId: string, jobId: string): Promise<Job> {
     const job = await loadJob(db, tenantId, jobId);
     if (!job) throw new JobNotFoundError(`jobs/${jobId}`);
@@ -62,32 +89,31 @@ export function createJobDomain(deps: JobDomainDeps) {
       const prepared = await prepareJob(tenantId, req, { db, pipelines: deps.pipelines, maxDocumentBytes: deps.maxDocumentBytes, allowLoopbackFetch: deps.allowLoopbackFetch });
       const earlier = await findByRequestId(db, tenantId, prepared);
       if (earlier) return reload(tenantId, earlier.id);
-      // The job as this request left it (QUEUED), read before a worker can change it.
-      const job = await inTransaction(db, async (tx) => {
-        return jobOf(tx, tenantId, await insertJob(tx, topology, tenantId, prepared));
-      });
-      jobCounters().created.add(1, { priority: priorityToken(prepared.priority) });
-      return job;
+      return (await insert(tenantId, [prepared]))[0];
     },
 
     /** All or nothing: every request is checked before any job is written. */
     async createMany(tenantId: string, reqs: CreateJobRequest[]): Promise<Job[]> {
       const prepared: PreparedJob[] = [];
+      // A batch usually names one pipeline a thousand times: look each one up once.
+      const looked = new Map<string, Promise<Pipeline>>();
+      const pipelines = {
+        get(tenant: string, name: string, version: number) {
+          const key = `${name}@${version}`;
+          let pipeline = looked.get(key);
+          if (!pipeline) looked.set(key, (pipeline = deps.pipelines.get(tenant, name, version)));
+          return pipeline;
+        },
+      };
       for (const [i, req] of reqs.entries()) {
         try {
-          prepared.push(await prepareJob(tenantId, req, { db, pipelines: deps.pipelines, maxDocumentBytes: deps.maxDocumentBytes, allowLoopbackFetch: deps.allowLoopbackFetch }));
+          prepared.push(await prepareJob(tenantId, req, { db, pipelines, maxDocumentBytes: deps.maxDocumentBytes, allowLoopbackFetch: deps.allowLoopbackFetch }));
         } catch (error) {
           if (error instanceof Error) error.message = `requests[${i}]: ${error.message}`;
           throw error;
         }
       }
-      const jobs = await inTransaction(db, async (tx) => {
-        const out: Job[] = [];
-        for (const p of prepared) out.push(await jobOf(tx, tenantId, await insertJob(tx, topology, tenantId, p)));
-        return out;
-      });
-      for (const p of prepared) jobCounters().created.add(1, { priority: priorityToken(p.priority) });
-      return jobs;
+      return insert(tenantId, prepared);
     },
 
     async get(tenantId: string, name: string): Promise<Job> {

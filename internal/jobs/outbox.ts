@@ -8,7 +8,8 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { context, propagation, trace } from "@opentelemetry/api";
 import { randomUUID } from "node:crypto";
-import { JobEventSchema, type JobEventType } from "../../gen/jobmesh/v1/events_pb.js";
+import { JobEventSchema, type JobEventType, type JobState } from "../../gen/jobmesh/v1/events_pb.js";
+import type { Priority } from "../../gen/jobmesh/v1/jobs_pb.js";
 import { Stage } from "../../gen/jobmesh/v1/pipelines_pb.js";
 import type { Queryable } from "../db/index.ts";
 import { jobColumnList, jobErrorOf, jobNameOf, pipelineNameOf, stageAt, type JobErrorJson, type JobRow } from "./store.ts";
@@ -17,12 +18,37 @@ import { eventTypeToken, type Topology } from "./topology.ts";
 /** Postgres channel the relay LISTENs on; a NOTIFY in the writing transaction wakes it on commit. */
 export const outboxChannel = "jobmesh_outbox";
 
+/**
+ * What every event of a job repeats, fixed when the job is created. A stage task carries it, so
+ * a worker can write the stage_started event in the same statement that claims the attempt.
+ */
+export interface JobHeader {
+  pipelineId: string;
+  pipelineVersion: number;
+  labels: Record<string, string>;
+  traceId: string;
+  priority: Priority;
+}
+
+export function headerOf(row: JobRow): JobHeader {
+  return { pipelineId: row.pipeline_id, pipelineVersion: row.pipeline_version, labels: row.labels, traceId: row.trace_id, priority: row.priority };
+}
+
 /** The payload of a stage task on the work stream. */
 export interface StageTask {
   tenantId: string;
   jobId: string;
   stageIndex: number;
   attempt: number;
+  /**
+   * The job as the task left it: its stage, version and last event sequence when the task was
+   * queued, and its header. With them a worker claims in one statement, on the condition that
+   * the job has not changed since (see fast-path.ts). Absent on tasks the reaper builds.
+   */
+  stage?: Stage;
+  version?: string;
+  eventSeq?: string;
+  job?: JobHeader;
 }
 
 export interface NewEvent {
@@ -49,6 +75,100 @@ export interface QueuedTask {
   delayMs?: number;
 }
 
+/** One outbox row: a message for JetStream, published by the relay or straight after commit. */
+export interface OutboxMessage {
+  id: string;
+  subject: string;
+  payload: Buffer;
+  headers: Record<string, string>;
+  delayMs: number;
+}
+
+/** A job's events and stage task as rows, built before the statement that writes them. */
+export interface ChangeRows {
+  events: { sequence: bigint; type: JobEventType; bytes: Buffer }[];
+  outbox: OutboxMessage[];
+}
+
+/** A job as far as its events need it. */
+export interface EventSource {
+  tenantId: string;
+  jobId: string;
+  header: JobHeader;
+  /** The stage at an index of the job's pipeline. */
+  stageAt(index: number): Stage;
+}
+
+export function eventSourceOf(row: JobRow): EventSource {
+  return { tenantId: row.tenant_id, jobId: row.id, header: headerOf(row), stageAt: (i) => stageAt(row, i) };
+}
+
+/**
+ * The rows a change writes: its events (sequences from `firstSeq`, each carrying the job's state
+ * after the change) and, with `task`, the next stage task, which records the version and event
+ * sequence the job will have after this change (`versionAfter`).
+ */
+export function changeRows(
+  topology: Topology,
+  job: EventSource,
+  stateAfter: JobState,
+  firstSeq: bigint,
+  versionAfter: bigint,
+  events: NewEvent[],
+  headers: Record<string, string>,
+  task?: QueuedTask,
+): ChangeRows {
+  const now = new Date();
+  const h = job.header;
+  const rows = events.map((e, i) => {
+    const event = create(JobEventSchema, {
+      eventId: randomUUID(),
+      type: e.type,
+      tenant: job.tenantId,
+      job: jobNameOf(job.jobId),
+      pipeline: pipelineNameOf(h.pipelineId),
+      pipelineVersion: h.pipelineVersion,
+      stage: e.stageIndex === undefined ? Stage.UNSPECIFIED : job.stageAt(e.stageIndex),
+      attempt: e.stageIndex === undefined ? 0 : (e.attempt ?? 0),
+      state: stateAfter,
+      error: e.error ? jobErrorOf(e.error) : undefined,
+      eventTime: timestampFromDate(now),
+      sequence: firstSeq + BigInt(i),
+      labels: h.labels,
+      traceId: h.traceId,
+    });
+    return { event, bytes: Buffer.from(toBinary(JobEventSchema, event)) };
+  });
+  const outbox: OutboxMessage[] = rows.map(({ event, bytes }) => ({
+    id: event.eventId,
+    subject: topology.eventSubject(job.tenantId, event.type),
+    payload: bytes,
+    headers: { ...headers, "Jobmesh-Event-Type": eventTypeToken(event.type) },
+    delayMs: 0,
+  }));
+  if (task) {
+    const stage = job.stageAt(task.stageIndex);
+    const payload: StageTask = {
+      tenantId: job.tenantId,
+      jobId: job.jobId,
+      stageIndex: task.stageIndex,
+      attempt: task.attempt,
+      stage,
+      version: versionAfter.toString(),
+      eventSeq: (firstSeq + BigInt(events.length) - 1n).toString(),
+      job: h,
+    };
+    outbox.push({
+      id: randomUUID(),
+      subject: topology.workSubject(stage, h.priority),
+      payload: Buffer.from(JSON.stringify(payload)),
+      headers,
+      delayMs: task.delayMs ?? 0,
+    });
+  }
+  return { events: rows.map(({ event, bytes }) => ({ sequence: event.sequence, type: event.type, bytes })), outbox };
+}
+
 /**
  * Applies a change to a job in ONE statement: the patched row (version and update_time bumped),
  * its events (job_events and outbox) and the next stage task (outbox), plus the NOTIFY that wakes
@@ -64,51 +184,15 @@ export async function applyChange(
   task?: QueuedTask,
 ): Promise<JobRow> {
   const after = { ...current, ...patch } as JobRow;
-  const headers = traceHeaders(current);
-  const now = new Date(Math.floor(Date.now()));
-  const first = BigInt(current.event_seq) + 1n;
-  const eventRows = events.map((e, i) => {
-    const event = create(JobEventSchema, {
-      eventId: randomUUID(),
-      type: e.type,
-      tenant: current.tenant_id,
-      job: jobNameOf(current.id),
-      pipeline: pipelineNameOf(current.pipeline_id),
-      pipelineVersion: current.pipeline_version,
-      stage: e.stageIndex === undefined ? Stage.UNSPECIFIED : stageAt(current, e.stageIndex),
-      attempt: e.stageIndex === undefined ? 0 : (e.attempt ?? 0),
-      state: after.state,
-      error: e.error ? jobErrorOf(e.error) : undefined,
-      eventTime: timestampFromDate(now),
-      sequence: first + BigInt(i),
-      labels: current.labels,
-      traceId: current.trace_id,
-    });
-    return { event, bytes: Buffer.from(toBinary(JobEventSchema, event)) };
-  });
-  const outbox: { id: string; subject: string; payload: Buffer; headers: Record<string, string>; delayMs: number }[] = eventRows.map(({ event, bytes }) => ({
-    id: event.eventId,
-    subject: topology.eventSubject(current.tenant_id, event.type),
-    payload: bytes,
-    headers: { ...headers, "Jobmesh-Event-Type": eventTypeToken(event.type) },
-    delayMs: 0,
-  }));
-  if (task) {
-    const payload: StageTask = { tenantId: current.tenant_id, jobId: current.id, stageIndex: task.stageIndex, attempt: task.attempt };
-    outbox.push({
-      id: randomUUID(),
-      subject: topology.workSubject(stageAt(current, task.stageIndex), current.priority),
-      payload: Buffer.from(JSON.stringify(payload)),
-      headers,
-      delayMs: task.delayMs ?? 0,
-    });
-  }
+  const { events: eventRows, outbox } = changeRows(
+    topology, eventSourceOf(current), after.state, BigInt(current.event_seq) + 1n, BigInt(current.version) + 1n, events, traceHeaders(current), task,
+  );
   const params: unknown[] = [
     current.tenant_id,
     current.id,
     events.length,
-    eventRows.map((r) => r.event.sequence.toString()),
-    eventRows.map((r) => r.event.type),
+    eventRows.map((r) => r.sequence.toString()),
+    eventRows.map((r) => r.type),
     eventRows.map((r) => r.bytes),
     outbox.map((o) => o.id),
     outbox.map((o) => o.subject),

@@ -2,15 +2,17 @@
  * The outbox relay: publishes committed outbox rows to JetStream and marks them published.
  * Rows are claimed by their published state (FOR UPDATE SKIP LOCKED on published_at IS NULL),
  * never by "id > last seen", so relays can run side by side and a row that commits late is
- * never skipped. Each message carries Nats-Msg-Id = the row id: a relay that dies after
- * publishing but before marking republishes, and JetStream drops the duplicate.
+ * never skipped. Rows that their writer publishes itself become due for the relay only after a
+ * grace period (publisher.ts): the relay is the safety net there, not the hot path. Each
+ * message carries Nats-Msg-Id = the row id: a relay that dies after publishing but before
+ * marking republishes, and JetStream drops the duplicate.
  */
-import { context, propagation, SpanKind, trace, type Tracer } from "@opentelemetry/api";
+import type { Tracer } from "@opentelemetry/api";
 import type { JetStreamClient } from "@nats-io/jetstream";
-import { tracedHeaders } from "../bus/index.ts";
 import { inTransaction, type Pool } from "../db/index.ts";
 import type { Logger } from "../telemetry/index.ts";
 import { outboxChannel } from "./outbox.ts";
+import { publishOutboxRow } from "./publisher.ts";
 
 export interface OutboxRelayOptions {
   db: Pool;
@@ -46,22 +48,7 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
   const { db, js, log, tracer } = options;
   const batchSize = options.batchSize ?? 200;
 
-  async function publish(row: OutboxRow) {
-    const parent = propagation.extract(context.active(), row.headers);
-    const span = tracer.startSpan(`outbox publish ${row.subject.split(".").slice(1, 2).join("")}`, {
-      kind: SpanKind.PRODUCER,
-      attributes: { "messaging.system": "nats", "messaging.destination.name": row.subject, "messaging.message.id": row.id },
-    }, parent);
-    try {
-      const headers = tracedHeaders(trace.setSpan(parent, span));
-      for (const [key, value] of Object.entries(row.headers)) {
-        if (key !== "traceparent" && key !== "tracestate") headers.set(key, value);
-      }
-      await js.publish(row.subject, row.payload, { msgID: row.id, headers });
-    } finally {
-      span.end();
-    }
-  }
+  const publish = (row: OutboxRow) => publishOutboxRow(js, tracer, row);
 
   async function publishBatch(): Promise<number> {
     return inTransaction(db, async (tx) => {
@@ -73,7 +60,7 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
            SELECT id, row_number() OVER (ORDER BY available_time, create_time) AS position
            FROM (
              SELECT id, available_time, create_time FROM outbox
-             WHERE published_at IS NULL AND available_time <= clock_timestamp()
+             WHERE published_at IS NULL AND available_time <= now()
              ORDER BY available_time, create_time
              LIMIT $1 FOR UPDATE SKIP LOCKED
            ) locked

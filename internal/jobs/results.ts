@@ -25,12 +25,17 @@ export interface ResultRow {
 /** The object key of a job's large result in the results bucket. */
 export const resultObjectKey = (tenantId: string, jobId: string) => `${tenantId}/${jobId}.json`;
 
-export async function insertResult(
-  tx: Queryable,
-  tenantId: string,
-  jobId: string,
-  r: { summary: ResultSummary; inlineJson?: Uint8Array; objectKey?: string; size: number; sha256: string; expireTime: Date },
-): Promise<void> {
+/** A result as the output stage made it: the document inline, or the key of its object. */
+export interface ResultInsert {
+  summary: ResultSummary;
+  inlineJson?: Uint8Array;
+  objectKey?: string;
+  size: number;
+  sha256: string;
+  expireTime: Date;
+}
+
+export async function insertResult(tx: Queryable, tenantId: string, jobId: string, r: ResultInsert): Promise<void> {
   await tx.query(
     `INSERT INTO job_results (tenant_id, job_id, media_type, summary, inline_json, object_key, size_bytes, sha256, expire_time)
      VALUES ($1, $2, 'application/json', $3, $4, $5, $6, $7, $8)

@@ -10,12 +10,10 @@ import { type RetryPolicy, Stage } from "../../gen/jobmesh/v1/pipelines_pb.js";
 import type { Queryable } from "../db/index.ts";
 import { countFinished, jobCounters } from "./metrics.ts";
 import { applyChange, type NewEvent, type StageTask } from "./outbox.ts";
+import type { ClaimedRow, StageCompletion } from "./fast-path.ts";
+import { insertResult } from "./results.ts";
 import { configOf, jobColumnList, stageAt, type JobErrorJson, type JobRow } from "./store.ts";
 import type { Topology } from "./topology.ts";
-
-/** A change to a job row: column → value. `version` and `update_time` change with every one. */
-export type JobPatch = Record<string, unknown>;
-
 
 /**
  * Locks the job if `task` is still its current attempt and it is in one of `states`. Also reads
@@ -71,7 +69,7 @@ export function stageTimeoutMs(row: JobRow, stageIndex: number): number {
  * Claims a queued stage task for a worker: the job becomes RUNNING and the attempt is recorded.
  * Undefined when the task is stale or already claimed (a duplicate delivery): drop it.
  */
-export async function claimAttempt(tx: Queryable, topology: Topology, task: StageTask, workerId: string): Promise<JobRow | undefined> {
+export async function claimAttempt(tx: Queryable, topology: Topology, task: StageTask, workerId: string): Promise<ClaimedRow | undefined> {
   const current = await lockCurrent(tx, task, [JobState.QUEUED]);
   if (!current) return undefined;
   await tx.query(
@@ -79,19 +77,10 @@ export async function claimAttempt(tx: Queryable, topology: Topology, task: Stag
      VALUES ($1, $2, $3, $4, $5, $6, $7)`,
     [task.tenantId, task.jobId, task.stageIndex, task.attempt, stageAt(current, task.stageIndex), workerId, StageAttemptOutcome.RUNNING],
   );
-  return applyChange(tx, topology, current, { state: JobState.RUNNING, start_time: current.start_time ?? new Date() }, [
+  const after = await applyChange(tx, topology, current, { state: JobState.RUNNING, start_time: current.start_time ?? new Date() }, [
     { type: JobEventType.STAGE_STARTED, stageIndex: task.stageIndex, attempt: task.attempt },
   ]);
-}
-
-/** What a finished stage hands on. */
-export interface StageCompletion {
-  output: unknown;
-  bytes?: Uint8Array;
-  /** Job columns the stage found out (size, digest, detected media type). */
-  patch?: JobPatch;
-  /** Only for the last stage: stores the result (inline row or object reference). */
-  storeResult?: (tx: Queryable, row: JobRow) => Promise<{ expireTime: Date }>;
+  return { ...after, next_max_attempt: current.next_max_attempt };
 }
 
 export type CommitOutcome = "committed" | "stale" | "cancelled";
@@ -128,8 +117,8 @@ export async function completeStage(tx: Queryable, topology: Topology, task: Sta
     await applyChange(tx, topology, current, patch, [succeeded], { stageIndex: next, attempt });
     return "committed";
   }
-  const { expireTime } = done.storeResult ? await done.storeResult(tx, current) : { expireTime: null };
-  const patch = { ...done.patch, state: JobState.SUCCEEDED, end_time: new Date(), result_expire_time: expireTime, error: null };
+  if (done.result) await insertResult(tx, task.tenantId, task.jobId, done.result);
+  const patch = { ...done.patch, state: JobState.SUCCEEDED, end_time: new Date(), result_expire_time: done.result?.expireTime ?? null, error: null };
   await applyChange(tx, topology, current, patch, [succeeded, { type: JobEventType.JOB_SUCCEEDED }]);
   countFinished(JobState.SUCCEEDED);
   return "committed";

@@ -12,6 +12,7 @@ import { createBootstrapTenantInterceptor } from "../rpc/bootstrap-tenant.ts";
 import { createIdentityInterceptors, createRemoteJwksLoader, meshServices } from "../rpc/identity.ts";
 import { bindService, startRpcServer, type RpcServer, type RpcServerOptions } from "../rpc/server.ts";
 import { createJobDomain } from "../jobs/jobs.ts";
+import { createDirectPublisher } from "../jobs/publisher.ts";
 import { createOutboxRelay, type OutboxRelay } from "../jobs/relay.ts";
 import { createReaper, type Reaper } from "../jobs/reaper.ts";
 import { createJobService, JobService } from "../jobs/service.ts";
@@ -105,7 +106,10 @@ export async function serveJobs(infra: Infra, port = infra.config.ports.jobs, op
     cacheTtlSeconds: config.cacheTtlSeconds,
   });
   await pipelines.ensureBuiltIns(infra.bootstrapTenantId);
+  // Without the relay (tests that play it), nothing is published directly either.
+  const publisher = createDirectPublisher({ db: infra.db, js: infra.bus.js, tracer: infra.telemetry.tracer, log: infra.log, enabled: options.relay !== false });
   const jobs = createJobDomain({
+    publisher,
     db: infra.db,
     redis: infra.cache.redis,
     nc: infra.bus.nc,
@@ -142,6 +146,7 @@ export async function serveJobs(infra: Infra, port = infra.config.ports.jobs, op
       await server.close();
       await reaper.stop();
       await relay.stop();
+      await publisher.close();
     },
   };
 }

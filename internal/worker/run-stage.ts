@@ -1,24 +1,23 @@
 /**
- * Runs one stage of a job: loads what the earlier stages handed on, calls the plain stage
- * function with the pipeline's options and the attempt's AbortSignal, and says what to commit.
+ * Runs one stage of a job: takes what the earlier stages handed on (loaded with the claim), calls
+ * the plain stage function with the pipeline's options and the attempt's AbortSignal, and says
+ * what to commit.
  */
 import { durationMs } from "@bufbuild/protobuf/wkt";
 import type { ObjectStore } from "@nats-io/obj";
 import { createHash } from "node:crypto";
 import { SourceKind } from "../../gen/jobmesh/v1/jobs_pb.js";
 import { Stage, type StageOptions } from "../../gen/jobmesh/v1/pipelines_pb.js";
-import type { Queryable } from "../db/index.ts";
 import type { StageTask } from "../jobs/outbox.ts";
-import { insertResult, resultObjectKey, type ResultSummary } from "../jobs/results.ts";
+import { resultObjectKey, type ResultSummary } from "../jobs/results.ts";
 import { configOf, stageAt, type JobRow } from "../jobs/store.ts";
-import type { StageCompletion } from "../jobs/transitions.ts";
+import type { StageCompletion, StageInputs } from "../jobs/fast-path.ts";
 import {
   detectStage, enrichStage, ingestStage, outputStage, parseStage, PermanentStageError,
   type DetectResult, type EnrichResult, type IngestResult, type IngestSource, type ParsedDocument,
 } from "../stages/index.ts";
 
 export interface StageRunDeps {
-  db: Queryable;
   uploads: ObjectStore;
   results: ObjectStore;
   maxDocumentBytes: number;
@@ -29,25 +28,22 @@ export interface StageRunDeps {
 /** The ingest result without its bytes, as stored for later stages. */
 type IngestMeta = Omit<IngestResult, "bytes">;
 
-async function loadOutputs(db: Queryable, task: StageTask, stages: Stage[]) {
-  const { rows } = await db.query<{ stage: Stage; output: unknown; bytes: Buffer | null }>(
-    "SELECT stage, output, bytes FROM stage_outputs WHERE tenant_id = $1 AND job_id = $2 AND stage = ANY($3::smallint[])",
-    [task.tenantId, task.jobId, stages],
-  );
-  return new Map(rows.map((r) => [r.stage, r]));
+function need<T>(inputs: StageInputs, stage: Stage, what: string): T {
+  if (!inputs.outputs.has(stage)) throw new PermanentStageError("invalid_source", `the pipeline has no ${Stage[stage].toLowerCase()} stage before ${what}`);
+  return inputs.outputs.get(stage) as T;
 }
 
-function need<T>(outputs: Awaited<ReturnType<typeof loadOutputs>>, stage: Stage, what: string): { output: T; bytes: Buffer | null } {
-  const row = outputs.get(stage);
-  if (!row) throw new PermanentStageError("invalid_source", `the pipeline has no ${Stage[stage].toLowerCase()} stage before ${what}`);
-  return { output: row.output as T, bytes: row.bytes };
+function ingestBytes(inputs: StageInputs, what: string): Uint8Array {
+  need<IngestMeta>(inputs, Stage.INGEST, what);
+  if (!inputs.ingestBytes) throw new PermanentStageError("invalid_source", "the ingested document is missing");
+  return new Uint8Array(inputs.ingestBytes);
 }
 
 function optionsOf(options: StageOptions | undefined) {
   return options?.options ?? { case: undefined };
 }
 
-async function ingestSource(db: Queryable, row: JobRow, uploads: ObjectStore): Promise<IngestSource> {
+function ingestSource(row: JobRow, inputs: StageInputs, uploads: ObjectStore): IngestSource {
   const meta = { filename: row.filename || undefined, mediaTypeHint: row.media_type_hint || undefined };
   switch (row.source_kind) {
     case SourceKind.URL:
@@ -62,20 +58,14 @@ async function ingestSource(db: Queryable, row: JobRow, uploads: ObjectStore): P
           return bytes;
         },
       };
-    default: {
-      const { rows } = await db.query<{ source_content: Buffer | null; source_text: string | null }>(
-        "SELECT source_content, source_text FROM jobs WHERE tenant_id = $1 AND id = $2",
-        [row.tenant_id, row.id],
-      );
-      const source = rows[0];
-      if (source?.source_content) return { kind: "inline", bytes: new Uint8Array(source.source_content), ...meta };
-      return { kind: "text", text: source?.source_text ?? "", ...meta };
-    }
+    default:
+      if (inputs.sourceContent) return { kind: "inline", bytes: new Uint8Array(inputs.sourceContent), ...meta };
+      return { kind: "text", text: inputs.sourceText ?? "", ...meta };
   }
 }
 
 /** Runs the task's stage; throws stage errors (or the signal's reason) as the stage does. */
-export async function runStage(deps: StageRunDeps, row: JobRow, task: StageTask, signal: AbortSignal): Promise<StageCompletion> {
+export async function runStage(deps: StageRunDeps, row: JobRow, task: StageTask, inputs: StageInputs, signal: AbortSignal): Promise<StageCompletion> {
   const stage = stageAt(row, task.stageIndex);
   const options = optionsOf(configOf(row).stages[task.stageIndex]?.options);
   const ctx = { signal };
@@ -83,7 +73,7 @@ export async function runStage(deps: StageRunDeps, row: JobRow, task: StageTask,
     case Stage.INGEST: {
       const o = options.case === "ingest" ? options.value : undefined;
       const maxBytes = Math.min(deps.maxDocumentBytes, Number(o?.maxBytes ?? 0n) || deps.maxDocumentBytes);
-      const source = await ingestSource(deps.db, row, deps.uploads);
+      const source = ingestSource(row, inputs, deps.uploads);
       const result = await ingestStage(source, { maxBytes, fetchTimeoutMs: o?.fetchTimeout ? durationMs(o.fetchTimeout) : undefined }, {
         ...ctx,
         fetchPolicy: { allowLoopback: deps.allowLoopbackFetch },
@@ -92,26 +82,23 @@ export async function runStage(deps: StageRunDeps, row: JobRow, task: StageTask,
       return { output: meta, bytes, patch: { size_bytes: result.size, sha256: result.sha256 } };
     }
     case Stage.DETECT: {
-      const outputs = await loadOutputs(deps.db, task, [Stage.INGEST]);
-      const ingest = need<IngestMeta>(outputs, Stage.INGEST, "detect");
+      const ingest = need<IngestMeta>(inputs, Stage.INGEST, "detect");
       const o = options.case === "detect" ? options.value : undefined;
-      const result = await detectStage({ bytes: new Uint8Array(ingest.bytes!), filename: ingest.output.filename, mediaTypeHint: ingest.output.mediaTypeHint }, { skipLanguage: o?.skipLanguage }, ctx);
+      const result = await detectStage({ bytes: ingestBytes(inputs, "detect"), filename: ingest.filename, mediaTypeHint: ingest.mediaTypeHint }, { skipLanguage: o?.skipLanguage }, ctx);
       return { output: result, patch: { detected_media_type: result.mediaType } };
     }
     case Stage.PARSE: {
-      const outputs = await loadOutputs(deps.db, task, [Stage.INGEST, Stage.DETECT]);
-      const ingest = need<IngestMeta>(outputs, Stage.INGEST, "parse");
-      const detect = need<DetectResult>(outputs, Stage.DETECT, "parse");
+      const bytes = ingestBytes(inputs, "parse");
+      const detect = need<DetectResult>(inputs, Stage.DETECT, "parse");
       const o = options.case === "parse" ? options.value : undefined;
-      const parsed = await parseStage({ bytes: new Uint8Array(ingest.bytes!), ...detect.output }, { maxPages: o?.maxPages, allowedMediaTypes: o?.allowedMediaTypes }, ctx);
+      const parsed = await parseStage({ bytes, ...detect }, { maxPages: o?.maxPages, allowedMediaTypes: o?.allowedMediaTypes }, ctx);
       return { output: parsed };
     }
     case Stage.ENRICH: {
-      const outputs = await loadOutputs(deps.db, task, [Stage.DETECT, Stage.PARSE]);
-      const parsed = need<ParsedDocument>(outputs, Stage.PARSE, "enrich");
-      const detect = outputs.get(Stage.DETECT)?.output as DetectResult | undefined;
+      const parsed = need<ParsedDocument>(inputs, Stage.PARSE, "enrich");
+      const detect = inputs.outputs.get(Stage.DETECT) as DetectResult | undefined;
       const o = options.case === "enrich" ? options.value : undefined;
-      const enriched = await enrichStage({ ...parsed.output, language: detect?.language }, {
+      const enriched = await enrichStage({ ...parsed, language: detect?.language }, {
         keywordCount: o?.keywordCount || undefined,
         summarySentences: o?.summarySentences || undefined,
         detectPii: o?.detectPii,
@@ -120,21 +107,20 @@ export async function runStage(deps: StageRunDeps, row: JobRow, task: StageTask,
       return { output: enriched };
     }
     case Stage.OUTPUT:
-      return runOutput(deps, row, task, options.case === "output" ? options.value : undefined, signal);
+      return runOutput(deps, task, inputs, options.case === "output" ? options.value : undefined, signal);
     default:
       throw new PermanentStageError("invalid_source", `stage ${Stage[stage]} is not known to this worker`);
   }
 }
 
-async function runOutput(deps: StageRunDeps, row: JobRow, task: StageTask, o: { includeText: boolean; resultRetention?: Parameters<typeof durationMs>[0] } | undefined, signal: AbortSignal): Promise<StageCompletion> {
-  const outputs = await loadOutputs(deps.db, task, [Stage.INGEST, Stage.DETECT, Stage.PARSE, Stage.ENRICH]);
-  const ingest = need<IngestMeta>(outputs, Stage.INGEST, "output");
+async function runOutput(deps: StageRunDeps, task: StageTask, inputs: StageInputs, o: { includeText: boolean; resultRetention?: Parameters<typeof durationMs>[0] } | undefined, signal: AbortSignal): Promise<StageCompletion> {
+  const ingest = need<IngestMeta>(inputs, Stage.INGEST, "output");
   // Detect and parse are optional: [ingest, output] stores and fingerprints a document as is.
-  const detect = outputs.get(Stage.DETECT)?.output as DetectResult | undefined;
-  const parse = outputs.get(Stage.PARSE)?.output as ParsedDocument | undefined;
-  const enrich = outputs.get(Stage.ENRICH)?.output as EnrichResult | undefined;
+  const detect = inputs.outputs.get(Stage.DETECT) as DetectResult | undefined;
+  const parse = inputs.outputs.get(Stage.PARSE) as ParsedDocument | undefined;
+  const enrich = inputs.outputs.get(Stage.ENRICH) as EnrichResult | undefined;
   const out = await outputStage(
-    { ingest: ingest.output, detect, parse, enrich },
+    { ingest, detect, parse, enrich },
     { includeText: o?.includeText, resultRetentionMs: o?.resultRetention ? durationMs(o.resultRetention) : undefined },
     { signal },
   );
@@ -152,11 +138,6 @@ async function runOutput(deps: StageRunDeps, row: JobRow, task: StageTask, o: { 
   signal.throwIfAborted();
   return {
     output: { size: out.jsonSize, sha256, objectKey: objectKey ?? null },
-    async storeResult(tx) {
-      await insertResult(tx, task.tenantId, task.jobId, {
-        summary, inlineJson: out.storeInline ? out.json : undefined, objectKey, size: out.jsonSize, sha256, expireTime,
-      });
-      return { expireTime };
-    },
+    result: { summary, inlineJson: out.storeInline ? out.json : undefined, objectKey, size: out.jsonSize, sha256, expireTime },
   };
 }

@@ -2,10 +2,11 @@
  * A stage worker: N stage tasks at once from the work stream, higher priorities first. For each
  * task it claims the attempt in Postgres (fenced by attempt number), heartbeats into Redis and
  * extends the JetStream ack deadline while the stage runs, aborts the stage on timeout or
- * cancellation through its AbortSignal, commits the outcome with the next task in one
- * transaction, and only then acks the message.
+ * cancellation through its AbortSignal, commits the outcome with the next task atomically,
+ * publishes what it wrote to the outbox, and only then acks the message. Claims and successful
+ * commits of the tasks in hand are grouped into one statement each (fast-path.ts).
  */
-import { context, SpanKind, SpanStatusCode, trace, type Tracer, type Meter } from "@opentelemetry/api";
+import { context, propagation, SpanKind, SpanStatusCode, trace, type Meter, type Span, type Tracer } from "@opentelemetry/api";
 import type { ConsumerMessages, JetStreamClient, JsMsg } from "@nats-io/jetstream";
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import type { ObjectStore } from "@nats-io/obj";
@@ -14,12 +15,18 @@ import { hostname } from "node:os";
 import { randomBytes } from "node:crypto";
 import { StageAttemptOutcome } from "../../gen/jobmesh/v1/jobs_pb.js";
 import { traceContextOf } from "../bus/index.ts";
+import { groupCommit } from "../db/group-commit.ts";
 import { inTransaction, type Pool } from "../db/index.ts";
+import {
+  claimMany, completeMany, loadInputs,
+  type Claimed, type ClaimedRow, type ClaimRequest, type Committed, type CompletionRequest, type StageCompletion, type StageInputs,
+} from "../jobs/fast-path.ts";
 import type { StageTask } from "../jobs/outbox.ts";
+import { createDirectPublisher } from "../jobs/publisher.ts";
 import { cancelKey, heartbeatKey } from "../jobs/reaper.ts";
-import { stageAt, type JobRow } from "../jobs/store.ts";
+import { stageAt } from "../jobs/store.ts";
 import { prioritiesInOrder, stageToken, workAckWaitMs, type Topology } from "../jobs/topology.ts";
-import { claimAttempt, completeStage, failStage, stageTimeoutMs, type StageFailure } from "../jobs/transitions.ts";
+import { claimAttempt, completeStage, failStage, stageTimeoutMs, type CommitOutcome, type StageFailure } from "../jobs/transitions.ts";
 import { findStageError } from "../stages/index.ts";
 import type { Logger } from "../telemetry/index.ts";
 import { runStage } from "./run-stage.ts";
@@ -65,6 +72,13 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
   const workerId = deps.workerId ?? `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`;
   const stageDuration = deps.meter.createHistogram("jobmesh.stage.duration", { description: "Stage attempt duration by stage and outcome", unit: "ms" });
   const attempts = deps.meter.createCounter("jobmesh.stage.attempts", { description: "Stage attempts by stage and outcome" });
+
+  const publisher = createDirectPublisher({ db, js: deps.js, tracer, log, enabled: true });
+  // Claims and successful commits of the tasks in hand go to Postgres in groups, one statement
+  // each (fast-path.ts); what a group statement leaves takes the locking path, one by one.
+  const claims = groupCommit<ClaimRequest, Claimed | undefined>((requests) => claimMany(db, topology, requests, workerId, publisher.graceSeconds), { maxItems: deps.concurrency });
+  const commits = groupCommit<CompletionRequest, Committed | undefined>((requests) => completeMany(db, topology, requests, publisher.graceSeconds), { maxItems: deps.concurrency });
+  const stageDeps = { ...deps, uploads: deps.buckets.uploads, results: deps.buckets.results };
 
   const running = new Map<string, AbortController>();
   const queues: JsMsg[][] = prioritiesInOrder.map(() => []);
@@ -146,23 +160,36 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
       kind: SpanKind.CONSUMER,
       attributes: { "jobmesh.job": task.jobId, "jobmesh.stage": stageName, "jobmesh.attempt": task.attempt, "jobmesh.worker": workerId },
     }, parent);
-    await context.with(trace.setSpan(parent, span), async () => {
+    const spanContext = trace.setSpan(parent, span);
+    // The outbox rows of this attempt continue the stage span's trace.
+    const headers: Record<string, string> = {};
+    propagation.inject(spanContext, headers);
+    await context.with(spanContext, async () => {
       try {
-        let row: JobRow | undefined;
-        try {
-          row = await inTransaction(db, (tx) => claimAttempt(tx, topology, task, workerId));
-        } catch (error) {
-          // Nothing was claimed (Postgres unreachable?): hand the task back for a later try.
-          msg.nak(1000);
-          throw error;
+        const fast = await claims.add({ task, headers }).catch((error: unknown) => {
+          log.debug({ err: error }, "group claim failed; claiming on the locking path");
+          return undefined;
+        });
+        let claimed: { row: ClaimedRow; inputs: StageInputs } | undefined = fast;
+        if (fast) {
+          void publisher.publish(fast.outbox);
+        } else {
+          try {
+            const row = await inTransaction(db, (tx) => claimAttempt(tx, topology, task, workerId));
+            claimed = row && { row, inputs: await loadInputs(db, task.tenantId, task.jobId, stageAt(row, task.stageIndex)) };
+          } catch (error) {
+            // Nothing was claimed (Postgres unreachable?): hand the task back for a later try.
+            msg.nak(1000);
+            throw error;
+          }
         }
-        if (!row) {
+        if (!claimed) {
           // Stale, duplicate or cancelled: the job has moved on; this delivery has no effect.
           span.setAttribute("jobmesh.stale", true);
           msg.ack();
           return;
         }
-        await runClaimed(msg, task, row, span);
+        await runClaimed(msg, task, claimed.row, claimed.inputs, span, headers);
       } catch (error) {
         // After a claim, runClaimed acked: if its commit failed, the reaper requeues the
         // attempt once the heartbeat lapses.
@@ -174,31 +201,35 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
     });
   }
 
-  async function runClaimed(msg: JsMsg, task: StageTask, row: JobRow, span: ReturnType<Tracer["startSpan"]>) {
+  async function runClaimed(msg: JsMsg, task: StageTask, row: ClaimedRow, inputs: StageInputs, span: Span, headers: Record<string, string>) {
     const stage = stageAt(row, task.stageIndex);
     const hbKey = heartbeatKey(task);
     const controller = new AbortController();
     running.set(task.jobId, controller);
     const timeoutMs = stageTimeoutMs(row, task.stageIndex);
     const timeout = setTimeout(() => controller.abort(new StageTimedOut(`stage ${stageToken(stage)} exceeded its timeout of ${timeoutMs} ms`)), timeoutMs);
+    // The first heartbeat is due before the reaper looks (it leaves attempts younger than one
+    // TTL alone), so a short stage never touches Redis. A cancel that raced the claim is seen
+    // here too; one that comes later arrives on the cancel subject.
+    let beaten = false;
     const beat = async () => {
       msg.working();
+      beaten = true;
       try {
-        await redis.set(hbKey, workerId, "PX", deps.heartbeatTtlMs);
-        if (await redis.exists(cancelKey(task.jobId))) controller.abort(new CancelledByUser("job cancelled"));
+        const replies = await redis.pipeline().set(hbKey, workerId, "PX", deps.heartbeatTtlMs).exists(cancelKey(task.jobId)).exec();
+        if (replies?.[1]?.[1]) controller.abort(new CancelledByUser("job cancelled"));
       } catch {
         // Redis is down: the reaper cannot reap without it either, so keep working.
       }
     };
-    await beat();
     const heartbeat = setInterval(() => void beat(), Math.max(100, Math.floor(deps.heartbeatTtlMs / 3)));
     const started = performance.now();
     let outcome = "succeeded";
     try {
-      let result: Awaited<ReturnType<typeof runStage>> | undefined;
+      let result: StageCompletion | undefined;
       let failure: StageFailure | undefined;
       try {
-        result = await runStage({ ...deps, db, uploads: deps.buckets.uploads, results: deps.buckets.results }, row, task, controller.signal);
+        result = await runStage(stageDeps, row, task, inputs, controller.signal);
       } catch (error) {
         failure = classify(error, controller.signal);
         outcome = failure.code.toLowerCase();
@@ -208,15 +239,23 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
         // Shutting down: leave the attempt to the reaper, which requeues it for another worker.
         return;
       }
-      const committed = await inTransaction(db, (tx) =>
-        failure ? failStage(tx, topology, task, failure) : completeStage(tx, topology, task, result!),
-      );
+      let committed: CommitOutcome;
+      const fast = result && (await commits.add({ task, row, done: result, headers }).catch((error: unknown) => {
+        log.debug({ err: error }, "group commit failed; committing on the locking path");
+        return undefined;
+      }));
+      if (fast) {
+        committed = "committed";
+        void publisher.publish(fast.outbox);
+      } else {
+        committed = await inTransaction(db, (tx) => (failure ? failStage(tx, topology, task, failure) : completeStage(tx, topology, task, result!)));
+      }
       span.setAttribute("jobmesh.commit", committed);
     } finally {
       clearTimeout(timeout);
       clearInterval(heartbeat);
       running.delete(task.jobId);
-      await redis.del(hbKey).catch(() => {});
+      if (beaten) await redis.del(hbKey).catch(() => {});
       const attrs = { stage: stageToken(stage), outcome };
       stageDuration.record(performance.now() - started, attrs);
       attempts.add(1, attrs);
@@ -240,6 +279,7 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
       await all;
       clearTimeout(timer);
       cancelSub.unsubscribe();
+      await publisher.close();
     },
   };
 }

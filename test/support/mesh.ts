@@ -40,12 +40,17 @@ export interface TestMeshOptions {
   /** Where the mesh's logs go (e.g. a stream a test reads), at `logLevel`. */
   logDestination?: DestinationStream;
   logLevel?: string;
+  /**
+   * Keep every finished span in `spans` (default true). The bench turns it off: spans are still
+   * made, as in a process without an exporter, but not stored.
+   */
+  recordSpans?: boolean;
 }
 
 export async function startTestMesh(overrides: Record<string, string> = {}, options: TestMeshOptions = {}): Promise<TestMesh> {
   const isolated = await isolate(overrides);
   const spans = new InMemorySpanExporter();
-  const telemetry = startTelemetry({ serviceName: "jobmesh-test", spanProcessors: [new SimpleSpanProcessor({ exporter: spans })] });
+  const telemetry = startTelemetry({ serviceName: "jobmesh-test", spanProcessors: options.recordSpans === false ? [] : [new SimpleSpanProcessor({ exporter: spans })] });
   const log = createLogger({ name: "test", level: options.logLevel ?? isolated.config.logLevel, destination: options.logDestination });
   const infra = await createInfra(isolated.config, log, telemetry, "test");
   // Once services enforce identity by default, every test mesh needs AuthService to sign in.

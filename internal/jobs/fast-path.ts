@@ -1,0 +1,345 @@
+/**
+ * The worker's hot path: claims and successful commits of many stage tasks, each group in ONE
+ * statement (no BEGIN/COMMIT round trips, no row locks held across round trips).
+ *
+ * It is optimistic. A stage task records the job's version when it was queued, and a claimed
+ * attempt knows the version its claim left; the statement changes a job only when the version is
+ * still that one, and writes the events, the attempt and the next task only for the jobs it
+ * changed. Whatever it did not change (a duplicate delivery, a cancel in between, a task queued
+ * without a version) goes to the locking path in transitions.ts, which decides as before. Fencing
+ * is unchanged: stage_index, stage_attempt and state are checked as well as the version.
+ *
+ * The rows these statements write to the outbox are published by the caller straight after the
+ * statement returns (publisher.ts); the relay takes them only after its grace period.
+ */
+import { JobEventType, JobState } from "../../gen/jobmesh/v1/events_pb.js";
+import { StageAttemptOutcome } from "../../gen/jobmesh/v1/jobs_pb.js";
+import { Stage } from "../../gen/jobmesh/v1/pipelines_pb.js";
+import type { Queryable } from "../db/index.ts";
+import { countFinished } from "./metrics.ts";
+import { changeRows, eventSourceOf, type ChangeRows, type NewEvent, type OutboxMessage, type StageTask } from "./outbox.ts";
+import type { ResultInsert } from "./results.ts";
+import { configOf, jobColumnList, type JobRow } from "./store.ts";
+import type { Topology } from "./topology.ts";
+
+/** A claimed job: the row after the claim, and the highest attempt its next stage has had. */
+export type ClaimedRow = JobRow & { next_max_attempt: number };
+
+/** What a stage reads: the earlier stages' outputs and, for ingest, the inline document. */
+export interface StageInputs {
+  outputs: Map<Stage, unknown>;
+  /** The document as ingest stored it; loaded for the stages that read bytes (detect, parse). */
+  ingestBytes: Buffer | null;
+  /** The inline document (bytes or text); loaded for ingest. */
+  sourceContent: Buffer | null;
+  sourceText: string | null;
+}
+
+interface InputColumns {
+  prior_outputs: Record<string, unknown>;
+  ingest_bytes: Buffer | null;
+  source_content: Buffer | null;
+  source_text: string | null;
+}
+
+/**
+ * The columns that load a stage's inputs for the job row `j` (with source_content/source_text
+ * columns) and the stage `stage` (an SQL expression).
+ */
+const inputColumnsSql = (j: string, stage: string) => `
+  (SELECT coalesce(jsonb_object_agg(o.stage, o.output), '{}'::jsonb) FROM stage_outputs o
+   WHERE o.tenant_id = ${j}.tenant_id AND o.job_id = ${j}.id AND o.stage <> ${stage}) AS prior_outputs,
+  (SELECT o.bytes FROM stage_outputs o
+   WHERE o.tenant_id = ${j}.tenant_id AND o.job_id = ${j}.id AND o.stage = ${Stage.INGEST}
+     AND ${stage} IN (${Stage.DETECT}, ${Stage.PARSE})) AS ingest_bytes,
+  CASE WHEN ${stage} = ${Stage.INGEST} THEN ${j}.source_content END AS source_content,
+  CASE WHEN ${stage} = ${Stage.INGEST} THEN ${j}.source_text END AS source_text`;
+
+function inputsOf(row: InputColumns): StageInputs {
+  const outputs = new Map<Stage, unknown>();
+  for (const [stage, output] of Object.entries(row.prior_outputs ?? {})) outputs.set(Number(stage) as Stage, output);
+  return { outputs, ingestBytes: row.ingest_bytes, sourceContent: row.source_content, sourceText: row.source_text };
+}
+
+/** The inputs of a job's stage, read on their own (after a claim on the locking path). */
+export async function loadInputs(db: Queryable, tenantId: string, jobId: string, stage: Stage): Promise<StageInputs> {
+  const { rows } = await db.query<InputColumns>(
+    `SELECT ${inputColumnsSql("j", "$3::smallint")} FROM jobs j WHERE j.tenant_id = $1 AND j.id = $2`,
+    [tenantId, jobId, stage],
+  );
+  return inputsOf(rows[0] ?? { prior_outputs: {}, ingest_bytes: null, source_content: null, source_text: null });
+}
+
+/** A stage task to claim, with the trace headers its outbox rows carry. */
+export interface ClaimRequest {
+  task: StageTask;
+  headers: Record<string, string>;
+}
+
+export interface Claimed {
+  row: ClaimedRow;
+  inputs: StageInputs;
+  /** The stage_started event, to publish once the statement returned. */
+  outbox: OutboxMessage[];
+}
+
+/** Whether a task carries what the one-statement claim needs. */
+export const claimableFast = (task: StageTask) => task.version !== undefined && task.eventSeq !== undefined && task.job !== undefined && task.stage !== undefined;
+
+const prefixed = (alias: string) => jobColumnList.split(",").map((c) => `${alias}.${c.trim()}`).join(", ");
+
+/**
+ * Claims every request whose job is still as its task left it, in one statement: the job turns
+ * RUNNING, the attempt is recorded, the stage_started event is written. Returns one entry per
+ * request, undefined where nothing was claimed (leave that task to claimAttempt).
+ */
+export async function claimMany(db: Queryable, topology: Topology, requests: ClaimRequest[], workerId: string, graceSeconds: number): Promise<(Claimed | undefined)[]> {
+  // One request per job: a second delivery of the same task is left to the locking path.
+  const seen = new Set<string>();
+  const fast = requests.map((r, i) => ({ r, i })).filter(({ r }) => {
+    if (!claimableFast(r.task) || seen.has(r.task.jobId)) return false;
+    seen.add(r.task.jobId);
+    return true;
+  });
+  const results: (Claimed | undefined)[] = requests.map(() => undefined);
+  if (fast.length === 0) return results;
+  const built = fast.map(({ r }) => {
+    const task = r.task as Required<StageTask>;
+    const source = {
+      tenantId: task.tenantId,
+      jobId: task.jobId,
+      header: task.job,
+      stageAt: () => task.stage,
+    };
+    const rows = changeRows(topology, source, JobState.RUNNING, BigInt(task.eventSeq) + 1n, BigInt(task.version) + 1n, [
+      { type: JobEventType.STAGE_STARTED, stageIndex: task.stageIndex, attempt: task.attempt },
+    ], r.headers);
+    return { task, rows };
+  });
+  const event = (b: (typeof built)[number]) => b.rows.outbox[0];
+  const { rows } = await db.query<ClaimedRow & InputColumns>({
+    // Named: each connection parses and plans it once.
+    name: "jobs-claim-many",
+    text: `WITH t AS (
+       SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::int[], $5::bigint[], $6::smallint[], $7::uuid[], $8::bytea[], $9::text[], $10::jsonb[])
+         AS t(tenant_id, job_id, stage_index, attempt, version, stage, event_id, event, subject, headers)
+     ), claimed AS (
+       UPDATE jobs j SET state = $12::smallint, start_time = coalesce(j.start_time, date_trunc('milliseconds', now())),
+         event_seq = j.event_seq + 1, version = j.version + 1, update_time = date_trunc('milliseconds', now())
+       FROM t
+       WHERE j.tenant_id = t.tenant_id AND j.id = t.job_id AND j.stage_index = t.stage_index AND j.stage_attempt = t.attempt
+         AND j.state = $13::smallint AND j.version = t.version
+       RETURNING ${prefixed("j")}, t.stage AS claimed_stage, t.event_id, t.event, t.subject, t.headers AS event_headers,
+         CASE WHEN t.stage = ${Stage.INGEST} THEN j.source_content END AS source_content,
+         CASE WHEN t.stage = ${Stage.INGEST} THEN j.source_text END AS source_text
+     ), attempts AS (
+       INSERT INTO stage_attempts (tenant_id, job_id, stage_index, attempt, stage, worker_id, outcome)
+       SELECT tenant_id, id, stage_index, stage_attempt, claimed_stage, $11, $14::smallint FROM claimed
+     ), events AS (
+       INSERT INTO job_events (tenant_id, job_id, sequence, event_type, event)
+       SELECT tenant_id, id, event_seq, $15::smallint, event FROM claimed
+     ), box AS (
+       INSERT INTO outbox (id, subject, payload, headers, available_time)
+       SELECT event_id, subject, event, event_headers, clock_timestamp() + make_interval(secs => $16::float8) FROM claimed
+     )
+     SELECT ${prefixed("c")},
+       (SELECT coalesce(max(a.attempt), 0) FROM stage_attempts a
+        WHERE a.tenant_id = c.tenant_id AND a.job_id = c.id AND a.stage_index = c.stage_index + 1) AS next_max_attempt,
+       ${inputColumnsSql("c", "c.claimed_stage")}
+     FROM claimed c`,
+    values: [
+      built.map((b) => b.task.tenantId),
+      built.map((b) => b.task.jobId),
+      built.map((b) => b.task.stageIndex),
+      built.map((b) => b.task.attempt),
+      built.map((b) => b.task.version),
+      built.map((b) => b.task.stage),
+      built.map((b) => event(b).id),
+      built.map((b) => event(b).payload),
+      built.map((b) => event(b).subject),
+      built.map((b) => JSON.stringify(event(b).headers)),
+      workerId,
+      JobState.RUNNING,
+      JobState.QUEUED,
+      StageAttemptOutcome.RUNNING,
+      JobEventType.STAGE_STARTED,
+      graceSeconds,
+    ],
+  });
+  const byJob = new Map(rows.map((row) => [row.id, row]));
+  fast.forEach(({ i }, k) => {
+    const row = byJob.get(built[k].task.jobId);
+    if (!row) return;
+    const { prior_outputs, ingest_bytes, source_content, source_text, ...jobRow } = row;
+    results[i] = { row: jobRow as ClaimedRow, inputs: inputsOf({ prior_outputs, ingest_bytes, source_content, source_text }), outbox: built[k].rows.outbox };
+  });
+  return results;
+}
+
+/** What a finished stage hands on. */
+export interface StageCompletion {
+  output: unknown;
+  bytes?: Uint8Array;
+  /** Job columns the stage found out. */
+  patch?: { size_bytes?: number; sha256?: string; detected_media_type?: string };
+  /** Only for the last stage: the result to store (inline document or object reference). */
+  result?: ResultInsert;
+}
+
+/** A successful attempt to commit: the task, the row its claim left, and what the stage made. */
+export interface CompletionRequest {
+  task: StageTask;
+  row: ClaimedRow;
+  done: StageCompletion;
+  headers: Record<string, string>;
+}
+
+/** Stage outputs larger than this go through the locking path, as a plain bytea parameter. */
+const fastBytesLimit = 256 * 1024;
+
+/** The rows a successful completion writes, with the job's state after it. */
+function completionRows(topology: Topology, c: CompletionRequest, next: { stageIndex: number; attempt: number } | undefined): ChangeRows & { final: boolean } {
+  const events: NewEvent[] = [{ type: JobEventType.STAGE_SUCCEEDED, stageIndex: c.task.stageIndex, attempt: c.task.attempt }];
+  if (!next) events.push({ type: JobEventType.JOB_SUCCEEDED });
+  const state = next ? JobState.QUEUED : JobState.SUCCEEDED;
+  const rows = changeRows(topology, eventSourceOf(c.row), state, BigInt(c.row.event_seq) + 1n, BigInt(c.row.version) + 1n, events, c.headers, next);
+  return { ...rows, final: !next };
+}
+
+/**
+ * The next stage's task of a completion, or undefined after the last stage. After RetryJob the
+ * next stage may have run before: its attempt numbers continue.
+ */
+export function nextTaskOf(row: ClaimedRow, stageIndex: number): { stageIndex: number; attempt: number } | undefined {
+  const next = stageIndex + 1;
+  return next < configOf(row).stages.length ? { stageIndex: next, attempt: row.next_max_attempt + 1 } : undefined;
+}
+
+export interface Committed {
+  /** The outbox rows written, to publish now. */
+  outbox: OutboxMessage[];
+}
+
+/**
+ * Commits successful attempts whose job is still as their claim left it, in one statement:
+ * attempt ended, output stored, job moved on (next stage QUEUED, or SUCCEEDED with its result),
+ * events and next task written. Returns one entry per request, undefined where nothing was
+ * committed (leave that one to completeStage).
+ */
+export async function completeMany(db: Queryable, topology: Topology, requests: CompletionRequest[], graceSeconds: number): Promise<(Committed | undefined)[]> {
+  const results: (Committed | undefined)[] = requests.map(() => undefined);
+  const seen = new Set<string>();
+  const fast = requests.map((c, i) => ({ c, i })).filter(({ c }) => {
+    if ((c.done.bytes?.byteLength ?? 0) > fastBytesLimit || (c.done.result?.inlineJson?.byteLength ?? 0) > fastBytesLimit || seen.has(c.task.jobId)) return false;
+    seen.add(c.task.jobId);
+    return true;
+  });
+  if (fast.length === 0) return results;
+  const built = fast.map(({ c }) => {
+    const next = nextTaskOf(c.row, c.task.stageIndex);
+    return { c, next, rows: completionRows(topology, c, next) };
+  });
+  const events = built.flatMap((b) => b.rows.events.map((e) => ({ jobId: b.c.task.jobId, ...e })));
+  const outbox = built.flatMap((b) => b.rows.outbox.map((o) => ({ jobId: b.c.task.jobId, ...o })));
+  const withResult = built.filter((b) => b.rows.final && b.c.done.result);
+  const result = (b: (typeof built)[number]) => b.c.done.result!;
+  const { rows } = await db.query<{ id: string }>({
+    name: "jobs-complete-many",
+    text: `WITH t AS (
+       SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::int[], $5::bigint[], $6::smallint[], $7::bool[], $8::int[], $9::int[],
+         $10::bigint[], $11::text[], $12::text[], $13::jsonb[], $14::bytea[], $15::int[], $16::timestamptz[])
+         AS t(tenant_id, job_id, stage_index, attempt, version, stage, final, next_index, next_attempt,
+           size_bytes, sha256, detected_media_type, output, bytes, event_count, result_expire_time)
+     ), done AS (
+       UPDATE jobs j SET
+         state = CASE WHEN t.final THEN $34::smallint ELSE $35::smallint END,
+         stage_index = CASE WHEN t.final THEN j.stage_index ELSE t.next_index END,
+         stage_attempt = CASE WHEN t.final THEN j.stage_attempt ELSE t.next_attempt END,
+         stage_attempt_base = CASE WHEN t.final THEN j.stage_attempt_base ELSE t.next_attempt END,
+         size_bytes = coalesce(t.size_bytes, j.size_bytes),
+         sha256 = coalesce(t.sha256, j.sha256),
+         detected_media_type = coalesce(t.detected_media_type, j.detected_media_type),
+         end_time = CASE WHEN t.final THEN date_trunc('milliseconds', now()) ELSE j.end_time END,
+         result_expire_time = CASE WHEN t.final THEN t.result_expire_time ELSE j.result_expire_time END,
+         error = CASE WHEN t.final THEN NULL ELSE j.error END,
+         event_seq = j.event_seq + t.event_count, version = j.version + 1, update_time = date_trunc('milliseconds', now())
+       FROM t
+       WHERE j.tenant_id = t.tenant_id AND j.id = t.job_id AND j.stage_index = t.stage_index AND j.stage_attempt = t.attempt
+         AND j.state = $36::smallint AND j.version = t.version
+       RETURNING j.tenant_id, j.id, t.stage_index AS done_index, t.attempt AS done_attempt, t.stage AS done_stage, t.output, t.bytes
+     ), ended AS (
+       UPDATE stage_attempts a SET outcome = $37::smallint, end_time = clock_timestamp(), error = NULL
+       FROM done d WHERE a.tenant_id = d.tenant_id AND a.job_id = d.id AND a.stage_index = d.done_index AND a.attempt = d.done_attempt
+     ), outputs AS (
+       INSERT INTO stage_outputs (tenant_id, job_id, stage, output, bytes)
+       SELECT d.tenant_id, d.id, d.done_stage, d.output, d.bytes FROM done d
+       ON CONFLICT (tenant_id, job_id, stage) DO UPDATE SET output = EXCLUDED.output, bytes = EXCLUDED.bytes
+     ), results AS (
+       INSERT INTO job_results (tenant_id, job_id, media_type, summary, inline_json, object_key, size_bytes, sha256, expire_time)
+       SELECT d.tenant_id, d.id, 'application/json', r.summary, r.inline_json, r.object_key, r.size_bytes, r.sha256, r.expire_time
+       FROM done d JOIN unnest($17::uuid[], $18::jsonb[], $19::bytea[], $20::text[], $21::bigint[], $22::text[], $23::timestamptz[])
+         AS r(job_id, summary, inline_json, object_key, size_bytes, sha256, expire_time) ON r.job_id = d.id
+       ON CONFLICT (tenant_id, job_id) DO UPDATE SET summary = EXCLUDED.summary, inline_json = EXCLUDED.inline_json,
+         object_key = EXCLUDED.object_key, size_bytes = EXCLUDED.size_bytes, sha256 = EXCLUDED.sha256,
+         expire_time = EXCLUDED.expire_time, create_time = date_trunc('milliseconds', now())
+     ), events AS (
+       INSERT INTO job_events (tenant_id, job_id, sequence, event_type, event)
+       SELECT d.tenant_id, d.id, e.seq, e.type, e.event
+       FROM done d JOIN unnest($24::uuid[], $25::bigint[], $26::smallint[], $27::bytea[]) AS e(job_id, seq, type, event) ON e.job_id = d.id
+     ), box AS (
+       INSERT INTO outbox (id, subject, payload, headers, available_time)
+       SELECT o.id, o.subject, o.payload, o.headers, clock_timestamp() + make_interval(secs => $33::float8)
+       FROM done d JOIN unnest($28::uuid[], $29::uuid[], $30::text[], $31::bytea[], $32::jsonb[]) AS o(job_id, id, subject, payload, headers)
+         ON o.job_id = d.id
+     )
+     SELECT id FROM done`,
+    values: [
+      built.map((b) => b.c.task.tenantId),
+      built.map((b) => b.c.task.jobId),
+      built.map((b) => b.c.task.stageIndex),
+      built.map((b) => b.c.task.attempt),
+      built.map((b) => b.c.row.version),
+      built.map((b) => configOf(b.c.row).stages[b.c.task.stageIndex]?.stage ?? Stage.UNSPECIFIED),
+      built.map((b) => b.rows.final),
+      built.map((b) => b.next?.stageIndex ?? null),
+      built.map((b) => b.next?.attempt ?? null),
+      built.map((b) => b.c.done.patch?.size_bytes ?? null),
+      built.map((b) => b.c.done.patch?.sha256 ?? null),
+      built.map((b) => b.c.done.patch?.detected_media_type ?? null),
+      built.map((b) => JSON.stringify(b.c.done.output ?? null)),
+      built.map((b) => (b.c.done.bytes ? Buffer.from(b.c.done.bytes) : null)),
+      built.map((b) => b.rows.events.length),
+      built.map((b) => (b.rows.final ? (b.c.done.result?.expireTime ?? null) : null)),
+      withResult.map((b) => b.c.task.jobId),
+      withResult.map((b) => JSON.stringify(result(b).summary)),
+      withResult.map((b) => (result(b).inlineJson ? Buffer.from(result(b).inlineJson!) : null)),
+      withResult.map((b) => result(b).objectKey ?? null),
+      withResult.map((b) => result(b).size),
+      withResult.map((b) => result(b).sha256),
+      withResult.map((b) => result(b).expireTime),
+      events.map((e) => e.jobId),
+      events.map((e) => e.sequence.toString()),
+      events.map((e) => e.type),
+      events.map((e) => e.bytes),
+      outbox.map((o) => o.jobId),
+      outbox.map((o) => o.id),
+      outbox.map((o) => o.subject),
+      outbox.map((o) => o.payload),
+      outbox.map((o) => JSON.stringify(o.headers)),
+      graceSeconds,
+      JobState.SUCCEEDED,
+      JobState.QUEUED,
+      JobState.RUNNING,
+      StageAttemptOutcome.SUCCEEDED,
+    ],
+  });
+  const committed = new Set(rows.map((r) => r.id));
+  fast.forEach(({ i }, k) => {
+    const b = built[k];
+    if (!committed.has(b.c.task.jobId)) return;
+    if (b.rows.final) countFinished(JobState.SUCCEEDED);
+    results[i] = { outbox: b.rows.outbox };
+  });
+  return results;
+}
+

@@ -1,0 +1,95 @@
+/**
+ * Publishing outbox rows to JetStream. The relay publishes whatever is due; the hot write paths
+ * (CreateJob, a worker's claim and commit) publish their own rows straight after their commit
+ * and mark them published, which spares every hand-off the relay's wake-up, transaction and
+ * second mark. Their rows are due for the relay only `relayGraceMs` after the commit: when the
+ * writer dies (or NATS is down) between commit and publish, the relay publishes them then, and
+ * Nats-Msg-Id lets JetStream drop a copy that both sent.
+ */
+import { context, propagation, SpanKind, trace, type Tracer } from "@opentelemetry/api";
+import type { JetStreamClient } from "@nats-io/jetstream";
+import { tracedHeaders } from "../bus/index.ts";
+import { groupCommit } from "../db/group-commit.ts";
+import type { Queryable } from "../db/index.ts";
+import type { Logger } from "../telemetry/index.ts";
+import type { OutboxMessage } from "./outbox.ts";
+
+/** How long the relay leaves a directly published row to its writer. */
+export const relayGraceMs = 2_000;
+
+/** Publishes one outbox row with Nats-Msg-Id = its id, in a producer span of the row's trace. */
+export async function publishOutboxRow(js: JetStreamClient, tracer: Tracer, row: Pick<OutboxMessage, "id" | "subject" | "payload" | "headers">): Promise<void> {
+  const parent = propagation.extract(context.active(), row.headers);
+  const span = tracer.startSpan(`outbox publish ${row.subject.split(".").slice(1, 2).join("")}`, {
+    kind: SpanKind.PRODUCER,
+    attributes: { "messaging.system": "nats", "messaging.destination.name": row.subject, "messaging.message.id": row.id },
+  }, parent);
+  try {
+    const headers = tracedHeaders(trace.setSpan(parent, span));
+    for (const [key, value] of Object.entries(row.headers)) {
+      if (key !== "traceparent" && key !== "tracestate") headers.set(key, value);
+    }
+    await js.publish(row.subject, row.payload, { msgID: row.id, headers });
+  } finally {
+    span.end();
+  }
+}
+
+export interface DirectPublisher {
+  /**
+   * When false, rows are written due at once and only the relay publishes them (tests that play
+   * the relay themselves turn direct publishing off).
+   */
+  readonly enabled: boolean;
+  /** Seconds to add to a row's availability so the relay leaves it to its writer. */
+  readonly graceSeconds: number;
+  /**
+   * Publishes rows just committed, in order, and marks the published ones. Never rejects: a row
+   * that fails stays for the relay.
+   */
+  publish(rows: OutboxMessage[]): Promise<void>;
+  /** Waits for pending marks. */
+  close(): Promise<void>;
+}
+
+export function createDirectPublisher(options: { db: Queryable; js: JetStreamClient; tracer: Tracer; log: Logger; enabled: boolean }): DirectPublisher {
+  const { db, js, tracer, log } = options;
+  // Marks only keep the relay from publishing a row again: they can wait and go in bulk.
+  const marks = groupCommit<string, void>(async (ids) => {
+    await db.query({
+      name: "outbox-mark-published",
+      text: "UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY($1::uuid[]) AND published_at IS NULL",
+      values: [ids],
+    });
+    return ids.map(() => undefined);
+  }, { maxItems: 5000, lingerMs: 20 });
+  let pending = 0;
+  let warned = 0;
+  return {
+    enabled: options.enabled,
+    graceSeconds: options.enabled ? relayGraceMs / 1000 : 0,
+    async publish(rows) {
+      if (!options.enabled || rows.length === 0) return;
+      pending++;
+      try {
+        // Issued back to back on one connection, so the stream stores them in this order.
+        const sent = await Promise.allSettled(rows.map((row) => publishOutboxRow(js, tracer, row)));
+        const published = rows.filter((_, i) => sent[i].status === "fulfilled");
+        if (published.length < rows.length && Date.now() - warned > 10_000) {
+          warned = Date.now();
+          log.warn({ failed: rows.length - published.length }, "direct publish failed; the outbox relay will publish these rows");
+        }
+        await Promise.all(published.map((row) => marks.add(row.id))).catch((error: unknown) => {
+          // Unmarked rows are published again by the relay; JetStream drops the copies.
+          log.debug({ err: error }, "marking published outbox rows failed");
+        });
+      } finally {
+        pending--;
+      }
+    },
+    async close() {
+      while (pending > 0) await new Promise((r) => setTimeout(r, 5));
+      await marks.drain();
+    },
+  };
+}
