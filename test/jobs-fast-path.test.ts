@@ -113,6 +113,41 @@ t.test("fast path - the last stage stores the result and ends the job SUCCEEDED"
   t.equal(events.rows[0].n, 12, "job_created, 5 × (started, succeeded), job_succeeded");
 });
 
+t.test("fast path - a commit can claim the next stage for its worker: no task queued, the stage starts at once", async (t) => {
+  const job = await createText("continued");
+  const task = await firstTask(job.name);
+  const [claimed] = await claimMany(db, topology, [{ task, headers: {} }], "worker-c", 0);
+  const bytes = new TextEncoder().encode("continued");
+  const done = { output: { size: 9, filename: "x.txt" }, bytes, patch: { size_bytes: 9, sha256: "ef" } };
+  const [committed] = await completeMany(db, topology, [{ task, row: claimed!.row, done, headers: {}, inputs: claimed!.inputs, continueAs: "worker-c" }], 0);
+  t.ok(committed?.continued, "the next stage is claimed");
+  t.same(committed!.outbox.map((o) => o.subject.split(".").slice(-1)[0]), ["stage_succeeded", "stage_started"], "two events, no work task");
+  const next = committed!.continued!;
+  t.match(next.task, { stageIndex: 1, attempt: 1 });
+  t.equal(next.row.state, JobState.RUNNING);
+  t.equal(next.row.size_bytes, "9");
+  t.same(next.inputs.outputs.get(Stage.INGEST), { size: 9, filename: "x.txt" }, "the next stage reads what this one made");
+  t.same(next.inputs.ingestBytes && [...next.inputs.ingestBytes], [...bytes]);
+
+  const running = (await client.getJob({ name: job.name })).job!;
+  t.equal(running.state, JobState.RUNNING);
+  t.equal(running.stage, Stage.DETECT);
+  t.same(running.attempts.map((a) => [a.stage, a.workerId, a.outcome]), [
+    [Stage.INGEST, "worker-c", StageAttemptOutcome.SUCCEEDED],
+    [Stage.DETECT, "worker-c", StageAttemptOutcome.RUNNING],
+  ]);
+  const { rows } = await db.query<{ n: number }>(
+    "SELECT count(*)::int AS n FROM outbox WHERE subject LIKE '%.work.%' AND convert_from(payload, 'UTF8')::jsonb->>'jobId' = $1",
+    [task.jobId],
+  );
+  t.equal(rows[0].n, 1, "only the ingest task CreateJob queued: no detect task");
+
+  // The continued stage commits like any other: its row carries the version its claim left.
+  const [second] = await completeMany(db, topology, [{ task: next.task, row: next.row, done: { output: { mediaType: "text/plain" } }, headers: {}, inputs: next.inputs }], 0);
+  t.ok(second, "the continued stage commits on the group path");
+  t.equal((await client.getJob({ name: job.name })).job?.stage, Stage.PARSE);
+});
+
 t.test("group commit - items arriving while a write runs go together into the next one", async (t) => {
   const groups: number[][] = [];
   let release: (() => void) | undefined;

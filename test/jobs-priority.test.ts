@@ -23,7 +23,7 @@ t.test("priority - under a backlog a worker serves high-priority stage tasks fir
   // The backlog: low work queued first, then high, with no worker running.
   const low = (await client.createJobs({ requests: make(Priority.LOW, 8) })).jobs;
   const high = (await client.createJobs({ requests: make(Priority.HIGH, 8) })).jobs;
-  const backlogged = async () => (await mesh.infra.db.query<{ n: number }>("SELECT count(*)::int AS n FROM outbox WHERE published_at IS NULL")).rows[0].n === 0;
+  const backlogged = async () => (await mesh.infra.db.query<{ n: number }>("SELECT count(*)::int AS n FROM outbox")).rows[0].n === 0;
   while (!(await backlogged())) await new Promise((r) => setTimeout(r, 20));
 
   mesh.workers.push(await startWorkers(mesh.infra, { concurrency: 1 }));

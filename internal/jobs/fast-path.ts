@@ -192,18 +192,29 @@ export interface CompletionRequest {
   row: ClaimedRow;
   done: StageCompletion;
   headers: Record<string, string>;
+  /** The inputs the stage ran on; with `continueAs`, the next stage's inputs are built from them. */
+  inputs?: StageInputs;
+  /**
+   * Claim the next stage for this worker in the same statement instead of queueing its task: the
+   * worker runs it at once (see worker.ts). Ignored after the last stage.
+   */
+  continueAs?: string;
 }
 
 /** Stage outputs larger than this go through the locking path, as a plain bytea parameter. */
 const fastBytesLimit = 256 * 1024;
 
-/** The rows a successful completion writes, with the job's state after it. */
-function completionRows(topology: Topology, c: CompletionRequest, next: { stageIndex: number; attempt: number } | undefined): ChangeRows & { final: boolean } {
+/**
+ * The rows a successful completion writes: stage_succeeded, then job_succeeded after the last
+ * stage, stage_started of the next stage when this worker continues with it, or else the next
+ * stage's task.
+ */
+function completionRows(topology: Topology, c: CompletionRequest, next: { stageIndex: number; attempt: number } | undefined, continued: boolean): ChangeRows {
   const events: NewEvent[] = [{ type: JobEventType.STAGE_SUCCEEDED, stageIndex: c.task.stageIndex, attempt: c.task.attempt }];
   if (!next) events.push({ type: JobEventType.JOB_SUCCEEDED });
-  const state = next ? JobState.QUEUED : JobState.SUCCEEDED;
-  const rows = changeRows(topology, eventSourceOf(c.row), state, BigInt(c.row.event_seq) + 1n, BigInt(c.row.version) + 1n, events, c.headers, next);
-  return { ...rows, final: !next };
+  if (next && continued) events.push({ type: JobEventType.STAGE_STARTED, stageIndex: next.stageIndex, attempt: next.attempt });
+  const state = !next ? JobState.SUCCEEDED : continued ? JobState.RUNNING : JobState.QUEUED;
+  return changeRows(topology, eventSourceOf(c.row), state, BigInt(c.row.event_seq) + 1n, BigInt(c.row.version) + 1n, events, c.headers, continued ? undefined : next);
 }
 
 /**
@@ -218,13 +229,23 @@ export function nextTaskOf(row: ClaimedRow, stageIndex: number): { stageIndex: n
 export interface Committed {
   /** The outbox rows written, to publish now. */
   outbox: OutboxMessage[];
+  /** With `continueAs`: the next stage, claimed for that worker, with its task and inputs. */
+  continued?: { task: StageTask; row: ClaimedRow; inputs: StageInputs };
+}
+
+/** The next stage's inputs: this stage's, plus what this stage made (as stored: JSON). */
+function inputsAfter(c: CompletionRequest): StageInputs {
+  const outputs = new Map(c.inputs?.outputs);
+  outputs.set(configOf(c.row).stages[c.task.stageIndex]!.stage, JSON.parse(JSON.stringify(c.done.output ?? null)) as unknown);
+  const ingestBytes = c.task.stageIndex === 0 && c.done.bytes ? Buffer.from(c.done.bytes) : (c.inputs?.ingestBytes ?? null);
+  return { outputs, ingestBytes, sourceContent: null, sourceText: null };
 }
 
 /**
  * Commits successful attempts whose job is still as their claim left it, in one statement:
- * attempt ended, output stored, job moved on (next stage QUEUED, or SUCCEEDED with its result),
- * events and next task written. Returns one entry per request, undefined where nothing was
- * committed (leave that one to completeStage).
+ * attempt ended, output stored, job moved on (next stage QUEUED with its task, or RUNNING on the
+ * committing worker with `continueAs`, or SUCCEEDED with its result), events written. Returns
+ * one entry per request, undefined where nothing was committed (leave that one to completeStage).
  */
 export async function completeMany(db: Queryable, topology: Topology, requests: CompletionRequest[], graceSeconds: number): Promise<(Committed | undefined)[]> {
   const results: (Committed | undefined)[] = requests.map(() => undefined);
@@ -237,22 +258,24 @@ export async function completeMany(db: Queryable, topology: Topology, requests: 
   if (fast.length === 0) return results;
   const built = fast.map(({ c }) => {
     const next = nextTaskOf(c.row, c.task.stageIndex);
-    return { c, next, rows: completionRows(topology, c, next) };
+    const continued = next !== undefined && c.continueAs !== undefined;
+    const rows = completionRows(topology, c, next, continued);
+    return { c, next, continued, final: next === undefined, rows };
   });
   const events = built.flatMap((b) => b.rows.events.map((e) => ({ jobId: b.c.task.jobId, ...e })));
   const outbox = built.flatMap((b) => b.rows.outbox.map((o) => ({ jobId: b.c.task.jobId, ...o })));
-  const withResult = built.filter((b) => b.rows.final && b.c.done.result);
+  const withResult = built.filter((b) => b.final && b.c.done.result);
   const result = (b: (typeof built)[number]) => b.c.done.result!;
-  const { rows } = await db.query<{ id: string }>({
+  const { rows } = await db.query<{ id: string; version: string; event_seq: string; next_max_attempt: number }>({
     name: "jobs-complete-many",
     text: `WITH t AS (
        SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::int[], $5::bigint[], $6::smallint[], $7::bool[], $8::int[], $9::int[],
-         $10::bigint[], $11::text[], $12::text[], $13::jsonb[], $14::bytea[], $15::int[], $16::timestamptz[])
+         $10::bigint[], $11::text[], $12::text[], $13::jsonb[], $14::bytea[], $15::int[], $16::timestamptz[], $38::bool[], $39::smallint[], $40::text[])
          AS t(tenant_id, job_id, stage_index, attempt, version, stage, final, next_index, next_attempt,
-           size_bytes, sha256, detected_media_type, output, bytes, event_count, result_expire_time)
+           size_bytes, sha256, detected_media_type, output, bytes, event_count, result_expire_time, continued, next_stage, continue_as)
      ), done AS (
        UPDATE jobs j SET
-         state = CASE WHEN t.final THEN $34::smallint ELSE $35::smallint END,
+         state = CASE WHEN t.final THEN $34::smallint WHEN t.continued THEN $36::smallint ELSE $35::smallint END,
          stage_index = CASE WHEN t.final THEN j.stage_index ELSE t.next_index END,
          stage_attempt = CASE WHEN t.final THEN j.stage_attempt ELSE t.next_attempt END,
          stage_attempt_base = CASE WHEN t.final THEN j.stage_attempt_base ELSE t.next_attempt END,
@@ -266,10 +289,16 @@ export async function completeMany(db: Queryable, topology: Topology, requests: 
        FROM t
        WHERE j.tenant_id = t.tenant_id AND j.id = t.job_id AND j.stage_index = t.stage_index AND j.stage_attempt = t.attempt
          AND j.state = $36::smallint AND j.version = t.version
-       RETURNING j.tenant_id, j.id, t.stage_index AS done_index, t.attempt AS done_attempt, t.stage AS done_stage, t.output, t.bytes
+       RETURNING j.tenant_id, j.id, j.version, j.event_seq, t.stage_index AS done_index, t.attempt AS done_attempt, t.stage AS done_stage,
+         t.output, t.bytes, t.continued, t.next_index, t.next_attempt, t.next_stage, t.continue_as,
+         (SELECT coalesce(max(a.attempt), 0) FROM stage_attempts a
+          WHERE a.tenant_id = j.tenant_id AND a.job_id = j.id AND a.stage_index = j.stage_index + 1) AS next_max_attempt
      ), ended AS (
        UPDATE stage_attempts a SET outcome = $37::smallint, end_time = clock_timestamp(), error = NULL
        FROM done d WHERE a.tenant_id = d.tenant_id AND a.job_id = d.id AND a.stage_index = d.done_index AND a.attempt = d.done_attempt
+     ), started AS (
+       INSERT INTO stage_attempts (tenant_id, job_id, stage_index, attempt, stage, worker_id, outcome)
+       SELECT d.tenant_id, d.id, d.next_index, d.next_attempt, d.next_stage, d.continue_as, $41::smallint FROM done d WHERE d.continued
      ), outputs AS (
        INSERT INTO stage_outputs (tenant_id, job_id, stage, output, bytes)
        SELECT d.tenant_id, d.id, d.done_stage, d.output, d.bytes FROM done d
@@ -292,7 +321,7 @@ export async function completeMany(db: Queryable, topology: Topology, requests: 
        FROM done d JOIN unnest($28::uuid[], $29::uuid[], $30::text[], $31::bytea[], $32::jsonb[]) AS o(job_id, id, subject, payload, headers)
          ON o.job_id = d.id
      )
-     SELECT id FROM done`,
+     SELECT id, version, event_seq, next_max_attempt FROM done`,
     values: [
       built.map((b) => b.c.task.tenantId),
       built.map((b) => b.c.task.jobId),
@@ -300,7 +329,7 @@ export async function completeMany(db: Queryable, topology: Topology, requests: 
       built.map((b) => b.c.task.attempt),
       built.map((b) => b.c.row.version),
       built.map((b) => configOf(b.c.row).stages[b.c.task.stageIndex]?.stage ?? Stage.UNSPECIFIED),
-      built.map((b) => b.rows.final),
+      built.map((b) => b.final),
       built.map((b) => b.next?.stageIndex ?? null),
       built.map((b) => b.next?.attempt ?? null),
       built.map((b) => b.c.done.patch?.size_bytes ?? null),
@@ -309,7 +338,7 @@ export async function completeMany(db: Queryable, topology: Topology, requests: 
       built.map((b) => JSON.stringify(b.c.done.output ?? null)),
       built.map((b) => (b.c.done.bytes ? Buffer.from(b.c.done.bytes) : null)),
       built.map((b) => b.rows.events.length),
-      built.map((b) => (b.rows.final ? (b.c.done.result?.expireTime ?? null) : null)),
+      built.map((b) => (b.final ? (b.c.done.result?.expireTime ?? null) : null)),
       withResult.map((b) => b.c.task.jobId),
       withResult.map((b) => JSON.stringify(result(b).summary)),
       withResult.map((b) => (result(b).inlineJson ? Buffer.from(result(b).inlineJson!) : null)),
@@ -331,14 +360,37 @@ export async function completeMany(db: Queryable, topology: Topology, requests: 
       JobState.QUEUED,
       JobState.RUNNING,
       StageAttemptOutcome.SUCCEEDED,
+      built.map((b) => b.continued),
+      built.map((b) => (b.next ? configOf(b.c.row).stages[b.next.stageIndex]!.stage : null)),
+      built.map((b) => (b.continued ? b.c.continueAs! : null)),
+      StageAttemptOutcome.RUNNING,
     ],
   });
-  const committed = new Set(rows.map((r) => r.id));
+  const committed = new Map(rows.map((r) => [r.id, r]));
   fast.forEach(({ i }, k) => {
     const b = built[k];
-    if (!committed.has(b.c.task.jobId)) return;
-    if (b.rows.final) countFinished(JobState.SUCCEEDED);
+    const after = committed.get(b.c.task.jobId);
+    if (!after) return;
+    if (b.final) countFinished(JobState.SUCCEEDED);
     results[i] = { outbox: b.rows.outbox };
+    if (b.continued && b.next) {
+      const patch = b.c.done.patch ?? {};
+      const row: ClaimedRow = {
+        ...b.c.row,
+        ...(patch.size_bytes !== undefined && { size_bytes: String(patch.size_bytes) }),
+        ...(patch.sha256 !== undefined && { sha256: patch.sha256 }),
+        ...(patch.detected_media_type !== undefined && { detected_media_type: patch.detected_media_type }),
+        state: JobState.RUNNING,
+        stage_index: b.next.stageIndex,
+        stage_attempt: b.next.attempt,
+        stage_attempt_base: b.next.attempt,
+        version: after.version,
+        event_seq: after.event_seq,
+        next_max_attempt: after.next_max_attempt,
+      };
+      const task: StageTask = { tenantId: b.c.task.tenantId, jobId: b.c.task.jobId, stageIndex: b.next.stageIndex, attempt: b.next.attempt };
+      results[i]!.continued = { task, row, inputs: inputsAfter(b.c) };
+    }
   });
   return results;
 }

@@ -1,8 +1,7 @@
 /**
  * Publishing outbox rows to JetStream. The relay publishes whatever is due; the hot write paths
  * (CreateJob, a worker's claim and commit) publish their own rows straight after their commit
- * and mark them published, which spares every hand-off the relay's wake-up, transaction and
- * second mark. Their rows are due for the relay only `relayGraceMs` after the commit: when the
+ * and then delete them, which spares every hand-off the relay's wake-up and transaction. Their rows are due for the relay only `relayGraceMs` after the commit: when the
  * writer dies (or NATS is down) between commit and publish, the relay publishes them then, and
  * Nats-Msg-Id lets JetStream drop a copy that both sent.
  */
@@ -44,23 +43,20 @@ export interface DirectPublisher {
   /** Seconds to add to a row's availability so the relay leaves it to its writer. */
   readonly graceSeconds: number;
   /**
-   * Publishes rows just committed, in order, and marks the published ones. Never rejects: a row
-   * that fails stays for the relay.
+   * Publishes rows just committed, in order, and deletes the published ones. Never rejects: a
+   * row that fails stays for the relay.
    */
   publish(rows: OutboxMessage[]): Promise<void>;
-  /** Waits for pending marks. */
+  /** Waits for pending publishes and deletes. */
   close(): Promise<void>;
 }
 
 export function createDirectPublisher(options: { db: Queryable; js: JetStreamClient; tracer: Tracer; log: Logger; enabled: boolean }): DirectPublisher {
   const { db, js, tracer, log } = options;
-  // Marks only keep the relay from publishing a row again: they can wait and go in bulk.
+  // Deleting published rows only keeps the relay from publishing them again: it can wait a
+  // little and go in bulk.
   const marks = groupCommit<string, void>(async (ids) => {
-    await db.query({
-      name: "outbox-mark-published",
-      text: "UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY($1::uuid[]) AND published_at IS NULL",
-      values: [ids],
-    });
+    await db.query({ name: "outbox-delete-published", text: "DELETE FROM outbox WHERE id = ANY($1::uuid[])", values: [ids] });
     return ids.map(() => undefined);
   }, { maxItems: 5000, lingerMs: 20 });
   let pending = 0;
@@ -80,8 +76,8 @@ export function createDirectPublisher(options: { db: Queryable; js: JetStreamCli
           log.warn({ failed: rows.length - published.length }, "direct publish failed; the outbox relay will publish these rows");
         }
         await Promise.all(published.map((row) => marks.add(row.id))).catch((error: unknown) => {
-          // Unmarked rows are published again by the relay; JetStream drops the copies.
-          log.debug({ err: error }, "marking published outbox rows failed");
+          // Rows left behind are published again by the relay; JetStream drops the copies.
+          log.debug({ err: error }, "deleting published outbox rows failed");
         });
       } finally {
         pending--;

@@ -1,7 +1,7 @@
 /**
  * Background upkeep in the jobs process: the lease reaper, which requeues stage attempts whose
  * worker stopped heartbeating (crashed, killed, partitioned), and the retention sweep, which
- * deletes expired results, expired uploads and old published outbox rows.
+ * deletes expired results and expired uploads.
  */
 import type { Redis } from "ioredis";
 import type { ObjectStore } from "@nats-io/obj";
@@ -89,7 +89,6 @@ export function createReaper(options: ReaperOptions): Reaper {
        RETURNING id`,
     );
     for (const { id } of uploads.rows) await options.buckets.uploads.delete(id).catch(() => {});
-    await db.query("DELETE FROM outbox WHERE published_at < now() - interval '1 hour'");
   }
 
   let stopped = false;

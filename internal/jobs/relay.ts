@@ -1,11 +1,12 @@
 /**
- * The outbox relay: publishes committed outbox rows to JetStream and marks them published.
- * Rows are claimed by their published state (FOR UPDATE SKIP LOCKED on published_at IS NULL),
- * never by "id > last seen", so relays can run side by side and a row that commits late is
- * never skipped. Rows that their writer publishes itself become due for the relay only after a
- * grace period (publisher.ts): the relay is the safety net there, not the hot path. Each
- * message carries Nats-Msg-Id = the row id: a relay that dies after publishing but before
- * marking republishes, and JetStream drops the duplicate.
+ * The outbox relay: publishes committed outbox rows to JetStream. The outbox holds exactly the
+ * messages not yet known to be published: a row is deleted once JetStream acked it. Rows are
+ * claimed by that state (FOR UPDATE SKIP LOCKED on the rows that are due), never by "id > last
+ * seen", so relays can run side by side and a row that commits late is never skipped. Rows that
+ * their writer publishes itself become due for the relay only after a grace period
+ * (publisher.ts): the relay is the safety net there, not the hot path. Each message carries
+ * Nats-Msg-Id = the row id: a relay that dies after publishing but before its delete commits
+ * publishes again, and JetStream drops the duplicate.
  */
 import type { Tracer } from "@opentelemetry/api";
 import type { JetStreamClient } from "@nats-io/jetstream";
@@ -52,15 +53,15 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
 
   async function publishBatch(): Promise<number> {
     return inTransaction(db, async (tx) => {
-      // Claimed and marked in one statement; the mark commits only after JetStream acked every
-      // message, so a relay that dies in between leaves the rows unpublished (and republishes).
+      // Claimed and deleted in one statement; the delete commits only after JetStream acked
+      // every message, so a relay that dies in between leaves the rows (and publishes again).
       const { rows } = await tx.query<OutboxRow>(
-        `UPDATE outbox o SET published_at = clock_timestamp()
-         FROM (
+        `DELETE FROM outbox o
+         USING (
            SELECT id, row_number() OVER (ORDER BY available_time, create_time) AS position
            FROM (
              SELECT id, available_time, create_time FROM outbox
-             WHERE published_at IS NULL AND available_time <= now()
+             WHERE available_time <= now()
              ORDER BY available_time, create_time
              LIMIT $1 FOR UPDATE SKIP LOCKED
            ) locked

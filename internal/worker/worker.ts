@@ -4,16 +4,17 @@
  * extends the JetStream ack deadline while the stage runs, aborts the stage on timeout or
  * cancellation through its AbortSignal, commits the outcome with the next task atomically,
  * publishes what it wrote to the outbox, and only then acks the message. Claims and successful
- * commits of the tasks in hand are grouped into one statement each (fast-path.ts).
+ * commits of the tasks in hand are grouped into one statement each (fast-path.ts), and a commit
+ * may claim the job's next stage for this worker, which then runs it without a hand-off.
  */
-import { context, propagation, SpanKind, SpanStatusCode, trace, type Meter, type Span, type Tracer } from "@opentelemetry/api";
+import { context, propagation, SpanKind, SpanStatusCode, trace, type Context, type Meter, type Span, type Tracer } from "@opentelemetry/api";
 import type { ConsumerMessages, JetStreamClient, JsMsg } from "@nats-io/jetstream";
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import type { ObjectStore } from "@nats-io/obj";
 import type { Redis } from "ioredis";
 import { hostname } from "node:os";
 import { randomBytes } from "node:crypto";
-import { StageAttemptOutcome } from "../../gen/jobmesh/v1/jobs_pb.js";
+import { type Priority, StageAttemptOutcome } from "../../gen/jobmesh/v1/jobs_pb.js";
 import { traceContextOf } from "../bus/index.ts";
 import { groupCommit } from "../db/group-commit.ts";
 import { inTransaction, type Pool } from "../db/index.ts";
@@ -145,6 +146,16 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
     }
   }
 
+  /** A stage this worker claimed for itself when it committed the one before (fast-path.ts). */
+  interface Continuation {
+    task: StageTask;
+    row: ClaimedRow;
+    inputs: StageInputs;
+    /** The trace context of the stage before. */
+    parent: Context;
+  }
+
+  /** Runs the message's stage, then every stage the worker continues with. */
   async function handle(msg: JsMsg) {
     let task: StageTask;
     try {
@@ -154,8 +165,15 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
       msg.term();
       return;
     }
-    const stageName = msg.subject.split(".").at(-2) ?? "unknown";
-    const parent = traceContextOf(msg.headers);
+    let next = await attempt(msg.subject.split(".").at(-2) ?? "unknown", task, traceContextOf(msg.headers), msg);
+    while (next) next = await attempt(stageToken(stageAt(next.row, next.task.stageIndex)), next.task, next.parent, undefined, next);
+  }
+
+  /**
+   * One stage attempt in its span: claims it (unless it was continued), runs it, commits it.
+   * Resolves with the next stage when the commit claimed it for this worker.
+   */
+  async function attempt(stageName: string, task: StageTask, parent: Context, msg?: JsMsg, continued?: Continuation): Promise<Continuation | undefined> {
     const span = tracer.startSpan(`stage ${stageName}`, {
       kind: SpanKind.CONSUMER,
       attributes: { "jobmesh.job": task.jobId, "jobmesh.stage": stageName, "jobmesh.attempt": task.attempt, "jobmesh.worker": workerId },
@@ -164,32 +182,18 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
     // The outbox rows of this attempt continue the stage span's trace.
     const headers: Record<string, string> = {};
     propagation.inject(spanContext, headers);
-    await context.with(spanContext, async () => {
+    return context.with(spanContext, async () => {
       try {
-        const fast = await claims.add({ task, headers }).catch((error: unknown) => {
-          log.debug({ err: error }, "group claim failed; claiming on the locking path");
-          return undefined;
-        });
-        let claimed: { row: ClaimedRow; inputs: StageInputs } | undefined = fast;
-        if (fast) {
-          void publisher.publish(fast.outbox);
-        } else {
-          try {
-            const row = await inTransaction(db, (tx) => claimAttempt(tx, topology, task, workerId));
-            claimed = row && { row, inputs: await loadInputs(db, task.tenantId, task.jobId, stageAt(row, task.stageIndex)) };
-          } catch (error) {
-            // Nothing was claimed (Postgres unreachable?): hand the task back for a later try.
-            msg.nak(1000);
-            throw error;
-          }
-        }
+        const claimed = continued ?? (await claim(task, headers, msg!));
         if (!claimed) {
           // Stale, duplicate or cancelled: the job has moved on; this delivery has no effect.
           span.setAttribute("jobmesh.stale", true);
-          msg.ack();
-          return;
+          msg?.ack();
+          return undefined;
         }
-        await runClaimed(msg, task, claimed.row, claimed.inputs, span, headers);
+        if (continued) span.setAttribute("jobmesh.continued", true);
+        const after = await runClaimed(msg, task, claimed.row, claimed.inputs, span, headers);
+        return after && { ...after, parent: spanContext };
       } catch (error) {
         // After a claim, runClaimed acked: if its commit failed, the reaper requeues the
         // attempt once the heartbeat lapses.
@@ -201,7 +205,38 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
     });
   }
 
-  async function runClaimed(msg: JsMsg, task: StageTask, row: ClaimedRow, inputs: StageInputs, span: Span, headers: Record<string, string>) {
+  /** Claims a delivered task: in the worker's next group statement, else on the locking path. */
+  async function claim(task: StageTask, headers: Record<string, string>, msg: JsMsg): Promise<{ row: ClaimedRow; inputs: StageInputs } | undefined> {
+    const fast = await claims.add({ task, headers }).catch((error: unknown) => {
+      log.debug({ err: error }, "group claim failed; claiming on the locking path");
+      return undefined;
+    });
+    if (fast) {
+      void publisher.publish(fast.outbox);
+      return fast;
+    }
+    try {
+      const row = await inTransaction(db, (tx) => claimAttempt(tx, topology, task, workerId));
+      return row && { row, inputs: await loadInputs(db, task.tenantId, task.jobId, stageAt(row, task.stageIndex)) };
+    } catch (error) {
+      // Nothing was claimed (Postgres unreachable?): hand the task back for a later try.
+      msg.nak(1000);
+      throw error;
+    }
+  }
+
+  /**
+   * Whether to run a job's next stage here rather than queue it: saves the hand-off (a task
+   * published, delivered, acked and claimed). Not while stopping, and not while tasks of a
+   * higher priority wait in this worker's queues: those go first.
+   */
+  function continueHere(priority: Priority): boolean {
+    if (stopping) return false;
+    const rank = prioritiesInOrder.indexOf(priority as (typeof prioritiesInOrder)[number]);
+    return queues.slice(0, rank < 0 ? queues.length : rank).every((q) => q.length === 0);
+  }
+
+  async function runClaimed(msg: JsMsg | undefined, task: StageTask, row: ClaimedRow, inputs: StageInputs, span: Span, headers: Record<string, string>) {
     const stage = stageAt(row, task.stageIndex);
     const hbKey = heartbeatKey(task);
     const controller = new AbortController();
@@ -213,7 +248,7 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
     // here too; one that comes later arrives on the cancel subject.
     let beaten = false;
     const beat = async () => {
-      msg.working();
+      msg?.working();
       beaten = true;
       try {
         const replies = await redis.pipeline().set(hbKey, workerId, "PX", deps.heartbeatTtlMs).exists(cancelKey(task.jobId)).exec();
@@ -237,10 +272,11 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
       }
       if (controller.signal.reason instanceof WorkerStopping) {
         // Shutting down: leave the attempt to the reaper, which requeues it for another worker.
-        return;
+        return undefined;
       }
       let committed: CommitOutcome;
-      const fast = result && (await commits.add({ task, row, done: result, headers }).catch((error: unknown) => {
+      const continueAs = continueHere(row.priority) ? workerId : undefined;
+      const fast = result && (await commits.add({ task, row, done: result, headers, inputs, continueAs }).catch((error: unknown) => {
         log.debug({ err: error }, "group commit failed; committing on the locking path");
         return undefined;
       }));
@@ -251,6 +287,7 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
         committed = await inTransaction(db, (tx) => (failure ? failStage(tx, topology, task, failure) : completeStage(tx, topology, task, result!)));
       }
       span.setAttribute("jobmesh.commit", committed);
+      return fast ? fast.continued : undefined;
     } finally {
       clearTimeout(timeout);
       clearInterval(heartbeat);
@@ -259,7 +296,7 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
       const attrs = { stage: stageToken(stage), outcome };
       stageDuration.record(performance.now() - started, attrs);
       attempts.add(1, attrs);
-      msg.ack();
+      msg?.ack();
     }
   }
 
