@@ -20,6 +20,11 @@ export interface EnrichInput {
   links?: Link[];
   /** Fallback when the parsed text is too short to identify. */
   language?: string;
+  /**
+   * The language of this very text, identified before (detect read the same plain text): not
+   * identified a second time.
+   */
+  textLanguage?: string;
 }
 
 /** Headings, tables and links with PII replaced, as the text is. */
@@ -59,7 +64,7 @@ export async function enrichStage(input: EnrichInput, options: EnrichOptions, ct
   const sentences = sentencesOf(text);
   const words = wordsOf(text);
   const counts = countText(text, sentences, words);
-  const language = identifyLanguage(text) ?? input.language;
+  const language = input.textLanguage ?? identifyLanguage(text) ?? input.language;
   ctx.signal.throwIfAborted();
 
   let pii: PiiReport | undefined;

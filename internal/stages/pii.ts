@@ -3,7 +3,7 @@
  * IBANs (country length + ISO 7064 mod-97). A finding carries offsets and a masked value only;
  * the raw value must not reach logs or results.
  */
-import { findPhoneNumbersInText, type CountryCode } from "libphonenumber-js";
+import { findPhoneNumbersInText, getCountries, Metadata, type CountryCode } from "libphonenumber-js";
 
 /** The kinds of PII findPii looks for. */
 export type PiiKind = "email" | "phone" | "card" | "iban";
@@ -71,6 +71,37 @@ function maskEmail(email: string): string {
   return `${email[0]}***${email.slice(at)}`;
 }
 
+/** Shortest national significant number of a region, or of every region for undefined. */
+const shortestNumber = (() => {
+  const metadata = new Metadata();
+  const byRegion = new Map<string, number>();
+  for (const region of getCountries()) {
+    metadata.selectNumberingPlan(region);
+    byRegion.set(region, Math.min(...metadata.numberingPlan!.possibleLengths()));
+  }
+  const anywhere = Math.min(...byRegion.values());
+  return (region: string | undefined) => (region && byRegion.get(region)) || anywhere;
+})();
+
+/** Digits in a row, with what phone numbers put between them. */
+const DIGIT_RUN = /\d(?:[\s().\-/]*\d)*/g;
+
+/**
+ * Whether a text can hold a phone number at all. libphonenumber costs a fraction of a
+ * millisecond per short text, most of it refusing numbers like "2291" or "3.50"; a text whose
+ * longest run of digits is shorter than any number it could find (one written in the region, or
+ * one with a country code: at least one digit more than the shortest number anywhere) is skipped.
+ */
+function mayHoldPhoneNumber(text: string, region: string | undefined): boolean {
+  const fewest = Math.min(shortestNumber(region), shortestNumber(undefined) + 1);
+  for (const m of text.matchAll(DIGIT_RUN)) {
+    let digits = 0;
+    for (const c of m[0]) if (c >= "0" && c <= "9") digits++;
+    if (digits >= fewest) return true;
+  }
+  return false;
+}
+
 /** Finds PII; overlapping matches go to the most specific kind (IBAN, card, email, phone). */
 export function findPii(text: string, phoneRegion?: string): PiiFinding[] {
   const candidates: PiiFinding[] = [];
@@ -94,7 +125,8 @@ export function findPii(text: string, phoneRegion?: string): PiiFinding[] {
     candidates.push({ kind: "email", start: m.index, end: m.index + m[0].length, masked: maskEmail(m[0]) });
   }
   const region = phoneRegion as CountryCode | undefined;
-  for (const p of findPhoneNumbersInText(text, region ? { defaultCountry: region } : undefined)) {
+  const phones = mayHoldPhoneNumber(text, region) ? findPhoneNumbersInText(text, region ? { defaultCountry: region } : undefined) : [];
+  for (const p of phones) {
     const raw = text.slice(p.startsAt, p.endsAt);
     candidates.push({ kind: "phone", start: p.startsAt, end: p.endsAt, masked: maskTail(raw, /\d/, 2) });
   }

@@ -98,7 +98,9 @@ export async function runStage(deps: StageRunDeps, row: JobRow, task: StageTask,
       const parsed = need<ParsedDocument>(inputs, Stage.PARSE, "enrich");
       const detect = inputs.outputs.get(Stage.DETECT) as DetectResult | undefined;
       const o = options.case === "enrich" ? options.value : undefined;
-      const enriched = await enrichStage({ ...parsed, language: detect?.language }, {
+      // For plain text, detect identified the language of the text enrich reads: keep it.
+      const textLanguage = detect?.mediaType === "text/plain" ? detect.language : undefined;
+      const enriched = await enrichStage({ ...parsed, language: detect?.language, textLanguage }, {
         keywordCount: o?.keywordCount || undefined,
         summarySentences: o?.summarySentences || undefined,
         detectPii: o?.detectPii,
