@@ -108,7 +108,7 @@ t.test("cancel - a queued job is CANCELLED at once; a cancelled one cannot be ca
   t.equal(cancelled.job?.state, JobState.CANCELLED);
   t.ok(cancelled.job?.endTime);
   t.equal((await client.cancelJob({ name: job!.name })).job?.state, JobState.CANCELLED, "idempotent");
-  t.equal(await codeOf(client.getJobResult({ name: `${job!.name}/result` })), Code.FailedPrecondition);
+  t.equal(await codeOf(client.getJobResult({ name: `${job!.name}/result` })), Code.NotFound, "no result until SUCCEEDED");
   t.equal(await codeOf(client.getJob({ name: "jobs/00000000-0000-4000-8000-000000000000" })), Code.NotFound);
   t.equal(await codeOf(client.getJob({ name: "jobs/not-a-uuid" })), Code.NotFound);
 });

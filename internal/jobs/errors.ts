@@ -23,8 +23,8 @@ export class JobRequestIdReusedError extends AlreadyExistsError {
 export class JobStateError extends FailedPreconditionError {}
 
 export class ResultNotFoundError extends NotFoundError {
-  constructor(name: string) {
-    super(`result ${name} not found (the job has not succeeded, or its result expired)`);
+  constructor(name: string, why = "the job has not succeeded, or its result expired") {
+    super(`result ${name} not found: ${why}`);
   }
 }
 

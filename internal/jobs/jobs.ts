@@ -220,7 +220,9 @@ export function createJobDomain(deps: JobDomainDeps) {
       const jobId = idOrNotFound(name);
       const job = await selectJob(db, tenantId, jobId);
       if (!job) throw new JobNotFoundError(name.replace(/\/result$/, ""));
-      if (job.state !== JobState.SUCCEEDED) throw new JobStateError(`job ${name.replace(/\/result$/, "")} is ${JobState[job.state]}; results exist only for SUCCEEDED jobs`);
+      // NOT_FOUND until SUCCEEDED: the result does not exist yet (or never will), and a client
+      // polling for it treats both the same way.
+      if (job.state !== JobState.SUCCEEDED) throw new ResultNotFoundError(name, `the job is ${JobState[job.state]}; a result exists once it SUCCEEDED`);
       const row = await selectResult(db, tenantId, jobId);
       if (!row) throw new ResultNotFoundError(name);
       if (row.inline_json) return { row, bytes: new Uint8Array(row.inline_json) };

@@ -1785,9 +1785,9 @@ export declare const JobService: GenService<{
     output: typeof DeleteJobResponseSchema;
   },
   /**
-   * Gets the result of a SUCCEEDED job. Other states fail with FAILED_PRECONDITION; an
-   * expired result is NOT_FOUND. A large result carries only its metadata and an object
-   * reference: download it with DownloadJobResult.
+   * Gets the result of a SUCCEEDED job. Until the job SUCCEEDED, and once the result expired,
+   * it is NOT_FOUND. A large result carries only its metadata and an object reference:
+   * download it with DownloadJobResult.
    *
    * @generated from rpc jobmesh.v1.JobService.GetJobResult
    */
