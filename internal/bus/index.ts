@@ -6,11 +6,16 @@ import { connect, headers, type MsgHdrs, type NatsConnection } from "@nats-io/tr
 import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager, type StreamConfig } from "@nats-io/jetstream";
 import { context, propagation, type Context } from "@opentelemetry/api";
 import type { Logger } from "../telemetry/index.ts";
+import { createStreamPublisher, type StreamPublisher } from "./publisher.ts";
+
+export type { StreamPublisher } from "./publisher.ts";
 
 export interface Bus {
   nc: NatsConnection;
   js: JetStreamClient;
   jsm: JetStreamManager;
+  /** JetStream publishes acknowledged on one shared subscription (publisher.ts): the hot path's. */
+  streams: StreamPublisher;
   /** Resolves when the server answers a round trip; the readiness check. */
   ping(): Promise<void>;
   /** Drains subscriptions and closes the connection. */
@@ -34,15 +39,18 @@ export async function connectBus(options: { url: string; name: string; log: Logg
     }
   })();
   const jsm = await jetstreamManager(nc);
+  const streams = createStreamPublisher(nc);
   return {
     nc,
     js: jetstream(nc),
     jsm,
+    streams,
     async ping() {
       if (nc.isClosed()) throw new Error("nats connection closed");
       await nc.flush();
     },
     async close() {
+      streams.close();
       if (!nc.isClosed()) await nc.drain();
     },
   };

@@ -1,12 +1,13 @@
 /**
  * Publishing outbox rows to JetStream. The relay publishes whatever is due; the hot write paths
  * (CreateJob, a worker's claim and commit) publish their own rows straight after their commit
- * and then delete them, which spares every hand-off the relay's wake-up and transaction. Their rows are due for the relay only `relayGraceMs` after the commit: when the
- * writer dies (or NATS is down) between commit and publish, the relay publishes them then, and
- * Nats-Msg-Id lets JetStream drop a copy that both sent.
+ * and then delete them, which spares every hand-off the relay's wake-up and transaction. Their
+ * rows are due for the relay only `relayGraceMs` after the commit: when the writer dies (or NATS
+ * is down) between commit and publish, the relay publishes them then, and Nats-Msg-Id lets
+ * JetStream drop a copy that both sent.
  */
-import { context, propagation, SpanKind, trace, type Tracer } from "@opentelemetry/api";
-import type { JetStreamClient } from "@nats-io/jetstream";
+import { context, propagation, SpanKind, trace, type Span, type Tracer } from "@opentelemetry/api";
+import type { MsgHdrs } from "@nats-io/transport-node";
 import { tracedHeaders } from "../bus/index.ts";
 import { groupCommit } from "../db/group-commit.ts";
 import type { Queryable } from "../db/index.ts";
@@ -16,22 +17,47 @@ import type { OutboxMessage } from "./outbox.ts";
 /** How long the relay leaves a directly published row to its writer. */
 export const relayGraceMs = 2_000;
 
-/** Publishes one outbox row with Nats-Msg-Id = its id, in a producer span of the row's trace. */
-export async function publishOutboxRow(js: JetStreamClient, tracer: Tracer, row: Pick<OutboxMessage, "id" | "subject" | "payload" | "headers">): Promise<void> {
+/** Publishes to JetStream; resolves once the stream stored the message. */
+export type Send = (subject: string, payload: Uint8Array, headers: MsgHdrs) => Promise<unknown>;
+
+type Row = Pick<OutboxMessage, "id" | "subject" | "payload" | "headers">;
+
+/** A producer span named after the rows' kind ("work", "events") in the trace of `row`. */
+function publishSpan(tracer: Tracer, row: Row, count: number): { span: Span; headers: () => MsgHdrs } {
   const parent = propagation.extract(context.active(), row.headers);
   const span = tracer.startSpan(`outbox publish ${row.subject.split(".").slice(1, 2).join("")}`, {
     kind: SpanKind.PRODUCER,
-    attributes: { "messaging.system": "nats", "messaging.destination.name": row.subject, "messaging.message.id": row.id },
+    attributes: { "messaging.system": "nats", "messaging.destination.name": row.subject, "messaging.message.id": row.id, "messaging.batch.message_count": count },
   }, parent);
+  return { span, headers: () => tracedHeaders(trace.setSpan(parent, span)) };
+}
+
+/** The message of a row: its headers, the span's trace context and Nats-Msg-Id = the row id. */
+function send(publish: Send, row: Row, headers: MsgHdrs): Promise<unknown> {
+  for (const [key, value] of Object.entries(row.headers)) {
+    if (key !== "traceparent" && key !== "tracestate") headers.set(key, value);
+  }
+  headers.set("Nats-Msg-Id", row.id);
+  return publish(row.subject, row.payload, headers);
+}
+
+/** Publishes one outbox row in a producer span of the row's trace (the relay's way). */
+export async function publishOutboxRow(publish: Send, tracer: Tracer, row: Row): Promise<void> {
+  const { span, headers } = publishSpan(tracer, row, 1);
   try {
-    const headers = tracedHeaders(trace.setSpan(parent, span));
-    for (const [key, value] of Object.entries(row.headers)) {
-      if (key !== "traceparent" && key !== "tracestate") headers.set(key, value);
-    }
-    await js.publish(row.subject, row.payload, { msgID: row.id, headers });
+    await send(publish, row, headers());
   } finally {
     span.end();
   }
+}
+
+/**
+ * Publishes the rows of one change (one job, one trace) in one producer span, back to back on
+ * one connection so that the stream stores them in this order. One result per row.
+ */
+function publishChangeRows(publish: Send, tracer: Tracer, rows: Row[]): Promise<PromiseSettledResult<unknown>[]> {
+  const { span, headers } = publishSpan(tracer, rows[0], rows.length);
+  return Promise.allSettled(rows.map((row) => send(publish, row, headers()))).finally(() => span.end());
 }
 
 export interface DirectPublisher {
@@ -51,8 +77,8 @@ export interface DirectPublisher {
   close(): Promise<void>;
 }
 
-export function createDirectPublisher(options: { db: Queryable; js: JetStreamClient; tracer: Tracer; log: Logger; enabled: boolean }): DirectPublisher {
-  const { db, js, tracer, log } = options;
+export function createDirectPublisher(options: { db: Queryable; send: Send; tracer: Tracer; log: Logger; enabled: boolean }): DirectPublisher {
+  const { db, tracer, log } = options;
   // Deleting published rows only keeps the relay from publishing them again: it can wait a
   // little and go in bulk.
   const marks = groupCommit<string, void>(async (ids) => {
@@ -68,8 +94,7 @@ export function createDirectPublisher(options: { db: Queryable; js: JetStreamCli
       if (!options.enabled || rows.length === 0) return;
       pending++;
       try {
-        // Issued back to back on one connection, so the stream stores them in this order.
-        const sent = await Promise.allSettled(rows.map((row) => publishOutboxRow(js, tracer, row)));
+        const sent = await publishChangeRows(options.send, tracer, rows);
         const published = rows.filter((_, i) => sent[i].status === "fulfilled");
         if (published.length < rows.length && Date.now() - warned > 10_000) {
           warned = Date.now();

@@ -13,7 +13,7 @@ import type { JetStreamClient } from "@nats-io/jetstream";
 import { inTransaction, type Pool } from "../db/index.ts";
 import type { Logger } from "../telemetry/index.ts";
 import { outboxChannel } from "./outbox.ts";
-import { publishOutboxRow } from "./publisher.ts";
+import { publishOutboxRow, type Send } from "./publisher.ts";
 
 export interface OutboxRelayOptions {
   db: Pool;
@@ -49,7 +49,8 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
   const { db, js, log, tracer } = options;
   const batchSize = options.batchSize ?? 200;
 
-  const publish = (row: OutboxRow) => publishOutboxRow(js, tracer, row);
+  const send: Send = (subject, payload, headers) => js.publish(subject, payload, { headers });
+  const publish = (row: OutboxRow) => publishOutboxRow(send, tracer, row);
 
   async function publishBatch(): Promise<number> {
     return inTransaction(db, async (tx) => {

@@ -107,7 +107,7 @@ export async function serveJobs(infra: Infra, port = infra.config.ports.jobs, op
   });
   await pipelines.ensureBuiltIns(infra.bootstrapTenantId);
   // Without the relay (tests that play it), nothing is published directly either.
-  const publisher = createDirectPublisher({ db: infra.db, js: infra.bus.js, tracer: infra.telemetry.tracer, log: infra.log, enabled: options.relay !== false });
+  const publisher = createDirectPublisher({ db: infra.db, send: infra.bus.streams.publish, tracer: infra.telemetry.tracer, log: infra.log, enabled: options.relay !== false });
   const jobs = createJobDomain({
     publisher,
     db: infra.db,
@@ -166,6 +166,7 @@ export async function startWorkers(infra: Infra, options: StartWorkersOptions = 
   return startWorker({
     db: infra.db,
     js: infra.bus.js,
+    streams: infra.bus.streams,
     nc: infra.bus.nc,
     redis: infra.cache.redis,
     topology,

@@ -15,7 +15,7 @@ import type { Redis } from "ioredis";
 import { hostname } from "node:os";
 import { randomBytes } from "node:crypto";
 import { type Priority, StageAttemptOutcome } from "../../gen/jobmesh/v1/jobs_pb.js";
-import { traceContextOf } from "../bus/index.ts";
+import { traceContextOf, type StreamPublisher } from "../bus/index.ts";
 import { groupCommit } from "../db/group-commit.ts";
 import { inTransaction, type Pool } from "../db/index.ts";
 import {
@@ -36,6 +36,8 @@ export interface WorkerDeps {
   db: Pool;
   js: JetStreamClient;
   nc: NatsConnection;
+  /** Publishes what the worker's commits wrote to the outbox. */
+  streams: StreamPublisher;
   redis: Redis;
   topology: Topology;
   buckets: { uploads: ObjectStore; results: ObjectStore };
@@ -74,7 +76,7 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
   const stageDuration = deps.meter.createHistogram("jobmesh.stage.duration", { description: "Stage attempt duration by stage and outcome", unit: "ms" });
   const attempts = deps.meter.createCounter("jobmesh.stage.attempts", { description: "Stage attempts by stage and outcome" });
 
-  const publisher = createDirectPublisher({ db, js: deps.js, tracer, log, enabled: true });
+  const publisher = createDirectPublisher({ db, send: deps.streams.publish, tracer, log, enabled: true });
   // Claims and successful commits of the tasks in hand go to Postgres in groups, one statement
   // each (fast-path.ts); what a group statement leaves takes the locking path, one by one.
   const claims = groupCommit<ClaimRequest, Claimed | undefined>((requests) => claimMany(db, topology, requests, workerId, publisher.graceSeconds), { maxItems: deps.concurrency });
