@@ -22,9 +22,6 @@ export function createPool(options: DbOptions): pg.Pool {
     max: options.max ?? 10,
     application_name: options.applicationName ?? "jobmesh",
     connectionTimeoutMillis: 5_000,
-    // Named statements (the hot path's) keep their parse, not their plan: a generic plan made
-    // while a table was small (a seq scan of jobs) would stay cached as the table grows.
-    options: "-c plan_cache_mode=force_custom_plan",
   });
   // An idle client losing its connection must not crash the process; the pool replaces it.
   pool.on("error", () => {});
