@@ -233,11 +233,17 @@ export interface Committed {
   continued?: { task: StageTask; row: ClaimedRow; inputs: StageInputs };
 }
 
-/** The next stage's inputs: this stage's, plus what this stage made (as stored: JSON). */
-function inputsAfter(c: CompletionRequest): StageInputs {
+/**
+ * The next stage's inputs, as a claim would load them: this stage's inputs plus what this stage
+ * made (as stored: JSON), without an output the next stage left in an earlier run.
+ */
+function inputsAfter(c: CompletionRequest, nextStageIndex: number): StageInputs {
+  const stages = configOf(c.row).stages;
+  const stage = stages[c.task.stageIndex]!.stage;
   const outputs = new Map(c.inputs?.outputs);
-  outputs.set(configOf(c.row).stages[c.task.stageIndex]!.stage, JSON.parse(JSON.stringify(c.done.output ?? null)) as unknown);
-  const ingestBytes = c.task.stageIndex === 0 && c.done.bytes ? Buffer.from(c.done.bytes) : (c.inputs?.ingestBytes ?? null);
+  outputs.set(stage, JSON.parse(JSON.stringify(c.done.output ?? null)) as unknown);
+  outputs.delete(stages[nextStageIndex]!.stage);
+  const ingestBytes = stage === Stage.INGEST && c.done.bytes ? Buffer.from(c.done.bytes) : (c.inputs?.ingestBytes ?? null);
   return { outputs, ingestBytes, sourceContent: null, sourceText: null };
 }
 
@@ -389,7 +395,7 @@ export async function completeMany(db: Queryable, topology: Topology, requests: 
         next_max_attempt: after.next_max_attempt,
       };
       const task: StageTask = { tenantId: b.c.task.tenantId, jobId: b.c.task.jobId, stageIndex: b.next.stageIndex, attempt: b.next.attempt };
-      results[i]!.continued = { task, row, inputs: inputsAfter(b.c) };
+      results[i]!.continued = { task, row, inputs: inputsAfter(b.c, b.next.stageIndex) };
     }
   });
   return results;
