@@ -9,7 +9,7 @@ import { createHash, randomUUID } from "node:crypto";
 import { isIP } from "node:net";
 import { JobEventType, JobState } from "../../gen/jobmesh/v1/events_pb.js";
 import { type CreateJobRequest, DocumentSchema, Priority, SourceKind } from "../../gen/jobmesh/v1/jobs_pb.js";
-import { PipelineConfigSchema, PipelineState } from "../../gen/jobmesh/v1/pipelines_pb.js";
+import { type Pipeline, PipelineConfigSchema, PipelineState } from "../../gen/jobmesh/v1/pipelines_pb.js";
 import { toJson } from "@bufbuild/protobuf";
 import type { Queryable } from "../db/index.ts";
 import type { PipelineDomain } from "../pipelines/pipelines.ts";
@@ -27,7 +27,7 @@ export interface PreparedJob {
   requestHash: string;
   pipelineId: string;
   pipelineVersion: number;
-  pipelineConfig: unknown;
+  pipelineConfig: JsonValue;
   priority: Priority;
   labels: Record<string, string>;
   sourceKind: SourceKind;
@@ -61,6 +61,14 @@ function checkUrl(raw: string, allowLoopback: boolean) {
   if (isIP(host) !== 0 && isForbiddenAddress(host, { allowLoopback })) throw new ForbiddenUrlError(host);
 }
 
+/** A pipeline version's configuration as stored with each job: one JSON form per Pipeline. */
+const configJson = new WeakMap<Pipeline, JsonValue>();
+function configJsonOf(pipeline: Pipeline): JsonValue {
+  let json = configJson.get(pipeline);
+  if (!json) configJson.set(pipeline, (json = toJson(PipelineConfigSchema, pipeline.config!)));
+  return json;
+}
+
 export async function prepareJob(tenantId: string, req: CreateJobRequest, deps: PrepareDeps): Promise<PreparedJob> {
   const job = req.job!;
   const doc = job.document!;
@@ -71,7 +79,7 @@ export async function prepareJob(tenantId: string, req: CreateJobRequest, deps: 
     requestHash: requestHashOf(req),
     pipelineId: pipeline.name.replace(/^pipelines\//, ""),
     pipelineVersion: pipeline.version,
-    pipelineConfig: toJson(PipelineConfigSchema, pipeline.config!),
+    pipelineConfig: configJsonOf(pipeline),
     priority: job.priority || Priority.NORMAL,
     labels: job.labels,
     sourceKind: SourceKind.UNSPECIFIED,
@@ -134,7 +142,7 @@ export async function insertJobs(db: Queryable, topology: Topology, tenantId: st
   const built = prepared.map((p) => {
     const id = randomUUID();
     const header = { pipelineId: p.pipelineId, pipelineVersion: p.pipelineVersion, labels: p.labels, traceId, priority: p.priority };
-    const config = { pipeline_config: p.pipelineConfig as JsonValue };
+    const config = { pipeline_config: p.pipelineConfig, tenant_id: tenantId, pipeline_id: p.pipelineId, pipeline_version: p.pipelineVersion };
     // Inserted as version 1 with event 1 (job_created): the first task expects exactly that.
     const rows = changeRows(topology, { tenantId, jobId: id, header, stageAt: (i) => stageAt(config, i) }, JobState.QUEUED, 1n, 1n,
       [{ type: JobEventType.JOB_CREATED }], carrier, { stageIndex: 0, attempt: 1 });

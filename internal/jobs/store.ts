@@ -82,19 +82,30 @@ export function etagOf(row: Pick<JobRow, "id" | "version">): string {
 }
 
 const configCache = new WeakMap<object, PipelineConfig>();
+/** Parsed configurations by tenant, pipeline and version: a version never changes. */
+const versionConfigs = new Map<string, PipelineConfig>();
+
 /** The snapshotted pipeline configuration of a job. */
-export function configOf(row: Pick<JobRow, "pipeline_config">): PipelineConfig {
+export function configOf(row: Pick<JobRow, "pipeline_config"> & Partial<Pick<JobRow, "tenant_id" | "pipeline_id" | "pipeline_version">>): PipelineConfig {
   const key = row.pipeline_config as object;
   let config = configCache.get(key);
+  if (config) return config;
+  const version = row.tenant_id && row.pipeline_id ? `${row.tenant_id}/${row.pipeline_id}@${row.pipeline_version}` : undefined;
+  config = version === undefined ? undefined : versionConfigs.get(version);
   if (!config) {
     config = fromJson(PipelineConfigSchema, row.pipeline_config);
-    configCache.set(key, config);
+    if (version !== undefined) {
+      // Bounded: a process sees a limited set of live pipeline versions; start over past that.
+      if (versionConfigs.size >= 10_000) versionConfigs.clear();
+      versionConfigs.set(version, config);
+    }
   }
+  configCache.set(key, config);
   return config;
 }
 
 /** The stage at `index` of a job's pipeline (STAGE_UNSPECIFIED past the end). */
-export function stageAt(row: Pick<JobRow, "pipeline_config">, index: number): Stage {
+export function stageAt(row: Parameters<typeof configOf>[0], index: number): Stage {
   return configOf(row).stages[index]?.stage ?? Stage.UNSPECIFIED;
 }
 
