@@ -1,7 +1,7 @@
 import t from "tap";
 import { fromBinary } from "@bufbuild/protobuf";
 import { JobEventSchema, JobEventType, JobState } from "../gen/jobmesh/v1/events_pb.js";
-import { StageAttemptOutcome } from "../gen/jobmesh/v1/jobs_pb.js";
+import { Priority, StageAttemptOutcome } from "../gen/jobmesh/v1/jobs_pb.js";
 import { Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
 import { groupCommit } from "../internal/db/group-commit.ts";
 import { inTransaction } from "../internal/db/index.ts";
@@ -167,4 +167,39 @@ t.test("group commit - items arriving while a write runs go together into the ne
   t.same(groups, [[1], [2, 3, 4], [13]], "one write at a time; the waiting items grouped, at most maxItems each");
   t.same(settled.map((s) => (s.status === "fulfilled" ? s.value : "rejected")), [4, 6, 8, "rejected"], "a failed write rejects only its own group");
   await writer.drain();
+});
+
+t.test("fast path - rows whose writer died before publishing are published by the relay after the grace period", async (t) => {
+  // A mesh of its own with the relay running and no workers: this test is the worker that dies.
+  const other = await startTestMesh({}, { jobs: true, auth: true, workers: 0 });
+  t.teardown(() => other.close());
+  const { db: otherDb, bus } = other.infra;
+  const topology = other.jobs!.topology;
+  const outboxRows = async () => (await otherDb.query<{ n: number }>("SELECT count(*)::int AS n FROM outbox")).rows[0].n;
+  const until = async (what: () => Promise<boolean>) => {
+    for (const deadline = Date.now() + 10_000; Date.now() < deadline && !(await what()); ) await new Promise((r) => setTimeout(r, 50));
+  };
+
+  const otherClient = jobClient(other.jobs!.url, await signInAsAdmin(other));
+  await otherClient.createJob({ job: { document: { source: { case: "text", value: "orphaned rows" } } } });
+  await until(async () => (await outboxRows()) === 0);
+  t.equal(await outboxRows(), 0, "CreateJob published its rows and deleted them itself");
+
+  // Take the task and claim it as a worker would, with a short grace, then die before publishing.
+  const consumer = await bus.js.consumers.get(topology.workStream, topology.workConsumer(Priority.NORMAL));
+  const msg = await consumer.next({ expires: 5_000 });
+  const task = JSON.parse(new TextDecoder().decode(msg!.data)) as StageTask;
+  const [claimed] = await claimMany(otherDb, topology, [{ task, headers: {} }], "worker-dies", 0.3);
+  t.ok(claimed);
+  t.equal(await outboxRows(), 1, "stage_started waits in the outbox");
+
+  const subject = `${other.isolated.namespace}.events.${other.infra.bootstrapTenantId}.stage_started`;
+  const stored = async () => {
+    const info = await bus.jsm.streams.info(`${other.isolated.namespace}_events`, { subjects_filter: subject });
+    return ((info.state.subjects ?? {}) as Record<string, number>)[subject] ?? 0;
+  };
+  await until(async () => (await stored()) > 0);
+  t.equal(await stored(), 1, "the relay published the orphaned stage_started event");
+  await until(async () => (await outboxRows()) === 0);
+  t.equal(await outboxRows(), 0, "and deleted it");
 });
