@@ -203,3 +203,22 @@ t.test("fast path - rows whose writer died before publishing are published by th
   await until(async () => (await outboxRows()) === 0);
   t.equal(await outboxRows(), 0, "and deleted it");
 });
+
+t.test("group commit - with two writes in flight the next group does not wait for the first", async (t) => {
+  const started: number[][] = [];
+  let release: (() => void) | undefined;
+  const gate = new Promise<void>((resolve) => (release = resolve));
+  const writer = groupCommit<number, number>(async (items) => {
+    started.push(items);
+    if (started.length === 1) await gate;
+    return items;
+  }, { maxItems: 10, maxInFlight: 2 });
+  const first = writer.add(1);
+  await new Promise((r) => setImmediate(r));
+  const second = Promise.all([2, 3].map((i) => writer.add(i)));
+  t.same(await second, [2, 3], "the second group was written while the first was still in flight");
+  t.same(started, [[1], [2, 3]]);
+  release!();
+  t.equal(await first, 1);
+  await writer.drain();
+});

@@ -14,6 +14,11 @@ export interface GroupCommitOptions {
   /** At most this many items per write. */
   maxItems?: number;
   /**
+   * Writes in flight at once (default 1). With two, the next group need not wait for the WAL
+   * flush of the one before; items are still grouped while both are busy.
+   */
+  maxInFlight?: number;
+  /**
    * Wait this long before writing a group instead of one tick: for writes nobody waits on,
    * where fewer, larger statements are worth some delay.
    */
@@ -26,10 +31,14 @@ export interface GroupCommitOptions {
  */
 export function groupCommit<T, R>(write: (items: T[]) => Promise<R[]>, options: GroupCommitOptions = {}): GroupCommit<T, R> {
   const maxItems = options.maxItems ?? 256;
+  const maxInFlight = options.maxInFlight ?? 1;
   let queued: { item: T; resolve: (r: R) => void; reject: (e: unknown) => void }[] = [];
-  let writing: Promise<void> | undefined;
+  /** Writers running: each waits a tick (or the linger), then writes groups while any are queued. */
+  const writers = new Set<Promise<void>>();
 
-  async function flush(): Promise<void> {
+  async function writer(): Promise<void> {
+    // One tick lets the callers that run in this turn of the event loop join the first group.
+    await new Promise<void>((resolve) => (options.lingerMs ? setTimeout(resolve, options.lingerMs) : setImmediate(resolve)));
     while (queued.length > 0) {
       const group = queued.slice(0, maxItems);
       queued = queued.slice(group.length);
@@ -43,14 +52,12 @@ export function groupCommit<T, R>(write: (items: T[]) => Promise<R[]>, options: 
   }
 
   function start() {
-    writing ??= (async () => {
-      // One tick lets the callers that run in this turn of the event loop join the first group.
-      await new Promise<void>((resolve) => (options.lingerMs ? setTimeout(resolve, options.lingerMs) : setImmediate(resolve)));
-      await flush();
-    })().finally(() => {
-      writing = undefined;
+    if (writers.size >= maxInFlight) return;
+    const running: Promise<void> = writer().finally(() => {
+      writers.delete(running);
       if (queued.length > 0) start();
     });
+    writers.add(running);
   }
 
   return {
@@ -60,7 +67,7 @@ export function groupCommit<T, R>(write: (items: T[]) => Promise<R[]>, options: 
       return result;
     },
     async drain() {
-      while (writing) await writing;
+      while (writers.size > 0) await Promise.all([...writers]);
     },
   };
 }

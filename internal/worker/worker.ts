@@ -80,7 +80,7 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
   // Claims and successful commits of the tasks in hand go to Postgres in groups, one statement
   // each (fast-path.ts); what a group statement leaves takes the locking path, one by one.
   const claims = groupCommit<ClaimRequest, Claimed | undefined>((requests) => claimMany(db, topology, requests, workerId, publisher.graceSeconds), { maxItems: deps.concurrency });
-  const commits = groupCommit<CompletionRequest, Committed | undefined>((requests) => completeMany(db, topology, requests, publisher.graceSeconds), { maxItems: deps.concurrency });
+  const commits = groupCommit<CompletionRequest, Committed | undefined>((requests) => completeMany(db, topology, requests, publisher.graceSeconds), { maxItems: deps.concurrency, maxInFlight: 2 });
   const stageDeps = { ...deps, uploads: deps.buckets.uploads, results: deps.buckets.results };
 
   const running = new Map<string, AbortController>();
