@@ -128,7 +128,8 @@ export function createJobDomain(deps: JobDomainDeps) {
 
     async cancel(tenantId: string, name: string): Promise<Job> {
       const jobId = idOrNotFound(name);
-      const signalWorkers = await inTransaction(db, async (tx) => {
+      // The row of a job whose running stage must be told, if any.
+      const toSignal = await inTransaction(db, async (tx): Promise<JobRow | undefined> => {
         const row = await selectJob(tx, tenantId, jobId, true);
         if (!row) throw new JobNotFoundError(name);
         switch (row.state) {
@@ -136,24 +137,27 @@ export function createJobDomain(deps: JobDomainDeps) {
             // The queued task stays on the stream; its claim finds the job cancelled and drops it.
             await applyChange(tx, topology, row, { state: JobState.CANCELLED, end_time: new Date() }, [{ type: JobEventType.JOB_CANCELLED }]);
             countFinished(JobState.CANCELLED);
-            return false;
+            return undefined;
           }
           case JobState.RUNNING: {
             await applyChange(tx, topology, row, { state: JobState.CANCELLING }, [{ type: JobEventType.JOB_CANCELLING }]);
-            return true;
+            return row;
           }
           case JobState.CANCELLING:
+            return row;
           case JobState.CANCELLED:
-            return row.state === JobState.CANCELLING;
+            return undefined;
           default:
             throw new JobStateError(`job ${name} is ${JobState[row.state]} and cannot be cancelled`);
         }
       });
-      if (signalWorkers) {
+      if (toSignal) {
         // Two paths to the running stage: a message for an immediate abort, and a flag that the
         // worker's heartbeat reads in case the message is missed.
         await deps.redis.set(cancelKey(jobId), "1", "EX", 3600).catch(() => {});
-        deps.nc.publish(topology.cancelSubject(jobId));
+        // The message names the running attempt, so a worker that claimed it a moment before
+        // it registered the stage still recognises it (worker.ts).
+        deps.nc.publish(topology.cancelSubject(jobId), `${toSignal.stage_index}:${toSignal.stage_attempt}`);
       }
       return reload(tenantId, jobId);
     },

@@ -91,8 +91,23 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
   let stopping = false;
   const inflight = new Set<Promise<void>>();
 
+  /**
+   * Cancels that named an attempt this worker was not running (yet): the message can overtake the
+   * claim's reply, so a stage checks here when it starts. Keyed by job, "stageIndex:attempt",
+   * kept for a few seconds.
+   */
+  const earlyCancels = new Map<string, { attempt: string; at: number }>();
   const cancelSub: Subscription = deps.nc.subscribe(`${topology.namespace}.cancel.*`, {
-    callback: (_err, msg) => running.get(msg.subject.split(".").pop()!)?.abort(new CancelledByUser("job cancelled")),
+    callback: (_err, msg) => {
+      const jobId = msg.subject.split(".").pop()!;
+      const controller = running.get(jobId);
+      if (controller) return controller.abort(new CancelledByUser("job cancelled"));
+      const attempt = msg.string();
+      if (!attempt) return;
+      const now = Date.now();
+      for (const [id, entry] of earlyCancels) if (now - entry.at > 5_000) earlyCancels.delete(id);
+      earlyCancels.set(jobId, { attempt, at: now });
+    },
   });
 
   const feeds = new Set<ConsumerMessages>();
@@ -243,11 +258,15 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
     const hbKey = heartbeatKey(task);
     const controller = new AbortController();
     running.set(task.jobId, controller);
+    if (earlyCancels.get(task.jobId)?.attempt === `${task.stageIndex}:${task.attempt}`) {
+      earlyCancels.delete(task.jobId);
+      controller.abort(new CancelledByUser("job cancelled"));
+    }
     const timeoutMs = stageTimeoutMs(row, task.stageIndex);
     const timeout = setTimeout(() => controller.abort(new StageTimedOut(`stage ${stageToken(stage)} exceeded its timeout of ${timeoutMs} ms`)), timeoutMs);
     // The first heartbeat is due before the reaper looks (it leaves attempts younger than one
-    // TTL alone), so a short stage never touches Redis. A cancel that raced the claim is seen
-    // here too; one that comes later arrives on the cancel subject.
+    // TTL alone), so a short stage never touches Redis. Cancels arrive on the cancel subject;
+    // the heartbeat also reads the cancel flag, for a message this worker missed.
     let beaten = false;
     const beat = async () => {
       msg?.working();
