@@ -6,7 +6,7 @@
  *
  * Everything runs in this process: jobmesh as the tests start it (own database and namespace,
  * identity enforced, one in-process worker with JOBMESH_WORKER_CONCURRENCY = `concurrency`), the
- * BullMQ Worker and the pg-boss worker next to it, and the clients that submit. A jobmesh job
+ * peers' workers next to it (jobs-peers.ts), and the clients that submit. A jobmesh job
  * counts as done when its `job_succeeded` event arrives on `<ns>.events.<tenant>.job_succeeded`
  * (what a client would watch); a BullMQ job on the Worker's "completed" event; a pg-boss job once
  * its row is `completed`. A batch's time runs from just before the submit call to the last
@@ -17,44 +17,23 @@ import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import type { Subscription } from "@nats-io/transport-node";
-import { Queue, Worker as BullWorker } from "bullmq";
-import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { createServer, type AddressInfo } from "node:net";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { readFileSync } from "node:fs";
 import { createHistogram } from "node:perf_hooks";
-import pg from "pg";
-import { PgBoss } from "pg-boss";
 import { JobEventSchema } from "../gen/jobmesh/v1/events_pb.js";
 import { JobService, type Job } from "../gen/jobmesh/v1/jobs_pb.js";
 import { PipelineService, Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
-import { adminDatabaseUrl, redisUrl } from "../test/support/isolation.ts";
+import { redisUrl } from "../test/support/isolation.ts";
 import { startTestMesh, type TestMesh } from "../test/support/mesh.ts";
-import type { BenchContext, BenchEntry } from "./harness.ts";
+import type { BenchEntry } from "./harness.ts";
+import { batchTimeoutMs, concurrency, documentText, startBullmq, startDurableRedis, startPgBoss, withTimeout, type Side } from "./jobs-peers.ts";
 import { formatTable } from "./table.ts";
 
-/** Stage tasks (jobmesh) or jobs (BullMQ, pg-boss) processed at once. */
-const concurrency = 16;
 /** Ingest, detect, parse, output: a pipeline that extracts text, without enrich. */
 const smallestPipeline = "pipelines/bench-smallest";
 /** The smallest pipeline there is ([ingest, output]: store and fingerprint): jobmesh's "no-op" job. */
 const twoStagePipeline = "pipelines/bench-ingest-output";
 const defaultPipeline = "pipelines/document-default";
-/** Longest wait for one batch; a stuck run fails the entry instead of hanging the bench. */
-const batchTimeoutMs = 120_000;
-
-const sentence = "Invoice 2291 from Acme Corp to Example Ltd: 14 widgets at 3.50 EUR each, due on 1 March.";
-const documentText = (i: number) => `${sentence} Line ${i}. ${sentence}`;
-
-/** One system under test: runs a batch of `n` jobs and resolves when every one is done. */
-interface Side {
-  name: string;
-  work: string;
-  runBatch(n: number): Promise<void>;
-  close(): Promise<void>;
-}
 
 type Outcome = "succeeded" | "failed";
 
@@ -207,16 +186,6 @@ async function measure(into: Measured, n: number, batch: () => Promise<void>) {
   into.cpuSeconds += (used.user + used.system) / 1e6;
 }
 
-/** Rejects after `ms` with what `describe` says; the timer does not hold the process open. */
-function withTimeout<T>(promise: Promise<T>, ms: number, describe: () => string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(describe())), ms);
-    timer.unref();
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
 /** JobService and PipelineService clients signed in as an admin, and a counter of job_succeeded events. */
 async function jobmeshClient(mesh: TestMesh) {
   const interceptor: Interceptor = await mesh.auth!.interceptorFor("admin");
@@ -295,150 +264,6 @@ async function jobmeshClient(mesh: TestMesh) {
       for (const sub of subs) sub.unsubscribe();
       jobsSessions.abort();
       pipelinesSessions.abort();
-    },
-  };
-}
-
-/**
- * A Redis of the bench's own that fsyncs every write (appendonly, appendfsync always), on a free
- * loopback port with a temporary directory: what it costs BullMQ to keep an acknowledged job
- * through a crash, as jobmesh (Postgres, JetStream with file storage) and pg-boss do.
- */
-async function startDurableRedis(): Promise<{ url: string; stop(): Promise<void> }> {
-  const dir = mkdtempSync(join(tmpdir(), "jobmesh-bench-redis-"));
-  const port = await new Promise<number>((resolve, reject) => {
-    const probe = createServer();
-    probe.once("error", reject);
-    probe.listen(0, "127.0.0.1", () => {
-      const { port } = probe.address() as AddressInfo;
-      probe.close(() => resolve(port));
-    });
-  });
-  const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--dir", dir, "--appendonly", "yes", "--appendfsync", "always", "--save", ""], {
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-  await withTimeout(new Promise<void>((resolve, reject) => {
-    child.stdout!.on("data", (chunk: Buffer) => {
-      if (chunk.toString().includes("Ready to accept connections")) resolve();
-    });
-    child.once("error", reject);
-    void exited.then(() => reject(new Error(`redis-server exited with ${child.exitCode}`)));
-  }), 10_000, () => "redis-server did not start in 10 s");
-  child.stdout!.resume();
-  return {
-    url: `redis://127.0.0.1:${port}`,
-    async stop() {
-      child.kill("SIGTERM");
-      await exited;
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
-}
-
-/** BullMQ on a Redis: a queue under its own prefix and a Worker with a no-op processor. */
-async function startBullmq(id: string, redis: string, name: string): Promise<Side> {
-  const url = new URL(redis);
-  const connection = { host: url.hostname, port: Number(url.port || 6379), maxRetriesPerRequest: null };
-  const prefix = `jobmesh-bench-${id}`;
-  const queue = new Queue("noop", { connection, prefix });
-  let completed = 0;
-  let target = Infinity;
-  let done: (() => void) | undefined;
-  const worker = new BullWorker("noop", async () => {}, { connection, prefix, concurrency });
-  worker.on("completed", () => {
-    if (++completed >= target) done?.();
-  });
-  await worker.waitUntilReady();
-  await queue.waitUntilReady();
-  let serial = 0;
-  return {
-    name,
-    work: name === "BullMQ" ? "no-op processor" : "no-op processor, Redis appendfsync always",
-    async runBatch(n) {
-      completed = 0;
-      target = n;
-      const finished = new Promise<void>((resolve) => (done = resolve));
-      await queue.addBulk(Array.from({ length: n }, () => ({ name: "noop", data: { text: documentText(serial++) } })));
-      await withTimeout(finished, batchTimeoutMs, () => `${name}: ${completed} of ${n} jobs completed after ${batchTimeoutMs / 1000} s`);
-      target = Infinity;
-    },
-    async close() {
-      await worker.close();
-      await queue.obliterate({ force: true });
-      await queue.close();
-    },
-  };
-}
-
-/** pg-boss in a database of its own, dropped at the end. */
-async function startPgBoss(id: string, ctx: BenchContext): Promise<Side> {
-  const dbName = `jobmesh_bench_pgboss_${id}`;
-  const admin = new pg.Client({ connectionString: adminDatabaseUrl });
-  await admin.connect();
-  await admin.query(`CREATE DATABASE ${dbName}`);
-  await admin.end();
-  const url = new URL(adminDatabaseUrl);
-  url.pathname = `/${dbName}`;
-  const boss = new PgBoss({ connectionString: url.href, schema: "pgboss" });
-  boss.on("error", (error: unknown) => ctx.progress(`jobs: pg-boss error: ${error instanceof Error ? error.message : String(error)}`));
-  const probe = new pg.Client({ connectionString: url.href });
-  let started = false;
-  const drop = async () => {
-    const client = new pg.Client({ connectionString: adminDatabaseUrl });
-    await client.connect();
-    await client.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
-    await client.end();
-  };
-  try {
-    await boss.start();
-    started = true;
-    await boss.createQueue("noop");
-    await probe.connect();
-  } catch (error) {
-    if (started) await boss.stop({ graceful: false, close: true }).catch(() => {});
-    await drop();
-    throw error;
-  }
-  let handled = 0;
-  let target = Infinity;
-  let done: (() => void) | undefined;
-  // pg-boss's fastest way to keep `concurrency` jobs in hand: one fetch loop taking batches of
-  // `concurrency`, fetching again at once while batches come back full (burst mode). With
-  // batchSize 1 and localConcurrency `concurrency` each loop sleeps >= 0.5 s after every job.
-  await boss.work("noop", { batchSize: concurrency, localConcurrency: 1, burstWhenBatchFull: true, pollingIntervalSeconds: 0.5 }, async (jobs) => {
-    await Promise.all(jobs.map(async () => {}));
-    handled += jobs.length;
-    if (handled >= target) done?.();
-  });
-  let completedBefore = 0;
-  let serial = 0;
-  return {
-    name: "pg-boss",
-    work: "no-op handler",
-    async runBatch(n) {
-      handled = 0;
-      target = n;
-      const handledAll = new Promise<void>((resolve) => (done = resolve));
-      await boss.insert("noop", Array.from({ length: n }, () => ({ data: { text: documentText(serial++) } })));
-      await withTimeout(handledAll, batchTimeoutMs, () => `pg-boss: ${handled} of ${n} jobs handled after ${batchTimeoutMs / 1000} s`);
-      target = Infinity;
-      // The handler resolved; pg-boss marks the batch completed right after. Wait for the rows.
-      const want = completedBefore + n;
-      for (;;) {
-        const { rows } = await probe.query<{ n: number }>("SELECT count(*)::int AS n FROM pgboss.job WHERE name = 'noop' AND state = 'completed'");
-        if (rows[0].n >= want) break;
-        await new Promise((r) => setTimeout(r, 2));
-      }
-      completedBefore = want;
-    },
-    async close() {
-      try {
-        await probe.end();
-        await boss.stop({ graceful: false, close: true });
-      } finally {
-        await drop();
-      }
     },
   };
 }
