@@ -81,7 +81,7 @@ export function createDirectPublisher(options: { db: Queryable; send: Send; trac
   const { db, tracer, log } = options;
   // Deleting published rows only keeps the relay from publishing them again: it can wait a
   // little and go in bulk.
-  const marks = groupCommit<string, void>(async (ids) => {
+  const deletions = groupCommit<string, void>(async (ids) => {
     await db.query({ name: "outbox-delete-published", text: "DELETE FROM outbox WHERE id = ANY($1::uuid[])", values: [ids] });
     return ids.map(() => undefined);
   }, { maxItems: 5000, lingerMs: 20 });
@@ -100,7 +100,7 @@ export function createDirectPublisher(options: { db: Queryable; send: Send; trac
           warned = Date.now();
           log.warn({ failed: rows.length - published.length }, "direct publish failed; the outbox relay will publish these rows");
         }
-        await Promise.all(published.map((row) => marks.add(row.id))).catch((error: unknown) => {
+        await Promise.all(published.map((row) => deletions.add(row.id))).catch((error: unknown) => {
           // Rows left behind are published again by the relay; JetStream drops the copies.
           log.debug({ err: error }, "deleting published outbox rows failed");
         });
@@ -110,7 +110,7 @@ export function createDirectPublisher(options: { db: Queryable; send: Send; trac
     },
     async close() {
       while (pending > 0) await new Promise((r) => setTimeout(r, 5));
-      await marks.drain();
+      await deletions.drain();
     },
   };
 }
