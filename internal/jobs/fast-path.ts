@@ -237,11 +237,11 @@ export interface Committed {
  * The next stage's inputs, as a claim would load them: this stage's inputs plus what this stage
  * made (as stored: JSON), without an output the next stage left in an earlier run.
  */
-function inputsAfter(c: CompletionRequest, nextStageIndex: number): StageInputs {
+function inputsAfter(c: CompletionRequest, outputJson: string, nextStageIndex: number): StageInputs {
   const stages = configOf(c.row).stages;
   const stage = stages[c.task.stageIndex]!.stage;
   const outputs = new Map(c.inputs?.outputs);
-  outputs.set(stage, JSON.parse(JSON.stringify(c.done.output ?? null)) as unknown);
+  outputs.set(stage, JSON.parse(outputJson) as unknown);
   outputs.delete(stages[nextStageIndex]!.stage);
   const ingestBytes = stage === Stage.INGEST && c.done.bytes ? Buffer.from(c.done.bytes) : (c.inputs?.ingestBytes ?? null);
   return { outputs, ingestBytes, sourceContent: null, sourceText: null };
@@ -266,7 +266,7 @@ export async function completeMany(db: Queryable, topology: Topology, requests: 
     const next = nextTaskOf(c.row, c.task.stageIndex);
     const continued = next !== undefined && c.continueAs !== undefined;
     const rows = completionRows(topology, c, next, continued);
-    return { c, next, continued, final: next === undefined, rows };
+    return { c, next, continued, final: next === undefined, rows, outputJson: JSON.stringify(c.done.output ?? null) };
   });
   const events = built.flatMap((b) => b.rows.events.map((e) => ({ jobId: b.c.task.jobId, ...e })));
   const outbox = built.flatMap((b) => b.rows.outbox.map((o) => ({ jobId: b.c.task.jobId, ...o })));
@@ -341,7 +341,7 @@ export async function completeMany(db: Queryable, topology: Topology, requests: 
       built.map((b) => b.c.done.patch?.size_bytes ?? null),
       built.map((b) => b.c.done.patch?.sha256 ?? null),
       built.map((b) => b.c.done.patch?.detected_media_type ?? null),
-      built.map((b) => JSON.stringify(b.c.done.output ?? null)),
+      built.map((b) => b.outputJson),
       built.map((b) => (b.c.done.bytes ? Buffer.from(b.c.done.bytes) : null)),
       built.map((b) => b.rows.events.length),
       built.map((b) => (b.final ? (b.c.done.result?.expireTime ?? null) : null)),
@@ -395,7 +395,7 @@ export async function completeMany(db: Queryable, topology: Topology, requests: 
         next_max_attempt: after.next_max_attempt,
       };
       const task: StageTask = { tenantId: b.c.task.tenantId, jobId: b.c.task.jobId, stageIndex: b.next.stageIndex, attempt: b.next.attempt };
-      results[i]!.continued = { task, row, inputs: inputsAfter(b.c, b.next.stageIndex) };
+      results[i]!.continued = { task, row, inputs: inputsAfter(b.c, b.outputJson, b.next.stageIndex) };
     }
   });
   return results;

@@ -1,7 +1,7 @@
 /**
  * Background upkeep in the jobs process: the lease reaper, which requeues stage attempts whose
- * worker stopped heartbeating (crashed, killed, partitioned), and the retention sweep, which
- * deletes expired results and expired uploads.
+ * worker stopped heartbeating (crashed, killed, partitioned); the retention sweep, which deletes
+ * expired results and expired uploads; and statistics for the job tables while they are young.
  */
 import type { Redis } from "ioredis";
 import type { ObjectStore } from "@nats-io/obj";
