@@ -15,7 +15,7 @@ import { adminDatabaseUrl } from "../test/support/isolation.ts";
 import type { BenchContext } from "./harness.ts";
 
 /** Stage tasks (jobmesh) or jobs (BullMQ, pg-boss) processed at once. */
-export const concurrency = 16;
+export const concurrency = 32;
 /** Longest wait for one batch; a stuck run fails the entry instead of hanging the bench. */
 export const batchTimeoutMs = 120_000;
 

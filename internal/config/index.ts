@@ -181,7 +181,7 @@ export function loadConfig(env: Env = process.env): Config {
     },
     maxDocumentBytes: readInt(env, "JOBMESH_MAX_DOCUMENT_BYTES", 50 * 1024 * 1024, 1, 50 * 1024 * 1024),
     resultRetentionSeconds: readInt(env, "JOBMESH_RESULT_RETENTION_SECONDS", 7 * 86_400, 60, 365 * 86_400),
-    workerConcurrency: readInt(env, "JOBMESH_WORKER_CONCURRENCY", 16, 1, 256),
+    workerConcurrency: readInt(env, "JOBMESH_WORKER_CONCURRENCY", 32, 1, 256),
     heartbeatTtlMs: readInt(env, "JOBMESH_HEARTBEAT_TTL_MS", 15_000, 500, 600_000),
     allowLoopbackFetchForTests: readBool(env, "JOBMESH_ALLOW_LOOPBACK_FETCH"),
     auth: loadAuthConfig(env, dataDir),
