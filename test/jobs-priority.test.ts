@@ -25,6 +25,11 @@ t.test("priority - under a backlog a worker serves high-priority stage tasks fir
   const high = (await client.createJobs({ requests: make(Priority.HIGH, 8) })).jobs;
   const backlogged = async () => (await mesh.infra.db.query<{ n: number }>("SELECT count(*)::int AS n FROM outbox")).rows[0].n === 0;
   while (!(await backlogged())) await new Promise((r) => setTimeout(r, 20));
+  // The backlog is what the queue-depth gauge reports, read from the work stream.
+  const metrics = await (await fetch(`${mesh.jobs!.url}/metrics`)).text();
+  t.match(metrics, /jobmesh_queue_depth\{stage="ingest",priority="low"[^}]*\} 8\b/, "8 low ingest tasks waiting");
+  t.match(metrics, /jobmesh_queue_depth\{stage="ingest",priority="high"[^}]*\} 8\b/, "8 high ingest tasks waiting");
+  t.match(metrics, /jobmesh_queue_depth\{stage="parse",priority="high"[^}]*\} 0\b/, "none at parse yet");
 
   mesh.workers.push(await startWorkers(mesh.infra, { concurrency: 1 }));
   const deadline = Date.now() + 60_000;

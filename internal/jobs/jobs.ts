@@ -21,7 +21,7 @@ import type { DirectPublisher } from "./publisher.ts";
 import { cancelKey } from "./reaper.ts";
 import { selectResult, toJobResult } from "./results.ts";
 import { configOf, etagOf, isTerminal, jobIdOf, loadJob, maxAttemptOf, selectAttempts, selectJob, toJob, type JobRow } from "./store.ts";
-import { countFinished, jobCounters, registerQueueDepth } from "./metrics.ts";
+import { countFinished, jobCounters } from "./metrics.ts";
 import { priorityToken, type Topology } from "./topology.ts";
 
 export interface JobDomainDeps {
@@ -41,7 +41,6 @@ export interface JobDomainDeps {
 
 export function createJobDomain(deps: JobDomainDeps) {
   const { db, topology } = deps;
-  registerQueueDepth(db);
 
   function idOrNotFound(name: string): string {
     const id = jobIdOf(name);

@@ -1,11 +1,12 @@
 /**
  * Job metrics, on the process-wide OpenTelemetry meter (served at /metrics): jobs created and
- * finished by outcome, stage retries, reaped attempts, and queued jobs per stage and priority.
+ * finished by outcome, stage retries, reaped attempts, and waiting stage tasks per stage and
+ * priority.
  */
 import { metrics, type Counter } from "@opentelemetry/api";
 import { JobState } from "../../gen/jobmesh/v1/events_pb.js";
-import { Priority } from "../../gen/jobmesh/v1/jobs_pb.js";
-import type { Pool } from "../db/index.ts";
+import type { JetStreamManager } from "@nats-io/jetstream";
+import { prioritiesInOrder, priorityToken, type Topology } from "./topology.ts";
 
 interface JobCounters {
   created: Counter;
@@ -37,25 +38,25 @@ export function countFinished(state: JobState): void {
   }
 }
 
-/** Registers the queue-depth gauge: queued jobs per next stage and priority, read from Postgres. */
-export function registerQueueDepth(db: Pool): void {
+/**
+ * Registers the queue-depth gauge: stage tasks waiting in the work stream, per stage and
+ * priority, read from the stream's per-subject counts (`<ns>.work.<stage>.<priority>`). It asks
+ * JetStream, not Postgres: a count over the jobs table would scan it on every scrape.
+ */
+export function registerQueueDepth(jsm: JetStreamManager, topology: Topology): void {
   const gauge = metrics.getMeter("jobmesh").createObservableGauge("jobmesh.queue.depth", {
-    description: "Jobs waiting for a worker, by the stage they wait for and their priority",
+    description: "Stage tasks waiting in the work stream, by stage and priority",
   });
   gauge.addCallback(async (result) => {
-    const { rows } = await db.query<{ stage: string | null; priority: Priority; n: number }>(
-      `SELECT pipeline_config -> 'stages' -> stage_index ->> 'stage' AS stage, priority, count(*)::int AS n
-       FROM jobs WHERE state = $1 GROUP BY 1, 2`,
-      [JobState.QUEUED],
-    );
+    const info = await jsm.streams.info(topology.workStream, { subjects_filter: `${topology.namespace}.work.>` });
     // Every stage and priority is reported, zeros included, so an emptied queue reads 0.
     const depth = new Map<string, number>();
     for (const stage of ["ingest", "detect", "parse", "enrich", "output"]) {
-      for (const priority of ["high", "normal", "low"]) depth.set(`${stage}/${priority}`, 0);
+      for (const priority of prioritiesInOrder) depth.set(`${stage}/${priorityToken(priority)}`, 0);
     }
-    for (const r of rows) {
-      const key = `${(r.stage ?? "unknown").replace(/^STAGE_/, "").toLowerCase()}/${(Priority[r.priority] ?? "unknown").toLowerCase()}`;
-      depth.set(key, (depth.get(key) ?? 0) + r.n);
+    for (const [subject, n] of Object.entries((info.state.subjects ?? {}) as Record<string, number>)) {
+      const [stage, priority] = subject.split(".").slice(-2);
+      depth.set(`${stage}/${priority}`, (depth.get(`${stage}/${priority}`) ?? 0) + n);
     }
     for (const [key, n] of depth) {
       const [stage, priority] = key.split("/");

@@ -12,6 +12,7 @@ import { createBootstrapTenantInterceptor } from "../rpc/bootstrap-tenant.ts";
 import { createIdentityInterceptors, createRemoteJwksLoader, meshServices } from "../rpc/identity.ts";
 import { bindService, startRpcServer, type RpcServer, type RpcServerOptions } from "../rpc/server.ts";
 import { createJobDomain } from "../jobs/jobs.ts";
+import { registerQueueDepth } from "../jobs/metrics.ts";
 import { createDirectPublisher } from "../jobs/publisher.ts";
 import { createOutboxRelay, type OutboxRelay } from "../jobs/relay.ts";
 import { createReaper, type Reaper } from "../jobs/reaper.ts";
@@ -121,6 +122,7 @@ export async function serveJobs(infra: Infra, port = infra.config.ports.jobs, op
     maxDocumentBytes: config.maxDocumentBytes,
     allowLoopbackFetch: config.allowLoopbackFetchForTests,
   });
+  registerQueueDepth(infra.bus.jsm, topology);
   const relay: OutboxRelay = options.relay === false
     ? { publishBatch: () => Promise.resolve(0), stop: () => Promise.resolve() }
     : createOutboxRelay({ db: infra.db, js: infra.bus.js, log: infra.log, tracer: infra.telemetry.tracer });
