@@ -22,7 +22,9 @@ const RUNNING = {
 
 async function tempDataDir(t: Test): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), "jobmesh-devstack-"));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  // A postgres that a watchdog is still stopping may write its last WAL file while the directory
+  // goes: retry instead of failing the teardown (ENOTEMPTY).
+  t.teardown(() => rm(dir, { recursive: true, force: true, maxRetries: 20, retryDelay: 100 }));
   return dir;
 }
 
