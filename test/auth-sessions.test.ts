@@ -1,6 +1,8 @@
 import t from "tap";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
 import { PrincipalKind, Role } from "../gen/jobmesh/v1/auth_pb.js";
+import { PipelineService } from "../gen/jobmesh/v1/pipelines_pb.js";
 import { startTestMesh } from "./support/mesh.ts";
 import { testPassword } from "./support/auth.ts";
 
@@ -98,6 +100,38 @@ t.test("refresh - a disabled or deleted user's next refresh is refused", async (
   await client.deleteUser({ name: deleted.name }, { headers: admin });
   t.equal(await codeOf(client.refreshToken({ refreshToken: s2.refreshToken })), Code.Unauthenticated);
   t.equal(await codeOf(client.getUser({ name: deleted.name }, { headers: admin })), Code.NotFound);
+});
+
+t.test("access token - a disabled or deleted user's token stops working on every service within a second", async (t) => {
+  const admin = await auth.headersFor("admin");
+  const pipelines = createClient(PipelineService, createConnectTransport({ baseUrl: mesh.pipelines.url, httpVersion: "1.1" }));
+  /** How long until `call` is refused as UNAUTHENTICATED; fails the test after 3 s. */
+  const refusedWithin = async (call: () => Promise<unknown>) => {
+    const began = Date.now();
+    for (;;) {
+      const code = await codeOf(call());
+      if (code === Code.Unauthenticated) return Date.now() - began;
+      if (Date.now() - began > 3_000) return Infinity;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+
+  for (const how of ["disabled", "deleted"] as const) {
+    const user = await auth.newUser("viewer");
+    const { accessToken } = await client.login({ email: user.email, password: user.password });
+    const headers = { authorization: `Bearer ${accessToken}` };
+    t.equal(await codeOf(pipelines.listPipelines({}, { headers })), "ok", `${how}: works before`);
+    t.equal(await codeOf(client.getCurrentIdentity({}, { headers })), "ok");
+    if (how === "disabled") {
+      const { user: current } = await client.getUser({ name: user.name }, { headers: admin });
+      await client.updateUser({ user: { name: user.name, etag: current!.etag, disabled: true }, updateMask: { paths: ["disabled"] } }, { headers: admin });
+    } else {
+      await client.deleteUser({ name: user.name }, { headers: admin });
+    }
+    t.ok((await refusedWithin(() => pipelines.listPipelines({}, { headers }))) < 1_500, `${how}: refused by PipelineService`);
+    t.ok((await refusedWithin(() => client.getCurrentIdentity({}, { headers }))) < 1_500, `${how}: refused by AuthService`);
+  }
+  t.equal(await codeOf(pipelines.listPipelines({}, { headers: admin })), "ok", "other users are not affected");
 });
 
 t.test("logout - revokes the session; all_sessions revokes every one", async (t) => {

@@ -16,6 +16,7 @@ import { createPasswordChecker } from "./passwords.ts";
 import { createSessions } from "./sessions.ts";
 import { createSigningKeys, loadKeyEncryptionKey, loadPublicJwks } from "./signing-keys.ts";
 import { createTokenIssuer } from "./tokens.ts";
+import { createUserStatus } from "./user-status.ts";
 import { createUsers, selectUsersByEmail, type UserFields } from "./users.ts";
 
 export { ensureAdmin, type BootstrapAdmin } from "./bootstrap.ts";
@@ -24,6 +25,7 @@ export * from "./errors.ts";
 export * from "./roles.ts";
 export { loadPublicJwks } from "./signing-keys.ts";
 export { createTokenVerifier, type TokenVerifier, type VerifiedToken } from "./tokens.ts";
+export { createUserStatus, type UserStatus } from "./user-status.ts";
 
 export interface AuthDomainDeps {
   db: Pool;
@@ -43,6 +45,7 @@ export async function createAuthDomain(deps: AuthDomainDeps) {
   const issuer = createTokenIssuer({ keys, issuer: config.issuer, audience: config.audience, ttlSeconds: config.accessTokenTtlSeconds });
   const passwords = await createPasswordChecker();
   const users = createUsers(deps);
+  const userStatus = createUserStatus({ db, cache: deps.cache, cacheSeconds: config.apiKeyCacheSeconds });
   const sessions = createSessions({
     db,
     issuer,
@@ -89,16 +92,20 @@ export async function createAuthDomain(deps: AuthDomainDeps) {
       return issuer.issue(identity, identity.expireTime);
     },
 
-    /** Updates a user; disabling one ends its sessions. */
+    /** Updates a user; disabling one ends its sessions and its access tokens. */
     async updateUser(tenantId: string, name: string, etag: string, mask: readonly string[], fields: Omit<UserFields, "email">) {
       const { row, disabledNow } = await users.update(tenantId, name, etag, mask, fields);
-      if (disabledNow) await sessions.revokeAll(tenantId, row.user_id);
+      if (disabledNow) {
+        await sessions.revokeAll(tenantId, row.user_id);
+        await userStatus.forget(tenantId, row.user_id);
+      }
       return row;
     },
 
-    /** Deletes a user with its sessions, and revokes the API keys it created. */
+    /** Deletes a user with its sessions and access tokens, and revokes the API keys it created. */
     async deleteUser(tenantId: string, name: string, etag: string) {
       await users.delete(tenantId, name, etag);
+      await userStatus.forget(tenantId, name.replace(/^users\//, ""));
       await apiKeys.revokeByCreator(tenantId, name);
     },
   };

@@ -3,7 +3,7 @@
  * `jobmesh up` serves them all in one process.
  */
 import type { DescService } from "@bufbuild/protobuf";
-import { createApiKeys, createAuthDomain, createTokenVerifier, ensureAdmin, loadPublicJwks, type BootstrapAdmin, type TokenVerifier } from "../auth/index.ts";
+import { createApiKeys, createAuthDomain, createTokenVerifier, createUserStatus, ensureAdmin, loadPublicJwks, type BootstrapAdmin, type TokenVerifier } from "../auth/index.ts";
 import { AuthService, createAuthService } from "../auth/service.ts";
 import { createPipelineDomain } from "../pipelines/pipelines.ts";
 import { createPipelineService, PipelineService } from "../pipelines/service.ts";
@@ -54,6 +54,7 @@ export function identityFor(infra: Infra, services: DescService[], mode: Identit
     rules: accessRulesOf(services),
     verifier: verifierOf(infra),
     apiKeys: createApiKeys({ db: infra.db, cache: infra.cache, pageTokens: infra.pageTokens, log: infra.log, cacheSeconds: infra.config.auth.apiKeyCacheSeconds }),
+    users: createUserStatus({ db: infra.db, cache: infra.cache, cacheSeconds: infra.config.auth.apiKeyCacheSeconds }),
   });
 }
 

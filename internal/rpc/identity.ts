@@ -37,6 +37,8 @@ export interface IdentityOptions {
   rules: Map<string, AccessRule>;
   verifier: TokenVerifier;
   apiKeys: { verify(secret: string): Promise<ApiKeyIdentity>; isActive(tenantId: string, name: string): Promise<boolean> };
+  /** Whether the user a token names may still act (not disabled, not deleted). */
+  users: { isActive(tenantId: string, subject: string): Promise<boolean> };
 }
 
 /** The credential a request carries: a bearer token, or an API key (header or bearer). */
@@ -70,6 +72,10 @@ export function createIdentityInterceptors(options: IdentityOptions): Intercepto
     const viaApiKey = who.subject.startsWith("apiKeys/");
     // A token exchanged from an API key dies with the key, not only when it expires.
     if (presented.kind === "token" && viaApiKey && !(await options.apiKeys.isActive(who.tenantId, who.subject))) {
+      throw new InvalidTokenError("access token");
+    }
+    // And a user's token dies with the user's access: disabled or deleted, it stops working.
+    if (presented.kind === "token" && !viaApiKey && !(await options.users.isActive(who.tenantId, who.subject))) {
       throw new InvalidTokenError("access token");
     }
     if (decide(rule, who.roles) !== "allow") throw new MissingPermissionError(rule.permission);
