@@ -13,6 +13,7 @@ import type { Cache } from "../cache/index.ts";
 import type { Pool } from "../db/index.ts";
 import { keysetSql, pageSizeOf, parseFilter, parseOrderBy, splitPage, type KeysetPosition, type PageTokens } from "../paging/index.ts";
 import type { Logger } from "../telemetry/index.ts";
+import { createActiveCheck } from "./active-check.ts";
 import { ApiKeyNotFoundError, InvalidTokenError } from "./errors.ts";
 import { roleEnum, type RoleName } from "./roles.ts";
 import type { TokenSubject } from "./tokens.ts";
@@ -97,14 +98,26 @@ const sortColumns: Record<string, string> = {
 export function createApiKeys(deps: ApiKeysDeps) {
   const { db, cache } = deps;
 
-  const activeKeyOf = (tenantId: string, apiKeyId: string) => `apikey-active:${tenantId}:${apiKeyId}`;
-
-  async function forget(rows: Pick<ApiKeyRow, "tenant_id" | "api_key_id" | "secret_hash">[]) {
-    await cache.invalidate(...rows.flatMap((r) => [cacheKeyOf(r.secret_hash), activeKeyOf(r.tenant_id, r.api_key_id)]));
-  }
-
   /** Cache lifetimes: a second under the promise, half for the in-process copy, half for the caller's next request. */
   const redisTtlMs = (expireTime: Date | null) => Math.min(deps.cacheSeconds * 1000 - 1000, expireTime ? expireTime.getTime() - Date.now() : Infinity);
+
+  // Whether a key is still active, for the tokens exchanged from it.
+  const active = createActiveCheck({
+    cache,
+    kind: "apikey-active",
+    async load(tenantId, apiKeyId) {
+      const { rows } = await db.query<{ expire_time: Date | null }>(
+        "SELECT expire_time FROM api_keys WHERE tenant_id = $1 AND api_key_id = $2 AND revoke_time IS NULL AND (expire_time IS NULL OR expire_time > now())",
+        [tenantId, apiKeyId],
+      );
+      return { active: rows.length > 0, cacheMs: rows.length > 0 ? redisTtlMs(rows[0].expire_time) : 0 };
+    },
+  });
+
+  async function forget(rows: Pick<ApiKeyRow, "tenant_id" | "api_key_id" | "secret_hash">[]) {
+    await cache.invalidate(...rows.map((r) => cacheKeyOf(r.secret_hash)));
+    await Promise.all(rows.map((r) => active.forget(r.tenant_id, r.api_key_id)));
+  }
 
   async function get(tenantId: string, name: string): Promise<ApiKeyRow> {
     const { rows } = await db.query<ApiKeyRow>("SELECT * FROM api_keys WHERE tenant_id = $1 AND api_key_id = $2", [tenantId, apiKeyIdOf(name)]);
@@ -145,7 +158,6 @@ export function createApiKeys(deps: ApiKeysDeps) {
   // Half a second in the process saves a Redis round trip on most calls of a busy client.
   const memo = new Map<string, { identity: ApiKeyIdentity; until: number }>();
   const memoMs = 500;
-  const activeMemo = new Map<string, number>();
 
   return {
     get,
@@ -224,24 +236,7 @@ export function createApiKeys(deps: ApiKeysDeps) {
      * exchanged from a key, so revoking the key stops its tokens within the same 5 s.
      */
     async isActive(tenantId: string, name: string): Promise<boolean> {
-      const apiKeyId = apiKeyIdOf(name);
-      const key = activeKeyOf(tenantId, apiKeyId);
-      if ((activeMemo.get(key) ?? 0) > Date.now()) return true;
-      let active = (await cache.redis.get(key).catch(() => null)) === "1";
-      if (!active) {
-        const { rows } = await db.query<{ expire_time: Date | null }>(
-          "SELECT expire_time FROM api_keys WHERE tenant_id = $1 AND api_key_id = $2 AND revoke_time IS NULL AND (expire_time IS NULL OR expire_time > now())",
-          [tenantId, apiKeyId],
-        );
-        active = rows.length > 0;
-        const ttlMs = active ? redisTtlMs(rows[0].expire_time) : 0;
-        if (ttlMs >= 100) cache.redis.set(key, "1", "PX", ttlMs).catch(() => {});
-      }
-      if (active) {
-        if (activeMemo.size >= 10_000) activeMemo.clear();
-        activeMemo.set(key, Date.now() + memoMs);
-      }
-      return active;
+      return active.isActive(tenantId, apiKeyIdOf(name));
     },
 
     /** The identity of an active key; an unknown, revoked or expired key is InvalidTokenError. */
