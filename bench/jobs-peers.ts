@@ -11,7 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
 import { PgBoss } from "pg-boss";
-import { adminDatabaseUrl } from "../test/support/isolation.ts";
+import { createDatabase } from "../test/support/isolation.ts";
 import type { BenchContext } from "./harness.ts";
 
 /** Stage tasks (jobmesh) or jobs (BullMQ, pg-boss) processed at once. */
@@ -115,23 +115,11 @@ export async function startBullmq(id: string, redis: string, name: string): Prom
 
 /** pg-boss in a database of its own, dropped at the end. */
 export async function startPgBoss(id: string, ctx: BenchContext): Promise<Side> {
-  const dbName = `jobmesh_bench_pgboss_${id}`;
-  const admin = new pg.Client({ connectionString: adminDatabaseUrl });
-  await admin.connect();
-  await admin.query(`CREATE DATABASE ${dbName}`);
-  await admin.end();
-  const url = new URL(adminDatabaseUrl);
-  url.pathname = `/${dbName}`;
-  const boss = new PgBoss({ connectionString: url.href, schema: "pgboss" });
+  const { url, drop } = await createDatabase(`jobmesh_bench_pgboss_${id}`);
+  const boss = new PgBoss({ connectionString: url, schema: "pgboss" });
   boss.on("error", (error: unknown) => ctx.progress(`jobs: pg-boss error: ${error instanceof Error ? error.message : String(error)}`));
-  const probe = new pg.Client({ connectionString: url.href });
+  const probe = new pg.Client({ connectionString: url });
   let started = false;
-  const drop = async () => {
-    const client = new pg.Client({ connectionString: adminDatabaseUrl });
-    await client.connect();
-    await client.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
-    await client.end();
-  };
   try {
     await boss.start();
     started = true;

@@ -19,7 +19,7 @@ import type { Queryable } from "../db/index.ts";
 import { countFinished } from "./metrics.ts";
 import { changeRows, eventSourceOf, type ChangeRows, type NewEvent, type OutboxMessage, type StageTask } from "./outbox.ts";
 import type { ResultInsert } from "./results.ts";
-import { configOf, jobColumnList, type JobRow } from "./store.ts";
+import { configOf, jobColumnList, nextStageMaxAttemptSql, type JobRow } from "./store.ts";
 import type { Topology } from "./topology.ts";
 
 /** A claimed job: the row after the claim, and the highest attempt its next stage has had. */
@@ -84,7 +84,7 @@ export interface Claimed {
 }
 
 /** Whether a task carries what the one-statement claim needs. */
-export const claimableFast = (task: StageTask) => task.version !== undefined && task.eventSeq !== undefined && task.job !== undefined && task.stage !== undefined;
+const claimableFast = (task: StageTask) => task.version !== undefined && task.eventSeq !== undefined && task.job !== undefined && task.stage !== undefined;
 
 const prefixed = (alias: string) => jobColumnList.split(",").map((c) => `${alias}.${c.trim()}`).join(", ");
 
@@ -143,8 +143,7 @@ export async function claimMany(db: Queryable, topology: Topology, requests: Cla
        SELECT event_id, subject, event, event_headers, clock_timestamp() + make_interval(secs => $16::float8) FROM claimed
      )
      SELECT ${prefixed("c")},
-       (SELECT coalesce(max(a.attempt), 0) FROM stage_attempts a
-        WHERE a.tenant_id = c.tenant_id AND a.job_id = c.id AND a.stage_index = c.stage_index + 1) AS next_max_attempt,
+       ${nextStageMaxAttemptSql("c")} AS next_max_attempt,
        ${inputColumnsSql("c", "c.claimed_stage")}
      FROM claimed c`,
     values: [
@@ -219,7 +218,7 @@ function completionRows(topology: Topology, c: CompletionRequest, next: { stageI
 
 /**
  * The next stage's task of a completion, or undefined after the last stage. After RetryJob the
- * next stage may have run before: its attempt numbers continue.
+ * next stage may have run before: its attempt numbers continue (next_max_attempt).
  */
 export function nextTaskOf(row: ClaimedRow, stageIndex: number): { stageIndex: number; attempt: number } | undefined {
   const next = stageIndex + 1;
@@ -297,8 +296,7 @@ export async function completeMany(db: Queryable, topology: Topology, requests: 
          AND j.state = $36::smallint AND j.version = t.version
        RETURNING j.tenant_id, j.id, j.version, j.event_seq, t.stage_index AS done_index, t.attempt AS done_attempt, t.stage AS done_stage,
          t.output, t.bytes, t.continued, t.next_index, t.next_attempt, t.next_stage, t.continue_as,
-         (SELECT coalesce(max(a.attempt), 0) FROM stage_attempts a
-          WHERE a.tenant_id = j.tenant_id AND a.job_id = j.id AND a.stage_index = j.stage_index + 1) AS next_max_attempt
+         ${nextStageMaxAttemptSql("j")} AS next_max_attempt
      ), ended AS (
        UPDATE stage_attempts a SET outcome = $37::smallint, end_time = clock_timestamp(), error = NULL
        FROM done d WHERE a.tenant_id = d.tenant_id AND a.job_id = d.id AND a.stage_index = d.done_index AND a.attempt = d.done_attempt

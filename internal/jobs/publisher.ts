@@ -15,7 +15,7 @@ import type { Logger } from "../telemetry/index.ts";
 import type { OutboxMessage } from "./outbox.ts";
 
 /** How long the relay leaves a directly published row to its writer. */
-export const relayGraceMs = 2_000;
+const relayGraceMs = 2_000;
 
 /** Publishes to JetStream; resolves once the stream stored the message. */
 export type Send = (subject: string, payload: Uint8Array, headers: MsgHdrs) => Promise<unknown>;
@@ -85,31 +85,37 @@ export function createDirectPublisher(options: { db: Queryable; send: Send; trac
     await db.query({ name: "outbox-delete-published", text: "DELETE FROM outbox WHERE id = ANY($1::uuid[])", values: [ids] });
     return ids.map(() => undefined);
   }, { maxItems: 5000, lingerMs: 20 });
-  let pending = 0;
+  const inFlight = new Set<Promise<void>>();
   let warned = 0;
+
+  async function publishAndDelete(rows: OutboxMessage[]): Promise<void> {
+    const sent = await publishChangeRows(options.send, tracer, rows);
+    const published = rows.filter((_, i) => sent[i].status === "fulfilled");
+    if (published.length < rows.length && Date.now() - warned > 10_000) {
+      warned = Date.now();
+      log.warn({ failed: rows.length - published.length }, "direct publish failed; the outbox relay will publish these rows");
+    }
+    await Promise.all(published.map((row) => deletions.add(row.id))).catch((error: unknown) => {
+      // Rows left behind are published again by the relay; JetStream drops the copies.
+      log.debug({ err: error }, "deleting published outbox rows failed");
+    });
+  }
+
   return {
     enabled: options.enabled,
     graceSeconds: options.enabled ? relayGraceMs / 1000 : 0,
     async publish(rows) {
       if (!options.enabled || rows.length === 0) return;
-      pending++;
+      const done = publishAndDelete(rows);
+      inFlight.add(done);
       try {
-        const sent = await publishChangeRows(options.send, tracer, rows);
-        const published = rows.filter((_, i) => sent[i].status === "fulfilled");
-        if (published.length < rows.length && Date.now() - warned > 10_000) {
-          warned = Date.now();
-          log.warn({ failed: rows.length - published.length }, "direct publish failed; the outbox relay will publish these rows");
-        }
-        await Promise.all(published.map((row) => deletions.add(row.id))).catch((error: unknown) => {
-          // Rows left behind are published again by the relay; JetStream drops the copies.
-          log.debug({ err: error }, "deleting published outbox rows failed");
-        });
+        await done;
       } finally {
-        pending--;
+        inFlight.delete(done);
       }
     },
     async close() {
-      while (pending > 0) await new Promise((r) => setTimeout(r, 5));
+      await Promise.all([...inFlight]);
       await deletions.drain();
     },
   };

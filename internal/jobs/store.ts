@@ -170,6 +170,14 @@ const jobColumns = `tenant_id, id, pipeline_id, pipeline_version, pipeline_confi
 /** Columns of a job row without the inline document (which can be megabytes). */
 export const jobColumnList = jobColumns;
 
+/**
+ * SQL for the highest attempt the stage after the current one has had (0 when none), for the job
+ * row `j`: after RetryJob the next stage may have run before, and its attempt numbers continue.
+ */
+export const nextStageMaxAttemptSql = (j: string) =>
+  `(SELECT coalesce(max(a.attempt), 0) FROM stage_attempts a
+    WHERE a.tenant_id = ${j}.tenant_id AND a.job_id = ${j}.id AND a.stage_index = ${j}.stage_index + 1)`;
+
 export async function selectJob(db: Queryable, tenantId: string, jobId: string, lock = false): Promise<JobRow | undefined> {
   const { rows } = await db.query<JobRow>(
     `SELECT ${jobColumns} FROM jobs WHERE tenant_id = $1 AND id = $2 ${lock ? "FOR UPDATE" : ""}`,

@@ -10,9 +10,9 @@ import { type RetryPolicy, Stage } from "../../gen/jobmesh/v1/pipelines_pb.js";
 import type { Queryable } from "../db/index.ts";
 import { countFinished, jobCounters } from "./metrics.ts";
 import { applyChange, type NewEvent, type StageTask } from "./outbox.ts";
-import type { ClaimedRow, StageCompletion } from "./fast-path.ts";
+import { nextTaskOf, type ClaimedRow, type StageCompletion } from "./fast-path.ts";
 import { insertResult } from "./results.ts";
-import { configOf, jobColumnList, stageAt, type JobErrorJson, type JobRow } from "./store.ts";
+import { configOf, jobColumnList, nextStageMaxAttemptSql, stageAt, type JobErrorJson, type JobRow } from "./store.ts";
 import type { Topology } from "./topology.ts";
 
 /**
@@ -22,8 +22,7 @@ import type { Topology } from "./topology.ts";
 async function lockCurrent(tx: Queryable, task: StageTask, states: JobState[]): Promise<(JobRow & { next_max_attempt: number }) | undefined> {
   const { rows } = await tx.query<JobRow & { next_max_attempt: number }>(
     `SELECT ${jobColumnList},
-       (SELECT coalesce(max(attempt), 0) FROM stage_attempts a
-        WHERE a.tenant_id = jobs.tenant_id AND a.job_id = jobs.id AND a.stage_index = jobs.stage_index + 1) AS next_max_attempt
+       ${nextStageMaxAttemptSql("jobs")} AS next_max_attempt
      FROM jobs
      WHERE tenant_id = $1 AND id = $2 AND stage_index = $3 AND stage_attempt = $4 AND state = ANY($5::smallint[])
      FOR UPDATE`,
@@ -109,12 +108,10 @@ export async function completeStage(tx: Queryable, topology: Topology, task: Sta
     [task.tenantId, task.jobId, stage, JSON.stringify(done.output ?? null), done.bytes ? Buffer.from(done.bytes) : null, StageAttemptOutcome.SUCCEEDED, task.stageIndex, task.attempt],
   );
   const succeeded: NewEvent = { type: JobEventType.STAGE_SUCCEEDED, stageIndex: task.stageIndex, attempt: task.attempt };
-  const next = task.stageIndex + 1;
-  if (next < configOf(current).stages.length) {
-    // After RetryJob the next stage may have run before: its attempt numbers continue.
-    const attempt = current.next_max_attempt + 1;
-    const patch = { ...done.patch, state: JobState.QUEUED, stage_index: next, stage_attempt: attempt, stage_attempt_base: attempt };
-    await applyChange(tx, topology, current, patch, [succeeded], { stageIndex: next, attempt });
+  const next = nextTaskOf(current, task.stageIndex);
+  if (next) {
+    const patch = { ...done.patch, state: JobState.QUEUED, stage_index: next.stageIndex, stage_attempt: next.attempt, stage_attempt_base: next.attempt };
+    await applyChange(tx, topology, current, patch, [succeeded], next);
     return "committed";
   }
   if (done.result) await insertResult(tx, task.tenantId, task.jobId, done.result);

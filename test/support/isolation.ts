@@ -22,18 +22,29 @@ export interface Isolated {
   drop(): Promise<void>;
 }
 
+/** A new empty database on the test server: its URL, and how to drop it (connections and all). */
+export async function createDatabase(name: string): Promise<{ url: string; drop(): Promise<void> }> {
+  const admin = async (sql: string) => {
+    const client = new pg.Client({ connectionString: adminDatabaseUrl });
+    await client.connect();
+    try {
+      await client.query(sql);
+    } finally {
+      await client.end();
+    }
+  };
+  await admin(`CREATE DATABASE ${name}`);
+  const url = new URL(adminDatabaseUrl);
+  url.pathname = `/${name}`;
+  return { url: url.href, drop: () => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`) };
+}
+
 /** Creates a fresh database and namespace; ports default to 0 (free ports). */
 export async function isolate(overrides: Record<string, string> = {}): Promise<Isolated> {
   const id = `t${Date.now().toString(36)}${randomBytes(3).toString("hex")}`;
-  const dbName = `jobmesh_${id}`;
-  const admin = new pg.Client({ connectionString: adminDatabaseUrl });
-  await admin.connect();
-  await admin.query(`CREATE DATABASE ${dbName}`);
-  await admin.end();
-  const url = new URL(adminDatabaseUrl);
-  url.pathname = `/${dbName}`;
+  const database = await createDatabase(`jobmesh_${id}`);
   const env: Record<string, string> = {
-    DATABASE_URL: url.href,
+    DATABASE_URL: database.url,
     REDIS_URL: redisUrl,
     NATS_URL: natsUrl,
     JOBMESH_NAMESPACE: `jm_${id}`,
@@ -49,15 +60,10 @@ export async function isolate(overrides: Record<string, string> = {}): Promise<I
   };
   return {
     id,
-    databaseUrl: url.href,
+    databaseUrl: database.url,
     namespace: env.JOBMESH_NAMESPACE,
     env,
     config: loadConfig(env),
-    async drop() {
-      const client = new pg.Client({ connectionString: adminDatabaseUrl });
-      await client.connect();
-      await client.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
-      await client.end();
-    },
+    drop: database.drop,
   };
 }
