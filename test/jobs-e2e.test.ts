@@ -39,7 +39,7 @@ t.test("plain text - all five stages succeed once each and the result carries th
   t.match(job.document?.sha256, /^[0-9a-f]{64}$/);
   t.ok(job.resultExpireTime, "a succeeded job has a result expiry");
   t.equal(result.mediaType, "text/plain");
-  t.equal(result.language, "eng");
+  t.equal(result.language, "en", "a BCP 47 tag, as the contract says (franc gives ISO 639-3: eng)");
   t.match(result.text, /^Document processing pipelines turn raw files into structured text\./);
   t.same(result.structure?.links.map((l) => l.url), ["https://example.org/guide"]);
   t.equal(result.counts?.sentences, 4n);

@@ -1,5 +1,6 @@
 import t from "tap";
 import { detectStage, parseStage } from "../internal/stages/index.ts";
+import { bcp47Tag } from "../internal/stages/language.ts";
 import { PROSE } from "./stages-fixtures.ts";
 
 const ctx = () => ({ signal: new AbortController().signal });
@@ -54,4 +55,13 @@ t.test("detect - language from a text sample, markup ignored, skippable", async 
   t.equal((await detectStage({ bytes: utf8(html) }, {}, ctx())).language, "eng");
   t.notOk("language" in (await detectStage({ bytes: utf8(PROSE) }, { skipLanguage: true }, ctx())));
   t.notOk("language" in (await detectStage({ bytes: utf8("ok") }, {}, ctx())), "too short to tell");
+});
+
+t.test("language codes - franc's ISO 639-3 becomes the BCP 47 tag results promise", async (t) => {
+  t.equal(bcp47Tag("eng"), "en");
+  t.equal(bcp47Tag("deu"), "de");
+  t.equal(bcp47Tag("cmn"), "zh", "a macrolanguage member maps to its macrolanguage's tag");
+  t.equal(bcp47Tag("en"), "en", "already a tag: unchanged (results stored before the mapping)");
+  t.equal(bcp47Tag("zlm"), "zlm", "no two-letter form: the three-letter code is the tag");
+  t.equal(bcp47Tag("not a tag"), "not a tag", "never throws");
 });

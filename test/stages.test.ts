@@ -23,7 +23,7 @@ t.test("plain text - detected with encoding and language, counted and summarised
   const { result, json, jsonSize, storeInline } = await runPipeline({ kind: "text", text: `${PROSE}\n\nSee https://example.org/guide for more.` });
   t.equal(result.mediaType, "text/plain");
   t.equal(result.encoding, "utf-8");
-  t.equal(result.language, "eng");
+  t.equal(result.language, "en", "the result speaks BCP 47");
   t.match(result.text, /^Document processing pipelines/);
   t.same(result.structure.links, [{ href: "https://example.org/guide", text: "https://example.org/guide" }]);
   t.equal(result.counts?.sentences, 4);
@@ -86,7 +86,7 @@ t.test("pdf - text of every page, page count, outline headings, link annotation"
   t.match(result.text, /Read more\n\nThe second page talks about retries\.\n\nThe third page is last\.$/);
   t.same(result.structure.headings.map((h) => h.text), ["Section 1", "Section 2", "Section 3"]);
   t.same(result.structure.links, [{ href: "https://example.org/more", text: "https://example.org/more" }]);
-  t.equal(result.language, "eng");
+  t.equal(result.language, "en");
 });
 
 t.test("pdf - maxPages stops early but reports the real page count", async (t) => {
@@ -175,7 +175,7 @@ t.test("output - text only on request, retention passed through, big results lea
   t.notOk("text" in small.result, "no text unless includeText");
   t.notOk("counts" in small.result, "no enrichment fields when enrich did not run");
   t.same(small.result, {
-    schemaVersion: 1, mediaType: "text/plain", encoding: "utf-8", language: "eng", sha256: ingest.sha256,
+    schemaVersion: 1, mediaType: "text/plain", encoding: "utf-8", language: "en", sha256: ingest.sha256,
     size: ingest.size, structure: { headings: [], tables: [], links: [] },
   });
   t.equal(small.resultRetentionMs, 3_600_000);

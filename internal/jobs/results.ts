@@ -7,6 +7,7 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { type JobResult, JobResultSchema, PiiType } from "../../gen/jobmesh/v1/jobs_pb.js";
 import type { Queryable } from "../db/index.ts";
 import type { JobResultDocument, PiiKind } from "../stages/index.ts";
+import { bcp47Tag } from "../stages/language.ts";
 
 /** What GetJobResult can answer without the text and structure. */
 export type ResultSummary = Omit<JobResultDocument, "text" | "structure"> & { piiRedacted: boolean };
@@ -73,7 +74,7 @@ export function toJobResult(name: string, row: ResultRow, bucket: string, doc?: 
       : undefined,
     mediaType: s.mediaType,
     encoding: s.encoding ?? "",
-    language: s.language ?? "",
+    language: s.language ? bcp47Tag(s.language) : "",
     sha256: s.sha256,
     counts: s.counts
       ? { characters: BigInt(s.counts.characters), words: BigInt(s.counts.words), sentences: BigInt(s.counts.sentences), paragraphs: BigInt(s.counts.paragraphs) }

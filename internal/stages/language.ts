@@ -17,3 +17,17 @@ export function identifyLanguage(text: string): string | undefined {
   const code = franc(sample, { minLength: MIN_LETTERS });
   return code === "und" ? undefined : code;
 }
+
+/**
+ * The BCP 47 tag of a language code, as the API promises ("eng" → "en", "cmn" → "zh"; a tag
+ * already canonical stays as it is). Stages work with franc's ISO 639-3 codes (stopword lists
+ * are keyed by them); results speak BCP 47. Intl canonicalises with CLDR's alias data, which
+ * maps every ISO 639-3 code that has a two-letter form to it.
+ */
+export function bcp47Tag(code: string): string {
+  try {
+    return Intl.getCanonicalLocales(code)[0] ?? code;
+  } catch {
+    return code;
+  }
+}

@@ -6,6 +6,7 @@
 import type { DetectResult } from "./detect.ts";
 import type { EnrichResult } from "./enrich.ts";
 import type { IngestResult } from "./ingest.ts";
+import { bcp47Tag } from "./language.ts";
 import { MIB, resolveOutputOptions, type OutputOptions, type StageContext } from "./options.ts";
 import type { ParsedDocument } from "./parsed-document.ts";
 
@@ -27,6 +28,7 @@ export interface JobResultDocument {
   schemaVersion: 1;
   mediaType: string;
   encoding?: string;
+  /** BCP 47 ("en"); results stored before this was so hold ISO 639-3 ("eng"). */
   language?: string;
   sha256: string;
   size: number;
@@ -60,12 +62,13 @@ export async function outputStage(input: OutputInput, options: OutputOptions, ct
   const { includeText, resultRetentionMs } = resolveOutputOptions(options);
   ctx.signal.throwIfAborted();
   const { ingest, detect, parse, enrich } = input;
+  // Enrich looked at the parsed text; detect only at a raw sample.
+  const language = enrich?.language ?? detect?.language;
   const result: JobResultDocument = {
     schemaVersion: 1,
     mediaType: detect?.mediaType ?? "application/octet-stream",
     encoding: detect?.encoding,
-    // Enrich looked at the parsed text; detect only at a raw sample.
-    language: enrich?.language ?? detect?.language,
+    language: language && bcp47Tag(language),
     sha256: ingest.sha256,
     size: ingest.size,
     filename: ingest.filename,
