@@ -10,7 +10,7 @@ import { metrics, trace, type Meter, type Tracer } from "@opentelemetry/api";
 import { PrometheusExporter } from "@opentelemetry/exporter-prometheus";
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
 import { NodeSDK } from "@opentelemetry/sdk-node";
-import { BatchSpanProcessor, type SpanProcessor } from "@opentelemetry/sdk-trace";
+import { BatchSpanProcessor, NoopSpanProcessor, type SpanProcessor } from "@opentelemetry/sdk-trace";
 import type { IncomingMessage, ServerResponse } from "node:http";
 
 export { createLogger, type Logger } from "./log.ts";
@@ -37,6 +37,11 @@ export function startTelemetry(options: TelemetryOptions): Telemetry {
   if (options.otlpEndpoint) {
     spanProcessors.push(new BatchSpanProcessor({ exporter: new OTLPTraceExporter({ url: new URL("/v1/traces", options.otlpEndpoint).href }) }));
   }
+  // With no processor the SDK registers no tracer provider: every span would be the invalid one
+  // (trace id all zeros), jobs would report that as their trace_id and no traceparent would reach
+  // NATS headers or other services. So spans are always made; without an exporter they are
+  // dropped when they end.
+  if (spanProcessors.length === 0) spanProcessors.push(new NoopSpanProcessor());
   const sdk = new NodeSDK({
     serviceName: options.serviceName,
     // Explicit processors: without them the SDK would default to an OTLP exporter on localhost.
