@@ -59,10 +59,16 @@ export interface NewEvent {
   error?: JobErrorJson;
 }
 
-/** The W3C trace headers of the active span, or of the job's own trace when none is active. */
-export function traceHeaders(row: Pick<JobRow, "traceparent">): Record<string, string> {
+/**
+ * The W3C trace headers a job's outbox rows carry: the active span's when it is in the job's own
+ * trace (a worker's stage span), else the job's trace itself. Another active trace belongs to a
+ * later request (RetryJob, CancelJob): the job's events and stages stay in the one trace that
+ * its trace_id names.
+ */
+export function traceHeaders(row: Pick<JobRow, "traceparent" | "trace_id">): Record<string, string> {
   const carrier: Record<string, string> = {};
-  if (trace.getSpan(context.active())) propagation.inject(context.active(), carrier);
+  const active = trace.getSpan(context.active())?.spanContext();
+  if (active && (active.traceId === row.trace_id || !row.traceparent)) propagation.inject(context.active(), carrier);
   else if (row.traceparent) carrier.traceparent = row.traceparent;
   return carrier;
 }

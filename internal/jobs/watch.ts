@@ -42,7 +42,8 @@ export async function* watchJob(
         const event = fromBinary(JobEventSchema, row.event);
         yield event;
         last = BigInt(row.sequence);
-        if (terminalEvents.has(event.type)) return;
+        // A retried job has an earlier end among its events: only its latest event ends it.
+        if (terminalEvents.has(event.type) && job && isTerminal(job.state) && last >= BigInt(job.event_seq)) return;
       }
       if (rows.length > 0) continue;
       if (!job || isTerminal(job.state)) return;
