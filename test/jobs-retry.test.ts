@@ -34,7 +34,7 @@ const done = await waitForJob(client, job!.name, (j) => j.state === JobState.SUC
 
 t.test("the job failed, was retried and succeeded", async (t) => {
   t.equal(failed.state, JobState.FAILED);
-  t.equal(failed.error?.code, "FETCH_REJECTED", failed.error?.message);
+  t.equal(failed.error?.code, "FETCH_REJECTED", failed.error?.message ?? "");
   t.equal(done.state, JobState.SUCCEEDED, done.error?.message ?? "succeeded");
 });
 
