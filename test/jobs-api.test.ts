@@ -1,11 +1,11 @@
 import t from "tap";
-import { create, fromBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, fromJsonString } from "@bufbuild/protobuf";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
 import { type JobEvent, JobEventSchema, JobEventType, JobState } from "../gen/jobmesh/v1/events_pb.js";
 import type { MsgHdrs } from "@nats-io/transport-node";
-import { JobService, Priority, SourceKind, StageAttemptOutcome, UploadDocumentRequestSchema } from "../gen/jobmesh/v1/jobs_pb.js";
+import { JobResultSchema, JobService, Priority, SourceKind, StageAttemptOutcome, UploadDocumentRequestSchema } from "../gen/jobmesh/v1/jobs_pb.js";
 import { PipelineConfigSchema, PipelineService, Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
 import { startWorkers } from "../internal/mesh/servers.ts";
 import { Code, codeOf, jobClient, signInAsAdmin, waitForJob } from "./jobs-support.ts";
@@ -275,7 +275,7 @@ t.test("protocols - gRPC and gRPC-Web reach JobService, server streaming include
     t.equal(events.at(-1), JobEventType.JOB_SUCCEEDED, protocol);
     const chunks = [];
     for await (const res of c.downloadJobResult({ name: `${job!.name}/result` })) chunks.push(res.chunk);
-    t.match(JSON.parse(Buffer.concat(chunks).toString("utf8")), { text: `${protocol}: ${PROSE}` }, protocol);
+    t.equal(fromJsonString(JobResultSchema, Buffer.concat(chunks).toString("utf8")).text, `${protocol}: ${PROSE}`, protocol);
   }
 });
 

@@ -1,6 +1,9 @@
 import t from "tap";
+import { equals, fromJsonString, toJsonString } from "@bufbuild/protobuf";
+import { ConnectError } from "@connectrpc/connect";
+import { createHash } from "node:crypto";
 import { JobState } from "../gen/jobmesh/v1/events_pb.js";
-import { ResultFormat, StageAttemptOutcome } from "../gen/jobmesh/v1/jobs_pb.js";
+import { JobResultSchema, ResultFormat, StageAttemptOutcome } from "../gen/jobmesh/v1/jobs_pb.js";
 import { Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
 import { openBuckets } from "../internal/jobs/topology.ts";
 import { DOCX } from "../internal/stages/index.ts";
@@ -98,18 +101,47 @@ t.test("docx - headings, table, hyperlink and text", async (t) => {
   t.same(result.structure?.links.map((l) => [l.url, l.text]), [["https://example.com/report", "the report site"]]);
 });
 
-t.test("download - the inline result streams as JSON and as text", async (t) => {
-  const { job } = await run({ case: "text", value: PROSE });
+/** Every message of a download, and its bytes joined. */
+async function download(req: { name: string; format?: ResultFormat; offset?: bigint }) {
   const chunks = [];
-  for await (const c of client.downloadJobResult({ name: `${job.name}/result` })) chunks.push(c);
+  for await (const c of client.downloadJobResult(req)) chunks.push(c);
+  return { chunks, bytes: Buffer.concat(chunks.map((c) => c.chunk)) };
+}
+
+t.test("download - the inline result streams as the JobResult JSON that GetJobResult gives, and as text", async (t) => {
+  const { job, result } = await run({ case: "text", value: PROSE });
+  const { chunks, bytes } = await download({ name: `${job.name}/result` });
   t.equal(chunks[0]?.mediaType, "application/json");
-  const json = JSON.parse(Buffer.concat(chunks.map((c) => c.chunk)).toString("utf8")) as { text: string; sha256: string };
-  t.equal(json.text, PROSE);
-  t.equal(json.sha256, job.document?.sha256);
-  const text = [];
-  for await (const c of client.downloadJobResult({ name: `${job.name}/result`, format: ResultFormat.TEXT, offset: 9n })) text.push(c);
-  t.equal(Buffer.concat(text.map((c) => c.chunk)).toString("utf8"), PROSE.slice(9));
-  t.equal(text[0]?.offset, 9n);
+  t.equal(chunks[0]?.totalSize, BigInt(bytes.length));
+  const downloaded = fromJsonString(JobResultSchema, bytes.toString("utf8"));
+  t.equal(downloaded.text, PROSE);
+  t.equal(downloaded.sha256, job.document?.sha256);
+  t.equal(downloaded.mediaType, result.mediaType);
+  t.same(downloaded.counts, result.counts);
+  t.ok(result.keywords.length > 0, "the result has keywords to compare");
+  t.same(downloaded.keywords, result.keywords);
+  t.same(downloaded.structure, result.structure);
+  t.ok(equals(JobResultSchema, downloaded, result), "the whole message is GetJobResult's");
+  t.equal(bytes.toString("utf8"), toJsonString(JobResultSchema, result), "byte for byte its protobuf JSON");
+
+  const text = await download({ name: `${job.name}/result`, format: ResultFormat.TEXT, offset: 9n });
+  t.equal(text.bytes.toString("utf8"), PROSE.slice(9));
+  t.equal(text.chunks[0]?.offset, 9n);
+  t.equal(text.chunks[0]?.mediaType, "text/plain; charset=utf-8");
+});
+
+t.test("download - an offset at the end streams nothing, one past it is OUT_OF_RANGE", async (t) => {
+  const { job } = await run({ case: "text", value: PROSE });
+  const name = `${job.name}/result`;
+  const { bytes } = await download({ name });
+  const size = BigInt(bytes.length);
+  const atEnd = await download({ name, offset: size });
+  t.equal(atEnd.bytes.length, 0, "no bytes");
+  t.same(atEnd.chunks.map((c) => [c.offset, c.totalSize]), [[size, size]], "one message that still tells the size");
+  t.equal(await codeOf(download({ name, offset: size + 1n })), Code.OutOfRange);
+  t.equal(await codeOf(download({ name, format: ResultFormat.TEXT, offset: BigInt(PROSE.length) + 1n })), Code.OutOfRange, "text too");
+  const error = await download({ name, offset: size + 1n }).catch((e: unknown) => ConnectError.from(e));
+  t.match((error as ConnectError).rawMessage, `offset ${size + 1n} is past the end of the result (${size} bytes)`, "the message names the offset and the size");
 });
 
 t.test("large result - over 1 MiB goes to the object store and downloads intact", async (t) => {
@@ -118,21 +150,48 @@ t.test("large result - over 1 MiB goes to the object store and downloads intact"
   const { job } = await client.createJob({ job: { document: { source: { case: "text", value: text } } } });
   const done = await waitForJob(client, job!.name, undefined, 60_000);
   t.equal(done.state, JobState.SUCCEEDED, JSON.stringify(done.error));
-  const { result } = await client.getJobResult({ name: `${job!.name}/result` });
+  const name = `${job!.name}/result`;
+  const { result } = await client.getJobResult({ name });
   t.equal(result?.text, "", "a large result carries no text inline");
+  t.equal(result?.structure, undefined, "nor structure");
+  t.equal(result?.sha256, done.document?.sha256, "but its metadata");
+  t.ok(result?.keywords.length, "keywords included");
+  t.ok(result?.createTime && result.expireTime);
   t.equal(result?.object?.bucket, `${mesh.isolated.namespace}_results`);
+  t.equal(result?.object?.mediaType, "application/json");
   t.ok(Number(result?.object?.sizeBytes) > 1024 * 1024);
-  const chunks = [];
-  for await (const c of client.downloadJobResult({ name: `${job!.name}/result` })) chunks.push(c);
+  const { chunks, bytes } = await download({ name });
   t.ok(chunks.length >= 2, "streamed in more than one chunk");
-  const bytes = Buffer.concat(chunks.map((c) => c.chunk));
+  t.equal(chunks[0]?.mediaType, "application/json");
+  t.equal(chunks[0]?.totalSize, result?.object?.sizeBytes);
   t.equal(bytes.length, Number(result?.object?.sizeBytes));
-  t.equal((JSON.parse(bytes.toString("utf8")) as { text: string }).text, text);
+  t.equal(createHash("sha256").update(bytes).digest("hex"), result?.object?.sha256, "the object's SHA-256 is that of the bytes downloaded");
+  const downloaded = fromJsonString(JobResultSchema, bytes.toString("utf8"));
+  t.equal(downloaded.text, text);
+  t.equal(downloaded.name, name);
+  t.equal(downloaded.sha256, result?.sha256);
+  t.equal(downloaded.mediaType, result?.mediaType);
+  t.same(downloaded.counts, result?.counts);
+  t.same(downloaded.keywords, result?.keywords);
+  t.equal(downloaded.object, undefined, "the object does not name itself");
+  const resumed = await download({ name, offset: 1_000_000n });
+  t.ok(resumed.bytes.equals(bytes.subarray(1_000_000)), "resumes at an offset");
+  t.equal((await download({ name, format: ResultFormat.TEXT })).bytes.toString("utf8"), text, "the text alone");
+  t.equal(await codeOf(download({ name, offset: BigInt(bytes.length) + 1n })), Code.OutOfRange);
+
+  // An object stored before objects were JobResult JSON holds the result document: it still
+  // downloads as JobResult JSON.
+  const { results } = await openBuckets(mesh.jobs!.topology, mesh.infra.bus.js);
+  const legacy = { schemaVersion: 1, mediaType: "text/plain", sha256: result!.sha256, size: 5, text: "older", structure: { headings: [], tables: [], links: [{ href: "https://example.org/", text: "ex" }] } };
+  await results.putBlob({ name: result!.object!.key }, new TextEncoder().encode(JSON.stringify(legacy)));
+  const old = fromJsonString(JobResultSchema, (await download({ name })).bytes.toString("utf8"));
+  t.equal(old.text, "older");
+  t.same(old.structure?.links.map((l) => [l.url, l.text]), [["https://example.org/", "ex"]]);
+  t.same(old.keywords, result?.keywords, "the rest from the stored summary");
 
   // Retention: once expired, the sweep deletes the row and the object.
   await mesh.infra.db.query("UPDATE job_results SET expire_time = now() - interval '1 second' WHERE job_id = $1", [job!.name.slice(5)]);
   await mesh.jobs!.reaper.sweep();
-  t.equal(await codeOf(client.getJobResult({ name: `${job!.name}/result` })), Code.NotFound);
-  const { results } = await openBuckets(mesh.jobs!.topology, mesh.infra.bus.js);
+  t.equal(await codeOf(client.getJobResult({ name })), Code.NotFound);
   t.equal(await results.getBlob(result!.object!.key), null, "the object is deleted");
 });

@@ -12,6 +12,7 @@ export type ErrorKind =
   | "aborted"
   | "failed_precondition"
   | "resource_exhausted"
+  | "out_of_range"
   | "permission_denied"
   | "unauthenticated"
   | "unavailable";
@@ -51,6 +52,10 @@ export class FailedPreconditionError extends DomainError {
 }
 export class ResourceExhaustedError extends DomainError {
   readonly kind = "resource_exhausted";
+}
+/** A position past the end of what there is, such as a download offset past the end of a result. */
+export class OutOfRangeError extends DomainError {
+  readonly kind = "out_of_range";
 }
 export class UnavailableError extends DomainError {
   readonly kind = "unavailable";

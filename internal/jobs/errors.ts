@@ -1,4 +1,4 @@
-import { AlreadyExistsError, ConflictError, FailedPreconditionError, InvalidArgumentError, NotFoundError, ResourceExhaustedError } from "../errors/index.ts";
+import { AlreadyExistsError, ConflictError, FailedPreconditionError, InvalidArgumentError, NotFoundError, OutOfRangeError, ResourceExhaustedError } from "../errors/index.ts";
 
 export class JobNotFoundError extends NotFoundError {
   constructor(name: string) {
@@ -51,5 +51,9 @@ export class StaleJobEtagError extends ConflictError {
 
 export class InvalidJobRequestError extends InvalidArgumentError {}
 
-/** A download offset beyond the end of the result. */
-export class OffsetOutOfRangeError extends InvalidArgumentError {}
+/** A download offset beyond the end of the result: OUT_OF_RANGE, as the contract says. */
+export class OffsetOutOfRangeError extends OutOfRangeError {
+  constructor(offset: bigint, size: bigint) {
+    super(`offset ${offset} is past the end of the result (${size} bytes)`);
+  }
+}

@@ -1,13 +1,15 @@
 /**
  * Job results: the result document the output stage built, stored inline in Postgres up to
- * 1 MiB or in the results object store bucket beyond, and its protobuf form for GetJobResult.
+ * 1 MiB or, beyond, as its JobResult JSON in the results object store bucket; and its protobuf
+ * form for GetJobResult and DownloadJobResult.
  */
-import { create } from "@bufbuild/protobuf";
+import { create, toJsonString } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { type JobResult, JobResultSchema, PiiType } from "../../gen/jobmesh/v1/jobs_pb.js";
+import { type JobResult, JobResultSchema, PiiType, ResultObjectSchema } from "../../gen/jobmesh/v1/jobs_pb.js";
 import type { Queryable } from "../db/index.ts";
 import type { JobResultDocument, PiiKind } from "../stages/index.ts";
 import { bcp47Tag } from "../stages/language.ts";
+import { jobNameOf } from "./store.ts";
 
 /** What GetJobResult can answer without the text and structure. */
 export type ResultSummary = Omit<JobResultDocument, "text" | "structure"> & { piiRedacted: boolean };
@@ -23,6 +25,9 @@ export interface ResultRow {
   expire_time: Date;
 }
 
+/** The resource name of a job's result, "jobs/{id}/result". */
+export const resultNameOf = (jobId: string) => `${jobNameOf(jobId)}/result`;
+
 /** The object key of a job's large result in the results bucket. */
 export const resultObjectKey = (tenantId: string, jobId: string) => `${tenantId}/${jobId}.json`;
 
@@ -31,6 +36,7 @@ export interface ResultInsert {
   summary: ResultSummary;
   inlineJson?: Uint8Array;
   objectKey?: string;
+  /** Size and SHA-256 of the bytes stored: the inline document, or the object. */
   size: number;
   sha256: string;
   expireTime: Date;
@@ -58,9 +64,11 @@ export async function selectResult(db: Queryable, tenantId: string, jobId: strin
 
 const piiTypes: Record<PiiKind, PiiType> = { email: PiiType.EMAIL, phone: PiiType.PHONE, card: PiiType.CARD_NUMBER, iban: PiiType.IBAN };
 
-/** The JobResult message: whole when `doc` is given, else metadata and the object reference. */
-export function toJobResult(name: string, row: ResultRow, bucket: string, doc?: JobResultDocument): JobResult {
-  const s = row.summary;
+/**
+ * The JobResult a result document makes, without what belongs to its row (object reference,
+ * create and expire times): whole when `doc` is given, else what the summary holds.
+ */
+export function jobResultOf(name: string, s: ResultSummary, doc?: JobResultDocument): JobResult {
   return create(JobResultSchema, {
     name,
     text: doc?.text ?? "",
@@ -84,10 +92,26 @@ export function toJobResult(name: string, row: ResultRow, bucket: string, doc?: 
     piiFindings: (s.pii?.findings ?? []).map((f) => ({ type: piiTypes[f.kind], startOffset: BigInt(f.start), endOffset: BigInt(f.end), maskedValue: f.masked })),
     piiRedacted: s.piiRedacted,
     quality: s.quality ? { score: s.quality.score, reasons: s.quality.reasons.map((code) => ({ code })) } : undefined,
-    object: row.object_key
-      ? { bucket, key: row.object_key, sizeBytes: BigInt(row.size_bytes), sha256: row.sha256, mediaType: row.media_type }
-      : undefined,
-    createTime: timestampFromDate(row.create_time),
-    expireTime: timestampFromDate(row.expire_time),
   });
+}
+
+/** The JobResult message: whole when `doc` is given, else metadata and the object reference. */
+export function toJobResult(name: string, row: ResultRow, bucket: string, doc?: JobResultDocument): JobResult {
+  const result = jobResultOf(name, row.summary, doc);
+  if (row.object_key) {
+    result.object = create(ResultObjectSchema, { bucket, key: row.object_key, sizeBytes: BigInt(row.size_bytes), sha256: row.sha256, mediaType: row.media_type });
+  }
+  result.createTime = timestampFromDate(row.create_time);
+  result.expireTime = timestampFromDate(row.expire_time);
+  return result;
+}
+
+/**
+ * What the results bucket holds for a large result: the whole JobResult in its protobuf JSON
+ * form, as DownloadJobResult streams it. The object reference and the times are left out: the
+ * row has them, and they would make an object that names its own SHA-256, or one that differs
+ * between two attempts writing the same key (see runOutput).
+ */
+export function resultObjectJson(name: string, summary: ResultSummary, doc: JobResultDocument): Uint8Array {
+  return new TextEncoder().encode(toJsonString(JobResultSchema, jobResultOf(name, summary, doc)));
 }

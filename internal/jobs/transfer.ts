@@ -2,15 +2,16 @@
  * The streaming transfers of JobService: UploadDocument (client stream into the uploads object
  * store bucket) and DownloadJobResult (server stream of result chunks, inline or large alike).
  */
-import { create } from "@bufbuild/protobuf";
+import { create, fromJsonString, toJsonString } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { ObjectStore } from "@nats-io/obj";
 import { createHash, randomUUID } from "node:crypto";
-import { ResultFormat, type Upload, type UploadDocumentRequest, UploadSchema } from "../../gen/jobmesh/v1/jobs_pb.js";
+import { JobResultSchema, ResultFormat, type Upload, type UploadDocumentRequest, UploadSchema } from "../../gen/jobmesh/v1/jobs_pb.js";
 import type { Pool } from "../db/index.ts";
 import type { JobResultDocument } from "../stages/index.ts";
 import { DocumentTooLargeError, InvalidJobRequestError, OffsetOutOfRangeError } from "./errors.ts";
 import type { JobDomain } from "./jobs.ts";
+import { resultObjectJson } from "./results.ts";
 
 /** Largest chunk of a download message. */
 export const downloadChunkBytes = 1024 * 1024;
@@ -24,23 +25,44 @@ export interface DownloadChunk {
   mediaType: string;
 }
 
+/**
+ * Streams a result from `offset`: as JSON, the JobResult in its protobuf JSON form (inline, the
+ * message GetJobResult returns; an object, the bytes stored, as they are); as text, its text.
+ */
 export async function* downloadResult(jobs: JobDomain, tenantId: string, name: string, format: ResultFormat, offset: bigint): AsyncGenerator<DownloadChunk> {
-  const { bytes: json } = await jobs.resultBytes(tenantId, name, true);
-  let bytes = json!;
-  let mediaType = "application/json";
-  if (format === ResultFormat.TEXT) {
-    const doc = JSON.parse(Buffer.from(bytes).toString("utf8")) as JobResultDocument;
-    bytes = new TextEncoder().encode(doc.text ?? "");
-    mediaType = "text/plain; charset=utf-8";
-  }
+  const { bytes, mediaType } = await downloadable(jobs, tenantId, name, format);
   const total = BigInt(bytes.byteLength);
-  if (offset > total) throw new OffsetOutOfRangeError(`offset ${offset} is past the end of the result (${total} bytes)`);
+  if (offset > total) throw new OffsetOutOfRangeError(offset, total);
+  // At least one message, so that a download from the very end still learns total_size.
   let first = true;
   for (let at = Number(offset); at < bytes.byteLength || first; at += downloadChunkBytes) {
     const chunk = bytes.subarray(at, Math.min(bytes.byteLength, at + downloadChunkBytes));
     yield { chunk, offset: BigInt(at), totalSize: total, mediaType: first ? mediaType : "" };
     first = false;
   }
+}
+
+async function downloadable(jobs: JobDomain, tenantId: string, name: string, format: ResultFormat): Promise<{ bytes: Uint8Array; mediaType: string }> {
+  // Inline (at most 1 MiB), GetJobResult's message is the whole result; large, it has only the
+  // object reference, and the object is the whole result, already in JobResult JSON.
+  const result = await jobs.getResult(tenantId, name);
+  const json = result.object ? await objectJson(jobs, tenantId, name) : undefined;
+  if (format === ResultFormat.TEXT) {
+    const text = json ? fromJsonString(JobResultSchema, utf8.decode(json)).text : result.text;
+    return { bytes: new TextEncoder().encode(text), mediaType: "text/plain; charset=utf-8" };
+  }
+  return { bytes: json ?? new TextEncoder().encode(toJsonString(JobResultSchema, result)), mediaType: "application/json" };
+}
+
+const utf8 = new TextDecoder();
+/** How the result document always begins; JobResult JSON begins with the name. */
+const documentStart = new TextEncoder().encode('{"schemaVersion":');
+
+/** A large result's object: JobResult JSON, converted when stored as the result document (before it was so). */
+async function objectJson(jobs: JobDomain, tenantId: string, name: string): Promise<Uint8Array> {
+  const { row, bytes } = await jobs.resultBytes(tenantId, name, true);
+  if (!documentStart.every((b, i) => bytes![i] === b)) return bytes!;
+  return resultObjectJson(name, row.summary, JSON.parse(utf8.decode(bytes)) as JobResultDocument);
 }
 
 export async function uploadDocument(

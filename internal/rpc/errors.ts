@@ -18,6 +18,7 @@ const codeByKind: Record<ErrorKind, Code> = {
   aborted: Code.Aborted,
   failed_precondition: Code.FailedPrecondition,
   resource_exhausted: Code.ResourceExhausted,
+  out_of_range: Code.OutOfRange,
   permission_denied: Code.PermissionDenied,
   unauthenticated: Code.Unauthenticated,
   unavailable: Code.Unavailable,

@@ -9,7 +9,7 @@ import { createHash } from "node:crypto";
 import { SourceKind } from "../../gen/jobmesh/v1/jobs_pb.js";
 import { Stage, type StageOptions } from "../../gen/jobmesh/v1/pipelines_pb.js";
 import type { StageTask } from "../jobs/outbox.ts";
-import { resultObjectKey, type ResultSummary } from "../jobs/results.ts";
+import { resultNameOf, resultObjectJson, resultObjectKey, type ResultSummary } from "../jobs/results.ts";
 import { configOf, stageAt, type JobRow } from "../jobs/store.ts";
 import type { StageCompletion, StageInputs } from "../jobs/fast-path.ts";
 import {
@@ -128,18 +128,22 @@ async function runOutput(deps: StageRunDeps, task: StageTask, inputs: StageInput
   );
   const { text: _text, structure: _structure, ...rest } = out.result;
   const summary: ResultSummary = { ...rest, piiRedacted: enrich?.redactedText !== undefined };
-  const sha256 = createHash("sha256").update(out.json).digest("hex");
+  // Inline, the document is kept and GetJobResult maps it; an object is only ever streamed by
+  // DownloadJobResult, so it is stored in the form the contract gives: JobResult JSON.
+  const stored = out.storeInline ? out.json : resultObjectJson(resultNameOf(task.jobId), summary, out.result);
+  const sha256 = createHash("sha256").update(stored).digest("hex");
   const expireTime = new Date(Date.now() + (out.resultRetentionMs ?? deps.resultRetentionSeconds * 1000));
   let objectKey: string | undefined;
   if (!out.storeInline) {
     // Written before the commit: a commit that then loses the fence leaves an object that the
-    // winning attempt overwrites with the same key.
+    // winning attempt overwrites with the same key (and the same bytes: nothing in them is
+    // particular to the attempt).
     objectKey = resultObjectKey(task.tenantId, task.jobId);
-    await deps.results.putBlob({ name: objectKey }, out.json);
+    await deps.results.putBlob({ name: objectKey }, stored);
   }
   signal.throwIfAborted();
   return {
-    output: { size: out.jsonSize, sha256, objectKey: objectKey ?? null },
-    result: { summary, inlineJson: out.storeInline ? out.json : undefined, objectKey, size: out.jsonSize, sha256, expireTime },
+    output: { size: stored.byteLength, sha256, objectKey: objectKey ?? null },
+    result: { summary, inlineJson: out.storeInline ? out.json : undefined, objectKey, size: stored.byteLength, sha256, expireTime },
   };
 }

@@ -326,7 +326,7 @@ export declare type JobResult = Message<"jobmesh.v1.JobResult"> & {
 
   /**
    * Extracted text (after PII redaction when the pipeline redacts); empty when the pipeline
-   * does not include text or the result is stored as an object.
+   * does not include text, or from GetJobResult when the result is stored as an object.
    *
    * @generated from field: string text = 2;
    */
@@ -1684,7 +1684,9 @@ export enum ResultFormat {
   UNSPECIFIED = 0,
 
   /**
-   * The whole JobResult in its protobuf JSON form ("application/json").
+   * The whole JobResult in its protobuf JSON form ("application/json"). For a result stored
+   * as an object, that is the object as stored: with text and structure, and without object,
+   * create_time and expire_time, which GetJobResult gives.
    *
    * @generated from enum value: RESULT_FORMAT_JSON = 1;
    */
