@@ -33,14 +33,24 @@ t.test("create - queued with the latest version of document-default snapshotted"
   t.match(job?.traceId, /^[0-9a-f]{32}$/);
 });
 
+/** jobmesh_jobs_created_total of normal-priority jobs, as /metrics says now. */
+async function jobsCreatedNormal(): Promise<number> {
+  const text = await (await fetch(`${mesh.jobs!.url}/metrics`)).text();
+  return Number(/^jobmesh_jobs_created_total\{priority="normal"[^}]*\} (\d+)/m.exec(text)?.[1] ?? 0);
+}
+
 t.test("create - request_id: same body gives the same job, a different body ALREADY_EXISTS", async (t) => {
   const requestId = "2b0c9a57-6c1e-4a4e-9d55-3f1e1d2c4b5a";
+  const before = await jobsCreatedNormal();
   const a = await client.createJob({ requestId, job: { document: text("same"), labels: { k: "v" } } });
   const b = await client.createJob({ requestId, job: { document: text("same"), labels: { k: "v" } } });
   t.equal(a.job?.name, b.job?.name);
   t.equal(await codeOf(client.createJob({ requestId, job: { document: text("different") } })), Code.AlreadyExists);
   const { rows } = await mesh.infra.db.query("SELECT count(*)::int AS n FROM jobs WHERE request_id = $1", [requestId]);
   t.equal(rows[0].n, 1);
+  const replayed = await client.createJobs({ requests: [{ requestId, job: { document: text("same"), labels: { k: "v" } } }, { job: { document: text("new") } }] });
+  t.equal(replayed.jobs[0].name, a.job?.name, "a replay inside CreateJobs gives the same job");
+  t.equal(await jobsCreatedNormal(), before + 2, "jobs created counts the two new jobs, not the replays");
 });
 
 t.test("create - a pinned version is snapshotted; unknown pipelines and versions are NOT_FOUND", async (t) => {

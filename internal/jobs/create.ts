@@ -124,6 +124,8 @@ const groupedContentLimit = 256 * 1024;
 export interface InsertedJobs {
   /** The jobs in request order (an earlier job where a request_id was replayed). */
   rows: JobRow[];
+  /** Per row: whether this call created it (false: a replayed request_id's earlier job). */
+  created: boolean[];
   /** Outbox rows of the new jobs (job_created events and first stage tasks), to publish now. */
   outbox: OutboxMessage[];
 }
@@ -206,9 +208,10 @@ export async function insertJobs(db: Queryable, topology: Topology, tenantId: st
     ],
   });
   const inserted = new Map(rows.map((r) => [r.id, r]));
-  const out: InsertedJobs = { rows: [], outbox: [] };
+  const out: InsertedJobs = { rows: [], created: [], outbox: [] };
   for (const b of built) {
     const row = inserted.get(b.id);
+    out.created.push(row !== undefined);
     if (row) {
       out.rows.push(row);
       out.outbox.push(...b.rows.outbox);
@@ -230,7 +233,7 @@ export const insertableAtOnce = (prepared: PreparedJob[]) =>
  * Inserts one prepared job with large inline content, as plain parameters (insertJobs passes
  * arrays, which Postgres receives as text). Same contract as insertJobs for one job.
  */
-export async function insertLargeJob(tx: Queryable, topology: Topology, tenantId: string, p: PreparedJob): Promise<JobRow> {
+export async function insertLargeJob(tx: Queryable, topology: Topology, tenantId: string, p: PreparedJob): Promise<{ row: JobRow; created: boolean }> {
   const span = trace.getSpan(context.active());
   const carrier: Record<string, string> = {};
   propagation.inject(context.active(), carrier);
@@ -250,9 +253,9 @@ export async function insertLargeJob(tx: Queryable, topology: Topology, tenantId
   if (rows.length === 0) {
     const earlier = await findByRequestId(tx, tenantId, p);
     if (!earlier) throw new Error("a job was neither inserted nor found by its request_id");
-    return earlier;
+    return { row: earlier, created: false };
   }
-  return applyChange(tx, topology, rows[0], {}, [{ type: JobEventType.JOB_CREATED }], { stageIndex: 0, attempt: 1 });
+  return { row: await applyChange(tx, topology, rows[0], {}, [{ type: JobEventType.JOB_CREATED }], { stageIndex: 0, attempt: 1 }), created: true };
 }
 
 /** The existing job of a request_id, when the same request was made before. */

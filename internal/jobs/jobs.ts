@@ -59,21 +59,25 @@ export function createJobDomain(deps: JobDomainDeps) {
    */
   async function insert(tenantId: string, prepared: PreparedJob[]): Promise<Job[]> {
     let rows: JobRow[];
+    let created: boolean[];
     if (!insertableAtOnce(prepared)) {
       // Large inline documents: one statement each, published by the relay on commit.
-      rows = await inTransaction(db, async (tx) => {
-        const out: JobRow[] = [];
+      const inserted = await inTransaction(db, async (tx) => {
+        const out: { row: JobRow; created: boolean }[] = [];
         for (const p of prepared) out.push(await insertLargeJob(tx, topology, tenantId, p));
         return out;
       });
+      rows = inserted.map((i) => i.row);
+      created = inserted.map((i) => i.created);
     } else {
       // A replayed request_id may turn out to be reused with another body: then nothing stays.
       const write = (q: Queryable) => insertJobs(q, topology, tenantId, prepared, deps.publisher.graceSeconds);
       const inserted = prepared.some((p) => p.requestId) ? await inTransaction(db, write) : await write(db);
       void deps.publisher.publish(inserted.outbox);
-      rows = inserted.rows;
+      ({ rows, created } = inserted);
     }
-    for (const p of prepared) jobCounters().created.add(1, { priority: priorityToken(p.priority) });
+    // A replayed request_id created nothing.
+    prepared.forEach((p, i) => created[i] && jobCounters().created.add(1, { priority: priorityToken(p.priority) }));
     return Promise.all(rows.map((row) => jobOf(db, tenantId, row)));
   }
 
