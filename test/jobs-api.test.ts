@@ -1,12 +1,13 @@
 import t from "tap";
 import { create, fromBinary, fromJsonString } from "@bufbuild/protobuf";
-import { createClient } from "@connectrpc/connect";
+import { ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
 import { type JobEvent, JobEventSchema, JobEventType, JobState } from "../gen/jobmesh/v1/events_pb.js";
 import type { MsgHdrs } from "@nats-io/transport-node";
 import { JobResultSchema, JobService, Priority, SourceKind, StageAttemptOutcome, UploadDocumentRequestSchema } from "../gen/jobmesh/v1/jobs_pb.js";
 import { PipelineConfigSchema, PipelineService, Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
+import { createTopology, openBuckets } from "../internal/jobs/topology.ts";
 import { startWorkers } from "../internal/mesh/servers.ts";
 import { Code, codeOf, jobClient, signInAsAdmin, waitForJob } from "./jobs-support.ts";
 import { makePdf, makePng, PROSE } from "./stages-fixtures.ts";
@@ -63,6 +64,21 @@ t.test("create - a pinned version is snapshotted; unknown pipelines and versions
   t.equal(latest.job?.pipelineVersion, 2);
   t.equal(await codeOf(client.createJob({ job: { pipeline: "pipelines/nope", document: text("x") } })), Code.NotFound);
   t.equal(await codeOf(client.createJob({ job: { pipeline: "pipelines/pinned", pipelineVersion: 9, document: text("x") } })), Code.NotFound);
+});
+
+t.test("delete - a QUEUED job is FAILED_PRECONDITION; cancelled, it can be deleted with all its rows", async (t) => {
+  // No worker runs yet in this file: the job stays QUEUED.
+  const { job } = await client.createJob({ job: { document: text("not yet run") } });
+  t.equal(await codeOf(client.deleteJob({ name: job!.name })), Code.FailedPrecondition);
+  t.equal((await client.getJob({ name: job!.name })).job?.state, JobState.QUEUED, "and nothing changed");
+  await client.cancelJob({ name: job!.name });
+  await client.deleteJob({ name: job!.name });
+  t.equal(await codeOf(client.getJob({ name: job!.name })), Code.NotFound);
+  const id = job!.name.slice("jobs/".length);
+  for (const table of ["job_events", "stage_attempts", "stage_outputs"]) {
+    const { rows } = await mesh.infra.db.query(`SELECT count(*)::int AS n FROM ${table} WHERE job_id = $1`, [id]);
+    t.equal(rows[0].n, 0, `no ${table} rows left`);
+  }
 });
 
 t.test("create - literal private, loopback and link-local URLs are FAILED_PRECONDITION", async (t) => {
@@ -228,16 +244,13 @@ t.test("permanent failure - an unsupported format fails at parse once, without r
   t.same(again.attempts.filter((a) => a.stage === Stage.INGEST).map((a) => a.attempt), [1], "stages before from_stage are not rerun");
 });
 
-t.test("delete - a finished job is gone with its result; a queued one is FAILED_PRECONDITION", async (t) => {
+t.test("delete - a finished job is gone with its result", async (t) => {
   const { job } = await client.getJob({ name: watchedJob });
   t.equal(await codeOf(client.deleteJob({ name: watchedJob, etag: "stale" })), Code.Aborted);
   await client.deleteJob({ name: watchedJob, etag: job!.etag });
   t.equal(await codeOf(client.getJob({ name: watchedJob })), Code.NotFound);
   const { rows } = await mesh.infra.db.query("SELECT count(*)::int AS n FROM job_results WHERE job_id = $1", [watchedJob.slice(5)]);
   t.equal(rows[0].n, 0);
-  const running = await client.createJob({ job: { document: text("fresh") } });
-  const code = await codeOf(client.deleteJob({ name: running.job!.name }));
-  t.ok(code === Code.FailedPrecondition || code === "ok", "queued or running jobs cannot be deleted (unless it already finished)");
 });
 
 t.test("upload - a document streamed in chunks runs as a job", async (t) => {
@@ -256,6 +269,14 @@ t.test("upload - a document streamed in chunks runs as a job", async (t) => {
   t.equal(done.document?.sha256, upload?.sha256);
   const { result } = await client.getJobResult({ name: `${job!.name}/result` });
   t.match(result?.text, /Uploaded second page\.$/);
+  // DeleteJob removes the document with the job: the uploads row and the object in the bucket.
+  const uploadId = upload!.name.slice("uploads/".length);
+  const { uploads } = await openBuckets(createTopology(mesh.isolated.namespace), mesh.infra.bus.js);
+  t.ok(await uploads.get(uploadId), "the upload is stored while its job exists");
+  await client.deleteJob({ name: job!.name });
+  const { rows } = await mesh.infra.db.query("SELECT count(*)::int AS n FROM uploads WHERE id = $1", [uploadId]);
+  t.equal(rows[0].n, 0, "the upload row is gone");
+  t.equal(await uploads.get(uploadId), null, "and so is its object");
   t.equal(await codeOf(client.createJob({ job: { document: { source: { case: "upload", value: "uploads/00000000-0000-4000-8000-000000000000" } } } })), Code.NotFound);
   async function* wrongSize() {
     yield create(UploadDocumentRequestSchema, { part: { case: "metadata", value: { sizeBytes: 10n } } });
@@ -296,8 +317,15 @@ t.test("upload - more than the document limit is RESOURCE_EXHAUSTED", async (t) 
     for (let i = 0; i < 5; i++) yield create(UploadDocumentRequestSchema, { part: { case: "chunk", value: new Uint8Array(64 * 1024).fill(66) } });
   }
   t.equal(await codeOf(streaming.uploadDocument(tooBig())), Code.ResourceExhausted);
-  const { rows } = await mesh.infra.db.query<{ n: number }>("SELECT count(*)::int AS n FROM uploads");
-  t.equal(rows[0].n, 1, "only the earlier, complete upload is recorded");
+  async function* declaredTooBig() {
+    yield create(UploadDocumentRequestSchema, { part: { case: "metadata", value: { filename: "big.txt", sizeBytes: BigInt(256 * 1024 + 1) } } });
+    for (let i = 0; i < 5; i++) yield create(UploadDocumentRequestSchema, { part: { case: "chunk", value: new Uint8Array(64 * 1024).fill(66) } });
+  }
+  const refused = await streaming.uploadDocument(declaredTooBig()).then(() => undefined, (e: unknown) => ConnectError.from(e));
+  t.equal(refused?.code, Code.ResourceExhausted, "a declared size over the limit");
+  t.match(refused?.rawMessage, /document of 262145 bytes exceeds the limit of 262144 bytes/, "refused on the declared size, before reading the bytes");
+  const { rows } = await mesh.infra.db.query<{ n: number }>("SELECT count(*)::int AS n FROM uploads WHERE filename = 'big.txt'");
+  t.equal(rows[0].n, 0, "the refused upload is not recorded");
 });
 
 t.test("ssrf - a host name that resolves to loopback fails permanently at ingest, nothing is fetched", async (t) => {

@@ -76,6 +76,8 @@ export async function uploadDocument(
     throw new InvalidJobRequestError("the first message of an upload must carry its metadata", { violations: [{ field: "metadata", description: "required in the first message" }] });
   }
   const meta = head.value.part.value;
+  // Declared too large: refused before a byte is read or stored.
+  if (meta.sizeBytes > BigInt(deps.maxDocumentBytes)) throw new DocumentTooLargeError(Number(meta.sizeBytes), deps.maxDocumentBytes);
   const id = randomUUID();
   const hash = createHash("sha256");
   let size = 0;
