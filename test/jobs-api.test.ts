@@ -10,7 +10,7 @@ import { PipelineConfigSchema, PipelineService, Stage } from "../gen/jobmesh/v1/
 import { createTopology, openBuckets } from "../internal/jobs/topology.ts";
 import { startWorkers } from "../internal/mesh/servers.ts";
 import { Code, codeOf, jobClient, signInAsAdmin, waitForJob } from "./jobs-support.ts";
-import { makePdf, makePng, PROSE } from "./stages-fixtures.ts";
+import { makeDocx, makePdf, makePng, PROSE } from "./stages-fixtures.ts";
 import { startTestMesh } from "./support/mesh.ts";
 
 // No workers at first: queued jobs stay queued until the "worker starts" test.
@@ -242,6 +242,23 @@ t.test("permanent failure - an unsupported format fails at parse once, without r
   t.equal(again.state, JobState.FAILED);
   t.same(again.attempts.filter((a) => a.stage === Stage.DETECT).map((a) => a.attempt), [1, 2]);
   t.same(again.attempts.filter((a) => a.stage === Stage.INGEST).map((a) => a.attempt), [1], "stages before from_stage are not rerun");
+});
+
+t.test("permanent failure - a corrupt PDF and a corrupt DOCX fail at parse once, with a clear error", async (t) => {
+  const pdf = await makePdf([PROSE]);
+  const docx = await makeDocx();
+  for (const [filename, bytes, message] of [
+    ["broken.pdf", pdf.subarray(0, 400), "the PDF document is corrupt or unreadable"],
+    ["broken.docx", docx.subarray(0, 300), "the DOCX document is corrupt or unreadable"],
+  ] as const) {
+    const { job } = await client.createJob({ job: { document: { source: { case: "content", value: bytes }, filename } } });
+    const failed = await waitForJob(client, job!.name);
+    t.equal(failed.state, JobState.FAILED, filename);
+    t.equal(failed.error?.code, "CORRUPT_DOCUMENT", filename);
+    t.equal(failed.error?.message, message, filename);
+    t.equal(failed.error?.transient, false, `${filename}: no retry`);
+    t.same(failed.attempts.filter((a) => a.stage === Stage.PARSE).map((a) => a.outcome), [StageAttemptOutcome.FAILED], `${filename}: one parse attempt`);
+  }
 });
 
 t.test("delete - a finished job is gone with its result", async (t) => {
