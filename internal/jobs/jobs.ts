@@ -216,14 +216,8 @@ export function createJobDomain(deps: JobDomainDeps) {
       if (objects.upload) await deps.buckets.uploads.delete(objects.upload).catch(() => {});
     },
 
+    /** The result: whole when stored inline, else its metadata and object reference. */
     async getResult(tenantId: string, name: string): Promise<JobResult> {
-      const { row, bytes } = await this.resultBytes(tenantId, name, false);
-      const doc = bytes ? (JSON.parse(Buffer.from(bytes).toString("utf8")) as JobResultDocument) : undefined;
-      return toJobResult(name, row, topology.resultsBucket, doc);
-    },
-
-    /** The stored result row and, when inline (or `includeObject`), its JSON bytes. */
-    async resultBytes(tenantId: string, name: string, includeObject: boolean) {
       const jobId = idOrNotFound(name);
       const job = await selectJob(db, tenantId, jobId);
       if (!job) throw new JobNotFoundError(name.replace(/\/result$/, ""));
@@ -232,11 +226,8 @@ export function createJobDomain(deps: JobDomainDeps) {
       if (job.state !== JobState.SUCCEEDED) throw new ResultNotFoundError(name, `the job is ${JobState[job.state]}; a result exists once it SUCCEEDED`);
       const row = await selectResult(db, tenantId, jobId);
       if (!row) throw new ResultNotFoundError(name);
-      if (row.inline_json) return { row, bytes: new Uint8Array(row.inline_json) };
-      if (!includeObject || !row.object_key) return { row, bytes: undefined };
-      const bytes = await deps.buckets.results.getBlob(row.object_key);
-      if (!bytes) throw new ResultNotFoundError(name);
-      return { row, bytes };
+      const doc = row.inline_json ? (JSON.parse(row.inline_json.toString("utf8")) as JobResultDocument) : undefined;
+      return toJobResult(name, row, topology.resultsBucket, doc);
     },
   };
 }

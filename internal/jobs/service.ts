@@ -35,6 +35,8 @@ export interface JobServiceDeps {
   nc: NatsConnection;
   topology: Topology;
   uploads: ObjectStore;
+  /** Large results, streamed by DownloadJobResult. */
+  results: ObjectStore;
   maxDocumentBytes: number;
 }
 
@@ -69,7 +71,7 @@ export function createJobService(deps: JobServiceDeps): ServiceImpl<typeof JobSe
       return create(GetJobResultResponseSchema, { result: await jobs.getResult(callerOf(ctx.values).tenantId, req.name) });
     },
     async *downloadJobResult(req, ctx) {
-      for await (const chunk of downloadResult(jobs, callerOf(ctx.values).tenantId, req.name, req.format, req.offset)) {
+      for await (const chunk of downloadResult({ jobs, results: deps.results }, callerOf(ctx.values).tenantId, req.name, req.format, req.offset)) {
         yield create(DownloadJobResultResponseSchema, chunk);
       }
     },

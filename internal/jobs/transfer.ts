@@ -8,10 +8,8 @@ import type { ObjectStore } from "@nats-io/obj";
 import { createHash, randomUUID } from "node:crypto";
 import { JobResultSchema, ResultFormat, type Upload, type UploadDocumentRequest, UploadSchema } from "../../gen/jobmesh/v1/jobs_pb.js";
 import type { Pool } from "../db/index.ts";
-import type { JobResultDocument } from "../stages/index.ts";
-import { DocumentTooLargeError, InvalidJobRequestError, OffsetOutOfRangeError } from "./errors.ts";
+import { DocumentTooLargeError, InvalidJobRequestError, OffsetOutOfRangeError, ResultNotFoundError } from "./errors.ts";
 import type { JobDomain } from "./jobs.ts";
-import { resultObjectJson } from "./results.ts";
 
 /** Largest chunk of a download message. */
 export const downloadChunkBytes = 1024 * 1024;
@@ -27,10 +25,30 @@ export interface DownloadChunk {
 
 /**
  * Streams a result from `offset`: as JSON, the JobResult in its protobuf JSON form (inline, the
- * message GetJobResult returns; an object, the bytes stored, as they are); as text, its text.
+ * message GetJobResult returns; a large result, its object as stored, which is that JSON already,
+ * read from the bucket chunk by chunk); as text, its text.
  */
-export async function* downloadResult(jobs: JobDomain, tenantId: string, name: string, format: ResultFormat, offset: bigint): AsyncGenerator<DownloadChunk> {
-  const { bytes, mediaType } = await downloadable(jobs, tenantId, name, format);
+export async function* downloadResult(
+  deps: { jobs: JobDomain; results: ObjectStore },
+  tenantId: string,
+  name: string,
+  format: ResultFormat,
+  offset: bigint,
+): AsyncGenerator<DownloadChunk> {
+  const result = await deps.jobs.getResult(tenantId, name);
+  if (result.object && format !== ResultFormat.TEXT) {
+    yield* objectChunks(deps.results, result.object.key, name, offset);
+    return;
+  }
+  let bytes: Uint8Array;
+  let mediaType = "application/json";
+  if (format === ResultFormat.TEXT) {
+    const text = result.object ? fromJsonString(JobResultSchema, new TextDecoder().decode(await wholeObject(deps.results, result.object.key, name))).text : result.text;
+    bytes = new TextEncoder().encode(text);
+    mediaType = "text/plain; charset=utf-8";
+  } else {
+    bytes = new TextEncoder().encode(toJsonString(JobResultSchema, result));
+  }
   const total = BigInt(bytes.byteLength);
   if (offset > total) throw new OffsetOutOfRangeError(offset, total);
   // At least one message, so that a download from the very end still learns total_size.
@@ -42,27 +60,59 @@ export async function* downloadResult(jobs: JobDomain, tenantId: string, name: s
   }
 }
 
-async function downloadable(jobs: JobDomain, tenantId: string, name: string, format: ResultFormat): Promise<{ bytes: Uint8Array; mediaType: string }> {
-  // Inline (at most 1 MiB), GetJobResult's message is the whole result; large, it has only the
-  // object reference, and the object is the whole result, already in JobResult JSON.
-  const result = await jobs.getResult(tenantId, name);
-  const json = result.object ? await objectJson(jobs, tenantId, name) : undefined;
-  if (format === ResultFormat.TEXT) {
-    const text = json ? fromJsonString(JobResultSchema, utf8.decode(json)).text : result.text;
-    return { bytes: new TextEncoder().encode(text), mediaType: "text/plain; charset=utf-8" };
+/**
+ * A large result's object from `offset`, in messages of up to downloadChunkBytes, holding no
+ * more than one message in memory: results reach tens of MiB.
+ */
+async function* objectChunks(bucket: ObjectStore, key: string, name: string, offset: bigint): AsyncGenerator<DownloadChunk> {
+  const object = await bucket.get(key);
+  if (!object) throw new ResultNotFoundError(name);
+  const total = BigInt(object.info.size);
+  const reader = object.data.getReader();
+  try {
+    if (offset > total) throw new OffsetOutOfRangeError(offset, total);
+    let skip = Number(offset);
+    let at = offset;
+    let pending: Uint8Array[] = [];
+    let pendingBytes = 0;
+    let first = true;
+    const message = (): DownloadChunk => {
+      const chunk = Buffer.concat(pending, pendingBytes);
+      const out = { chunk, offset: at, totalSize: total, mediaType: first ? "application/json" : "" };
+      at += BigInt(pendingBytes);
+      pending = [];
+      pendingBytes = 0;
+      first = false;
+      return out;
+    };
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      let part = value;
+      if (skip > 0) {
+        const dropped = Math.min(skip, part.byteLength);
+        part = part.subarray(dropped);
+        skip -= dropped;
+      }
+      while (part.byteLength > 0) {
+        const take = Math.min(part.byteLength, downloadChunkBytes - pendingBytes);
+        pending.push(part.subarray(0, take));
+        pendingBytes += take;
+        part = part.subarray(take);
+        if (pendingBytes === downloadChunkBytes) yield message();
+      }
+    }
+    if (pendingBytes > 0 || first) yield message();
+  } finally {
+    await reader.cancel().catch(() => {});
   }
-  return { bytes: json ?? new TextEncoder().encode(toJsonString(JobResultSchema, result)), mediaType: "application/json" };
 }
 
-const utf8 = new TextDecoder();
-/** How the result document always begins; JobResult JSON begins with the name. */
-const documentStart = new TextEncoder().encode('{"schemaVersion":');
-
-/** A large result's object: JobResult JSON, converted when stored as the result document (before it was so). */
-async function objectJson(jobs: JobDomain, tenantId: string, name: string): Promise<Uint8Array> {
-  const { row, bytes } = await jobs.resultBytes(tenantId, name, true);
-  if (!documentStart.every((b, i) => bytes![i] === b)) return bytes!;
-  return resultObjectJson(name, row.summary, JSON.parse(utf8.decode(bytes)) as JobResultDocument);
+/** A large result's object, whole (for its text). */
+async function wholeObject(bucket: ObjectStore, key: string, name: string): Promise<Uint8Array> {
+  const bytes = await bucket.getBlob(key);
+  if (!bytes) throw new ResultNotFoundError(name);
+  return bytes;
 }
 
 export async function uploadDocument(

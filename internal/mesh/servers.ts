@@ -132,7 +132,7 @@ export async function serveJobs(infra: Infra, port = infra.config.ports.jobs, op
     name: "jobs",
     host: config.host,
     port,
-    services: [bindService(JobService, createJobService({ jobs, db: infra.db, nc: infra.bus.nc, topology, uploads: buckets.uploads, maxDocumentBytes: config.maxDocumentBytes }))],
+    services: [bindService(JobService, createJobService({ jobs, db: infra.db, nc: infra.bus.nc, topology, uploads: buckets.uploads, results: buckets.results, maxDocumentBytes: config.maxDocumentBytes }))],
     log: infra.log,
     telemetry: infra.telemetry,
     readiness: infra.readiness,
