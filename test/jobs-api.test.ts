@@ -341,6 +341,10 @@ t.test("upload - more than the document limit is RESOURCE_EXHAUSTED", async (t) 
   const refused = await streaming.uploadDocument(declaredTooBig()).then(() => undefined, (e: unknown) => ConnectError.from(e));
   t.equal(refused?.code, Code.ResourceExhausted, "a declared size over the limit");
   t.match(refused?.rawMessage, /document of 262145 bytes exceeds the limit of 262144 bytes/, "refused on the declared size, before reading the bytes");
+  async function* declaredHuge() {
+    yield create(UploadDocumentRequestSchema, { part: { case: "metadata", value: { filename: "huge.bin", sizeBytes: 60n * 1024n * 1024n } } });
+  }
+  t.equal(await codeOf(streaming.uploadDocument(declaredHuge())), Code.ResourceExhausted, "the configured limit decides, whatever the size");
   const { rows } = await mesh.infra.db.query<{ n: number }>("SELECT count(*)::int AS n FROM uploads WHERE filename = 'big.txt'");
   t.equal(rows[0].n, 0, "the refused upload is not recorded");
 });

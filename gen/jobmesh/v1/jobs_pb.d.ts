@@ -1433,8 +1433,10 @@ export declare type UploadMetadata = Message<"jobmesh.v1.UploadMetadata"> & {
   mediaType: string;
 
   /**
-   * Total size in bytes, at most 50 MiB; 0 when not known in advance. When set, an upload
-   * of a different length fails with INVALID_ARGUMENT.
+   * Total size in bytes; 0 when not known in advance. Over the server's document limit
+   * (JOBMESH_MAX_DOCUMENT_BYTES, default 50 MiB) the upload fails with RESOURCE_EXHAUSTED
+   * before any byte is stored. When set, an upload of a different length fails with
+   * INVALID_ARGUMENT.
    *
    * @generated from field: int64 size_bytes = 3;
    */
