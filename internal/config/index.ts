@@ -21,6 +21,8 @@ export interface ServicePorts {
   audit: number;
   webhooks: number;
   gateway: number;
+  /** The worker process's /metrics, /healthz and /readyz (it serves no RPCs). */
+  workerMetrics: number;
 }
 
 export interface Config {
@@ -162,6 +164,7 @@ export function loadConfig(env: Env = process.env): Config {
       auth: readPort(env, "JOBMESH_AUTH_PORT", 50053),
       audit: readPort(env, "JOBMESH_AUDIT_PORT", 50054),
       webhooks: readPort(env, "JOBMESH_WEBHOOKS_PORT", 50055),
+      workerMetrics: readPort(env, "JOBMESH_WORKER_METRICS_PORT", 50056),
     },
     databaseUrl: readUrl(env, "DATABASE_URL", "postgres://postgres@127.0.0.1:5432/jobmesh", ["postgres:", "postgresql:"]),
     redisUrl: readUrl(env, "REDIS_URL", "redis://127.0.0.1:6379", ["redis:", "rediss:"]),

@@ -56,6 +56,7 @@ export async function isolate(overrides: Record<string, string> = {}): Promise<I
     JOBMESH_AUDIT_PORT: "0",
     JOBMESH_WEBHOOKS_PORT: "0",
     JOBMESH_GATEWAY_PORT: "0",
+    JOBMESH_WORKER_METRICS_PORT: "0",
     ...overrides,
   };
   return {
