@@ -2,7 +2,7 @@ import t from "tap";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { PrincipalKind, Role } from "../gen/jobmesh/v1/auth_pb.js";
-import { PipelineService } from "../gen/jobmesh/v1/pipelines_pb.js";
+import { PipelineService, Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
 import { startTestMesh } from "./support/mesh.ts";
 import { testPassword } from "./support/auth.ts";
 
@@ -132,6 +132,41 @@ t.test("access token - a disabled or deleted user's token stops working on every
     t.ok((await refusedWithin(() => client.getCurrentIdentity({}, { headers }))) < 1_500, `${how}: refused by AuthService`);
   }
   t.equal(await codeOf(pipelines.listPipelines({}, { headers: admin })), "ok", "other users are not affected");
+});
+
+t.test("access token - a demoted user's token acts with the new role within a second; a promotion waits for a new token", async (t) => {
+  const admin = await auth.headersFor("admin");
+  const pipelines = createClient(PipelineService, createConnectTransport({ baseUrl: mesh.pipelines.url, httpVersion: "1.1" }));
+  const user = await auth.newUser("operator");
+  const { accessToken } = await client.login({ email: user.email, password: user.password });
+  const headers = { authorization: `Bearer ${accessToken}` };
+  const create = (id: string) => pipelines.createPipeline({ pipelineId: id, pipeline: { config: { stages: [{ stage: Stage.INGEST }, { stage: Stage.OUTPUT }] } } }, { headers });
+  t.equal(await codeOf(create("before-demotion")), "ok", "an operator creates pipelines");
+  const setRoles = async (roles: Role[]) => {
+    const { user: current } = await client.getUser({ name: user.name }, { headers: admin });
+    await client.updateUser({ user: { name: user.name, etag: current!.etag, roles }, updateMask: { paths: ["roles"] } }, { headers: admin });
+  };
+
+  await setRoles([Role.VIEWER]);
+  const began = Date.now();
+  let code: Code | "ok" = "ok";
+  for (let i = 0; Date.now() - began < 3_000; i++) {
+    code = await codeOf(create(`after-demotion-${i}`));
+    if (code !== "ok") break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  t.equal(code, Code.PermissionDenied, "the same token can no longer create");
+  t.ok(Date.now() - began < 1_500, `refused within ${Date.now() - began} ms`);
+  t.equal(await codeOf(pipelines.listPipelines({}, { headers })), "ok", "and still reads, as a viewer");
+  const { identity } = await client.getCurrentIdentity({}, { headers });
+  t.same(identity?.roles, [Role.VIEWER], "GetCurrentIdentity says what the token acts as");
+
+  await setRoles([Role.ADMIN]);
+  await new Promise((r) => setTimeout(r, 700));
+  t.equal(await codeOf(client.listUsers({}, { headers })), Code.PermissionDenied, "promoted: the old token does not gain admin");
+  t.equal(await codeOf(create("after-promotion")), "ok", "but acts again as the operator it was issued as");
+  const fresh = await client.login({ email: user.email, password: user.password });
+  t.equal(await codeOf(client.listUsers({}, { headers: { authorization: `Bearer ${fresh.accessToken}` } })), "ok", "a new token carries the new role");
 });
 
 t.test("logout - revokes the session; all_sessions revokes every one", async (t) => {

@@ -1,14 +1,16 @@
 /**
- * "Is this principal still allowed?" for the identity interceptor, which asks on every call
- * with a token: a yes is kept in this process for half a second and in Redis for as long as the
- * loader says, and Postgres answers behind both. A no is never cached, so a principal that comes
- * back is seen at once; one that goes (revoked, disabled, deleted) is seen within the half second
- * once its Redis entry is removed (`forget`), or within the Redis lifetime if that removal failed.
+ * "Is this principal still allowed, and as what?" for the identity interceptor, which asks on
+ * every call with a token: an answer is kept in this process for half a second and in Redis for
+ * as long as the loader says, and Postgres answers behind both. "Gone" is never cached, so a
+ * principal that comes back is seen at once; one that goes (revoked, disabled, deleted) or
+ * changes (a user's roles) is seen within the half second once its Redis entry is removed
+ * (`forget`), or within the Redis lifetime if that removal failed.
  */
 import type { Cache } from "../cache/index.ts";
 
 export interface ActiveCheck {
-  isActive(tenantId: string, id: string): Promise<boolean>;
+  /** What the loader said of an active principal (non-empty), or undefined when it is gone. */
+  current(tenantId: string, id: string): Promise<string | undefined>;
   /** Removes what Redis and this process know of a principal. */
   forget(tenantId: string, id: string): Promise<void>;
 }
@@ -17,28 +19,32 @@ const memoMs = 500;
 
 export function createActiveCheck(deps: {
   cache: Cache;
-  /** Redis key prefix, e.g. "user-active". */
+  /** Redis key prefix, e.g. "user-roles". */
   kind: string;
-  /** Reads Postgres: whether the principal is active, and how long Redis may say so (ms; < 100: not cached). */
-  load(tenantId: string, id: string): Promise<{ active: boolean; cacheMs: number }>;
+  /**
+   * Reads Postgres: a non-empty value for an active principal (undefined when gone), and how
+   * long Redis may keep it (ms; < 100: not cached).
+   */
+  load(tenantId: string, id: string): Promise<{ value: string | undefined; cacheMs: number }>;
 }): ActiveCheck {
   const keyOf = (tenantId: string, id: string) => `${deps.kind}:${tenantId}:${id}`;
-  const memo = new Map<string, number>();
+  const memo = new Map<string, { value: string; until: number }>();
   return {
-    async isActive(tenantId, id) {
+    async current(tenantId, id) {
       const key = keyOf(tenantId, id);
-      if ((memo.get(key) ?? 0) > Date.now()) return true;
-      let active = (await deps.cache.redis.get(key).catch(() => null)) === "1";
-      if (!active) {
+      const memoed = memo.get(key);
+      if (memoed && memoed.until > Date.now()) return memoed.value;
+      let value = (await deps.cache.redis.get(key).catch(() => null)) || undefined;
+      if (value === undefined) {
         const loaded = await deps.load(tenantId, id);
-        active = loaded.active;
-        if (active && loaded.cacheMs >= 100) deps.cache.redis.set(key, "1", "PX", loaded.cacheMs).catch(() => {});
+        value = loaded.value || undefined;
+        if (value !== undefined && loaded.cacheMs >= 100) deps.cache.redis.set(key, value, "PX", loaded.cacheMs).catch(() => {});
       }
-      if (active) {
+      if (value !== undefined) {
         if (memo.size >= 10_000) memo.clear();
-        memo.set(key, Date.now() + memoMs);
+        memo.set(key, { value, until: Date.now() + memoMs });
       }
-      return active;
+      return value;
     },
     async forget(tenantId, id) {
       memo.delete(keyOf(tenantId, id));

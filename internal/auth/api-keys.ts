@@ -110,7 +110,7 @@ export function createApiKeys(deps: ApiKeysDeps) {
         "SELECT expire_time FROM api_keys WHERE tenant_id = $1 AND api_key_id = $2 AND revoke_time IS NULL AND (expire_time IS NULL OR expire_time > now())",
         [tenantId, apiKeyId],
       );
-      return { active: rows.length > 0, cacheMs: rows.length > 0 ? redisTtlMs(rows[0].expire_time) : 0 };
+      return { value: rows.length > 0 ? "active" : undefined, cacheMs: rows.length > 0 ? redisTtlMs(rows[0].expire_time) : 0 };
     },
   });
 
@@ -236,7 +236,7 @@ export function createApiKeys(deps: ApiKeysDeps) {
      * exchanged from a key, so revoking the key stops its tokens within the same 5 s.
      */
     async isActive(tenantId: string, name: string): Promise<boolean> {
-      return active.isActive(tenantId, apiKeyIdOf(name));
+      return (await active.current(tenantId, apiKeyIdOf(name))) !== undefined;
     },
 
     /** The identity of an active key; an unknown, revoked or expired key is InvalidTokenError. */

@@ -92,13 +92,14 @@ export async function createAuthDomain(deps: AuthDomainDeps) {
       return issuer.issue(identity, identity.expireTime);
     },
 
-    /** Updates a user; disabling one ends its sessions and its access tokens. */
+    /**
+     * Updates a user; disabling one ends its sessions and its access tokens, and new roles apply
+     * to the access tokens it holds (capped at the new roles, never raised).
+     */
     async updateUser(tenantId: string, name: string, etag: string, mask: readonly string[], fields: Omit<UserFields, "email">) {
-      const { row, disabledNow } = await users.update(tenantId, name, etag, mask, fields);
-      if (disabledNow) {
-        await sessions.revokeAll(tenantId, row.user_id);
-        await userStatus.forget(tenantId, row.user_id);
-      }
+      const { row, disabledNow, rolesChanged } = await users.update(tenantId, name, etag, mask, fields);
+      if (disabledNow) await sessions.revokeAll(tenantId, row.user_id);
+      if (disabledNow || rolesChanged) await userStatus.forget(tenantId, row.user_id);
       return row;
     },
 

@@ -1,5 +1,5 @@
 import t from "tap";
-import { decide, grants, permissionsOf, rolesWithin } from "./roles.ts";
+import { cappedRoles, decide, grants, permissionsOf, rolesWithin } from "./roles.ts";
 
 void t.test("roles - each role includes the ones before it", async (t) => {
   t.ok(grants(["viewer"], "jobs.get"));
@@ -27,4 +27,11 @@ void t.test("permissionsOf and rolesWithin", async (t) => {
   t.ok(rolesWithin(["viewer", "operator"], ["operator"]));
   t.notOk(rolesWithin(["admin"], ["operator"]));
   t.notOk(rolesWithin(["viewer"], []));
+});
+
+void t.test("cappedRoles - a token acts with no role above what its user holds now, and is never raised", async (t) => {
+  t.same(cappedRoles(["admin"], ["viewer"]), ["viewer"], "demoted");
+  t.same(cappedRoles(["viewer"], ["admin"]), ["viewer"], "promoted: the old token stays as it was");
+  t.same(cappedRoles(["operator"], ["operator", "viewer"]), ["operator"]);
+  t.same(cappedRoles(["operator"], []), [], "no role held: none left");
 });

@@ -45,6 +45,18 @@ export function rolesWithin(wanted: readonly string[], held: readonly string[]):
   return wanted.every((r) => isRoleName(r) && roleNames.indexOf(r) <= roleNames.indexOf(top));
 }
 
+/**
+ * The roles a token acts with once its user holds `held`: the token's own, none above the highest
+ * role held now (a role includes the ones before it, so a demoted admin's token acts as the
+ * role it was demoted to, and a promotion does not raise a token issued before it).
+ */
+export function cappedRoles(token: readonly string[], held: readonly string[]): string[] {
+  const tokenTop = highestRole(token);
+  const heldTop = highestRole(held);
+  if (!tokenTop || !heldTop) return [];
+  return [roleNames[Math.min(roleNames.indexOf(tokenTop), roleNames.indexOf(heldTop))]];
+}
+
 /** What a method requires (mirrors internal/rpc/authz.ts's AccessRule, without the transport). */
 export type Requirement = { kind: "public" } | { kind: "permission"; permission: string };
 

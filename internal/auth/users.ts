@@ -161,7 +161,8 @@ export function createUsers(deps: { db: Pool; pageTokens: PageTokens }) {
            WHERE tenant_id = $1 AND user_id = $2 RETURNING *`,
           [tenantId, current.user_id, next.displayName, next.roles, next.disabled],
         );
-        return { row: rows[0], disabledNow: next.disabled && !current.disabled };
+        const rolesChanged = [...next.roles].sort().join() !== [...current.roles].sort().join();
+        return { row: rows[0], disabledNow: next.disabled && !current.disabled, rolesChanged };
       });
     },
 

@@ -13,7 +13,7 @@ import { AuthService } from "../../gen/jobmesh/v1/auth_pb.js";
 import { JobService } from "../../gen/jobmesh/v1/jobs_pb.js";
 import { PipelineService } from "../../gen/jobmesh/v1/pipelines_pb.js";
 import { WebhookService } from "../../gen/jobmesh/v1/webhooks_pb.js";
-import { apiKeyPattern, decide, MissingPermissionError, NoCredentialsError, InvalidTokenError, type ApiKeyIdentity, type TokenVerifier } from "../auth/index.ts";
+import { apiKeyPattern, cappedRoles, decide, MissingPermissionError, NoCredentialsError, InvalidTokenError, type ApiKeyIdentity, type TokenVerifier } from "../auth/index.ts";
 import type { AccessRule } from "./authz.ts";
 import { callerKey } from "./context.ts";
 
@@ -37,8 +37,8 @@ export interface IdentityOptions {
   rules: Map<string, AccessRule>;
   verifier: TokenVerifier;
   apiKeys: { verify(secret: string): Promise<ApiKeyIdentity>; isActive(tenantId: string, name: string): Promise<boolean> };
-  /** Whether the user a token names may still act (not disabled, not deleted). */
-  users: { isActive(tenantId: string, subject: string): Promise<boolean> };
+  /** The roles the user a token names holds now; undefined when disabled or deleted. */
+  users: { currentRoles(tenantId: string, subject: string): Promise<string[] | undefined> };
 }
 
 /** The credential a request carries: a bearer token, or an API key (header or bearer). */
@@ -74,12 +74,17 @@ export function createIdentityInterceptors(options: IdentityOptions): Intercepto
     if (presented.kind === "token" && viaApiKey && !(await options.apiKeys.isActive(who.tenantId, who.subject))) {
       throw new InvalidTokenError("access token");
     }
-    // And a user's token dies with the user's access: disabled or deleted, it stops working.
-    if (presented.kind === "token" && !viaApiKey && !(await options.users.isActive(who.tenantId, who.subject))) {
-      throw new InvalidTokenError("access token");
+    // And a user's token dies with the user's access: disabled or deleted, it stops working;
+    // demoted, it acts with the lower role. Promoted, it keeps its own: new roles come with a
+    // new token.
+    let roles = who.roles;
+    if (presented.kind === "token" && !viaApiKey) {
+      const held = await options.users.currentRoles(who.tenantId, who.subject);
+      if (held === undefined) throw new InvalidTokenError("access token");
+      roles = cappedRoles(roles, held);
     }
-    if (decide(rule, who.roles) !== "allow") throw new MissingPermissionError(rule.permission);
-    req.contextValues.set(callerKey, { tenantId: who.tenantId, subject: who.subject, roles: who.roles });
+    if (decide(rule, roles) !== "allow") throw new MissingPermissionError(rule.permission);
+    req.contextValues.set(callerKey, { tenantId: who.tenantId, subject: who.subject, roles });
     req.contextValues.set(credentialKey, { kind: viaApiKey ? "api_key" : "user", expireTime: who.expireTime });
     return next(req);
   };
