@@ -7,6 +7,7 @@ import http from "node:http";
 import type net from "node:net";
 import type { Logger, Telemetry } from "../telemetry/index.ts";
 import { createHealth } from "./health.ts";
+import { sendJson, serveOperatorEndpoint } from "./operator-endpoints.ts";
 import { createReadiness, type ReadinessChecks } from "./readiness.ts";
 
 export interface MetricsServerOptions {
@@ -35,18 +36,8 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
   const readiness = createReadiness(options.readiness, createHealth(), log);
 
   const server = http.createServer((req, res) => {
-    const path = (req.url ?? "/").split("?")[0];
     if (req.method !== "GET" && req.method !== "HEAD") return sendJson(res, 405, { error: `${req.method} not allowed` });
-    if (path === "/healthz") return sendJson(res, 200, { status: "ok" });
-    if (path === "/readyz") {
-      readiness.check().then(
-        (report) => sendJson(res, report.ready ? 200 : 503, report),
-        (error: unknown) => sendJson(res, 503, { ready: false, error: String(error) }),
-      );
-      return;
-    }
-    if (path === "/metrics") return options.telemetry.serveMetrics(req, res);
-    sendJson(res, 404, { error: `no route for ${path}` });
+    serveOperatorEndpoint(req, res, { readiness, telemetry: options.telemetry });
   });
 
   await new Promise<void>((resolve, reject) => {
@@ -74,10 +65,3 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
   };
 }
 
-function sendJson(res: http.ServerResponse, status: number, body: unknown) {
-  const text = JSON.stringify(body);
-  res.statusCode = status;
-  res.setHeader("content-type", "application/json");
-  res.setHeader("content-length", Buffer.byteLength(text));
-  res.end(text);
-}

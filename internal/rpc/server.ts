@@ -18,6 +18,7 @@ import { accessRulesOf } from "./authz.ts";
 import { peerAddressKey } from "./context.ts";
 import { createErrorInterceptor } from "./errors.ts";
 import { createHealth, type HealthServer } from "./health.ts";
+import { sendJson, serveOperatorEndpoint } from "./operator-endpoints.ts";
 import { createReadiness, type ReadinessChecks } from "./readiness.ts";
 import { createReflectionRegistry, registerReflection } from "./reflection.ts";
 import { createTelemetryInterceptor } from "./telemetry.ts";
@@ -90,19 +91,7 @@ export async function startRpcServer(options: RpcServerOptions): Promise<RpcServ
     readMaxBytes: options.maxMessageBytes,
     contextValues: (req) => createContextValues().set(peerAddressKey, req.socket?.remoteAddress),
     shutdownSignal: shutdown.signal,
-    fallback(req, res) {
-      const path = (req.url ?? "/").split("?")[0];
-      if (path === "/healthz") return sendJson(res, 200, { status: "ok" });
-      if (path === "/readyz") {
-        readiness.check().then(
-          (report) => sendJson(res, report.ready ? 200 : 503, report),
-          (error: unknown) => sendJson(res, 503, { ready: false, error: String(error) }),
-        );
-        return;
-      }
-      if (path === "/metrics") return options.telemetry.serveMetrics(req as http.IncomingMessage, res as http.ServerResponse);
-      sendJson(res, 404, { error: `no route for ${path}` });
-    },
+    fallback: (req, res) => serveOperatorEndpoint(req, res, { readiness, telemetry: options.telemetry }),
   });
 
   let draining = false;
@@ -197,17 +186,3 @@ function routeConnection(socket: net.Socket, h1: http.Server, h2: http2.Http2Ser
   socket.on("error", () => socket.destroy());
 }
 
-/** The parts of an http or http2 response that sendJson uses. */
-interface JsonResponse {
-  statusCode: number;
-  setHeader(name: string, value: string | number): unknown;
-  end(text: string): unknown;
-}
-
-function sendJson(res: JsonResponse, status: number, body: unknown) {
-  const text = JSON.stringify(body);
-  res.statusCode = status;
-  res.setHeader("content-type", "application/json");
-  res.setHeader("content-length", Buffer.byteLength(text));
-  res.end(text);
-}
