@@ -71,6 +71,9 @@ t.test("kill -9 of a worker mid-stage - the reaper requeues the attempt and the 
   );
   t.same(rows[0], { succeeded: 1, results: 1 }, "one JOB_SUCCEEDED event, one result");
   t.equal(requests.length, 2, "the document was fetched once more, by the new attempt");
+  // The jobs process (here, the test's) runs the reaper: its /metrics counts the lost attempt.
+  const metrics = await (await fetch(`${mesh.jobs!.url}/metrics`)).text();
+  t.match(metrics, /^jobmesh_stage_reaped_total\{stage="ingest"[^}]*\} 1$/m, "the reaped attempt is counted");
   const { result } = await client.getJobResult({ name: `${job!.name}/result` });
   t.equal(result?.text, PROSE);
 });

@@ -25,7 +25,7 @@ export function jobCounters(): JobCounters {
       created: meter.createCounter("jobmesh.jobs.created", { description: "Jobs created, by priority" }),
       finished: meter.createCounter("jobmesh.jobs.finished", { description: "Jobs that reached a terminal state, by outcome" }),
       retries: meter.createCounter("jobmesh.stage.retries", { description: "Stage attempts scheduled again after a transient failure, by stage" }),
-      reaped: meter.createCounter("jobmesh.stage.reaped", { description: "Stage attempts requeued because their worker stopped heartbeating" }),
+      reaped: meter.createCounter("jobmesh.stage.reaped", { description: "Stage attempts requeued because their worker stopped heartbeating, by stage" }),
     };
   }
   return counters;

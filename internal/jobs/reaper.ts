@@ -6,11 +6,12 @@
 import type { Redis } from "ioredis";
 import type { ObjectStore } from "@nats-io/obj";
 import { StageAttemptOutcome } from "../../gen/jobmesh/v1/jobs_pb.js";
+import type { Stage } from "../../gen/jobmesh/v1/pipelines_pb.js";
 import { inTransaction, type Pool } from "../db/index.ts";
 import type { Logger } from "../telemetry/index.ts";
 import { jobCounters } from "./metrics.ts";
 import type { StageTask } from "./outbox.ts";
-import type { Topology } from "./topology.ts";
+import { stageToken, type Topology } from "./topology.ts";
 import { failStage } from "./transitions.ts";
 
 /** Redis key of a running attempt's heartbeat (the cache adds the namespace prefix). */
@@ -42,8 +43,8 @@ export function createReaper(options: ReaperOptions): Reaper {
   async function reap(): Promise<number> {
     // A worker writes its heartbeat before the stage starts; an attempt younger than one TTL
     // may simply not have been seen yet.
-    const { rows } = await db.query<{ tenant_id: string; job_id: string; stage_index: number; attempt: number }>(
-      `SELECT tenant_id, job_id, stage_index, attempt FROM stage_attempts
+    const { rows } = await db.query<{ tenant_id: string; job_id: string; stage_index: number; attempt: number; stage: Stage }>(
+      `SELECT tenant_id, job_id, stage_index, attempt, stage FROM stage_attempts
        WHERE outcome = $1 AND start_time < clock_timestamp() - make_interval(secs => $2::float8 / 1000)
        LIMIT 500`,
       [StageAttemptOutcome.RUNNING, options.heartbeatTtlMs],
@@ -68,7 +69,7 @@ export function createReaper(options: ReaperOptions): Reaper {
       );
       if (outcome !== "stale") {
         reaped++;
-        jobCounters().reaped.add(1);
+        jobCounters().reaped.add(1, { stage: stageToken(r.stage) });
         options.onReaped?.(task);
         log.warn({ job: task.jobId, stageIndex: task.stageIndex, attempt: task.attempt }, "reaped a stage attempt whose worker was lost");
       }
