@@ -144,6 +144,32 @@ t.test("download - an offset at the end streams nothing, one past it is OUT_OF_R
   t.match((error as ConnectError).rawMessage, `offset ${size + 1n} is past the end of the result (${size} bytes)`, "the message names the offset and the size");
 });
 
+t.test("large document - the original is kept in the object store, not in Postgres, and goes with the job", async (t) => {
+  // A PDF over 256 KiB (incompressible padding in its metadata) with its text on two pages.
+  const pdf = await makePdf(["A large report, first page.", "Second page of the large report."]);
+  const padded = new Uint8Array(pdf.byteLength + 400 * 1024);
+  padded.set(pdf);
+  padded.set(new Uint8Array(Buffer.from("\n%".concat("x".repeat(400 * 1024 - 2)))), pdf.byteLength);
+  const { job, result } = await run({ case: "content", value: padded }, "large.pdf");
+  t.equal(job.state, JobState.SUCCEEDED, JSON.stringify(job.error));
+  t.match(result.text, /A large report, first page\.\s+Second page of the large report\./, "detect and parse read the kept original");
+  t.equal(result.sha256, createHash("sha256").update(padded).digest("hex"));
+
+  const jobId = job.name.slice("jobs/".length);
+  const { rows } = await mesh.infra.db.query<{ bytes: Buffer | null; key: string | null }>(
+    "SELECT bytes, output->>'originalKey' AS key FROM stage_outputs WHERE job_id = $1 AND stage = $2",
+    [jobId, Stage.INGEST],
+  );
+  t.equal(rows[0].bytes, null, "no copy of the document in Postgres");
+  t.match(rows[0].key, new RegExp(`^originals/.+/${jobId}/0-1$`));
+  const { uploads } = await openBuckets(mesh.jobs!.topology, mesh.infra.bus.js);
+  const kept = await uploads.getBlob(rows[0].key!);
+  t.ok(kept && Buffer.from(kept).equals(Buffer.from(padded)), "the object holds the original");
+
+  await client.deleteJob({ name: job.name });
+  t.equal(await uploads.getBlob(rows[0].key!), null, "DeleteJob removes it");
+});
+
 t.test("large result - over 1 MiB goes to the object store and downloads intact", async (t) => {
   const words = ["alpha", "beta", "gamma", "delta", "epsilon"];
   const text = Array.from({ length: 60_000 }, (_, i) => `${words[i % 5]}${i % 97} sentence number ${i}.`).join(" ").slice(0, 1_500_000);

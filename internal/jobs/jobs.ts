@@ -201,6 +201,11 @@ export function createJobDomain(deps: JobDomainDeps) {
         if (!isTerminal(row.state)) throw new JobStateError(`job ${name} is ${JobState[row.state]}; cancel it before deleting it`);
         if (etag && etag !== etagOf(row)) throw new StaleJobEtagError(name);
         const result = await tx.query<{ object_key: string | null }>("SELECT object_key FROM job_results WHERE tenant_id = $1 AND job_id = $2", [tenantId, jobId]);
+        // A large original that ingest kept in the uploads bucket (run-stage.ts).
+        const original = await tx.query<{ key: string | null }>(
+          "SELECT output->>'originalKey' AS key FROM stage_outputs WHERE tenant_id = $1 AND job_id = $2 AND stage = $3",
+          [tenantId, jobId, Stage.INGEST],
+        );
         await tx.query("DELETE FROM jobs WHERE tenant_id = $1 AND id = $2", [tenantId, jobId]);
         let upload: string | null = null;
         if (row.source_upload) {
@@ -210,10 +215,11 @@ export function createJobDomain(deps: JobDomainDeps) {
             upload = row.source_upload;
           }
         }
-        return { result: result.rows[0]?.object_key ?? null, upload };
+        return { result: result.rows[0]?.object_key ?? null, upload, original: original.rows[0]?.key ?? null };
       });
       if (objects.result) await deps.buckets.results.delete(objects.result).catch(() => {});
       if (objects.upload) await deps.buckets.uploads.delete(objects.upload).catch(() => {});
+      if (objects.original) await deps.buckets.uploads.delete(objects.original).catch(() => {});
     },
 
     /** The result: whole when stored inline, else its metadata and object reference. */

@@ -25,18 +25,40 @@ export interface StageRunDeps {
   resultRetentionSeconds: number;
 }
 
-/** The ingest result without its bytes, as stored for later stages. */
-type IngestMeta = Omit<IngestResult, "bytes">;
+/**
+ * The ingest result without its bytes, as stored for later stages; `originalKey` names the
+ * object in the uploads bucket that holds a large original (see keepOriginal).
+ */
+type IngestMeta = Omit<IngestResult, "bytes"> & { originalKey?: string };
+
+/**
+ * Originals up to this size are kept in Postgres with the ingest output; larger ones in the
+ * uploads object store bucket, so that a 50 MiB document is neither written into Postgres nor
+ * read back from it by every claim of detect and parse.
+ */
+export const originalInlineLimit = 256 * 1024;
+
+/** The object of a large original: one per ingest attempt, so a stale attempt never overwrites the one its successor committed. */
+export const originalObjectKey = (task: StageTask) => `originals/${task.tenantId}/${task.jobId}/${task.stageIndex}-${task.attempt}`;
+
+/** The key of the object that holds a stage output's original, if it names one. */
+export function originalKeyOf(output: unknown): string | undefined {
+  const key = (output as IngestMeta | null | undefined)?.originalKey;
+  return typeof key === "string" ? key : undefined;
+}
 
 function need<T>(inputs: StageInputs, stage: Stage, what: string): T {
   if (!inputs.outputs.has(stage)) throw new PermanentStageError("invalid_source", `the pipeline has no ${Stage[stage].toLowerCase()} stage before ${what}`);
   return inputs.outputs.get(stage) as T;
 }
 
-function ingestBytes(inputs: StageInputs, what: string): Uint8Array {
-  need<IngestMeta>(inputs, Stage.INGEST, what);
-  if (!inputs.ingestBytes) throw new PermanentStageError("invalid_source", "the ingested document is missing");
-  return new Uint8Array(inputs.ingestBytes);
+/** The document as ingest kept it: from the claim's row (small) or the uploads bucket (large). */
+async function ingestBytes(deps: StageRunDeps, inputs: StageInputs, what: string): Promise<Uint8Array> {
+  const ingest = need<IngestMeta>(inputs, Stage.INGEST, what);
+  if (inputs.ingestBytes) return new Uint8Array(inputs.ingestBytes);
+  const kept = ingest.originalKey ? await deps.uploads.getBlob(ingest.originalKey) : null;
+  if (!kept) throw new PermanentStageError("invalid_source", "the ingested document is missing");
+  return kept;
 }
 
 function optionsOf(options: StageOptions | undefined) {
@@ -79,16 +101,20 @@ export async function runStage(deps: StageRunDeps, row: JobRow, task: StageTask,
         fetchPolicy: { allowLoopback: deps.allowLoopbackFetch },
       });
       const { bytes, ...meta } = result;
-      return { output: meta, bytes, patch: { size_bytes: result.size, sha256: result.sha256 } };
+      const patch = { size_bytes: result.size, sha256: result.sha256 };
+      if (bytes.byteLength <= originalInlineLimit) return { output: meta, bytes, patch };
+      const originalKey = originalObjectKey(task);
+      await deps.uploads.putBlob({ name: originalKey }, bytes);
+      return { output: { ...meta, originalKey }, patch };
     }
     case Stage.DETECT: {
       const ingest = need<IngestMeta>(inputs, Stage.INGEST, "detect");
       const o = options.case === "detect" ? options.value : undefined;
-      const result = await detectStage({ bytes: ingestBytes(inputs, "detect"), filename: ingest.filename, mediaTypeHint: ingest.mediaTypeHint }, { skipLanguage: o?.skipLanguage }, ctx);
+      const result = await detectStage({ bytes: await ingestBytes(deps, inputs, "detect"), filename: ingest.filename, mediaTypeHint: ingest.mediaTypeHint }, { skipLanguage: o?.skipLanguage }, ctx);
       return { output: result, patch: { detected_media_type: result.mediaType } };
     }
     case Stage.PARSE: {
-      const bytes = ingestBytes(inputs, "parse");
+      const bytes = await ingestBytes(deps, inputs, "parse");
       const detect = need<DetectResult>(inputs, Stage.DETECT, "parse");
       const o = options.case === "parse" ? options.value : undefined;
       const parsed = await parseStage({ bytes, ...detect }, { maxPages: o?.maxPages, allowedMediaTypes: o?.allowedMediaTypes }, ctx);

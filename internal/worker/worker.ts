@@ -30,7 +30,7 @@ import { prioritiesInOrder, stageToken, workAckWaitMs, type Topology } from "../
 import { claimAttempt, completeStage, failStage, stageTimeoutMs, type CommitOutcome, type StageFailure } from "../jobs/transitions.ts";
 import { findStageError } from "../stages/index.ts";
 import type { Logger } from "../telemetry/index.ts";
-import { runStage } from "./run-stage.ts";
+import { originalKeyOf, runStage } from "./run-stage.ts";
 
 export interface WorkerDeps {
   db: Pool;
@@ -308,6 +308,9 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
         committed = await inTransaction(db, (tx) => (failure ? failStage(tx, topology, task, failure) : completeStage(tx, topology, task, result!)));
       }
       span.setAttribute("jobmesh.commit", committed);
+      // A large original this attempt kept but did not commit (stale, cancelled) is nobody's.
+      const uncommitted = committed === "committed" ? undefined : originalKeyOf(result?.output);
+      if (uncommitted) await deps.buckets.uploads.delete(uncommitted).catch(() => {});
       return fast ? fast.continued : undefined;
     } finally {
       clearTimeout(timeout);
