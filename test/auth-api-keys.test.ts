@@ -117,3 +117,44 @@ t.test("delete user - the API keys it created are revoked", async (t) => {
   const ms = await msUntilRefused({ "x-api-key": secret }, 1000);
   t.ok(ms <= 1000, `refused after ${ms} ms`);
 });
+
+t.test("creator - a key acts for the user who made it: refused while that user is disabled, capped at the user's role now", async (t) => {
+  const maker = await auth.newUser("admin");
+  const login = await auth.client.login({ email: maker.email, password: maker.password });
+  const { secret } = await auth.client.createApiKey({ apiKey: { displayName: "made by an admin", roles: [Role.OPERATOR] } }, { headers: { authorization: `Bearer ${login.accessToken}` } });
+  const direct = { "x-api-key": secret };
+  const exchanged = { authorization: `Bearer ${(await auth.client.exchangeApiKey({ secret })).accessToken}` };
+  const update = async (fields: { disabled?: boolean; roles?: Role[] }) => {
+    const { user } = await auth.client.getUser({ name: maker.name }, { headers: admin });
+    const paths = Object.keys(fields);
+    await auth.client.updateUser({ user: { name: maker.name, etag: user!.etag, ...fields }, updateMask: { paths } }, { headers: admin });
+  };
+  const create = async (headers: Record<string, string>, id: string) => {
+    try {
+      await pipelines.createPipeline({ pipelineId: id, pipeline: { config: { stages: [{ stage: 1 }, { stage: 5 }] } } }, { headers });
+      return "ok";
+    } catch (error) {
+      return ConnectError.from(error).code;
+    }
+  };
+  t.equal(await create(direct, "by-key-1"), "ok", "an operator key creates pipelines");
+
+  await update({ disabled: true });
+  for (const [how, headers] of [["the key", direct], ["its exchanged token", exchanged]] as const) {
+    const ms = await msUntilRefused(headers, 1000);
+    t.ok(ms <= 1000, `${how}: refused ${ms} ms after its creator was disabled`);
+  }
+  await update({ disabled: false });
+  t.equal(await getWith(direct), "ok", "works again once the creator is enabled");
+
+  await update({ roles: [Role.VIEWER] });
+  let code: Code | "ok" = "ok";
+  const began = Date.now();
+  for (let i = 0; code === "ok" && Date.now() - began < 2_000; i++) {
+    code = await create(direct, `by-key-demoted-${i}`);
+    if (code === "ok") await new Promise((r) => setTimeout(r, 50));
+  }
+  t.equal(code, Code.PermissionDenied, `the key acts as a viewer within ${Date.now() - began} ms of its creator's demotion`);
+  t.equal(await create(exchanged, "by-token-demoted"), Code.PermissionDenied, "and so does its exchanged token");
+  t.equal(await getWith(direct), "ok", "reading still works");
+});

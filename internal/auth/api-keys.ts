@@ -101,16 +101,16 @@ export function createApiKeys(deps: ApiKeysDeps) {
   /** Cache lifetimes: a second under the promise, half for the in-process copy, half for the caller's next request. */
   const redisTtlMs = (expireTime: Date | null) => Math.min(deps.cacheSeconds * 1000 - 1000, expireTime ? expireTime.getTime() - Date.now() : Infinity);
 
-  // Whether a key is still active, for the tokens exchanged from it.
+  // Whether a key is still active, and who created it.
   const active = createActiveCheck({
     cache,
     kind: "apikey-active",
     async load(tenantId, apiKeyId) {
-      const { rows } = await db.query<{ expire_time: Date | null }>(
-        "SELECT expire_time FROM api_keys WHERE tenant_id = $1 AND api_key_id = $2 AND revoke_time IS NULL AND (expire_time IS NULL OR expire_time > now())",
+      const { rows } = await db.query<{ expire_time: Date | null; creator: string }>(
+        "SELECT expire_time, creator FROM api_keys WHERE tenant_id = $1 AND api_key_id = $2 AND revoke_time IS NULL AND (expire_time IS NULL OR expire_time > now())",
         [tenantId, apiKeyId],
       );
-      return { value: rows.length > 0 ? "active" : undefined, cacheMs: rows.length > 0 ? redisTtlMs(rows[0].expire_time) : 0 };
+      return { value: rows[0]?.creator, cacheMs: rows.length > 0 ? redisTtlMs(rows[0].expire_time) : 0 };
     },
   });
 
@@ -232,11 +232,12 @@ export function createApiKeys(deps: ApiKeysDeps) {
     },
 
     /**
-     * Whether the key `name` ("apiKeys/{id}") is still active: asked for every access token
-     * exchanged from a key, so revoking the key stops its tokens within the same 5 s.
+     * The creator of the key `name` ("apiKeys/{id}") while the key is active, else undefined:
+     * asked on every call made with a key or a token exchanged from one, so revoking the key
+     * stops both within the same 5 s, and the key acts for its creator (see identity.ts).
      */
-    async isActive(tenantId: string, name: string): Promise<boolean> {
-      return (await active.current(tenantId, apiKeyIdOf(name))) !== undefined;
+    creatorOf(tenantId: string, name: string): Promise<string | undefined> {
+      return active.current(tenantId, apiKeyIdOf(name));
     },
 
     /** The identity of an active key; an unknown, revoked or expired key is InvalidTokenError. */

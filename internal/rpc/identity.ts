@@ -36,7 +36,7 @@ export interface IdentityOptions {
   /** accessRulesOf(the services served), keyed "/pkg.Service/Method". */
   rules: Map<string, AccessRule>;
   verifier: TokenVerifier;
-  apiKeys: { verify(secret: string): Promise<ApiKeyIdentity>; isActive(tenantId: string, name: string): Promise<boolean> };
+  apiKeys: { verify(secret: string): Promise<ApiKeyIdentity>; creatorOf(tenantId: string, name: string): Promise<string | undefined> };
   /** The roles the user a token names holds now; undefined when disabled or deleted. */
   users: { currentRoles(tenantId: string, subject: string): Promise<string[] | undefined> };
 }
@@ -70,17 +70,22 @@ export function createIdentityInterceptors(options: IdentityOptions): Intercepto
     if (!presented) throw new NoCredentialsError();
     const who = presented.kind === "token" ? await options.verifier.verify(presented.value) : await options.apiKeys.verify(presented.value);
     const viaApiKey = who.subject.startsWith("apiKeys/");
-    // A token exchanged from an API key dies with the key, not only when it expires.
-    if (presented.kind === "token" && viaApiKey && !(await options.apiKeys.isActive(who.tenantId, who.subject))) {
-      throw new InvalidTokenError("access token");
-    }
-    // And a user's token dies with the user's access: disabled or deleted, it stops working;
+    const refused = () => new InvalidTokenError(presented.kind === "token" ? "access token" : "API key");
+    // A user's token dies with the user's access: disabled or deleted, it stops working;
     // demoted, it acts with the lower role. Promoted, it keeps its own: new roles come with a
-    // new token.
+    // new token. An API key (and a token exchanged from one) dies with the key, and acts for
+    // the user who created it in the same way.
     let roles = who.roles;
-    if (presented.kind === "token" && !viaApiKey) {
-      const held = await options.users.currentRoles(who.tenantId, who.subject);
-      if (held === undefined) throw new InvalidTokenError("access token");
+    let user: string | undefined = viaApiKey ? undefined : who.subject;
+    if (viaApiKey) {
+      const creator = await options.apiKeys.creatorOf(who.tenantId, who.subject);
+      if (creator === undefined) throw refused();
+      // Keys made by other principals (another key, the system) answer to the key check alone.
+      if (creator.startsWith("users/")) user = creator;
+    }
+    if (user) {
+      const held = await options.users.currentRoles(who.tenantId, user);
+      if (held === undefined) throw refused();
       roles = cappedRoles(roles, held);
     }
     if (decide(rule, roles) !== "allow") throw new MissingPermissionError(rule.permission);
