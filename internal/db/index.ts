@@ -40,6 +40,8 @@ export async function migrate(url: string, log: Logger): Promise<void> {
     dir: migrationsDir,
     direction: "up",
     migrationsTable: "schema_migrations",
+    // The default, "fail", stopped every process but one when a deployment started them together.
+    advisoryLockMode: "wait",
     log: () => {},
     verbose: false,
   });
