@@ -1,15 +1,13 @@
 import t from "tap";
-import { create, fromBinary, fromJsonString } from "@bufbuild/protobuf";
+import { create, fromJsonString } from "@bufbuild/protobuf";
 import { ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
-import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
-import { type JobEvent, JobEventSchema, JobEventType, JobState } from "../gen/jobmesh/v1/events_pb.js";
-import type { MsgHdrs } from "@nats-io/transport-node";
+import { JobEventType, JobState } from "../gen/jobmesh/v1/events_pb.js";
 import { JobResultSchema, JobService, Priority, SourceKind, StageAttemptOutcome, UploadDocumentRequestSchema } from "../gen/jobmesh/v1/jobs_pb.js";
 import { PipelineConfigSchema, PipelineService, Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
 import { createTopology, openBuckets } from "../internal/jobs/topology.ts";
 import { startWorkers } from "../internal/mesh/servers.ts";
-import { Code, codeOf, jobClient, signInAsAdmin, waitForJob } from "./jobs-support.ts";
+import { Code, codeOf, jobClient, readEventStream, signInAsAdmin, waitForJob } from "./jobs-support.ts";
 import { makeDocx, makePdf, makePng, PROSE } from "./stages-fixtures.ts";
 import { startTestMesh } from "./support/mesh.ts";
 
@@ -182,26 +180,10 @@ t.test("watch - resumes after a sequence without gaps or repeats, and ends at on
 });
 
 t.test("events - a JetStream consumer receives the documented events with their headers", async (t) => {
-  const { jsm, js } = mesh.infra.bus;
-  const stream = `${mesh.isolated.namespace}_events`;
-  await jsm.consumers.add(stream, {
-    durable_name: "test_reader",
-    ack_policy: AckPolicy.Explicit,
-    deliver_policy: DeliverPolicy.All,
-    filter_subject: `${mesh.isolated.namespace}.events.${tenant}.>`,
+  const mine = await readEventStream(mesh, `${mesh.isolated.namespace}.events.${tenant}.>`, {
+    keep: (e) => e.event.job === watchedJob,
+    enough: (kept) => kept.some((m) => m.event.type === JobEventType.JOB_SUCCEEDED),
   });
-  const consumer = await js.consumers.get(stream, "test_reader");
-  const mine: { event: JobEvent; subject: string; headers: MsgHdrs | undefined }[] = [];
-  const jobId = watchedJob;
-  const deadline = Date.now() + 10_000;
-  while (Date.now() < deadline && !mine.some((m) => m.event.type === JobEventType.JOB_SUCCEEDED)) {
-    const batch = await consumer.fetch({ max_messages: 100, expires: 1000 });
-    for await (const msg of batch) {
-      const event = fromBinary(JobEventSchema, msg.data);
-      if (event.job === jobId) mine.push({ event, subject: msg.subject, headers: msg.headers });
-      msg.ack();
-    }
-  }
   t.same(mine.map((m) => m.event.type), [
     JobEventType.JOB_CREATED,
     ...[1, 2, 3, 4, 5].flatMap(() => [JobEventType.STAGE_STARTED, JobEventType.STAGE_SUCCEEDED]),

@@ -10,11 +10,9 @@
 import t from "tap";
 import { spawn, type ChildProcess } from "node:child_process";
 import { join } from "node:path";
-import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
-import { fromBinary } from "@bufbuild/protobuf";
-import { JobEventSchema, JobEventType, JobState } from "../gen/jobmesh/v1/events_pb.js";
+import { JobEventType, JobState } from "../gen/jobmesh/v1/events_pb.js";
 import { StageAttemptOutcome } from "../gen/jobmesh/v1/jobs_pb.js";
-import { jobClient, signInAsAdmin } from "./jobs-support.ts";
+import { jobClient, readEventStream, signInAsAdmin } from "./jobs-support.ts";
 import { startTestMesh } from "./support/mesh.ts";
 
 const overrides = { JOBMESH_HEARTBEAT_TTL_MS: "1500", JOBMESH_WORKER_CONCURRENCY: "8" };
@@ -100,23 +98,13 @@ t.test("chaos - workers killed every 600 ms; 200 jobs end SUCCEEDED exactly once
   t.same(badEvents.rows, [], "events numbered 1..n without gaps, one job_created and one job_succeeded each");
 
   // What a JetStream consumer sees: one job_succeeded per job, however often workers died.
-  const { jsm, js } = mesh.infra.bus;
-  const stream = `${mesh.isolated.namespace}_events`;
-  await jsm.consumers.add(stream, {
-    durable_name: "chaos_reader",
-    ack_policy: AckPolicy.None,
-    deliver_policy: DeliverPolicy.All,
-    filter_subject: `${mesh.isolated.namespace}.events.*.job_succeeded`,
+  const succeeded = await readEventStream(mesh, `${mesh.isolated.namespace}.events.*.job_succeeded`, {
+    keep: (e) => names.includes(e.event.job),
+    enough: (kept) => new Set(kept.map((e) => e.event.job)).size >= jobCount,
+    timeoutMs: 20_000,
   });
-  const consumer = await js.consumers.get(stream, "chaos_reader");
   const seen = new Map<string, number>();
-  const readUntil = Date.now() + 20_000;
-  while (seen.size < jobCount && Date.now() < readUntil) {
-    for await (const msg of await consumer.fetch({ max_messages: 500, expires: 1000 })) {
-      const job = fromBinary(JobEventSchema, msg.data).job;
-      seen.set(job, (seen.get(job) ?? 0) + 1);
-    }
-  }
+  for (const { event } of succeeded) seen.set(event.job, (seen.get(event.job) ?? 0) + 1);
   t.equal(seen.size, jobCount, "a job_succeeded event for every job on the stream");
   t.same([...seen].filter(([, n]) => n !== 1), [], "and only one each");
 });

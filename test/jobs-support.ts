@@ -1,7 +1,14 @@
-/** Helpers shared by the job tests: signing in, a typed JobService client and waits on job states. */
+/**
+ * Helpers shared by the job tests: signing in, a typed JobService client, waits on job states,
+ * and reading the events stream as a JetStream consumer does.
+ */
+import { fromBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import { JobState } from "../gen/jobmesh/v1/events_pb.js";
+import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
+import type { MsgHdrs } from "@nats-io/transport-node";
+import { randomBytes } from "node:crypto";
+import { type JobEvent, JobEventSchema, JobState } from "../gen/jobmesh/v1/events_pb.js";
 import { type Job, JobService } from "../gen/jobmesh/v1/jobs_pb.js";
 import type { TestMesh } from "./support/mesh.ts";
 
@@ -49,3 +56,37 @@ export async function codeOf(call: Promise<unknown>): Promise<Code | "ok"> {
 }
 
 export { Code };
+
+/** An event as a JetStream consumer of the events stream receives it. */
+export interface StreamedEvent {
+  event: JobEvent;
+  subject: string;
+  headers: MsgHdrs | undefined;
+}
+
+/**
+ * Reads the mesh's events stream from its start with a consumer of its own (subjects matching
+ * `filterSubject`), keeping the events `keep` accepts, until `enough` says so or `timeoutMs`
+ * passes.
+ */
+export async function readEventStream(
+  mesh: TestMesh,
+  filterSubject: string,
+  options: { keep?: (e: StreamedEvent) => boolean; enough: (kept: StreamedEvent[]) => boolean; timeoutMs?: number },
+): Promise<StreamedEvent[]> {
+  const { jsm, js } = mesh.infra.bus;
+  const stream = `${mesh.isolated.namespace}_events`;
+  const name = `reader_${randomBytes(4).toString("hex")}`;
+  await jsm.consumers.add(stream, { durable_name: name, ack_policy: AckPolicy.None, deliver_policy: DeliverPolicy.All, filter_subject: filterSubject });
+  const consumer = await js.consumers.get(stream, name);
+  const kept: StreamedEvent[] = [];
+  const deadline = Date.now() + (options.timeoutMs ?? 10_000);
+  while (!options.enough(kept) && Date.now() < deadline) {
+    for await (const msg of await consumer.fetch({ max_messages: 500, expires: 1000 })) {
+      const e = { event: fromBinary(JobEventSchema, msg.data), subject: msg.subject, headers: msg.headers };
+      if (options.keep?.(e) ?? true) kept.push(e);
+    }
+  }
+  await jsm.consumers.delete(stream, name);
+  return kept;
+}

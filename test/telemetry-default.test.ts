@@ -2,10 +2,8 @@
 // get real ids, unsampled, so a job has a real trace id and every event of it carries a
 // traceparent in that trace, from CreateJob through the work stream to the worker's commits.
 import t from "tap";
-import { fromBinary } from "@bufbuild/protobuf";
-import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
-import { JobEventSchema, JobEventType, JobState } from "../gen/jobmesh/v1/events_pb.js";
-import { jobClient, signInAsAdmin, waitForJob } from "./jobs-support.ts";
+import { JobEventType, JobState } from "../gen/jobmesh/v1/events_pb.js";
+import { jobClient, readEventStream, signInAsAdmin, waitForJob } from "./jobs-support.ts";
 import { startTestMesh } from "./support/mesh.ts";
 
 const mesh = await startTestMesh({}, { jobs: true, auth: true, workers: 1, recordSpans: false });
@@ -20,19 +18,12 @@ t.test("no exporter - the job's trace id is real and every event's traceparent i
   t.equal(done.state, JobState.SUCCEEDED, done.error?.message ?? "succeeded");
   t.equal(done.traceId, job!.traceId);
 
-  const { jsm, js } = mesh.infra.bus;
-  const stream = `${mesh.isolated.namespace}_events`;
-  await jsm.consumers.add(stream, { durable_name: "trace_reader", ack_policy: AckPolicy.None, deliver_policy: DeliverPolicy.All });
-  const consumer = await js.consumers.get(stream, "trace_reader");
+  const streamed = await readEventStream(mesh, `${mesh.isolated.namespace}.events.>`, {
+    keep: (e) => e.event.job === job!.name,
+    enough: (kept) => kept.some((e) => e.event.type === JobEventType.JOB_SUCCEEDED),
+  });
   const traceparents = new Map<JobEventType, string[]>();
-  const deadline = Date.now() + 10_000;
-  while (Date.now() < deadline && !traceparents.has(JobEventType.JOB_SUCCEEDED)) {
-    for await (const msg of await consumer.fetch({ max_messages: 100, expires: 1000 })) {
-      const event = fromBinary(JobEventSchema, msg.data);
-      if (event.job !== job!.name) continue;
-      traceparents.set(event.type, [...(traceparents.get(event.type) ?? []), msg.headers?.get("traceparent") ?? ""]);
-    }
-  }
+  for (const e of streamed) traceparents.set(e.event.type, [...(traceparents.get(e.event.type) ?? []), e.headers?.get("traceparent") ?? ""]);
   t.same([...traceparents.keys()].sort(), [JobEventType.JOB_CREATED, JobEventType.STAGE_STARTED, JobEventType.STAGE_SUCCEEDED, JobEventType.JOB_SUCCEEDED].sort());
   const all = [...traceparents.values()].flat();
   t.equal(all.length, 12, "job created, five stages started and succeeded, job succeeded");
