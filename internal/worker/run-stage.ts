@@ -27,7 +27,7 @@ export interface StageRunDeps {
 
 /**
  * The ingest result without its bytes, as stored for later stages; `originalKey` names the
- * object in the uploads bucket that holds a large original (see keepOriginal).
+ * object in the uploads bucket that holds a large original (see originalInlineLimit).
  */
 type IngestMeta = Omit<IngestResult, "bytes"> & { originalKey?: string };
 
@@ -36,10 +36,10 @@ type IngestMeta = Omit<IngestResult, "bytes"> & { originalKey?: string };
  * uploads object store bucket, so that a 50 MiB document is neither written into Postgres nor
  * read back from it by every claim of detect and parse.
  */
-export const originalInlineLimit = 256 * 1024;
+const originalInlineLimit = 256 * 1024;
 
 /** The object of a large original: one per ingest attempt, so a stale attempt never overwrites the one its successor committed. */
-export const originalObjectKey = (task: StageTask) => `originals/${task.tenantId}/${task.jobId}/${task.stageIndex}-${task.attempt}`;
+const originalObjectKey = (task: StageTask) => `originals/${task.tenantId}/${task.jobId}/${task.stageIndex}-${task.attempt}`;
 
 /** The key of the object that holds a stage output's original, if it names one. */
 export function originalKeyOf(output: unknown): string | undefined {
