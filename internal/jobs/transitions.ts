@@ -123,8 +123,12 @@ export async function completeStage(tx: Queryable, topology: Topology, task: Sta
 
 /** How a stage attempt failed. */
 export interface StageFailure {
-  /** transient: retry while attempts remain; permanent: fail the job; cancelled: the job was cancelled. */
-  kind: "transient" | "permanent" | "cancelled";
+  /**
+   * transient: retry while attempts remain; permanent: fail the job; cancelled: the job was
+   * cancelled; lost: the attempt's worker or thread was lost (killed, stopped, its commit failed),
+   * not the stage's own failure, so it is counted apart from the stage's attempts.
+   */
+  kind: "transient" | "permanent" | "cancelled" | "lost";
   outcome: StageAttemptOutcome;
   code: string;
   message: string;
