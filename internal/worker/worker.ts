@@ -291,8 +291,16 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
         outcome = failure.code.toLowerCase();
         span.setStatus({ code: SpanStatusCode.ERROR, message: failure.message });
       }
-      if (controller.signal.reason instanceof WorkerStopping) {
-        // Shutting down: leave the attempt to the reaper, which requeues it for another worker.
+      if (failure && controller.signal.reason instanceof WorkerStopping) {
+        // Stopped past the grace period: give the attempt up at once as a loss (not one of the
+        // stage's attempts), so another worker takes it without waiting for the heartbeat to
+        // lapse. Should this commit fail too, the reaper requeues the attempt later.
+        const lost: StageFailure = { kind: "lost", outcome: StageAttemptOutcome.ABANDONED, code: "WORKER_STOPPED", message: "the worker running this stage was stopped before the stage finished" };
+        const given = await inTransaction(db, (tx) => failStage(tx, topology, task, lost)).catch((error: unknown) => {
+          log.warn({ err: error, job: task.jobId }, "could not give up a stage attempt while stopping; the reaper will requeue it");
+          return "stale" as const;
+        });
+        span.setAttribute("jobmesh.commit", given);
         return undefined;
       }
       let committed: CommitOutcome;
