@@ -285,6 +285,7 @@ t.test("authz - startRpcServer refuses to start, and never listens, when a metho
     identity: [],
     maxMessageBytes: 1 << 20,
     shutdownGraceMs: 0,
+    server: loadConfig({}).server,
   });
   await t.rejects(starting, MissingAuthzRuleError);
   await t.rejects(starting, { message: /lifecycle\.v1\.GuardedService\.Forgotten: no authz option/ });

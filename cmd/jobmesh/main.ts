@@ -23,11 +23,12 @@ if (command === "up") {
       "",
       "jobmesh is up.",
       ...Object.entries(d.services).map(([name, url]) => `  ${name.padEnd(10)} ${url}   (gRPC, Connect, gRPC-Web; /readyz /metrics)`),
-      `  postgres   ${d.databaseUrl.replace(/:[^:@/]*@/, ":***@")}${d.startedLocally.includes("postgres") ? "  (started locally)" : ""}`,
+      `  postgres   ${mesh.maskedDatabaseUrl}${d.startedLocally.includes("postgres") ? "  (started locally)" : ""}`,
       `  redis      ${d.redisUrl}${d.startedLocally.includes("redis") ? "  (started locally)" : ""}`,
       `  nats       ${d.natsUrl}${d.startedLocally.includes("nats") ? "  (started locally)" : ""}`,
       `  not built yet: ${d.notYetBuilt.join(", ")}`,
       `  authentication: ${d.authentication}`,
+      `  trusted proxies: ${d.trustedProxies.join(", ") || "none"}   (their x-forwarded-for names the client; JOBMESH_TRUSTED_PROXIES)`,
       mesh.generatedAdminPassword
         ? `  admin: ${d.admin.email}  password: ${mesh.generatedAdminPassword}   (generated; shown this once — set JOBMESH_ADMIN_PASSWORD to choose it)`
         : `  admin: ${d.admin.email}  (${d.admin.created ? "password from JOBMESH_ADMIN_PASSWORD" : "exists already; its password is unchanged"})`,

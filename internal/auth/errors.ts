@@ -8,10 +8,13 @@ import {
   UnauthenticatedError,
 } from "../errors/index.ts";
 
-/** Wrong email, wrong password, disabled user: one error, one message, so none can be told apart. */
+/**
+ * Wrong email, wrong password, disabled user, an email in several tenants with none named: one
+ * error, one message, so none can be told apart.
+ */
 export class InvalidCredentialsError extends UnauthenticatedError {
   constructor() {
-    super("invalid email or password");
+    super("invalid email or password (if the email has accounts in several tenants, name the tenant)");
   }
 }
 
@@ -70,12 +73,6 @@ export class StaleUserEtagError extends ConflictError {
 export class RolesExceedCreatorError extends PermissionDeniedError {
   constructor() {
     super("an API key cannot have a role above its creator's");
-  }
-}
-
-export class AmbiguousTenantError extends FailedPreconditionError {
-  constructor() {
-    super("this email has accounts in several tenants; name the tenant");
   }
 }
 

@@ -10,7 +10,7 @@ import type { Pool } from "../db/index.ts";
 import type { PageTokens } from "../paging/index.ts";
 import type { Logger } from "../telemetry/index.ts";
 import { createApiKeys } from "./api-keys.ts";
-import { AmbiguousTenantError, InvalidCredentialsError } from "./errors.ts";
+import { InvalidCredentialsError } from "./errors.ts";
 import { createLoginLimits } from "./login-limits.ts";
 import { createPasswordChecker } from "./passwords.ts";
 import { createSessions } from "./sessions.ts";
@@ -56,7 +56,7 @@ export async function createAuthDomain(deps: AuthDomainDeps) {
   const limits = createLoginLimits({
     cache: deps.cache,
     maxFailuresPerAccount: config.loginMaxFailuresPerAccount,
-    maxAttemptsPerIp: config.loginMaxAttemptsPerIp,
+    maxFailuresPerIp: config.loginMaxFailuresPerIp,
     windowSeconds: config.loginWindowSeconds,
   });
   // The first key is made now, not by the first login, so the JWKS is never empty.
@@ -72,16 +72,15 @@ export async function createAuthDomain(deps: AuthDomainDeps) {
 
     /** Email + password → a session. Every failure looks alike and costs the same. */
     async login(email: string, password: string, tenant: string, clientAddress: string | undefined) {
-      await limits.admit(email, tenant, clientAddress);
       const found = await selectUsersByEmail(db, email, tenant);
-      if (found.length > 1) throw new AmbiguousTenantError();
-      const user = found[0];
+      // An email with accounts in several tenants and no tenant named is answered like a wrong
+      // password, after the same Argon2id work: neither the answer nor its timing says it exists.
+      const user = found.length === 1 ? found[0] : undefined;
+      // Counted on the tenant the selector resolved to, so "", the slug and the id share one budget.
+      const reservation = await limits.reserve(user?.tenant_id ?? "", email, clientAddress);
       const matches = await passwords.check(user?.password_hash, password);
-      if (!matches || user.disabled) {
-        await limits.recordFailure(email, tenant);
-        throw new InvalidCredentialsError();
-      }
-      await limits.recordSuccess(email, tenant);
+      if (!user || !matches || user.disabled) throw new InvalidCredentialsError();
+      await reservation.release();
       await users.recordLogin(user.tenant_id, user.user_id);
       return sessions.start(user);
     },

@@ -27,7 +27,8 @@ import {
   RevokeApiKeyResponseSchema,
   UpdateUserResponseSchema,
 } from "../../gen/jobmesh/v1/auth_pb.js";
-import { callerOf, peerAddressKey } from "../rpc/context.ts";
+import { clientAddressKey } from "../rpc/client-address.ts";
+import { callerOf } from "../rpc/context.ts";
 import { credentialKey } from "../rpc/identity.ts";
 import { toApiKey } from "./api-keys.ts";
 import { NotAUserError, RolesExceedCreatorError, TooManyLoginAttemptsError } from "./errors.ts";
@@ -53,7 +54,7 @@ export function createAuthService(auth: AuthDomain, knownPermissions: readonly s
   return {
     async login(req, ctx) {
       try {
-        const tokens = await auth.login(req.email, req.password, req.tenant, ctx.values.get(peerAddressKey));
+        const tokens = await auth.login(req.email, req.password, req.tenant, ctx.values.get(clientAddressKey));
         return create(LoginResponseSchema, sessionResponse(tokens));
       } catch (error) {
         if (!(error instanceof TooManyLoginAttemptsError)) throw error;

@@ -4,6 +4,8 @@
  * variable (see ConfigError).
  */
 
+import ipaddr from "ipaddr.js";
+
 /** A setting that failed validation; its message names the variable. */
 export class ConfigError extends Error {
   readonly variable: string;
@@ -64,6 +66,23 @@ export interface Config {
   allowLoopbackFetchForTests: boolean;
   /** Identity: tokens, keys, the first admin, login rate limits. */
   auth: AuthConfig;
+  /** Limits of every server socket, and whose x-forwarded-for is believed. */
+  server: ServerConfig;
+}
+
+export interface ServerConfig {
+  /** HTTP/2 streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS); the excess is refused. */
+  maxConcurrentStreams: number;
+  /** A keep-alive HTTP/1.1 connection between requests, or an HTTP/2 connection with no open stream, is closed after this long. */
+  idleTimeoutMs: number;
+  /** A new connection must show its protocol, and an HTTP/1.1 request its headers, within this long. */
+  headersTimeoutMs: number;
+  /**
+   * CIDRs of the proxies whose x-forwarded-for names the client (the gateway); empty believes no
+   * one. Undefined when JOBMESH_TRUSTED_PROXIES is not set: `jobmesh up` then trusts loopback,
+   * where its gateway runs, and every other binary trusts no one.
+   */
+  trustedProxies: string[] | undefined;
 }
 
 export interface AuthConfig {
@@ -88,8 +107,8 @@ export interface AuthConfig {
   authUrl: string;
   /** Failed logins of one account within the window before it must wait. */
   loginMaxFailuresPerAccount: number;
-  /** Login attempts from one address within the window before it must wait. */
-  loginMaxAttemptsPerIp: number;
+  /** Failed logins from one client address (an IPv6 /64) within the window before it must wait. */
+  loginMaxFailuresPerIp: number;
   loginWindowSeconds: number;
   /** How long a verified API key is cached in Redis (at most 5 s: revocation reaches every service within it). */
   apiKeyCacheSeconds: number;
@@ -188,7 +207,25 @@ export function loadConfig(env: Env = process.env): Config {
     heartbeatTtlMs: readInt(env, "JOBMESH_HEARTBEAT_TTL_MS", 15_000, 500, 600_000),
     allowLoopbackFetchForTests: readBool(env, "JOBMESH_ALLOW_LOOPBACK_FETCH"),
     auth: loadAuthConfig(env, dataDir),
+    server: {
+      maxConcurrentStreams: readInt(env, "JOBMESH_MAX_CONCURRENT_STREAMS", 100, 1, 10_000),
+      idleTimeoutMs: readInt(env, "JOBMESH_IDLE_TIMEOUT_MS", 65_000, 100, 3_600_000),
+      headersTimeoutMs: readInt(env, "JOBMESH_HEADERS_TIMEOUT_MS", 10_000, 100, 300_000),
+      trustedProxies: readCidrList(env, "JOBMESH_TRUSTED_PROXIES"),
+    },
   };
+}
+
+/** A comma-separated list of CIDRs or single addresses, each normalised to "address/bits"; undefined when not set. */
+function readCidrList(env: Env, name: string): string[] | undefined {
+  const raw = env[name];
+  if (raw === undefined) return undefined;
+  return raw.split(",").map((s) => s.trim()).filter(Boolean).map((entry) => {
+    const cidr = entry.includes("/") ? entry : `${entry}/${ipaddr.isValid(entry) && ipaddr.parse(entry).kind() === "ipv6" ? 128 : 32}`;
+    if (!ipaddr.isValidCIDR(cidr)) throw new ConfigError(name, `must be a comma-separated list of CIDRs (10.0.0.0/8, ::1/128) or addresses, got "${entry}"`);
+    const [address, bits] = ipaddr.parseCIDR(cidr);
+    return `${address.toString()}/${bits}`;
+  });
 }
 
 function loadAuthConfig(env: Env, dataDir: string): AuthConfig {
@@ -196,6 +233,8 @@ function loadAuthConfig(env: Env, dataDir: string): AuthConfig {
   if (adminPassword !== "" && (adminPassword.length < 12 || adminPassword.length > 256)) {
     throw new ConfigError("JOBMESH_ADMIN_PASSWORD", "must be 12..256 characters");
   }
+  // Renamed when the per-address limit began counting failures only: a silent ignore would drop the limit someone set.
+  if (env.JOBMESH_LOGIN_MAX_ATTEMPTS_PER_IP) throw new ConfigError("JOBMESH_LOGIN_MAX_ATTEMPTS_PER_IP", "is now JOBMESH_LOGIN_MAX_FAILURES_PER_IP (it counts failed logins only)");
   const keyEncryptionKey = env.JOBMESH_KEY_ENCRYPTION_KEY ?? "";
   if (keyEncryptionKey !== "" && Buffer.from(keyEncryptionKey, "base64").length !== 32) {
     throw new ConfigError("JOBMESH_KEY_ENCRYPTION_KEY", "must be the base64 of 32 random bytes (openssl rand -base64 32)");
@@ -212,7 +251,7 @@ function loadAuthConfig(env: Env, dataDir: string): AuthConfig {
     signingKeyRotationSeconds: readInt(env, "JOBMESH_SIGNING_KEY_ROTATION_SECONDS", 30 * 86_400, 3600, 365 * 86_400),
     authUrl: readUrl(env, "JOBMESH_AUTH_URL", "", ["http:", "https:"]),
     loginMaxFailuresPerAccount: readInt(env, "JOBMESH_LOGIN_MAX_FAILURES_PER_ACCOUNT", 10, 1, 10_000),
-    loginMaxAttemptsPerIp: readInt(env, "JOBMESH_LOGIN_MAX_ATTEMPTS_PER_IP", 100, 1, 100_000),
+    loginMaxFailuresPerIp: readInt(env, "JOBMESH_LOGIN_MAX_FAILURES_PER_IP", 100, 1, 100_000),
     loginWindowSeconds: readInt(env, "JOBMESH_LOGIN_WINDOW_SECONDS", 300, 1, 86_400),
     apiKeyCacheSeconds: readInt(env, "JOBMESH_API_KEY_CACHE_SECONDS", 5, 1, 5),
   };

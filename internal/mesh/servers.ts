@@ -78,6 +78,7 @@ export async function servePipelines(infra: Infra, port = infra.config.ports.pip
     identity: identityFor(infra, [PipelineService], mode),
     maxMessageBytes: infra.config.maxMessageBytes,
     shutdownGraceMs: infra.config.shutdownGraceMs,
+    server: infra.config.server,
   });
 }
 
@@ -139,6 +140,7 @@ export async function serveJobs(infra: Infra, port = infra.config.ports.jobs, op
     identity: identityFor(infra, [JobService], options.identityMode),
     maxMessageBytes: config.maxMessageBytes,
     shutdownGraceMs: config.shutdownGraceMs,
+    server: config.server,
   });
   return {
     ...server,
@@ -201,6 +203,7 @@ export async function serveAuth(infra: Infra, port = infra.config.ports.auth): P
     identity: identityFor(infra, [AuthService], "enforce"),
     maxMessageBytes: infra.config.maxMessageBytes,
     shutdownGraceMs: infra.config.shutdownGraceMs,
+    server: infra.config.server,
   });
 }
 

@@ -4,7 +4,7 @@
  * the rest; then migrates, serves every service on its port, writes mesh.json and prints where
  * everything is. stop() undoes all of it, including the servers it started.
  */
-import { mkdir, writeFile } from "node:fs/promises";
+import { chmod, mkdir, rename, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import type { Config } from "../config/index.ts";
 import { startDevStack } from "../devstack/index.ts";
@@ -17,6 +17,11 @@ import { ensureBootstrapAdmin, serveAuth, serveJobs, servePipelines, startWorker
 export interface MeshDescription {
   /** Base URL of each service (gRPC, Connect and gRPC-Web on the same port). */
   services: Record<string, string>;
+  /**
+   * Without its password (as are the Redis and NATS URLs): mesh.json is for finding the mesh, not a credential. It is in
+   * DATABASE_URL when that was given; the local Postgres `jobmesh up` starts uses the fixed
+   * development login of internal/devstack/postgres.ts.
+   */
   databaseUrl: string;
   redisUrl: string;
   natsUrl: string;
@@ -28,6 +33,30 @@ export interface MeshDescription {
   authentication: string;
   /** The bootstrap tenant's admin; its password appears only in the console, once, when generated. */
   admin: { email: string; created: boolean };
+  /** Whose x-forwarded-for the services believe (loopback unless JOBMESH_TRUSTED_PROXIES says otherwise). */
+  trustedProxies: string[];
+}
+
+// The gateway will run beside `jobmesh up` on this machine and forward each client's address.
+const localProxies = ["127.0.0.1/32", "::1/128"];
+
+/** `url` without its password, and the same with the password shown as *** for the console. */
+function splitPassword(url: string): { withoutPassword: string; masked: string } {
+  const parsed = new URL(url);
+  if (!parsed.password) return { withoutPassword: url, masked: url };
+  parsed.password = "";
+  const withoutPassword = parsed.href;
+  parsed.password = "***";
+  return { withoutPassword, masked: parsed.href };
+}
+
+/** Writes mesh.json readable by its owner only, whole or not at all (a reader never sees half of it). */
+async function writeMeshFile(path: string, description: MeshDescription): Promise<void> {
+  const temporary = `${path}.${process.pid}.tmp`;
+  await writeFile(temporary, JSON.stringify(description, null, 2) + "\n", { mode: 0o600 });
+  // The mode given to writeFile is masked by the umask; chmod is not.
+  await chmod(temporary, 0o600);
+  await rename(temporary, path);
 }
 
 export async function meshUp(config: Config, log: Logger, telemetry: Telemetry) {
@@ -48,7 +77,8 @@ export async function meshUp(config: Config, log: Logger, telemetry: Telemetry) 
     await stack.stop();
   };
   try {
-    const resolved = { ...config, databaseUrl: stack.databaseUrl, redisUrl: stack.redisUrl, natsUrl: stack.natsUrl };
+    const server = { ...config.server, trustedProxies: config.server.trustedProxies ?? localProxies };
+    const resolved = { ...config, databaseUrl: stack.databaseUrl, redisUrl: stack.redisUrl, natsUrl: stack.natsUrl, server };
     infra = await createInfra(resolved, log, telemetry, "mesh");
     servers.auth = await serveAuth(infra);
     servers.pipelines = await servePipelines(infra);
@@ -58,19 +88,20 @@ export async function meshUp(config: Config, log: Logger, telemetry: Telemetry) 
 
     const description: MeshDescription = {
       services: Object.fromEntries(Object.entries(servers).map(([name, s]) => [name, s.url])),
-      databaseUrl: stack.databaseUrl,
-      redisUrl: stack.redisUrl,
-      natsUrl: stack.natsUrl,
+      databaseUrl: splitPassword(stack.databaseUrl).withoutPassword,
+      redisUrl: splitPassword(stack.redisUrl).withoutPassword,
+      natsUrl: splitPassword(stack.natsUrl).withoutPassword,
       namespace: config.namespace,
       startedLocally: stack.started,
       notYetBuilt: ["audit", "webhooks", "gateway"],
       authentication: "JWT (AuthService Login) or API key on every service",
       admin: { email: admin.email, created: admin.created },
+      trustedProxies: server.trustedProxies,
     };
     await mkdir(dataDir, { recursive: true });
     const meshFile = join(dataDir, "mesh.json");
-    await writeFile(meshFile, JSON.stringify(description, null, 2) + "\n");
-    return { description, meshFile, generatedAdminPassword: admin.generatedPassword, stop };
+    await writeMeshFile(meshFile, description);
+    return { description, meshFile, maskedDatabaseUrl: splitPassword(stack.databaseUrl).masked, generatedAdminPassword: admin.generatedPassword, stop };
   } catch (error) {
     await stop();
     throw error;

@@ -33,7 +33,8 @@ export function serveOperatorEndpoint(
   if (path === "/readyz") {
     deps.readiness.check().then(
       (report) => sendJson(res, report.ready ? 200 : 503, report),
-      (error: unknown) => sendJson(res, 503, { ready: false, error: String(error) }),
+      // check() catches each dependency's error itself; whatever else failed stays in the process.
+      () => sendJson(res, 503, { ready: false }),
     );
     return;
   }

@@ -13,8 +13,10 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
+import type { ServerConfig } from "../config/index.ts";
 import type { Logger, Telemetry } from "../telemetry/index.ts";
 import { accessRulesOf } from "./authz.ts";
+import { clientAddressKey, createClientAddressResolver } from "./client-address.ts";
 import { peerAddressKey } from "./context.ts";
 import { createErrorInterceptor } from "./errors.ts";
 import { createHealth, type HealthServer } from "./health.ts";
@@ -52,6 +54,8 @@ export interface RpcServerOptions {
   maxMessageBytes: number;
   /** How long close() lets in-flight calls finish before cutting them off. */
   shutdownGraceMs: number;
+  /** Socket limits (streams per connection, idle and header timeouts) and the trusted proxies. */
+  server: ServerConfig;
 }
 
 export interface RpcServer {
@@ -67,6 +71,8 @@ const http2Preface = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 
 export async function startRpcServer(options: RpcServerOptions): Promise<RpcServer> {
   const { log } = options;
+  const limits = options.server;
+  const clientAddressOf = createClientAddressResolver(limits.trustedProxies ?? []);
   const descriptors = options.services.map((s) => s.service);
   // Default deny: throws, naming the method, if any RPC lacks its authz rule.
   accessRulesOf(descriptors);
@@ -89,7 +95,10 @@ export async function startRpcServer(options: RpcServerOptions): Promise<RpcServ
       createValidationInterceptor(),
     ],
     readMaxBytes: options.maxMessageBytes,
-    contextValues: (req) => createContextValues().set(peerAddressKey, req.socket?.remoteAddress),
+    contextValues: (req) =>
+      createContextValues()
+        .set(peerAddressKey, req.socket?.remoteAddress)
+        .set(clientAddressKey, clientAddressOf(req.socket?.remoteAddress, req.headers["x-forwarded-for"])),
     shutdownSignal: shutdown.signal,
     fallback: (req, res) => serveOperatorEndpoint(req, res, { readiness, telemetry: options.telemetry }),
   });
@@ -111,20 +120,34 @@ export async function startRpcServer(options: RpcServerOptions): Promise<RpcServ
     handler(req, res);
   };
 
-  // Idle keep-alive connections stay open well past the clients' own idle timeouts, so a client
-  // never reuses a socket the server is closing at that instant (ECONNRESET under load).
-  const h1 = http.createServer({ keepAliveTimeout: 65_000 }, requestListener);
-  const h2 = http2.createServer({}, requestListener);
+  // Idle keep-alive connections stay open well past the clients' own idle timeouts (the default
+  // is 65 s), so a client never reuses a socket the server is closing at that instant (ECONNRESET
+  // under load). requestTimeout bounds receiving a request, not answering it: a long WatchJob
+  // over HTTP/1.1 is not cut off, and neither is an idle one (no socket timeout is set).
+  const h1 = http.createServer(
+    {
+      keepAliveTimeout: limits.idleTimeoutMs,
+      headersTimeout: limits.headersTimeoutMs,
+      requestTimeout: Math.max(limits.headersTimeoutMs, 300_000),
+      // How often those two are checked; Node's 30 s default would let a short timeout run long.
+      connectionsCheckingInterval: Math.min(30_000, Math.max(50, Math.floor(limits.headersTimeoutMs / 4))),
+    },
+    requestListener,
+  );
+  // A client over the cap has the excess refused (RST_STREAM REFUSED_STREAM); well-behaved
+  // clients read the setting and queue instead.
+  const h2 = http2.createServer({ settings: { maxConcurrentStreams: limits.maxConcurrentStreams } }, requestListener);
   const sessions = new Set<http2.ServerHttp2Session>();
   h2.on("session", (session) => {
     sessions.add(session);
     session.once("close", () => sessions.delete(session));
+    closeWhenIdle(session, limits.idleTimeoutMs);
   });
   const sockets = new Set<net.Socket>();
   const listener = net.createServer((socket) => {
     sockets.add(socket);
     socket.once("close", () => sockets.delete(socket));
-    routeConnection(socket, h1, h2);
+    routeConnection(socket, h1, h2, limits.headersTimeoutMs);
   });
 
   await new Promise<void>((resolve, reject) => {
@@ -165,14 +188,39 @@ export async function startRpcServer(options: RpcServerOptions): Promise<RpcServ
   };
 }
 
-/** Reads just enough of a new connection to tell HTTP/2 from HTTP/1.1, then hands it over. */
-function routeConnection(socket: net.Socket, h1: http.Server, h2: http2.Http2Server) {
+/**
+ * Closes an HTTP/2 connection that has had no open stream for `idleMs`. The session's own timer
+ * counts frames, so a WatchJob stream with nothing to say would look idle: a stream that is
+ * open keeps the connection, and the timer re-arms with the next frame (its end included).
+ */
+function closeWhenIdle(session: http2.ServerHttp2Session, idleMs: number) {
+  let open = 0;
+  session.on("stream", (stream) => {
+    open++;
+    stream.once("close", () => open--);
+  });
+  // on(), not setTimeout's callback: that one is a once-listener, and the timer fires again.
+  session.setTimeout(idleMs);
+  session.on("timeout", () => {
+    if (open === 0) session.close();
+  });
+}
+
+/**
+ * Reads just enough of a new connection to tell HTTP/2 from HTTP/1.1, then hands it over. The
+ * connection has `headersTimeoutMs` in all to show which: a socket that sends nothing, or a
+ * byte at a time, is not kept (the servers' own timeouts apply only after the hand-over).
+ */
+function routeConnection(socket: net.Socket, h1: http.Server, h2: http2.Http2Server, headersTimeoutMs: number) {
   let buffered = Buffer.alloc(0);
+  const deadline = setTimeout(() => socket.destroy(), headersTimeoutMs);
+  socket.once("close", () => clearTimeout(deadline));
   const onData = (chunk: Buffer) => {
     buffered = Buffer.concat([buffered, chunk]);
     const n = Math.min(buffered.length, http2Preface.length);
     const isH2 = buffered.subarray(0, n).equals(http2Preface.subarray(0, n));
     if (isH2 && n < http2Preface.length) return; // undecided: wait for more bytes
+    clearTimeout(deadline);
     socket.off("data", onData);
     socket.pause();
     socket.unshift(buffered);
