@@ -5,6 +5,7 @@
  */
 
 import ipaddr from "ipaddr.js";
+import { maxStageLossesDefault } from "../jobs/stage-policy.ts";
 
 /** A setting that failed validation; its message names the variable. */
 export class ConfigError extends Error {
@@ -59,6 +60,8 @@ export interface Config {
   workerConcurrency: number;
   /** Lifetime of a worker heartbeat in Redis; the reaper requeues attempts whose heartbeat is older. */
   heartbeatTtlMs: number;
+  /** Times one stage of a job may lose its worker or thread (requeued apart from its retries) before the job fails. */
+  maxStageLosses: number;
   /**
    * TEST ONLY: lets URL documents point at 127.0.0.0/8 and ::1 so tests can serve them from a local
    * HTTP server. Never enable it in a deployment: it opens the workers to SSRF against the host.
@@ -205,6 +208,7 @@ export function loadConfig(env: Env = process.env): Config {
     resultRetentionSeconds: readInt(env, "JOBMESH_RESULT_RETENTION_SECONDS", 7 * 86_400, 60, 365 * 86_400),
     workerConcurrency: readInt(env, "JOBMESH_WORKER_CONCURRENCY", 32, 1, 256),
     heartbeatTtlMs: readInt(env, "JOBMESH_HEARTBEAT_TTL_MS", 15_000, 500, 600_000),
+    maxStageLosses: readInt(env, "JOBMESH_MAX_STAGE_LOSSES", maxStageLossesDefault, 1, 100),
     allowLoopbackFetchForTests: readBool(env, "JOBMESH_ALLOW_LOOPBACK_FETCH"),
     auth: loadAuthConfig(env, dataDir),
     server: {

@@ -1,6 +1,6 @@
 /**
  * Job metrics, on the process-wide OpenTelemetry meter (served at /metrics): jobs created and
- * finished by outcome, stage retries, reaped attempts, and waiting stage tasks per stage and
+ * finished by outcome, stage retries, lost and reaped attempts, and waiting stage tasks per stage and
  * priority.
  */
 import { metrics, type Counter } from "@opentelemetry/api";
@@ -13,6 +13,7 @@ interface JobCounters {
   finished: Counter;
   retries: Counter;
   reaped: Counter;
+  losses: Counter;
 }
 
 let counters: JobCounters | undefined;
@@ -26,6 +27,7 @@ export function jobCounters(): JobCounters {
       finished: meter.createCounter("jobmesh.jobs.finished", { description: "Jobs that reached a terminal state, by outcome" }),
       retries: meter.createCounter("jobmesh.stage.retries", { description: "Stage attempts scheduled again after a transient failure, by stage" }),
       reaped: meter.createCounter("jobmesh.stage.reaped", { description: "Stage attempts requeued because their worker stopped heartbeating, by stage" }),
+      losses: meter.createCounter("jobmesh.stage.losses", { description: "Stage attempts lost with their worker or thread (not the stage's own failures), by stage and code" }),
     };
   }
   return counters;

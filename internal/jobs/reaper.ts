@@ -60,8 +60,10 @@ export function createReaper(options: ReaperOptions): Reaper {
       }
       if (alive) continue;
       const outcome = await inTransaction(db, (tx) =>
+        // A loss, not the stage's failure: the worker crashed, was killed or cut off, or could
+        // not commit (its database connection broke): requeued without using a stage attempt.
         failStage(tx, options.topology, task, {
-          kind: "transient",
+          kind: "lost",
           outcome: StageAttemptOutcome.ABANDONED,
           code: "WORKER_LOST",
           message: "the worker running this stage stopped heartbeating",

@@ -1,6 +1,7 @@
 /**
  * Names on the bus, spelled in one place: the work and events streams, their subjects, the
- * work consumers, the object store buckets and the cancel signal subject. Every name starts with
+ * work consumers, the object store buckets and the cancel signal subject; and the loss limit
+ * every process that commits stage attempts shares. Every name starts with
  * the namespace, so deployments and test runs can share one NATS server.
  */
 import { AckPolicy, DeliverPolicy, RetentionPolicy, StorageType, type JetStreamManager } from "@nats-io/jetstream";
@@ -10,6 +11,7 @@ import { JobEventType } from "../../gen/jobmesh/v1/events_pb.js";
 import { Priority } from "../../gen/jobmesh/v1/jobs_pb.js";
 import { Stage } from "../../gen/jobmesh/v1/pipelines_pb.js";
 import { ensureStream } from "../bus/index.ts";
+import { maxStageLossesDefault } from "./stage-policy.ts";
 
 /** Priorities in the order workers serve them. */
 export const prioritiesInOrder = [Priority.HIGH, Priority.NORMAL, Priority.LOW] as const;
@@ -40,11 +42,18 @@ export interface Topology {
   cancelSubject(jobId: string): string;
   /** Durable work consumer of one priority (its filter covers every stage). */
   workConsumer(priority: Priority): string;
+  /**
+   * How many times one stage of a job may lose its worker before the job fails
+   * (JOBMESH_MAX_STAGE_LOSSES). Here because every process that commits a stage attempt (the
+   * workers, and the jobs process's reaper) must agree on it, as on the names above.
+   */
+  maxStageLosses: number;
 }
 
-export function createTopology(namespace: string): Topology {
+export function createTopology(namespace: string, options: { maxStageLosses?: number } = {}): Topology {
   return {
     namespace,
+    maxStageLosses: options.maxStageLosses ?? maxStageLossesDefault,
     workStream: `${namespace}_work`,
     eventsStream: `${namespace}_events`,
     uploadsBucket: `${namespace}_uploads`,

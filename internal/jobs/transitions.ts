@@ -3,16 +3,16 @@
  * queues what comes next. Every change of a stage attempt is fenced by (stage_index,
  * stage_attempt): a worker whose attempt is no longer the job's current one changes nothing.
  */
-import { durationMs } from "@bufbuild/protobuf/wkt";
 import { JobEventType, JobState } from "../../gen/jobmesh/v1/events_pb.js";
 import { StageAttemptOutcome } from "../../gen/jobmesh/v1/jobs_pb.js";
-import { type RetryPolicy, Stage } from "../../gen/jobmesh/v1/pipelines_pb.js";
+import { Stage } from "../../gen/jobmesh/v1/pipelines_pb.js";
 import type { Queryable } from "../db/index.ts";
 import { countFinished, jobCounters } from "./metrics.ts";
 import { applyChange, type NewEvent, type StageTask } from "./outbox.ts";
 import { nextTaskOf, type ClaimedRow, type StageCompletion } from "./fast-path.ts";
 import { insertResult } from "./results.ts";
-import { configOf, jobColumnList, nextStageMaxAttemptSql, stageAt, type JobErrorJson, type JobRow } from "./store.ts";
+import { backoffMs, retryPolicyOf, stageTimeoutMs } from "./stage-policy.ts";
+import { jobColumnList, nextStageMaxAttemptSql, stageAt, type JobErrorJson, type JobRow } from "./store.ts";
 import type { Topology } from "./topology.ts";
 
 /**
@@ -39,30 +39,8 @@ async function endAttempt(tx: Queryable, task: StageTask, outcome: StageAttemptO
   );
 }
 
-/** The retry policy of a stage with defaults for unset fields. */
-export function retryPolicyOf(row: JobRow, stageIndex: number) {
-  const retry: RetryPolicy | undefined = configOf(row).stages[stageIndex]?.retry;
-  return {
-    maxAttempts: Math.max(1, retry?.maxAttempts ?? 1),
-    initialMs: retry?.initialBackoff ? durationMs(retry.initialBackoff) : 500,
-    maxMs: retry?.maxBackoff ? durationMs(retry.maxBackoff) : 30_000,
-    multiplier: retry?.backoffMultiplier || 2,
-    jitter: retry?.jitter ?? 0,
-  };
-}
-
-/** Exponential backoff with jitter before retry number `retry` (1 = the first retry). */
-export function backoffMs(policy: ReturnType<typeof retryPolicyOf>, retry: number, random = Math.random): number {
-  const base = Math.min(policy.maxMs, policy.initialMs * policy.multiplier ** (retry - 1));
-  const spread = base * policy.jitter;
-  return Math.max(0, Math.round(base - spread + random() * 2 * spread));
-}
-
-/** The stage timeout of a job's stage, in milliseconds. */
-export function stageTimeoutMs(row: JobRow, stageIndex: number): number {
-  const timeout = configOf(row).stages[stageIndex]?.timeout;
-  return timeout ? durationMs(timeout) : 60_000;
-}
+// The worker and the tests read these from here.
+export { backoffMs, retryPolicyOf, stageTimeoutMs };
 
 /**
  * Claims a queued stage task for a worker: the job becomes RUNNING and the attempt is recorded.
@@ -126,7 +104,10 @@ export interface StageFailure {
   /**
    * transient: retry while attempts remain; permanent: fail the job; cancelled: the job was
    * cancelled; lost: the attempt's worker or thread was lost (killed, stopped, its commit failed),
-   * not the stage's own failure, so it is counted apart from the stage's attempts.
+   * not the stage's own failure, so it is counted apart from the stage's attempts: requeued
+   * without using one of them, while the stage has lost fewer than topology.maxStageLosses.
+   * A lost attempt is recorded ABANDONED, and an attempt recorded ABANDONED is a loss: that is
+   * how losses are counted.
    */
   kind: "transient" | "permanent" | "cancelled" | "lost";
   outcome: StageAttemptOutcome;
@@ -134,23 +115,40 @@ export interface StageFailure {
   message: string;
 }
 
-/** Commits a failed attempt: a delayed retry, the job FAILED, or CANCELLED. */
+/** How many attempts of the task's stage, since the stage was (re)started, were lost before this one. */
+async function lossesBefore(tx: Queryable, task: StageTask, base: number): Promise<number> {
+  const { rows } = await tx.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM stage_attempts
+     WHERE tenant_id = $1 AND job_id = $2 AND stage_index = $3 AND attempt >= $4 AND attempt < $5 AND outcome = $6`,
+    [task.tenantId, task.jobId, task.stageIndex, base, task.attempt, StageAttemptOutcome.ABANDONED],
+  );
+  return rows[0]?.n ?? 0;
+}
+
+/** Commits a failed attempt: a delayed retry (or requeue after a loss), the job FAILED, or CANCELLED. */
 export async function failStage(tx: Queryable, topology: Topology, task: StageTask, failure: StageFailure): Promise<CommitOutcome> {
   const current = await lockCurrent(tx, task, [JobState.RUNNING, JobState.CANCELLING]);
   if (!current) return "stale";
   if (current.state === JobState.CANCELLING) return cancelRunning(tx, topology, current, task);
   const stage = stageAt(current, task.stageIndex);
   const policy = retryPolicyOf(current, task.stageIndex);
-  const attemptsUsed = task.attempt - current.stage_attempt_base + 1;
+  const lost = failure.kind === "lost" || failure.outcome === StageAttemptOutcome.ABANDONED;
+  const losses = (await lossesBefore(tx, task, current.stage_attempt_base)) + (lost ? 1 : 0);
+  // The stage's own attempts since it was (re)started; lost ones do not count.
+  const attemptsUsed = task.attempt - current.stage_attempt_base + 1 - losses;
   // A stage aborted for a cancel that is no longer pending (the job was not CANCELLING) is retried.
-  const retry = failure.kind !== "permanent" && attemptsUsed < policy.maxAttempts;
-  const error: JobErrorJson = { stage, code: failure.code, message: failure.message, transient: retry };
-  await endAttempt(tx, task, failure.outcome, error);
+  const retry = lost ? losses < topology.maxStageLosses : failure.kind !== "permanent" && attemptsUsed < policy.maxAttempts;
+  const message = lost && !retry ? `the stage's worker was lost ${losses} times; last: ${failure.message}` : failure.message;
+  const error: JobErrorJson = { stage, code: failure.code, message, transient: retry };
+  await endAttempt(tx, task, lost ? StageAttemptOutcome.ABANDONED : failure.outcome, error);
   const failed: NewEvent = { type: JobEventType.STAGE_FAILED, stageIndex: task.stageIndex, attempt: task.attempt, error };
+  if (lost) jobCounters().losses.add(1, { stage: Stage[stage].toLowerCase(), code: failure.code });
   if (retry) {
-    const next = { stageIndex: task.stageIndex, attempt: task.attempt + 1, delayMs: backoffMs(policy, attemptsUsed) };
+    // After a loss too, so a document that kills every worker does not spin.
+    const delayMs = backoffMs(policy, lost ? losses : attemptsUsed);
+    const next = { stageIndex: task.stageIndex, attempt: task.attempt + 1, delayMs };
     await applyChange(tx, topology, current, { state: JobState.QUEUED, stage_attempt: task.attempt + 1 }, [failed], next);
-    jobCounters().retries.add(1, { stage: Stage[stage].toLowerCase() });
+    if (!lost) jobCounters().retries.add(1, { stage: Stage[stage].toLowerCase() });
     return "committed";
   }
   await applyChange(tx, topology, current, { state: JobState.FAILED, end_time: new Date(), error }, [

@@ -98,7 +98,7 @@ export interface ServeJobsOptions {
 
 export async function serveJobs(infra: Infra, port = infra.config.ports.jobs, options: ServeJobsOptions = {}): Promise<JobsServer> {
   const { config } = infra;
-  const topology = createTopology(config.namespace);
+  const topology = createTopology(config.namespace, { maxStageLosses: config.maxStageLosses });
   await provisionTopology(topology, infra.bus.jsm);
   const buckets = await openBuckets(topology, infra.bus.js);
   const pipelines = createPipelineDomain({
@@ -165,7 +165,7 @@ export interface StartWorkersOptions {
 /** A stage worker on the shared infrastructure (`cmd/worker`, or in-process in `jobmesh up`). */
 export async function startWorkers(infra: Infra, options: StartWorkersOptions = {}): Promise<Worker> {
   const { config } = infra;
-  const topology = createTopology(config.namespace);
+  const topology = createTopology(config.namespace, { maxStageLosses: config.maxStageLosses });
   await provisionTopology(topology, infra.bus.jsm);
   const buckets = await openBuckets(topology, infra.bus.js);
   return startWorker({

@@ -406,7 +406,8 @@ export declare type RetryPolicy = Message<"jobmesh.v1.RetryPolicy"> & {
   backoffMultiplier: number;
 
   /**
-   * Fraction of each delay that is randomised (0..1). Default 0.2.
+   * Fraction of each delay that is randomised (0..1). Default 0.2; like every field here, 0
+   * reads as unset (for almost no jitter, give a small fraction such as 0.01).
    *
    * @generated from field: double jitter = 5;
    */
