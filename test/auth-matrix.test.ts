@@ -54,6 +54,8 @@ const expected: Record<string, Needs> = {
   "jobmesh.v1.AuthService.ListApiKeys": "admin",
   "jobmesh.v1.AuthService.RevokeApiKey": "admin",
   "jobmesh.v1.AuthService.ExchangeApiKey": "public",
+  "jobmesh.v1.AuthService.ChangePassword": "viewer",
+  "jobmesh.v1.AuthService.ResetUserPassword": "admin",
   "jobmesh.v1.AuditService.ListAuditEvents": "admin",
   "jobmesh.v1.AuditService.GetAuditEvent": "admin",
   "jobmesh.v1.AuditService.VerifyAuditChain": "admin",

@@ -4,9 +4,11 @@
  * as long as the loader says, and Postgres answers behind both. "Gone" is never cached, so a
  * principal that comes back is seen at once; one that goes (revoked, disabled, deleted) or
  * changes (a user's roles) is seen within the half second once its Redis entry is removed
- * (`forget`), or within the Redis lifetime if that removal failed.
+ * (`forget`), or within the Redis lifetime if that removal failed. Redis entries carry a MAC
+ * (cache-mac.ts): one this deployment did not write is ignored and Postgres answers.
  */
 import type { Cache } from "../cache/index.ts";
+import type { CacheMac } from "./cache-mac.ts";
 
 export interface ActiveCheck {
   /** What the loader said of an active principal (non-empty), or undefined when it is gone. */
@@ -19,6 +21,8 @@ const memoMs = 500;
 
 export function createActiveCheck(deps: {
   cache: Cache;
+  /** Seals what goes to Redis and checks what comes back. */
+  mac: CacheMac;
   /** Redis key prefix, e.g. "user-roles". */
   kind: string;
   /**
@@ -34,11 +38,15 @@ export function createActiveCheck(deps: {
       const key = keyOf(tenantId, id);
       const memoed = memo.get(key);
       if (memoed && memoed.until > Date.now()) return memoed.value;
-      let value = (await deps.cache.redis.get(key).catch(() => null)) || undefined;
+      const stored = await deps.cache.redis.get(key).catch(() => null);
+      let value = stored ? (await deps.mac.open(key, stored)) || undefined : undefined;
       if (value === undefined) {
         const loaded = await deps.load(tenantId, id);
         value = loaded.value || undefined;
-        if (value !== undefined && loaded.cacheMs >= 100) deps.cache.redis.set(key, value, "PX", loaded.cacheMs).catch(() => {});
+        if (value !== undefined && loaded.cacheMs >= 100) {
+          const sealed = await deps.mac.seal(key, value);
+          deps.cache.redis.set(key, sealed, "PX", loaded.cacheMs).catch(() => {});
+        }
       }
       if (value !== undefined) {
         if (memo.size >= 10_000) memo.clear();

@@ -3,7 +3,11 @@
  * shown once; Postgres keeps its SHA-256. A verified key is cached in Redis (for the configured
  * seconds less one) and in the process for half a second; revocation deletes the Redis entry.
  * So a revoked key stops everywhere within half a second, and within 5 s even if the delete is
- * lost.
+ * lost. Exchanging a key for a token reads Postgres only: a revoked key never mints a token.
+ *
+ * A key made by a key belongs to a chain: it acts for the principal at the root (the user who
+ * made the first key), never above any key of the chain, and dies with any of them. Each row
+ * keeps that root and its ancestors, so the check on every call is one lookup.
  */
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
@@ -14,9 +18,11 @@ import type { Pool } from "../db/index.ts";
 import { keysetSql, pageSizeOf, parseFilter, parseOrderBy, splitPage, type KeysetPosition, type PageTokens } from "../paging/index.ts";
 import type { Logger } from "../telemetry/index.ts";
 import { createActiveCheck } from "./active-check.ts";
+import { cacheMacOf } from "./cache-mac.ts";
 import { ApiKeyNotFoundError, InvalidTokenError } from "./errors.ts";
-import { roleEnum, type RoleName } from "./roles.ts";
+import { cappedRoles, roleEnum, type RoleName } from "./roles.ts";
 import type { TokenSubject } from "./tokens.ts";
+import { loadUserStanding } from "./user-status.ts";
 import { newId } from "./users.ts";
 
 export const apiKeyPattern = /^jmk_[a-z0-9]{8}_[A-Za-z0-9]{43}$/;
@@ -33,6 +39,20 @@ export interface ApiKeyRow {
   expire_time: Date | null;
   last_used_time: Date | null;
   revoke_time: Date | null;
+  /** The key that made this one, or null when a user (or the system) did. */
+  parent_key_id: string | null;
+  /** The principal at the root of the chain: "users/{id}" for keys a user started. */
+  root_creator: string;
+  /** Every key above this one, root first. */
+  ancestor_key_ids: string[];
+}
+
+/** What a key may act as now: for whom, and with which roles at most. */
+export interface ApiKeyChain {
+  /** The root principal; a key acts for this user ("users/{id}") and answers to its status. */
+  creator: string;
+  /** The key's roles capped at every ancestor key's roles. */
+  roles: string[];
 }
 
 /** The caller an API key stands for. */
@@ -101,20 +121,48 @@ export function createApiKeys(deps: ApiKeysDeps) {
   /** Cache lifetimes: a second under the promise, half for the in-process copy, half for the caller's next request. */
   const redisTtlMs = (expireTime: Date | null) => Math.min(deps.cacheSeconds * 1000 - 1000, expireTime ? expireTime.getTime() - Date.now() : Infinity);
 
-  // Whether a key is still active, and who created it.
+  const mac = cacheMacOf(db);
+
+  /**
+   * The chain of an active key whose every ancestor is active too (a missing ancestor counts as
+   * inactive), and when the first of them expires; undefined when any link is gone.
+   */
+  async function loadChain(tenantId: string, apiKeyId: string): Promise<{ chain: ApiKeyChain; expireTime: Date | null } | undefined> {
+    const { rows } = await db.query<{ root_creator: string; roles: string[]; expire_time: Date | null; depth: number; active: number; ancestor_roles: string[] | null; ancestors_expire: Date | null }>(
+      `SELECT k.root_creator, k.roles, k.expire_time, cardinality(k.ancestor_key_ids) AS depth,
+              a.active, a.ancestor_roles, a.ancestors_expire
+       FROM api_keys k
+       CROSS JOIN LATERAL (
+         SELECT count(*)::int AS active, array_agg(array_to_string(p.roles, ',')) AS ancestor_roles, min(p.expire_time) AS ancestors_expire
+         FROM api_keys p
+         WHERE p.tenant_id = k.tenant_id AND p.api_key_id = ANY(k.ancestor_key_ids)
+           AND p.revoke_time IS NULL AND (p.expire_time IS NULL OR p.expire_time > now())
+       ) a
+       WHERE k.tenant_id = $1 AND k.api_key_id = $2 AND k.revoke_time IS NULL AND (k.expire_time IS NULL OR k.expire_time > now())`,
+      [tenantId, apiKeyId],
+    );
+    const row = rows[0];
+    if (!row || row.active !== row.depth) return undefined;
+    let roles = row.roles;
+    for (const held of row.ancestor_roles ?? []) roles = cappedRoles(roles, held.split(",").filter(Boolean));
+    const times = [row.expire_time, row.ancestors_expire].filter((d): d is Date => d !== null);
+    const expireTime = times.length > 0 ? new Date(Math.min(...times.map((d) => d.getTime()))) : null;
+    return { chain: { creator: row.root_creator, roles }, expireTime };
+  }
+
+  // Whether a key and every key above it is still active, for whom it acts, and as what.
   const active = createActiveCheck({
     cache,
-    kind: "apikey-active",
+    mac,
+    kind: "apikey-chain",
     async load(tenantId, apiKeyId) {
-      const { rows } = await db.query<{ expire_time: Date | null; creator: string }>(
-        "SELECT expire_time, creator FROM api_keys WHERE tenant_id = $1 AND api_key_id = $2 AND revoke_time IS NULL AND (expire_time IS NULL OR expire_time > now())",
-        [tenantId, apiKeyId],
-      );
-      return { value: rows[0]?.creator, cacheMs: rows.length > 0 ? redisTtlMs(rows[0].expire_time) : 0 };
+      const loaded = await loadChain(tenantId, apiKeyId);
+      return { value: loaded && JSON.stringify(loaded.chain), cacheMs: loaded ? redisTtlMs(loaded.expireTime) : 0 };
     },
   });
 
   async function forget(rows: Pick<ApiKeyRow, "tenant_id" | "api_key_id" | "secret_hash">[]) {
+    for (const r of rows) memo.delete(cacheKeyOf(r.secret_hash));
     await cache.invalidate(...rows.map((r) => cacheKeyOf(r.secret_hash)));
     await Promise.all(rows.map((r) => active.forget(r.tenant_id, r.api_key_id)));
   }
@@ -127,7 +175,8 @@ export function createApiKeys(deps: ApiKeysDeps) {
 
   async function readCached(key: string): Promise<ApiKeyIdentity | undefined> {
     try {
-      const cached = await cache.redis.get(key);
+      const stored = await cache.redis.get(key);
+      const cached = stored ? await mac.open(key, stored) : undefined;
       if (!cached) return undefined;
       const parsed = JSON.parse(cached) as Omit<ApiKeyIdentity, "expireTime"> & { expireTime: string | null };
       return { ...parsed, expireTime: parsed.expireTime ? new Date(parsed.expireTime) : null };
@@ -151,7 +200,10 @@ export function createApiKeys(deps: ApiKeysDeps) {
     if (!row) return undefined;
     const identity = { subject: apiKeyName(row.api_key_id), tenantId: row.tenant_id, roles: row.roles, expireTime: row.expire_time };
     const ttlMs = redisTtlMs(row.expire_time);
-    if (ttlMs >= 100) cache.redis.set(cacheKeyOf(hash), JSON.stringify(identity), "PX", ttlMs).catch(() => {});
+    if (ttlMs >= 100) {
+      const key = cacheKeyOf(hash);
+      cache.redis.set(key, await mac.seal(key, JSON.stringify(identity)), "PX", ttlMs).catch(() => {});
+    }
     return identity;
   }
 
@@ -168,14 +220,20 @@ export function createApiKeys(deps: ApiKeysDeps) {
         const { rows } = await db.query<ApiKeyRow>("SELECT * FROM api_keys WHERE tenant_id = $1 AND create_request_id = $2", [tenantId, requestId]);
         if (rows[0]) return { row: rows[0], secret: "" };
       }
+      // A key made by a key joins its chain: same root, the parent's ancestors and the parent.
+      let chain = { parent: null as string | null, root: creator, ancestors: [] as string[] };
+      if (creator.startsWith("apiKeys/")) {
+        const parent = await get(tenantId, creator);
+        chain = { parent: parent.api_key_id, root: parent.root_creator, ancestors: [...parent.ancestor_key_ids, parent.api_key_id] };
+      }
       const prefix = `jmk_${randomBase62(8).toLowerCase()}`;
       const secret = `${prefix}_${randomBase62(43)}`;
       const { rows } = await db.query<ApiKeyRow>(
-        `INSERT INTO api_keys (tenant_id, api_key_id, prefix, secret_hash, display_name, roles, creator, create_request_id, expire_time)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+        `INSERT INTO api_keys (tenant_id, api_key_id, prefix, secret_hash, display_name, roles, creator, create_request_id, expire_time, parent_key_id, root_creator, ancestor_key_ids)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
          ON CONFLICT (tenant_id, create_request_id) WHERE create_request_id IS NOT NULL DO NOTHING
          RETURNING *`,
-        [tenantId, newId(), prefix, hashOf(secret), fields.displayName, fields.roles, creator, requestId || null, fields.expireTime],
+        [tenantId, newId(), prefix, hashOf(secret), fields.displayName, fields.roles, creator, requestId || null, fields.expireTime, chain.parent, chain.root, chain.ancestors],
       );
       if (rows[0]) return { row: rows[0], secret };
       const again = await db.query<ApiKeyRow>("SELECT * FROM api_keys WHERE tenant_id = $1 AND create_request_id = $2", [tenantId, requestId]);
@@ -211,33 +269,60 @@ export function createApiKeys(deps: ApiKeysDeps) {
       return { apiKeys: page.map(toApiKey), nextPageToken };
     },
 
-    /** Revokes a key now, in Postgres and in the cache; revoking a revoked key changes nothing. */
+    /**
+     * Revokes a key and every key made below it now, in Postgres and in the cache (before this
+     * returns); revoking a revoked key changes nothing.
+     */
     async revoke(tenantId: string, name: string): Promise<ApiKeyRow> {
+      const id = apiKeyIdOf(name);
       await db.query(
-        "UPDATE api_keys SET revoke_time = date_trunc('milliseconds', now()) WHERE tenant_id = $1 AND api_key_id = $2 AND revoke_time IS NULL",
-        [tenantId, apiKeyIdOf(name)],
+        "UPDATE api_keys SET revoke_time = date_trunc('milliseconds', now()) WHERE tenant_id = $1 AND (api_key_id = $2 OR $2 = ANY(ancestor_key_ids)) AND revoke_time IS NULL",
+        [tenantId, id],
       );
       const row = await get(tenantId, name);
-      await forget([row]);
+      // Every key below it is forgotten, revoked just now or earlier, so no cache still says "active".
+      const { rows: below } = await db.query<ApiKeyRow>("SELECT * FROM api_keys WHERE tenant_id = $1 AND $2 = ANY(ancestor_key_ids)", [tenantId, id]);
+      await forget([row, ...below]);
       return row;
     },
 
-    /** Revokes every key a principal created (its user was deleted). */
-    async revokeByCreator(tenantId: string, creator: string): Promise<void> {
+    /** Revokes every key of the chains a user started (the user was deleted). */
+    async revokeByRoot(tenantId: string, root: string): Promise<void> {
       const { rows } = await db.query<ApiKeyRow>(
-        "UPDATE api_keys SET revoke_time = date_trunc('milliseconds', now()) WHERE tenant_id = $1 AND creator = $2 AND revoke_time IS NULL RETURNING *",
-        [tenantId, creator],
+        "UPDATE api_keys SET revoke_time = date_trunc('milliseconds', now()) WHERE tenant_id = $1 AND (root_creator = $2 OR creator = $2) AND revoke_time IS NULL RETURNING *",
+        [tenantId, root],
       );
       await forget(rows);
     },
 
     /**
-     * The creator of the key `name` ("apiKeys/{id}") while the key is active, else undefined:
-     * asked on every call made with a key or a token exchanged from one, so revoking the key
-     * stops both within the same 5 s, and the key acts for its creator (see identity.ts).
+     * For whom and as what the key `name` ("apiKeys/{id}") acts while it and every key above it
+     * is active, else undefined: asked on every call made with a key or a token exchanged from
+     * one, so revoking (or the expiry of) any key of the chain stops both within a second.
      */
-    creatorOf(tenantId: string, name: string): Promise<string | undefined> {
-      return active.current(tenantId, apiKeyIdOf(name));
+    async chainOf(tenantId: string, name: string): Promise<ApiKeyChain | undefined> {
+      const value = await active.current(tenantId, apiKeyIdOf(name));
+      return value === undefined ? undefined : (JSON.parse(value) as ApiKeyChain);
+    },
+
+    /**
+     * The identity of a key as Postgres has it now, past every cache: the key, every key above
+     * it and the user at the root active, its roles capped at theirs. What an exchange mints a
+     * token from, so a key revoked a moment ago never gets one.
+     */
+    async verifyNow(secret: string): Promise<ApiKeyIdentity> {
+      if (!apiKeyPattern.test(secret)) throw new InvalidTokenError("API key");
+      const identity = await loadIdentity(hashOf(secret));
+      if (!identity) throw new InvalidTokenError("API key");
+      const loaded = await loadChain(identity.tenantId, apiKeyIdOf(identity.subject));
+      if (!loaded) throw new InvalidTokenError("API key");
+      let roles = cappedRoles(identity.roles, loaded.chain.roles);
+      if (loaded.chain.creator.startsWith("users/")) {
+        const standing = await loadUserStanding(db, identity.tenantId, loaded.chain.creator.slice("users/".length));
+        if (!standing) throw new InvalidTokenError("API key");
+        roles = cappedRoles(roles, standing.roles);
+      }
+      return { ...identity, roles, expireTime: loaded.expireTime };
     },
 
     /** The identity of an active key; an unknown, revoked or expired key is InvalidTokenError. */

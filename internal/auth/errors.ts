@@ -81,3 +81,10 @@ export class NotAUserError extends FailedPreconditionError {
     super(`${what} is for users signed in with a password`);
   }
 }
+
+/** ChangePassword with a current password that does not match: the caller is signed in, so not UNAUTHENTICATED. */
+export class WrongCurrentPasswordError extends PermissionDeniedError {
+  constructor() {
+    super("the current password is wrong");
+  }
+}

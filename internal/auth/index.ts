@@ -12,6 +12,7 @@ import type { Logger } from "../telemetry/index.ts";
 import { createApiKeys } from "./api-keys.ts";
 import { InvalidCredentialsError } from "./errors.ts";
 import { createLoginLimits } from "./login-limits.ts";
+import { createPasswordChanges } from "./password-changes.ts";
 import { createPasswordChecker } from "./passwords.ts";
 import { createSessions } from "./sessions.ts";
 import { createSigningKeys, loadKeyEncryptionKey, loadPublicJwks } from "./signing-keys.ts";
@@ -20,12 +21,12 @@ import { createUserStatus } from "./user-status.ts";
 import { createUsers, selectUsersByEmail, type UserFields } from "./users.ts";
 
 export { ensureAdmin, type BootstrapAdmin } from "./bootstrap.ts";
-export { apiKeyPattern, createApiKeys, type ApiKeyIdentity, type ApiKeys } from "./api-keys.ts";
+export { apiKeyPattern, createApiKeys, type ApiKeyChain, type ApiKeyIdentity, type ApiKeys } from "./api-keys.ts";
 export * from "./errors.ts";
 export * from "./roles.ts";
 export { loadPublicJwks } from "./signing-keys.ts";
 export { createTokenVerifier, type TokenVerifier, type VerifiedToken } from "./tokens.ts";
-export { createUserStatus, type UserStatus } from "./user-status.ts";
+export { createUserStatus, type UserStanding, type UserStatus } from "./user-status.ts";
 
 export interface AuthDomainDeps {
   db: Pool;
@@ -50,6 +51,7 @@ export async function createAuthDomain(deps: AuthDomainDeps) {
     db,
     issuer,
     refreshTokenTtlSeconds: config.refreshTokenTtlSeconds,
+    sessionMaxAgeSeconds: config.sessionMaxAgeSeconds,
     onReuse: (who) => log.warn({ tenant: who.tenantId, user: who.userId, family: who.familyId }, "spent refresh token presented again; session revoked"),
   });
   const apiKeys = createApiKeys({ db, cache: deps.cache, pageTokens: deps.pageTokens, log, cacheSeconds: config.apiKeyCacheSeconds });
@@ -59,6 +61,7 @@ export async function createAuthDomain(deps: AuthDomainDeps) {
     maxFailuresPerIp: config.loginMaxFailuresPerIp,
     windowSeconds: config.loginWindowSeconds,
   });
+  const passwordChanges = createPasswordChanges({ db, passwords, sessions, userStatus });
   // The first key is made now, not by the first login, so the JWKS is never empty.
   await keys.current();
 
@@ -67,6 +70,7 @@ export async function createAuthDomain(deps: AuthDomainDeps) {
     users,
     sessions,
     apiKeys,
+    passwordChanges,
     /** The public keys of the JWKS. */
     jwks: (): Promise<JWK[]> => loadPublicJwks(db, config.accessTokenTtlSeconds),
 
@@ -85,9 +89,12 @@ export async function createAuthDomain(deps: AuthDomainDeps) {
       return sessions.start(user);
     },
 
-    /** An access token acting as the key, never outliving it. */
+    /**
+     * An access token acting as the key, never outliving it (or any key above it). Decided on
+     * Postgres, not the caches, so a key revoked a moment ago never mints a token.
+     */
     async exchangeApiKey(secret: string) {
-      const identity = await apiKeys.verify(secret);
+      const identity = await apiKeys.verifyNow(secret);
       return issuer.issue(identity, identity.expireTime);
     },
 
@@ -102,11 +109,11 @@ export async function createAuthDomain(deps: AuthDomainDeps) {
       return row;
     },
 
-    /** Deletes a user with its sessions and access tokens, and revokes the API keys it created. */
+    /** Deletes a user with its sessions and access tokens, and revokes the API keys of every chain it started. */
     async deleteUser(tenantId: string, name: string, etag: string) {
       await users.delete(tenantId, name, etag);
       await userStatus.forget(tenantId, name.replace(/^users\//, ""));
-      await apiKeys.revokeByCreator(tenantId, name);
+      await apiKeys.revokeByRoot(tenantId, name);
     },
   };
 }

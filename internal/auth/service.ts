@@ -9,6 +9,7 @@ import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import { RetryInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import {
   AuthService,
+  ChangePasswordResponseSchema,
   CreateApiKeyResponseSchema,
   CreateUserResponseSchema,
   DeleteUserResponseSchema,
@@ -24,6 +25,7 @@ import {
   LogoutResponseSchema,
   PrincipalKind,
   RefreshTokenResponseSchema,
+  ResetUserPasswordResponseSchema,
   RevokeApiKeyResponseSchema,
   UpdateUserResponseSchema,
 } from "../../gen/jobmesh/v1/auth_pb.js";
@@ -152,6 +154,16 @@ export function createAuthService(auth: AuthDomain, knownPermissions: readonly s
     },
     async revokeApiKey(req, ctx) {
       return create(RevokeApiKeyResponseSchema, { apiKey: toApiKey(await auth.apiKeys.revoke(callerOf(ctx.values).tenantId, req.name)) });
+    },
+    async changePassword(req, ctx) {
+      const caller = callerOf(ctx.values);
+      const userId = userIdOfSubject(caller.subject);
+      if (!userId) throw new NotAUserError("ChangePassword");
+      const tokens = await auth.passwordChanges.change(caller.tenantId, userId, req.currentPassword, req.newPassword);
+      return create(ChangePasswordResponseSchema, sessionResponse(tokens));
+    },
+    async resetUserPassword(req, ctx) {
+      return create(ResetUserPasswordResponseSchema, { user: toUser(await auth.passwordChanges.reset(callerOf(ctx.values).tenantId, req.name, req.newPassword)) });
     },
     async exchangeApiKey(req) {
       const token = await auth.exchangeApiKey(req.secret);

@@ -2,7 +2,8 @@
  * Access tokens: JWTs (RFC 9068 profile, `typ: at+jwt`) signed with the current signing key and
  * verified against the JWKS. Verification follows RFC 8725: one allowed algorithm (never "none",
  * never a MAC keyed with a public key), the key chosen by `kid` from our JWKS only, and `iss`,
- * `aud`, `exp`, `nbf` and the jobmesh claims all checked.
+ * `aud`, `exp`, `nbf` and the jobmesh claims all checked, with a few seconds of tolerance for
+ * clocks that differ between the signer and a verifier (tokenClockToleranceSeconds).
  */
 import { decodeProtectedHeader, importJWK, jwtVerify, SignJWT, type CryptoKey, type JWK } from "jose";
 import { randomUUID } from "node:crypto";
@@ -11,12 +12,24 @@ import { signingAlg, type SigningKeys } from "./signing-keys.ts";
 
 export const accessTokenType = "at+jwt";
 
+/**
+ * Seconds a verifier's clock may differ from the signer's before `nbf`/`exp` refuse a token:
+ * replicas on different hosts are never exactly in step, and without it a token was refused by
+ * a verifier a fraction of a second behind the signer. Small, so an expired token is not stretched.
+ */
+export const tokenClockToleranceSeconds = 5;
+
 /** Who a token speaks for. */
 export interface TokenSubject {
   /** "users/{id}" or "apiKeys/{id}". */
   subject: string;
   tenantId: string;
   roles: string[];
+  /**
+   * A user's session epoch when the token was issued (users only): a password change or reset
+   * bumps the user's, and tokens of an earlier epoch are refused (rpc/identity.ts).
+   */
+  sessionEpoch?: number;
 }
 
 export interface VerifiedToken extends TokenSubject {
@@ -44,7 +57,9 @@ export function createTokenIssuer(deps: TokenIssuerDeps) {
       const now = Math.floor(Date.now() / 1000);
       let exp = now + deps.ttlSeconds;
       if (notAfter) exp = Math.min(exp, Math.floor(notAfter.getTime() / 1000));
-      const token = await new SignJWT({ tenant: who.tenantId, roles: who.roles })
+      const claims: Record<string, unknown> = { tenant: who.tenantId, roles: who.roles };
+      if (who.sessionEpoch !== undefined) claims.session_epoch = who.sessionEpoch;
+      const token = await new SignJWT(claims)
         .setProtectedHeader({ alg: signingAlg, kid: key.kid, typ: accessTokenType })
         .setIssuer(deps.issuer)
         .setAudience(deps.audience)
@@ -138,12 +153,16 @@ export function createTokenVerifier(deps: TokenVerifierDeps): TokenVerifier {
           issuer: deps.issuer,
           audience: deps.audience,
           typ: accessTokenType,
+          clockTolerance: tokenClockToleranceSeconds,
           requiredClaims: ["sub", "exp", "nbf", "jti", "tenant", "roles"],
         });
-        const { tenant, roles } = payload as { tenant?: unknown; roles?: unknown };
+        const { tenant, roles, session_epoch: sessionEpoch } = payload as { tenant?: unknown; roles?: unknown; session_epoch?: unknown };
         if (typeof tenant !== "string" || tenant === "") throw new Error("tenant claim is not a string");
         if (!Array.isArray(roles) || !roles.every((r) => typeof r === "string")) throw new Error("roles claim is not a list of strings");
-        const verified = { subject: payload.sub!, tenantId: tenant, roles: roles as string[], expireTime: new Date(payload.exp! * 1000), tokenId: payload.jti! };
+        if (sessionEpoch !== undefined && !Number.isSafeInteger(sessionEpoch)) throw new Error("session_epoch claim is not an integer");
+        const verified: VerifiedToken = { subject: payload.sub!, tenantId: tenant, roles: roles as string[], expireTime: new Date(payload.exp! * 1000), tokenId: payload.jti! };
+        // A user's token without the claim predates epochs: it belongs to epoch 0.
+        if (payload.sub!.startsWith("users/")) verified.sessionEpoch = (sessionEpoch as number | undefined) ?? 0;
         remember(token, verified);
         return verified;
       } catch (error) {

@@ -22,6 +22,8 @@ export interface UserRow {
   disabled: boolean;
   password_hash: string;
   revision: number;
+  /** Bumped by a password change or reset; tokens and refresh tokens of an earlier epoch are refused. */
+  session_epoch: number;
   create_time: Date;
   update_time: Date;
   last_login_time: Date | null;

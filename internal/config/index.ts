@@ -100,6 +100,8 @@ export interface AuthConfig {
   accessTokenTtlSeconds: number;
   /** Lifetime of a refresh token. */
   refreshTokenTtlSeconds: number;
+  /** How long a session lasts from its login, however often its refresh token is rotated. */
+  sessionMaxAgeSeconds: number;
   /** Base64 of 32 bytes that seal the private signing keys in Postgres; "" keeps a key file in signingKeyDir. */
   keyEncryptionKey: string;
   /** Where the key-encryption key file lives when JOBMESH_KEY_ENCRYPTION_KEY is not set. */
@@ -250,6 +252,7 @@ function loadAuthConfig(env: Env, dataDir: string): AuthConfig {
     audience: readPattern(env, "JOBMESH_TOKEN_AUDIENCE", "jobmesh", /^\S{1,200}$/, "a non-empty string"),
     accessTokenTtlSeconds: readInt(env, "JOBMESH_ACCESS_TOKEN_TTL_SECONDS", 900, 10, 900),
     refreshTokenTtlSeconds: readInt(env, "JOBMESH_REFRESH_TOKEN_TTL_SECONDS", 30 * 86_400, 60, 365 * 86_400),
+    sessionMaxAgeSeconds: readInt(env, "JOBMESH_SESSION_MAX_AGE_SECONDS", 30 * 86_400, 1, 365 * 86_400),
     keyEncryptionKey,
     signingKeyDir: env.JOBMESH_SIGNING_KEY_DIR || `${dataDir}/keys`,
     signingKeyRotationSeconds: readInt(env, "JOBMESH_SIGNING_KEY_ROTATION_SECONDS", 30 * 86_400, 3600, 365 * 86_400),

@@ -13,7 +13,18 @@ import { AuthService } from "../../gen/jobmesh/v1/auth_pb.js";
 import { JobService } from "../../gen/jobmesh/v1/jobs_pb.js";
 import { PipelineService } from "../../gen/jobmesh/v1/pipelines_pb.js";
 import { WebhookService } from "../../gen/jobmesh/v1/webhooks_pb.js";
-import { apiKeyPattern, cappedRoles, decide, MissingPermissionError, NoCredentialsError, InvalidTokenError, type ApiKeyIdentity, type TokenVerifier } from "../auth/index.ts";
+import {
+  apiKeyPattern,
+  cappedRoles,
+  decide,
+  MissingPermissionError,
+  NoCredentialsError,
+  InvalidTokenError,
+  type ApiKeyChain,
+  type ApiKeyIdentity,
+  type TokenVerifier,
+  type UserStanding,
+} from "../auth/index.ts";
 import type { AccessRule } from "./authz.ts";
 import { callerKey } from "./context.ts";
 
@@ -36,9 +47,9 @@ export interface IdentityOptions {
   /** accessRulesOf(the services served), keyed "/pkg.Service/Method". */
   rules: Map<string, AccessRule>;
   verifier: TokenVerifier;
-  apiKeys: { verify(secret: string): Promise<ApiKeyIdentity>; creatorOf(tenantId: string, name: string): Promise<string | undefined> };
-  /** The roles the user a token names holds now; undefined when disabled or deleted. */
-  users: { currentRoles(tenantId: string, subject: string): Promise<string[] | undefined> };
+  apiKeys: { verify(secret: string): Promise<ApiKeyIdentity>; chainOf(tenantId: string, name: string): Promise<ApiKeyChain | undefined> };
+  /** The roles and session epoch of the user a token names now; undefined when disabled or deleted. */
+  users: { current(tenantId: string, subject: string): Promise<UserStanding | undefined> };
 }
 
 /** The credential a request carries: a bearer token, or an API key (header or bearer). */
@@ -73,20 +84,25 @@ export function createIdentityInterceptors(options: IdentityOptions): Intercepto
     const refused = () => new InvalidTokenError(presented.kind === "token" ? "access token" : "API key");
     // A user's token dies with the user's access: disabled or deleted, it stops working;
     // demoted, it acts with the lower role. Promoted, it keeps its own: new roles come with a
-    // new token. An API key (and a token exchanged from one) dies with the key, and acts for
-    // the user who created it in the same way.
+    // new token; a password change or reset ends the tokens issued before it. An API key (and
+    // a token exchanged from one) dies with the key or any key above it (a key made by a key),
+    // acts with no role above any of them, and acts for the user at the root of the chain in
+    // the same way as that user's token.
     let roles = who.roles;
     let user: string | undefined = viaApiKey ? undefined : who.subject;
     if (viaApiKey) {
-      const creator = await options.apiKeys.creatorOf(who.tenantId, who.subject);
-      if (creator === undefined) throw refused();
-      // Keys made by other principals (another key, the system) answer to the key check alone.
-      if (creator.startsWith("users/")) user = creator;
+      const chain = await options.apiKeys.chainOf(who.tenantId, who.subject);
+      if (chain === undefined) throw refused();
+      roles = cappedRoles(roles, chain.roles);
+      // Chains started by another principal (the system) answer to the key check alone.
+      if (chain.creator.startsWith("users/")) user = chain.creator;
     }
     if (user) {
-      const held = await options.users.currentRoles(who.tenantId, user);
-      if (held === undefined) throw refused();
-      roles = cappedRoles(roles, held);
+      const standing = await options.users.current(who.tenantId, user);
+      if (standing === undefined) throw refused();
+      const tokenEpoch = viaApiKey ? undefined : (who as { sessionEpoch?: number }).sessionEpoch;
+      if (tokenEpoch !== undefined && tokenEpoch < standing.sessionEpoch) throw refused();
+      roles = cappedRoles(roles, standing.roles);
     }
     if (decide(rule, roles) !== "allow") throw new MissingPermissionError(rule.permission);
     req.contextValues.set(callerKey, { tenantId: who.tenantId, subject: who.subject, roles });

@@ -144,7 +144,9 @@ export declare type ApiKey = Message<"jobmesh.v1.ApiKey"> & {
   prefix: string;
 
   /**
-   * The principal that created the key, "users/{user_id}".
+   * The principal that created the key: "users/{user_id}", or "apiKeys/{api_key_id}" for a
+   * key made with a key. Such a key acts for the user at the root of its chain, never with a
+   * role above any key of the chain, and stops when any of them is revoked or expires.
    *
    * @generated from field: string creator = 7;
    */
@@ -1090,6 +1092,128 @@ export declare type ExchangeApiKeyResponse = Message<"jobmesh.v1.ExchangeApiKeyR
 export declare const ExchangeApiKeyResponseSchema: GenMessage<ExchangeApiKeyResponse>;
 
 /**
+ * ChangePasswordRequest changes the caller's password.
+ *
+ * @generated from message jobmesh.v1.ChangePasswordRequest
+ */
+export declare type ChangePasswordRequest = Message<"jobmesh.v1.ChangePasswordRequest"> & {
+  /**
+   * The password the caller signs in with now.
+   *
+   * @generated from field: string current_password = 1;
+   */
+  currentPassword: string;
+
+  /**
+   * The new password.
+   *
+   * @generated from field: string new_password = 2;
+   */
+  newPassword: string;
+};
+
+/**
+ * Describes the message jobmesh.v1.ChangePasswordRequest.
+ * Use `create(ChangePasswordRequestSchema)` to create a new message.
+ */
+export declare const ChangePasswordRequestSchema: GenMessage<ChangePasswordRequest>;
+
+/**
+ * ChangePasswordResponse carries the tokens of the caller's new session.
+ *
+ * @generated from message jobmesh.v1.ChangePasswordResponse
+ */
+export declare type ChangePasswordResponse = Message<"jobmesh.v1.ChangePasswordResponse"> & {
+  /**
+   * The access token (a JWT); send as "Authorization: Bearer <token>".
+   *
+   * @generated from field: string access_token = 1;
+   */
+  accessToken: string;
+
+  /**
+   * Always "Bearer".
+   *
+   * @generated from field: string token_type = 2;
+   */
+  tokenType: string;
+
+  /**
+   * When the access token expires.
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 3;
+   */
+  expireTime?: Timestamp | undefined;
+
+  /**
+   * The refresh token of the new session.
+   *
+   * @generated from field: string refresh_token = 4;
+   */
+  refreshToken: string;
+
+  /**
+   * When the refresh token expires.
+   *
+   * @generated from field: google.protobuf.Timestamp refresh_token_expire_time = 5;
+   */
+  refreshTokenExpireTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message jobmesh.v1.ChangePasswordResponse.
+ * Use `create(ChangePasswordResponseSchema)` to create a new message.
+ */
+export declare const ChangePasswordResponseSchema: GenMessage<ChangePasswordResponse>;
+
+/**
+ * ResetUserPasswordRequest sets a user's password.
+ *
+ * @generated from message jobmesh.v1.ResetUserPasswordRequest
+ */
+export declare type ResetUserPasswordRequest = Message<"jobmesh.v1.ResetUserPasswordRequest"> & {
+  /**
+   * "users/{user_id}".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The new password; give it to the user, who can change it with ChangePassword.
+   *
+   * @generated from field: string new_password = 2;
+   */
+  newPassword: string;
+};
+
+/**
+ * Describes the message jobmesh.v1.ResetUserPasswordRequest.
+ * Use `create(ResetUserPasswordRequestSchema)` to create a new message.
+ */
+export declare const ResetUserPasswordRequestSchema: GenMessage<ResetUserPasswordRequest>;
+
+/**
+ * ResetUserPasswordResponse carries the user after the reset.
+ *
+ * @generated from message jobmesh.v1.ResetUserPasswordResponse
+ */
+export declare type ResetUserPasswordResponse = Message<"jobmesh.v1.ResetUserPasswordResponse"> & {
+  /**
+   * The user (its etag changed).
+   *
+   * @generated from field: jobmesh.v1.User user = 1;
+   */
+  user?: User | undefined;
+};
+
+/**
+ * Describes the message jobmesh.v1.ResetUserPasswordResponse.
+ * Use `create(ResetUserPasswordResponseSchema)` to create a new message.
+ */
+export declare const ResetUserPasswordResponseSchema: GenMessage<ResetUserPasswordResponse>;
+
+/**
  * Role is a set of permissions. Each role includes the ones before it.
  *
  * @generated from enum jobmesh.v1.Role
@@ -1317,7 +1441,8 @@ export declare const AuthService: GenService<{
     output: typeof UpdateUserResponseSchema;
   },
   /**
-   * Deletes a user with its refresh tokens. Its API keys are revoked.
+   * Deletes a user with its refresh tokens. Its API keys are revoked, with every key made
+   * with them.
    *
    * @generated from rpc jobmesh.v1.AuthService.DeleteUser
    */
@@ -1357,8 +1482,8 @@ export declare const AuthService: GenService<{
     output: typeof ListApiKeysResponseSchema;
   },
   /**
-   * Revokes an API key at once, also in every cache. Revoking a revoked key returns it
-   * unchanged.
+   * Revokes an API key at once, also in every cache, with every key made with it (and with
+   * those, down the chain). Revoking a revoked key returns it unchanged.
    *
    * @generated from rpc jobmesh.v1.AuthService.RevokeApiKey
    */
@@ -1377,6 +1502,30 @@ export declare const AuthService: GenService<{
     methodKind: "unary";
     input: typeof ExchangeApiKeyRequestSchema;
     output: typeof ExchangeApiKeyResponseSchema;
+  },
+  /**
+   * Changes the caller's own password; the current password must match (else
+   * PERMISSION_DENIED). Every session of the caller ends: refresh tokens are revoked and
+   * access tokens issued before are refused within about a second. The response is a new
+   * session. Only for users signed in with a password (an API key gets FAILED_PRECONDITION).
+   *
+   * @generated from rpc jobmesh.v1.AuthService.ChangePassword
+   */
+  changePassword: {
+    methodKind: "unary";
+    input: typeof ChangePasswordRequestSchema;
+    output: typeof ChangePasswordResponseSchema;
+  },
+  /**
+   * Sets another user's password (an admin's reset). Every session of that user ends:
+   * refresh tokens are revoked and access tokens refused within about a second.
+   *
+   * @generated from rpc jobmesh.v1.AuthService.ResetUserPassword
+   */
+  resetUserPassword: {
+    methodKind: "unary";
+    input: typeof ResetUserPasswordRequestSchema;
+    output: typeof ResetUserPasswordResponseSchema;
   },
 }>;
 
