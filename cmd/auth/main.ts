@@ -12,7 +12,7 @@ await runUntilSignal(log, async () => {
   const admin = await ensureBootstrapAdmin(infra);
   if (admin.generatedPassword) {
     // Printed once, to the terminal only: the logs never carry it.
-    console.log(`first admin created: ${admin.email} with password ${admin.generatedPassword} (shown once; change it or set JOBMESH_ADMIN_PASSWORD)`);
+    console.log(`first admin created: ${admin.email} with password ${admin.generatedPassword} (shown once; change it with AuthService/ChangePassword)`);
   }
   const server = await serveAuth(infra);
   return async () => {

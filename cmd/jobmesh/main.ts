@@ -30,7 +30,7 @@ if (command === "up") {
       `  authentication: ${d.authentication}`,
       `  trusted proxies: ${d.trustedProxies.join(", ") || "none"}   (their x-forwarded-for names the client; JOBMESH_TRUSTED_PROXIES)`,
       mesh.generatedAdminPassword
-        ? `  admin: ${d.admin.email}  password: ${mesh.generatedAdminPassword}   (generated; shown this once — set JOBMESH_ADMIN_PASSWORD to choose it)`
+        ? `  admin: ${d.admin.email}  password: ${mesh.generatedAdminPassword}   (generated; shown this once — change it with AuthService/ChangePassword)`
         : `  admin: ${d.admin.email}  (${d.admin.created ? "password from JOBMESH_ADMIN_PASSWORD" : "exists already; its password is unchanged"})`,
       `  log in: grpcurl -plaintext -d '{"email":"${d.admin.email}","password":"..."}' ${new URL(d.services.auth).host} jobmesh.v1.AuthService/Login`,
       `  then:   grpcurl -plaintext -H "authorization: Bearer <access_token>" ${new URL(d.services.pipelines).host} list`,
