@@ -3,12 +3,19 @@
  * every call with a token: an answer is kept in this process for half a second and in Redis for
  * as long as the loader says, and Postgres answers behind both. "Gone" is never cached, so a
  * principal that comes back is seen at once; one that goes (revoked, disabled, deleted) or
- * changes (a user's roles) is seen within the half second once its Redis entry is removed
- * (`forget`), or within the Redis lifetime if that removal failed. Redis entries carry a MAC
- * (cache-mac.ts): one this deployment did not write is ignored and Postgres answers.
+ * changes (a user's roles) is seen within the half second once its Redis entry is replaced by a
+ * "forgotten" mark (`forget`), or within the Redis lifetime if that failed. Redis entries carry
+ * a MAC (cache-mac.ts): one this deployment did not write is ignored and Postgres answers.
+ *
+ * Why a mark and not a delete: a check that read Postgres just before a revocation committed
+ * could write its "active" answer into Redis just after the revocation deleted the entry, and
+ * it would stand for the whole Redis lifetime. Answers are written only where nothing is (NX),
+ * and the mark stays for as long as any answer may be kept, so such a late write finds it.
  */
 import type { Cache } from "../cache/index.ts";
 import type { CacheMac } from "./cache-mac.ts";
+
+const forgotten = "forgotten";
 
 export interface ActiveCheck {
   /** What the loader said of an active principal (non-empty), or undefined when it is gone. */
@@ -23,8 +30,10 @@ export function createActiveCheck(deps: {
   cache: Cache;
   /** Seals what goes to Redis and checks what comes back. */
   mac: CacheMac;
-  /** Redis key prefix, e.g. "user-roles". */
+  /** Redis key prefix, e.g. "user-status". */
   kind: string;
+  /** The longest the loader lets Redis keep an answer (ms): how long a `forget` mark stays. */
+  maxCacheMs: number;
   /**
    * Reads Postgres: a non-empty value for an active principal (undefined when gone), and how
    * long Redis may keep it (ms; < 100: not cached).
@@ -39,13 +48,13 @@ export function createActiveCheck(deps: {
       const memoed = memo.get(key);
       if (memoed && memoed.until > Date.now()) return memoed.value;
       const stored = await deps.cache.redis.get(key).catch(() => null);
-      let value = stored ? (await deps.mac.open(key, stored)) || undefined : undefined;
+      let value = stored && stored !== forgotten ? (await deps.mac.open(key, stored)) || undefined : undefined;
       if (value === undefined) {
         const loaded = await deps.load(tenantId, id);
         value = loaded.value || undefined;
-        if (value !== undefined && loaded.cacheMs >= 100) {
+        if (value !== undefined && loaded.cacheMs >= 100 && stored !== forgotten) {
           const sealed = await deps.mac.seal(key, value);
-          deps.cache.redis.set(key, sealed, "PX", loaded.cacheMs).catch(() => {});
+          deps.cache.redis.set(key, sealed, "PX", loaded.cacheMs, "NX").catch(() => {});
         }
       }
       if (value !== undefined) {
@@ -55,8 +64,9 @@ export function createActiveCheck(deps: {
       return value;
     },
     async forget(tenantId, id) {
-      memo.delete(keyOf(tenantId, id));
-      await deps.cache.invalidate(keyOf(tenantId, id));
+      const key = keyOf(tenantId, id);
+      memo.delete(key);
+      await deps.cache.redis.set(key, forgotten, "PX", Math.max(deps.maxCacheMs, 1000)).catch(() => deps.cache.invalidate(key));
     },
   };
 }

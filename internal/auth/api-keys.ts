@@ -155,6 +155,7 @@ export function createApiKeys(deps: ApiKeysDeps) {
     cache,
     mac,
     kind: "apikey-chain",
+    maxCacheMs: deps.cacheSeconds * 1000,
     async load(tenantId, apiKeyId) {
       const loaded = await loadChain(tenantId, apiKeyId);
       return { value: loaded && JSON.stringify(loaded.chain), cacheMs: loaded ? redisTtlMs(loaded.expireTime) : 0 };

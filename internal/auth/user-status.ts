@@ -41,6 +41,7 @@ export function createUserStatus(deps: { db: Queryable; cache: Cache; cacheSecon
     cache: deps.cache,
     mac: cacheMacOf(deps.db),
     kind: "user-status",
+    maxCacheMs: deps.cacheSeconds * 1000,
     async load(tenantId, userId) {
       const standing = await loadUserStanding(deps.db, tenantId, userId);
       return { value: standing && JSON.stringify(standing), cacheMs: deps.cacheSeconds * 1000 };
