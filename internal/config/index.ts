@@ -60,6 +60,14 @@ export interface Config {
   workerConcurrency: number;
   /** Lifetime of a worker heartbeat in Redis; the reaper requeues attempts whose heartbeat is older. */
   heartbeatTtlMs: number;
+  /** Open WatchJob streams one caller (tenant and subject) may hold in one jobs process. */
+  maxWatchStreamsPerCaller: number;
+  /** Bytes a tenant may hold in uploads and results, unless its tenants row sets its own quota. */
+  tenantStorageQuotaBytes: number;
+  /** max_bytes of the work and events streams (0: no limit). */
+  streamMaxBytes: number;
+  /** max_bytes of the uploads and results object store buckets (0: no limit). */
+  bucketMaxBytes: number;
   /** Times one stage of a job may lose its worker or thread (requeued apart from its retries) before the job fails. */
   maxStageLosses: number;
   /**
@@ -210,6 +218,13 @@ export function loadConfig(env: Env = process.env): Config {
     resultRetentionSeconds: readInt(env, "JOBMESH_RESULT_RETENTION_SECONDS", 7 * 86_400, 60, 365 * 86_400),
     workerConcurrency: readInt(env, "JOBMESH_WORKER_CONCURRENCY", 32, 1, 256),
     heartbeatTtlMs: readInt(env, "JOBMESH_HEARTBEAT_TTL_MS", 15_000, 500, 600_000),
+    maxWatchStreamsPerCaller: readInt(env, "JOBMESH_MAX_WATCH_STREAMS_PER_CALLER", 100, 1, 1_000_000),
+    tenantStorageQuotaBytes: readInt(env, "JOBMESH_TENANT_STORAGE_QUOTA_BYTES", 5 * 1024 ** 3, 0, Number.MAX_SAFE_INTEGER),
+    // JetStream reserves each stream's max_bytes against the server's storage when the stream is
+    // created, so these must fit the server's disk together (a deployment with many tenants
+    // raises them).
+    streamMaxBytes: readInt(env, "JOBMESH_STREAM_MAX_BYTES", 1024 ** 3, 0, Number.MAX_SAFE_INTEGER),
+    bucketMaxBytes: readInt(env, "JOBMESH_BUCKET_MAX_BYTES", 8 * 1024 ** 3, 0, Number.MAX_SAFE_INTEGER),
     maxStageLosses: readInt(env, "JOBMESH_MAX_STAGE_LOSSES", maxStageLossesDefault, 1, 100),
     allowLoopbackFetchForTests: readBool(env, "JOBMESH_ALLOW_LOOPBACK_FETCH"),
     auth: loadAuthConfig(env, dataDir),

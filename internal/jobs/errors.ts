@@ -57,3 +57,10 @@ export class OffsetOutOfRangeError extends OutOfRangeError {
     super(`offset ${offset} is past the end of the result (${size} bytes)`);
   }
 }
+
+/** A caller holds as many open WatchJob streams as it may (JOBMESH_MAX_WATCH_STREAMS_PER_CALLER). */
+export class WatchStreamLimitError extends ResourceExhaustedError {
+  constructor(limit: number) {
+    super(`too many open WatchJob streams: at most ${limit} per caller (JOBMESH_MAX_WATCH_STREAMS_PER_CALLER); close one first`);
+  }
+}

@@ -18,22 +18,20 @@ import {
   UploadDocumentResponseSchema,
   WatchJobResponseSchema,
 } from "../../gen/jobmesh/v1/jobs_pb.js";
-import type { NatsConnection } from "@nats-io/transport-node";
 import type { ObjectStore } from "@nats-io/obj";
 import type { Pool } from "../db/index.ts";
 import { callerOf } from "../rpc/context.ts";
 import type { JobDomain } from "./jobs.ts";
-import type { Topology } from "./topology.ts";
 import { downloadResult, uploadDocument } from "./transfer.ts";
-import { watchJob } from "./watch.ts";
+import type { JobWatcher } from "./watch.ts";
 
 export { JobService };
 
 export interface JobServiceDeps {
   jobs: JobDomain;
   db: Pool;
-  nc: NatsConnection;
-  topology: Topology;
+  /** Serves every WatchJob stream of the process (one subscription per watched tenant). */
+  watcher: JobWatcher;
   uploads: ObjectStore;
   /** Large results, streamed by DownloadJobResult. */
   results: ObjectStore;
@@ -76,7 +74,7 @@ export function createJobService(deps: JobServiceDeps): ServiceImpl<typeof JobSe
       }
     },
     async *watchJob(req, ctx) {
-      const events = watchJob(deps, callerOf(ctx.values).tenantId, req.name, req.afterSequence, ctx.signal);
+      const events = deps.watcher.watch(callerOf(ctx.values), req.name, req.afterSequence, ctx.signal);
       for await (const event of events) yield create(WatchJobResponseSchema, { event });
     },
     async uploadDocument(req, ctx) {

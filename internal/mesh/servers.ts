@@ -18,6 +18,7 @@ import { createOutboxRelay, type OutboxRelay } from "../jobs/relay.ts";
 import { createReaper, type Reaper } from "../jobs/reaper.ts";
 import { createJobService, JobService } from "../jobs/service.ts";
 import { createTopology, openBuckets, provisionTopology, type Topology } from "../jobs/topology.ts";
+import { createJobWatcher, type JobWatcher } from "../jobs/watch.ts";
 import { startWorker, type Worker } from "../worker/worker.ts";
 import type { Infra } from "./infra.ts";
 
@@ -87,6 +88,8 @@ export interface JobsServer extends RpcServer {
   relay: OutboxRelay;
   reaper: Reaper;
   topology: Topology;
+  /** The process's WatchJob fan-out. */
+  watcher: JobWatcher;
 }
 
 export interface ServeJobsOptions {
@@ -129,11 +132,12 @@ export async function serveJobs(infra: Infra, port = infra.config.ports.jobs, op
     ? { publishBatch: () => Promise.resolve(0), stop: () => Promise.resolve() }
     : createOutboxRelay({ db: infra.db, js: infra.bus.js, log: infra.log, tracer: infra.telemetry.tracer });
   const reaper = createReaper({ db: infra.db, redis: infra.cache.redis, topology, buckets, log: infra.log, heartbeatTtlMs: config.heartbeatTtlMs });
+  const watcher = createJobWatcher({ db: infra.db, nc: infra.bus.nc, topology, log: infra.log, maxStreamsPerCaller: config.maxWatchStreamsPerCaller });
   const server = await startRpcServer({
     name: "jobs",
     host: config.host,
     port,
-    services: [bindService(JobService, createJobService({ jobs, db: infra.db, nc: infra.bus.nc, topology, uploads: buckets.uploads, results: buckets.results, maxDocumentBytes: config.maxDocumentBytes }))],
+    services: [bindService(JobService, createJobService({ jobs, db: infra.db, watcher, uploads: buckets.uploads, results: buckets.results, maxDocumentBytes: config.maxDocumentBytes }))],
     log: infra.log,
     telemetry: infra.telemetry,
     readiness: infra.readiness,
@@ -147,8 +151,10 @@ export async function serveJobs(infra: Infra, port = infra.config.ports.jobs, op
     relay,
     reaper,
     topology,
+    watcher,
     async close() {
       await server.close();
+      await watcher.close();
       await reaper.stop();
       await relay.stop();
       await publisher.close();
