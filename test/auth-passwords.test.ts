@@ -26,15 +26,14 @@ function readerOf(m: TestMesh) {
 }
 const read = readerOf(mesh);
 
-/** Reads until refused, for at most 3 s (a hang guard: the check promises about a second). */
-async function refusedWithin(headers: Record<string, string>): Promise<Code | "ok"> {
-  const start = Date.now();
-  let answer = await read(headers);
-  while (answer !== Code.Unauthenticated && Date.now() - start < 3_000) {
-    await new Promise((r) => setTimeout(r, 50));
-    answer = await read(headers);
-  }
-  return answer;
+/**
+ * A read once the half second each process keeps a user's standing has passed: by then the
+ * change must show (Redis was told before it answered). Waiting longer under load only makes the
+ * check more lenient, never a correct answer wrong.
+ */
+async function readPastProcessMemo(headers: Record<string, string>): Promise<Code | "ok"> {
+  await new Promise((r) => setTimeout(r, 600));
+  return read(headers);
 }
 
 const refresh = (refreshToken: string, m = mesh) => m.auth!.client.refreshToken({ refreshToken }).then((r) => r, (e: unknown) => codeOf(e));
@@ -52,7 +51,7 @@ t.test("change - a user changes its password with the current one; its other ses
   t.equal(tooShort, Code.InvalidArgument, "a new password under 12 characters is refused");
 
   const changed = await auth.client.changePassword({ currentPassword: user.password, newPassword: "a-new-password-1234" }, { headers: bearer(here.accessToken) });
-  t.equal(await refusedWithin(bearer(elsewhere.accessToken)), Code.Unauthenticated, "an access token issued before the change is refused");
+  t.equal(await readPastProcessMemo(bearer(elsewhere.accessToken)), Code.Unauthenticated, "an access token issued before the change is refused");
   t.equal(await read(bearer(here.accessToken)), Code.Unauthenticated, "including the one that made the change");
   t.equal(await refresh(elsewhere.refreshToken), Code.Unauthenticated, "refresh tokens issued before are refused");
   t.equal(await refresh(here.refreshToken), Code.Unauthenticated);
@@ -79,7 +78,7 @@ t.test("reset - an admin sets a user's password; that user's sessions end", asyn
   const before = (await auth.client.getUser({ name: user.name }, { headers: admin })).user!;
   const { user: after } = await auth.client.resetUserPassword({ name: user.name, newPassword: "reset-by-admin-1234" }, { headers: admin });
   t.not(after?.etag, before.etag, "the user's etag changed");
-  t.equal(await refusedWithin(bearer(session.accessToken)), Code.Unauthenticated, "its access token is refused");
+  t.equal(await readPastProcessMemo(bearer(session.accessToken)), Code.Unauthenticated, "its access token is refused");
   t.equal(await refresh(session.refreshToken), Code.Unauthenticated, "its refresh token is refused");
   t.equal(await login(user.email, user.password), Code.Unauthenticated, "the old password no longer signs in");
   const fresh = await login(user.email, "reset-by-admin-1234");
