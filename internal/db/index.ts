@@ -51,6 +51,15 @@ export async function migrate(url: string, log: Logger): Promise<void> {
 /** Runs `work` in a transaction on one client, rolling back on any error. */
 export async function inTransaction<T>(pool: pg.Pool, work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
   const client = await pool.connect();
+  // A connection lost mid-transaction (Postgres restarted, the backend terminated, the network
+  // cut) fails the statement in flight, and so this call; the client then also emits 'error',
+  // which, with no listener on a checked-out client, would crash the process. The pool drops
+  // the client on release.
+  let lost: Error | undefined;
+  const onError = (error: Error) => {
+    lost = error;
+  };
+  client.on("error", onError);
   try {
     await client.query("BEGIN");
     const result = await work(client);
@@ -60,7 +69,8 @@ export async function inTransaction<T>(pool: pg.Pool, work: (client: pg.PoolClie
     await client.query("ROLLBACK").catch(() => {});
     throw error;
   } finally {
-    client.release();
+    client.removeListener("error", onError);
+    client.release(lost);
   }
 }
 
