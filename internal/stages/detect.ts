@@ -5,6 +5,7 @@
 import chardet from "chardet";
 import { fileTypeFromBuffer } from "file-type";
 import { identifyLanguage } from "./language.ts";
+import { stripScriptsAndStyles, stripTags } from "./parsed-document.ts";
 import { resolveDetectOptions, type DetectOptions, type StageContext } from "./options.ts";
 import { sniffTextType, textTypeHint, TEXT_MEDIA_TYPES } from "./sniff-text.ts";
 
@@ -95,7 +96,7 @@ export function decodeText(bytes: Uint8Array, encoding = "utf-8"): string {
 function languageSample(text: string, mediaType: string): string {
   const head = text.slice(0, 20_000);
   if (mediaType === TEXT_MEDIA_TYPES.html) {
-    return head.replace(/<(script|style)\b[\s\S]*?<\/\1\s*>/gi, " ").replace(/<[^>]*>/g, " ");
+    return stripTags(stripScriptsAndStyles(head, " "), " ");
   }
   if (mediaType === TEXT_MEDIA_TYPES.json) {
     return [...head.matchAll(/"((?:[^"\\]|\\.)*)"\s*(?=[,}\]])/g)].map((m) => m[1]).join(". ");

@@ -40,6 +40,11 @@ export class TransientStageError extends StageError {
   readonly retryable = true;
 }
 
+/** The error of a document whose compressed parts (zip entries, PDF streams) inflate past the limit. */
+export function inflatedTooLarge(maxBytes: number): PermanentStageError {
+  return new PermanentStageError("document_too_large", `the document decompresses to more than ${maxBytes} bytes`);
+}
+
 /** True for either kind of stage error. */
 export function isStageError(err: unknown): err is StageError {
   return err instanceof StageError;

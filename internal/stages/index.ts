@@ -8,7 +8,7 @@ export {
   findStageError, isStageError, PermanentStageError, StageError, TransientStageError, type StageErrorCode,
 } from "./errors.ts";
 export {
-  resolveDetectOptions, resolveEnrichOptions, resolveIngestOptions, resolveOutputOptions, resolveParseOptions,
+  DEFAULT_MAX_INFLATED_BYTES, resolveDetectOptions, resolveEnrichOptions, resolveIngestOptions, resolveOutputOptions, resolveParseOptions,
   type DetectOptions, type EnrichOptions, type IngestOptions, type OutputOptions, type ParseOptions, type StageContext,
 } from "./options.ts";
 

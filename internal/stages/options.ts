@@ -35,7 +35,15 @@ export interface ParseOptions {
   maxPages?: number;
   /** Media types accepted; empty accepts every supported type. Default []. */
   allowedMediaTypes?: readonly string[];
+  /**
+   * Bytes the compressed parts of a document (DOCX zip entries, PDF Flate streams) may inflate
+   * to in all; past it the stage fails with document_too_large (1 B..4 GiB). Default 256 MiB.
+   */
+  maxInflatedBytes?: number;
 }
+
+/** Default of ParseOptions.maxInflatedBytes: room for any real document, far from a zip bomb's gigabytes. */
+export const DEFAULT_MAX_INFLATED_BYTES = 256 * MIB;
 
 /** Options of the enrich stage (proto EnrichOptions, plus phoneRegion which the proto lacks). */
 export interface EnrichOptions {
@@ -84,6 +92,7 @@ export function resolveParseOptions(o: ParseOptions = {}): Required<ParseOptions
   return {
     maxPages: inRange("maxPages", o.maxPages ?? 0, 0, 10_000),
     allowedMediaTypes: o.allowedMediaTypes ?? [],
+    maxInflatedBytes: inRange("maxInflatedBytes", o.maxInflatedBytes ?? DEFAULT_MAX_INFLATED_BYTES, 1, 4096 * MIB),
   };
 }
 

@@ -17,17 +17,25 @@ export function parseJson(source: string): ParsedDocument {
   return { text, headings, tables: table ? [table] : [], links: [] };
 }
 
-/** A header row of every key seen (in first-seen order) and a row per record. */
+/**
+ * A header row of every key seen (in first-seen order) and a row per record. Records that share
+ * few keys are not a table: with a column per key ever seen, n records of one distinct key each
+ * would make n² cells from a text of size n. A table must fill at least half its cells.
+ */
 function recordsTable(items: unknown[]): Table | undefined {
   if (items.length === 0) return undefined;
   const records: Record<string, unknown>[] = [];
+  let values = 0;
   for (const item of items) {
     if (item === null || typeof item !== "object" || Array.isArray(item)) return undefined;
     const rec = item as Record<string, unknown>;
-    if (Object.values(rec).some((v) => v !== null && typeof v === "object")) return undefined;
+    const recValues = Object.values(rec);
+    if (recValues.some((v) => v !== null && typeof v === "object")) return undefined;
+    values += recValues.length;
     records.push(rec);
   }
   const columns = [...new Set(records.flatMap((r) => Object.keys(r)))];
+  if (records.length * columns.length > 2 * values) return undefined;
   const cell = (v: unknown): string => (v === undefined || v === null ? "" : String(v));
   return { rows: [columns, ...records.map((r) => columns.map((c) => cell(r[c])))] };
 }

@@ -1,7 +1,8 @@
 /** Markdown → text and structure from marked's lexer tokens (no HTML is rendered). */
 import { decodeHTML } from "entities";
 import { marked, type Token, type Tokens } from "marked";
-import { tidyText, type Heading, type Link, type ParsedDocument, type Table } from "./parsed-document.ts";
+import { PermanentStageError } from "./errors.ts";
+import { stripScriptsAndStyles, stripTags, tidyText, type Heading, type Link, type ParsedDocument, type Table } from "./parsed-document.ts";
 
 /** Headings (ATX and setext), GFM tables, inline and reference links, and the plain text. */
 export function parseMarkdown(markdown: string): ParsedDocument {
@@ -22,7 +23,7 @@ export function parseMarkdown(markdown: string): ParsedDocument {
         }
         case "image": s += tok.text; break;
         case "br": s += "\n"; break;
-        case "html": s += tok.text.replace(/<[^>]*>/g, ""); break;
+        case "html": s += stripTags(tok.text); break;
         case "codespan": case "escape": s += tok.text; break;
         case "text": s += "tokens" in tok && tok.tokens ? inline(tok.tokens) : decodeHTML(tok.text); break;
         default:
@@ -54,13 +55,21 @@ export function parseMarkdown(markdown: string): ParsedDocument {
           parts.push(rows.map((r) => r.join("\t")).join("\n"));
           break;
         }
-        case "html": parts.push(tok.text.replace(/<(script|style)\b[\s\S]*?<\/\1\s*>/gi, "").replace(/<[^>]*>/g, "")); break;
+        case "html": parts.push(stripTags(stripScriptsAndStyles(tok.text))); break;
         default: break; // space, hr, def: no text
       }
     }
     return parts.filter((p) => p.trim() !== "").join("\n\n");
   };
 
-  const text = tidyText(block(marked.lexer(markdown, { gfm: true })));
+  let text: string;
+  try {
+    text = tidyText(block(marked.lexer(markdown, { gfm: true })));
+  } catch (cause) {
+    // marked (and block/inline here) recurse per level of nesting: ">>>>…" or "- - - …"
+    // thousands deep overflows the stack, the same way on every attempt.
+    if (!(cause instanceof RangeError)) throw cause;
+    throw new PermanentStageError("corrupt_document", "the Markdown document is nested too deeply to parse", { cause });
+  }
   return { text, headings, tables, links };
 }

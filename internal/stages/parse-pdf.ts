@@ -4,6 +4,8 @@
  */
 import { getDocumentProxy } from "unpdf";
 import { PermanentStageError } from "./errors.ts";
+import { checkPdfInflatedSize } from "./pdf-streams.ts";
+import { DEFAULT_MAX_INFLATED_BYTES } from "./options.ts";
 import { tidyText, type Heading, type Link, type ParsedDocument } from "./parsed-document.ts";
 
 type PdfDocument = Awaited<ReturnType<typeof getDocumentProxy>>;
@@ -12,8 +14,13 @@ interface OutlineNode {
   items: OutlineNode[];
 }
 
-/** Extracts at most `maxPages` pages (0 = all); pages are separated by blank lines. */
-export async function parsePdf(bytes: Uint8Array, maxPages: number, signal: AbortSignal): Promise<ParsedDocument> {
+/**
+ * Extracts at most `maxPages` pages (0 = all); pages are separated by blank lines. A PDF whose
+ * Flate streams inflate past `maxInflatedBytes` is document_too_large (see pdf-streams.ts).
+ */
+export async function parsePdf(bytes: Uint8Array, maxPages: number, signal: AbortSignal, maxInflatedBytes = DEFAULT_MAX_INFLATED_BYTES): Promise<ParsedDocument> {
+  await checkPdfInflatedSize(bytes, maxInflatedBytes);
+  signal.throwIfAborted();
   let doc: PdfDocument;
   try {
     // PDF.js may transfer (detach) the buffer it is given; the caller's bytes must survive.

@@ -24,7 +24,7 @@ export interface ParseInput {
 /** The media type file-type gives a Word (OOXML) document. */
 export const DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document";
 
-type Parser = (input: ParseInput, maxPages: number, signal: AbortSignal) => ParsedDocument | Promise<ParsedDocument>;
+type Parser = (input: ParseInput, options: Required<ParseOptions>, signal: AbortSignal) => ParsedDocument | Promise<ParsedDocument>;
 const text = (input: ParseInput): string => decodeText(input.bytes, input.encoding);
 
 const PARSERS: Record<string, Parser> = {
@@ -34,8 +34,8 @@ const PARSERS: Record<string, Parser> = {
   "text/csv": (i) => parseCsv(text(i)),
   "text/tab-separated-values": (i) => parseCsv(text(i), true),
   "application/json": (i) => parseJson(text(i)),
-  "application/pdf": (i, maxPages, signal) => parsePdf(i.bytes, maxPages, signal),
-  [DOCX]: (i, _maxPages, signal) => parseDocx(i.bytes, signal),
+  "application/pdf": (i, o, signal) => parsePdf(i.bytes, o.maxPages, signal, o.maxInflatedBytes),
+  [DOCX]: (i, o, signal) => parseDocx(i.bytes, signal, o.maxInflatedBytes),
 };
 
 /** Media types parse understands. */
@@ -43,10 +43,12 @@ export const SUPPORTED_MEDIA_TYPES: readonly string[] = Object.keys(PARSERS);
 
 /**
  * Extracts text and structure. Throws PermanentStageError: media_type_not_allowed (not in
- * `allowedMediaTypes`), unsupported_media_type, corrupt_document, encrypted_document.
+ * `allowedMediaTypes`), unsupported_media_type, corrupt_document, encrypted_document,
+ * document_too_large (a DOCX or PDF that inflates past `maxInflatedBytes`).
  */
 export async function parseStage(input: ParseInput, options: ParseOptions, ctx: StageContext): Promise<ParsedDocument> {
-  const { maxPages, allowedMediaTypes } = resolveParseOptions(options);
+  const resolved = resolveParseOptions(options);
+  const { allowedMediaTypes } = resolved;
   ctx.signal.throwIfAborted();
   const mediaType = input.mediaType.split(";")[0]!.trim().toLowerCase();
   if (allowedMediaTypes.length > 0 && !allowedMediaTypes.includes(mediaType)) {
@@ -56,7 +58,7 @@ export async function parseStage(input: ParseInput, options: ParseOptions, ctx: 
   if (!parser) {
     throw new PermanentStageError("unsupported_media_type", `media type ${mediaType} is not supported`);
   }
-  const parsed = await parser(input, maxPages, ctx.signal);
+  const parsed = await parser(input, resolved, ctx.signal);
   ctx.signal.throwIfAborted();
   return parsed;
 }

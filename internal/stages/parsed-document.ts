@@ -55,6 +55,51 @@ export function bareUrlLinks(text: string): Link[] {
   return links;
 }
 
+/**
+ * `s` with every `<…>` tag replaced by `replacement`, as `s.replace(/<[^>]*>/g, replacement)`
+ * does but in one pass: that regex scans to the end of the text from every `<` that has no
+ * `>` after it, quadratic in a run of `<`.
+ */
+export function stripTags(s: string, replacement = ""): string {
+  let out = "";
+  let at = 0;
+  for (let open = s.indexOf("<"); open !== -1; open = s.indexOf("<", at)) {
+    const close = s.indexOf(">", open + 1);
+    if (close === -1) break; // no `>` after this `<`, so none after any later one either
+    out += s.slice(at, open) + replacement;
+    at = close + 1;
+  }
+  return out + s.slice(at);
+}
+
+/**
+ * `s` without its script and style elements, as
+ * `s.replace(/<(script|style)\b[\s\S]*?<\/\1\s*>/gi, replacement)` does but in linear time: that
+ * regex searches to the end of the text from every opening tag that is never closed.
+ */
+export function stripScriptsAndStyles(s: string, replacement = ""): string {
+  const unclosed = new Set<string>();
+  let out = "";
+  let at = 0;
+  const start = /<(script|style)\b/gi;
+  for (let m = start.exec(s); m; m = start.exec(s)) {
+    const name = m[1]!.toLowerCase();
+    if (unclosed.has(name)) continue;
+    const end = new RegExp(`</${name}\\s*>`, "gi");
+    end.lastIndex = m.index + m[0].length;
+    const close = end.exec(s);
+    if (!close) {
+      // Later openings of this element have no closing tag after them either.
+      unclosed.add(name);
+      continue;
+    }
+    out += s.slice(at, m.index) + replacement;
+    at = close.index + close[0].length;
+    start.lastIndex = at;
+  }
+  return out + s.slice(at);
+}
+
 /** A document with no structure. */
 export function textOnly(text: string): ParsedDocument {
   return { text, headings: [], tables: [], links: [] };

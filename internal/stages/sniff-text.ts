@@ -36,20 +36,47 @@ export function textTypeHint(filename?: string, mediaTypeHint?: string): string 
 export function sniffTextType(text: string, hint?: string): string {
   const head = text.slice(0, 64 * 1024);
   if (isJson(text)) return TEXT_MEDIA_TYPES.json;
-  if (/^\s*(?:<!--[\s\S]*?-->\s*)*(?:<\?xml[^>]*>\s*)?<!doctype html|<html[\s>]/i.test(head)) return TEXT_MEDIA_TYPES.html;
+  if (HTML_DOCUMENT_START.test(head) || /<html[\s>]/i.test(head)) return TEXT_MEDIA_TYPES.html;
   if (hint && isPlausible(head, hint)) return hint;
   if (delimitedLike(head, ",") || delimitedLike(head, ";")) return TEXT_MEDIA_TYPES.csv;
   if (delimitedLike(head, "\t")) return TEXT_MEDIA_TYPES.tsv;
   if (markdownLike(head)) return TEXT_MEDIA_TYPES.markdown;
-  if ((head.match(/<\/?(?:p|div|span|a|h[1-6]|table|tr|td|ul|li|br|body|head)\b[^>]*>/gi)?.length ?? 0) >= 3) {
-    return TEXT_MEDIA_TYPES.html;
-  }
+  if (hasHtmlTags(head, 3)) return TEXT_MEDIA_TYPES.html;
   return TEXT_MEDIA_TYPES.plain;
+}
+
+/**
+ * A doctype after optional whitespace, comments and an XML declaration. Comments one after
+ * another are one `<!--…-->` with comments inside, so a single greedy comment matches the same
+ * texts as `(?:<!--[\s\S]*?-->\s*)*` did, without that pattern's exponential backtracking over
+ * where each of many comments ends.
+ */
+const HTML_DOCUMENT_START = /^\s*(?:<!--[\s\S]*-->\s*)?(?:<\?xml[^>]*>\s*)?<!doctype html/i;
+
+/**
+ * At least `atLeast` common HTML tags, each `<name …>` up to its first `>` (what
+ * `/<\/?(?:p|…)\b[^>]*>/gi` counts, without its scan to the end of the text from every tag
+ * that has no `>`).
+ */
+function hasHtmlTags(head: string, atLeast: number): boolean {
+  const start = /<\/?(?:p|div|span|a|h[1-6]|table|tr|td|ul|li|br|body|head)\b/gi;
+  let count = 0;
+  for (let m = start.exec(head); m; m = start.exec(head)) {
+    const close = head.indexOf(">", start.lastIndex);
+    if (close === -1) return false; // no later tag has a `>` after it either
+    if (++count >= atLeast) return true;
+    start.lastIndex = close + 1;
+  }
+  return false;
 }
 
 function isPlausible(head: string, hint: string): boolean {
   switch (hint) {
-    case TEXT_MEDIA_TYPES.html: return /<[a-z!][^>]*>/i.test(head);
+    case TEXT_MEDIA_TYPES.html: {
+      // A `<x` with a `>` after it, as /<[a-z!][^>]*>/i, without a scan to the end from every `<`.
+      const lastClose = head.lastIndexOf(">");
+      return lastClose > 0 && /<[a-z!]/i.test(head.slice(0, lastClose));
+    }
     case TEXT_MEDIA_TYPES.csv: return delimitedLike(head, ",", 1) || delimitedLike(head, ";", 1);
     case TEXT_MEDIA_TYPES.tsv: return delimitedLike(head, "\t", 1);
     case TEXT_MEDIA_TYPES.markdown:
@@ -93,8 +120,11 @@ function fieldCount(line: string, delimiter: string): number {
 const MARKDOWN_SIGNALS: Record<string, RegExp> = {
   heading: /^#{1,6}\s+\S/m,
   fence: /^(?:```|~~~)/m,
-  link: /\[[^\]\n]+\]\([^)\s]+(?:\s+"[^"]*")?\)/,
-  table: /^\|?\s*:?-{3,}:?\s*(?:\|\s*:?-{3,}:?\s*)+\|?\s*$/m,
+  // Each scan stops at the next `[`, quote or line end: from every `[` of a run of them, or every
+  // unclosed title, a scan to the end of the sample would be quadratic.
+  link: /\[[^\]\n[]+\]\([^)\s]+(?:[ \t]+"[^"\n]*")?\)/,
+  // One line of a delimiter row: `\s` here would run across lines from every line start.
+  table: /^\|?[ \t]*:?-{3,}:?[ \t]*(?:\|[ \t]*:?-{3,}:?[ \t]*)+\|?[ \t]*$/m,
   setext: /^\S[^\n]*\n(?:={3,}|-{3,})\s*$/m,
   emphasis: /(?:\*\*|__)[^*_\n]+(?:\*\*|__)/,
   list: /^\s{0,3}(?:[-*+]|\d+\.)\s+\S/m,

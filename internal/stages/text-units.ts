@@ -26,7 +26,8 @@ export function sentencesOf(text: string): Sentence[] {
   for (const s of sentenceSegmenter.segment(text)) {
     const trimmed = s.segment.trim();
     if (!/[\p{L}\p{N}]/u.test(trimmed)) continue;
-    const start = s.index + s.segment.indexOf(trimmed);
+    // The leading whitespace's length (an indexOf of the trimmed text could cost its length times that).
+    const start = s.index + s.segment.length - s.segment.trimStart().length;
     sentences.push({ text: trimmed, start, end: start + trimmed.length });
   }
   return sentences;
