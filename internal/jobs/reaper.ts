@@ -10,6 +10,7 @@ import type { Stage } from "../../gen/jobmesh/v1/pipelines_pb.js";
 import { inTransaction, type Pool } from "../db/index.ts";
 import type { Logger } from "../telemetry/index.ts";
 import { jobCounters } from "./metrics.ts";
+import { resultObjectOwner } from "./results.ts";
 import type { StageTask } from "./outbox.ts";
 import { stageToken, type Topology } from "./topology.ts";
 import { failStage } from "./transitions.ts";
@@ -92,6 +93,33 @@ export function createReaper(options: ReaperOptions): Reaper {
        RETURNING id`,
     );
     for (const { id } of uploads.rows) await options.buckets.uploads.delete(id).catch(() => {});
+    await sweepOrphanResults();
+  }
+
+  /**
+   * Deletes result objects whose job is gone. The output stage writes a large result's object
+   * before its commit; when DeleteJob (or a crash) comes in between, the commit finds no job and
+   * the object would stay forever. A job row that does not exist can never commit again, so an
+   * object under `<tenant>/<job>.json` without that job row is garbage, however young.
+   */
+  async function sweepOrphanResults(): Promise<void> {
+    const objects = (await options.buckets.results.list()).filter((o) => !o.deleted);
+    const keyed = objects.flatMap((o) => {
+      const owner = resultObjectOwner(o.name);
+      return owner ? [{ key: o.name, ...owner }] : [];
+    });
+    for (let i = 0; i < keyed.length; i += 1000) {
+      const batch = keyed.slice(i, i + 1000);
+      const { rows } = await db.query<{ key: string }>(
+        `SELECT o.key FROM unnest($1::text[], $2::uuid[], $3::uuid[]) AS o(key, tenant_id, job_id)
+         WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.tenant_id = o.tenant_id AND j.id = o.job_id)`,
+        [batch.map((o) => o.key), batch.map((o) => o.tenantId), batch.map((o) => o.jobId)],
+      );
+      for (const { key } of rows) {
+        await options.buckets.results.delete(key).catch(() => {});
+        log.info({ key }, "deleted a result object whose job is gone");
+      }
+    }
   }
 
   /**

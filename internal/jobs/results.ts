@@ -31,6 +31,15 @@ export const resultNameOf = (jobId: string) => `${jobNameOf(jobId)}/result`;
 /** The object key of a job's large result in the results bucket. */
 export const resultObjectKey = (tenantId: string, jobId: string) => `${tenantId}/${jobId}.json`;
 
+const uuid = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}";
+const resultKeyPattern = new RegExp(`^(${uuid})/(${uuid})\\.json$`);
+
+/** The tenant and job a results-bucket key belongs to (resultObjectKey's inverse), if it is one. */
+export function resultObjectOwner(key: string): { tenantId: string; jobId: string } | undefined {
+  const m = resultKeyPattern.exec(key);
+  return m ? { tenantId: m[1], jobId: m[2] } : undefined;
+}
+
 /** A result as the output stage made it: the document inline, or the key of its object. */
 export interface ResultInsert {
   summary: ResultSummary;

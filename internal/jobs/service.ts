@@ -18,6 +18,7 @@ import {
   UploadDocumentResponseSchema,
   WatchJobResponseSchema,
 } from "../../gen/jobmesh/v1/jobs_pb.js";
+import type { JetStreamClient } from "@nats-io/jetstream";
 import type { ObjectStore } from "@nats-io/obj";
 import type { Pool } from "../db/index.ts";
 import { callerOf } from "../rpc/context.ts";
@@ -35,6 +36,8 @@ export interface JobServiceDeps {
   uploads: ObjectStore;
   /** Large results, streamed by DownloadJobResult. */
   results: ObjectStore;
+  /** Pulls a large result's chunks as its download goes (transfer.ts). */
+  js: JetStreamClient;
   maxDocumentBytes: number;
 }
 
@@ -69,7 +72,7 @@ export function createJobService(deps: JobServiceDeps): ServiceImpl<typeof JobSe
       return create(GetJobResultResponseSchema, { result: await jobs.getResult(callerOf(ctx.values).tenantId, req.name) });
     },
     async *downloadJobResult(req, ctx) {
-      for await (const chunk of downloadResult({ jobs, results: deps.results }, callerOf(ctx.values).tenantId, req.name, req.format, req.offset)) {
+      for await (const chunk of downloadResult({ jobs, results: { bucket: deps.results, js: deps.js } }, callerOf(ctx.values).tenantId, req.name, req.format, req.offset)) {
         yield create(DownloadJobResultResponseSchema, chunk);
       }
     },

@@ -137,7 +137,7 @@ export async function serveJobs(infra: Infra, port = infra.config.ports.jobs, op
     name: "jobs",
     host: config.host,
     port,
-    services: [bindService(JobService, createJobService({ jobs, db: infra.db, watcher, uploads: buckets.uploads, results: buckets.results, maxDocumentBytes: config.maxDocumentBytes }))],
+    services: [bindService(JobService, createJobService({ jobs, db: infra.db, watcher, uploads: buckets.uploads, results: buckets.results, js: infra.bus.js, maxDocumentBytes: config.maxDocumentBytes }))],
     log: infra.log,
     telemetry: infra.telemetry,
     readiness: infra.readiness,

@@ -1,0 +1,77 @@
+/**
+ * DownloadJobResult in TEXT format streams a large result's text: it arrives in messages of at
+ * most 1 MiB, equals the text byte for byte, resumes at an offset, and the download holds no more
+ * of the object than a message and a few chunks (never the whole object or the whole text).
+ */
+import t from "tap";
+import { create, toJsonString } from "@bufbuild/protobuf";
+import v8 from "node:v8";
+import vm from "node:vm";
+import { JobState } from "../gen/jobmesh/v1/events_pb.js";
+import { JobResultSchema, ResultFormat } from "../gen/jobmesh/v1/jobs_pb.js";
+import { openBuckets } from "../internal/jobs/topology.ts";
+import { downloadResult } from "../internal/jobs/transfer.ts";
+import { jobClient, signInAsAdmin, waitForJob } from "./jobs-support.ts";
+import { startTestMesh } from "./support/mesh.ts";
+
+const mesh = await startTestMesh({}, { jobs: true, auth: true });
+t.teardown(() => mesh.close());
+const client = jobClient(mesh.jobs!.url, await signInAsAdmin(mesh));
+
+t.test("text download - a result over 1 MiB arrives as its text in several messages", async (t) => {
+  // Quotes, backslashes, newlines and non-ASCII: all escaped or multi-byte in the stored JSON.
+  const line = (i: number) => `Zeile ${i}: "Größe" \\ Maß — naïve café ${i % 7 === 0 ? "日本語 " : ""}end.`;
+  const text = Array.from({ length: 40_000 }, (_, i) => line(i)).join("\n");
+  const bytes = Buffer.from(text);
+  t.ok(bytes.length > 1.5 * 1024 * 1024);
+  const { job } = await client.createJob({ job: { document: { source: { case: "text", value: text } } } });
+  const done = await waitForJob(client, job!.name, undefined, 90_000);
+  t.equal(done.state, JobState.SUCCEEDED, JSON.stringify(done.error));
+  const name = `${job!.name}/result`;
+  const { result } = await client.getJobResult({ name });
+  t.ok(result?.object, "stored as an object");
+
+  const chunks = [];
+  for await (const c of client.downloadJobResult({ name, format: ResultFormat.TEXT })) chunks.push(c);
+  const got = Buffer.concat(chunks.map((c) => c.chunk));
+  t.ok(chunks.length >= 2, `several messages (${chunks.length})`);
+  t.ok(chunks.every((c) => c.chunk.byteLength <= 1024 * 1024), "none over 1 MiB");
+  t.equal(chunks[0].mediaType, "text/plain; charset=utf-8");
+  t.equal(chunks[0].totalSize, BigInt(bytes.length), "total_size is the text's size in bytes");
+  t.ok(got.equals(bytes), "the bytes are the text's UTF-8");
+  t.equal(got.toString("utf8"), result?.text || text);
+
+  const from = 1_234_567n;
+  const resumed = [];
+  for await (const c of client.downloadJobResult({ name, format: ResultFormat.TEXT, offset: from })) resumed.push(c);
+  t.equal(resumed[0].offset, from);
+  t.ok(Buffer.concat(resumed.map((c) => c.chunk)).equals(bytes.subarray(Number(from))), "resumes at a byte offset");
+});
+
+t.test("text download - holds a message and a few chunks, not the object or the text", async (t) => {
+  v8.setFlagsFromString("--expose-gc");
+  const gc = vm.runInNewContext("gc") as () => void;
+  const { results } = await openBuckets(mesh.jobs!.topology, mesh.infra.bus.js);
+  const name = "jobs/00000000-0000-4000-8000-000000000001/result";
+  const key = `test/${name}.json`;
+  const size = 24 * 1024 * 1024;
+  await results.putBlob({ name: key }, new TextEncoder().encode(toJsonString(JobResultSchema, create(JobResultSchema, { name, text: "x".repeat(size) }))));
+  const jobs = { getResult: async () => create(JobResultSchema, { name, object: { bucket: mesh.jobs!.topology.resultsBucket, key } }) };
+
+  const used = () => {
+    gc();
+    const m = process.memoryUsage();
+    return m.heapUsed + m.arrayBuffers;
+  };
+  const before = used();
+  const download = downloadResult({ jobs, results: { bucket: results, js: mesh.infra.bus.js } }, "tenant", name, ResultFormat.TEXT, 0n);
+  const first = await download.next();
+  t.equal(first.value?.totalSize, BigInt(size));
+  // The download is suspended after its first message, as it is while a slow client reads.
+  const held = used() - before;
+  t.ok(held < 8 * 1024 * 1024, `holds ${(held / 1024 / 1024).toFixed(1)} MiB of a ${size / 1024 / 1024} MiB text`);
+  let total = first.value!.chunk.byteLength;
+  for await (const c of download) total += c.chunk.byteLength;
+  t.equal(total, size, "and sends it all");
+  await results.delete(key);
+});
