@@ -1613,7 +1613,10 @@ export enum StageAttemptOutcome {
   CANCELLED = 5,
 
   /**
-   * The worker's heartbeat expired; the reaper requeued the stage as a new attempt.
+   * Lost with its worker or thread, not the stage's own failure (error.code says how:
+   * WORKER_LOST when the heartbeat expired, WORKER_STOPPED, STAGE_CRASHED). The stage was
+   * requeued as a new attempt without using one of its max_attempts, up to the service's limit
+   * of losses per stage.
    *
    * @generated from enum value: STAGE_ATTEMPT_OUTCOME_ABANDONED = 6;
    */
