@@ -219,12 +219,12 @@ export function loadConfig(env: Env = process.env): Config {
     workerConcurrency: readInt(env, "JOBMESH_WORKER_CONCURRENCY", 32, 1, 256),
     heartbeatTtlMs: readInt(env, "JOBMESH_HEARTBEAT_TTL_MS", 15_000, 500, 600_000),
     maxWatchStreamsPerCaller: readInt(env, "JOBMESH_MAX_WATCH_STREAMS_PER_CALLER", 100, 1, 1_000_000),
-    tenantStorageQuotaBytes: readInt(env, "JOBMESH_TENANT_STORAGE_QUOTA_BYTES", 5 * 1024 ** 3, 0, Number.MAX_SAFE_INTEGER),
+    tenantStorageQuotaBytes: readInt(env, "JOBMESH_TENANT_STORAGE_QUOTA_BYTES", 2 * 1024 ** 3, 0, Number.MAX_SAFE_INTEGER),
     // JetStream reserves each stream's max_bytes against the server's storage when the stream is
     // created, so these must fit the server's disk together (a deployment with many tenants
     // raises them).
     streamMaxBytes: readInt(env, "JOBMESH_STREAM_MAX_BYTES", 1024 ** 3, 0, Number.MAX_SAFE_INTEGER),
-    bucketMaxBytes: readInt(env, "JOBMESH_BUCKET_MAX_BYTES", 8 * 1024 ** 3, 0, Number.MAX_SAFE_INTEGER),
+    bucketMaxBytes: readInt(env, "JOBMESH_BUCKET_MAX_BYTES", 4 * 1024 ** 3, 0, Number.MAX_SAFE_INTEGER),
     maxStageLosses: readInt(env, "JOBMESH_MAX_STAGE_LOSSES", maxStageLossesDefault, 1, 100),
     allowLoopbackFetchForTests: readBool(env, "JOBMESH_ALLOW_LOOPBACK_FETCH"),
     auth: loadAuthConfig(env, dataDir),

@@ -64,3 +64,13 @@ export class WatchStreamLimitError extends ResourceExhaustedError {
     super(`too many open WatchJob streams: at most ${limit} per caller (JOBMESH_MAX_WATCH_STREAMS_PER_CALLER); close one first`);
   }
 }
+
+/** A tenant's uploads and results would hold more than its storage quota. */
+export class StorageQuotaExceededError extends ResourceExhaustedError {
+  constructor(quota: number, used: number, adding: number) {
+    super(
+      `storage quota exceeded: the tenant holds ${used} bytes in uploads and results of its quota of ${quota} bytes ` +
+        `(JOBMESH_TENANT_STORAGE_QUOTA_BYTES or the tenant's own) and this needs ${adding} more; delete jobs or uploads to free space`,
+    );
+  }
+}

@@ -20,6 +20,7 @@ import { applyChange } from "./outbox.ts";
 import type { DirectPublisher } from "./publisher.ts";
 import { cancelKey } from "./reaper.ts";
 import { selectResult, toJobResult } from "./results.ts";
+import { checkStorageQuota } from "./storage-quota.ts";
 import { configOf, etagOf, isTerminal, jobIdOf, loadJob, maxAttemptOf, selectAttempts, selectJob, toJob, type JobRow } from "./store.ts";
 import { countFinished, jobCounters } from "./metrics.ts";
 import { priorityToken, type Topology } from "./topology.ts";
@@ -34,6 +35,8 @@ export interface JobDomainDeps {
   pageTokens: PageTokens;
   log: Logger;
   maxDocumentBytes: number;
+  /** Bytes a tenant may hold in uploads and results unless its tenants row says otherwise. */
+  storageQuotaBytes: number;
   allowLoopbackFetch: boolean;
   /** Publishes new jobs' outbox rows right after their commit. */
   publisher: DirectPublisher;
@@ -58,6 +61,9 @@ export function createJobDomain(deps: JobDomainDeps) {
    * them as this request left them (QUEUED), read before a worker can change them.
    */
   async function insert(tenantId: string, prepared: PreparedJob[]): Promise<Job[]> {
+    // Inline documents become results the tenant holds: refused up front when they would not fit.
+    const inline = prepared.reduce((sum, p) => sum + (p.content?.byteLength ?? 0) + (p.text === null ? 0 : Buffer.byteLength(p.text)), 0);
+    if (inline > 0) await checkStorageQuota(db, tenantId, deps.storageQuotaBytes, inline);
     let rows: JobRow[];
     let created: boolean[];
     if (!insertableAtOnce(prepared)) {

@@ -39,6 +39,8 @@ export interface JobServiceDeps {
   /** Pulls a large result's chunks as its download goes (transfer.ts). */
   js: JetStreamClient;
   maxDocumentBytes: number;
+  /** Bytes a tenant may hold in uploads and results unless its tenants row says otherwise. */
+  storageQuotaBytes: number;
 }
 
 export function createJobService(deps: JobServiceDeps): ServiceImpl<typeof JobService> {
@@ -81,7 +83,7 @@ export function createJobService(deps: JobServiceDeps): ServiceImpl<typeof JobSe
       for await (const event of events) yield create(WatchJobResponseSchema, { event });
     },
     async uploadDocument(req, ctx) {
-      const upload = await uploadDocument({ db: deps.db, uploads: deps.uploads, maxDocumentBytes: deps.maxDocumentBytes }, callerOf(ctx.values).tenantId, req);
+      const upload = await uploadDocument({ db: deps.db, uploads: deps.uploads, maxDocumentBytes: deps.maxDocumentBytes, storageQuotaBytes: deps.storageQuotaBytes }, callerOf(ctx.values).tenantId, req);
       return create(UploadDocumentResponseSchema, { upload });
     },
   };

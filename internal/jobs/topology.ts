@@ -4,7 +4,7 @@
  * every process that commits stage attempts shares. Every name starts with
  * the namespace, so deployments and test runs can share one NATS server.
  */
-import { AckPolicy, DeliverPolicy, RetentionPolicy, StorageType, type JetStreamManager } from "@nats-io/jetstream";
+import { AckPolicy, DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType, type JetStreamManager, type StreamConfig } from "@nats-io/jetstream";
 import { Objm, type ObjectStore } from "@nats-io/obj";
 import type { JetStreamClient } from "@nats-io/jetstream";
 import { JobEventType } from "../../gen/jobmesh/v1/events_pb.js";
@@ -48,11 +48,24 @@ export interface Topology {
    * workers, and the jobs process's reaper) must agree on it, as on the names above.
    */
   maxStageLosses: number;
+  /**
+   * max_bytes of the streams and of the buckets (0: no limit), applied by provisionTopology and
+   * openBuckets; undefined leaves existing streams as they are (a test's or a tool's topology).
+   */
+  storageLimits?: StorageLimits;
 }
 
-export function createTopology(namespace: string, options: { maxStageLosses?: number } = {}): Topology {
+export interface StorageLimits {
+  /** The work and events streams (JOBMESH_STREAM_MAX_BYTES). */
+  streamMaxBytes: number;
+  /** The uploads and results buckets (JOBMESH_BUCKET_MAX_BYTES). */
+  bucketMaxBytes: number;
+}
+
+export function createTopology(namespace: string, options: { maxStageLosses?: number; storageLimits?: StorageLimits } = {}): Topology {
   return {
     namespace,
+    storageLimits: options.storageLimits,
     maxStageLosses: options.maxStageLosses ?? maxStageLossesDefault,
     workStream: `${namespace}_work`,
     eventsStream: `${namespace}_events`,
@@ -72,19 +85,25 @@ export function createTopology(namespace: string, options: { maxStageLosses?: nu
  */
 export async function provisionTopology(topology: Topology, jsm: JetStreamManager): Promise<void> {
   const ns = topology.namespace;
-  await ensureStream(jsm, {
+  const limits = topology.storageLimits;
+  await ensureLimitedStream(jsm, limits && "JOBMESH_STREAM_MAX_BYTES", {
     name: topology.workStream,
     subjects: [`${ns}.work.>`],
     retention: RetentionPolicy.Workqueue,
     storage: StorageType.File,
+    // Full, the stream refuses new tasks (the relay keeps them in the outbox and retries)
+    // instead of dropping queued ones.
+    ...(limits && { max_bytes: maxBytesOf(limits.streamMaxBytes), discard: DiscardPolicy.New }),
     // Nats-Msg-Id de-duplication covers a relay that dies between publish and marking the row.
     duplicate_window: 2 * 60 * 1_000_000_000,
   });
-  await ensureStream(jsm, {
+  await ensureLimitedStream(jsm, limits && "JOBMESH_STREAM_MAX_BYTES", {
     name: topology.eventsStream,
     subjects: [`${ns}.events.>`],
     retention: RetentionPolicy.Limits,
     storage: StorageType.File,
+    // Full, the oldest events go first: it is a history, and Postgres keeps every job's events.
+    ...(limits && { max_bytes: maxBytesOf(limits.streamMaxBytes) }),
     max_age: 7 * 86_400 * 1_000_000_000,
     duplicate_window: 2 * 60 * 1_000_000_000,
   });
@@ -107,13 +126,46 @@ export async function provisionTopology(topology: Topology, jsm: JetStreamManage
   }
 }
 
-/** The object store buckets, created when missing. */
+/** JetStream's "no limit". */
+const maxBytesOf = (bytes: number) => (bytes > 0 ? bytes : -1);
+
+/**
+ * ensureStream, with JetStream's refusal to reserve max_bytes (it reserves each stream's limit
+ * against the server's storage) explained by the variable that set it.
+ */
+async function ensureLimitedStream(jsm: JetStreamManager, variable: string | undefined, config: Partial<StreamConfig> & { name: string }): Promise<void> {
+  try {
+    await ensureStream(jsm, config);
+  } catch (error) {
+    throw explainStorage(error, variable, config.name, config.max_bytes);
+  }
+}
+
+function explainStorage(error: unknown, variable: string | undefined, name: string, maxBytes: number | undefined): unknown {
+  if (!variable || !(error instanceof Error) || !/insufficient (storage )?resources/i.test(error.message)) return error;
+  return new Error(`JetStream cannot reserve max_bytes ${maxBytes} for ${name}: the server has less storage left; lower ${variable} (0: no limit)`, { cause: error });
+}
+
+/** The object store buckets, created when missing, with max_bytes when the topology has limits. */
 export async function openBuckets(topology: Topology, js: JetStreamClient): Promise<{ uploads: ObjectStore; results: ObjectStore }> {
   const objm = new Objm(js);
-  const [uploads, results] = await Promise.all([
-    objm.create(topology.uploadsBucket, { storage: StorageType.File }),
-    objm.create(topology.resultsBucket, { storage: StorageType.File }),
-  ]);
+  const limits = topology.storageLimits;
+  const options = { storage: StorageType.File, ...(limits && { max_bytes: maxBytesOf(limits.bucketMaxBytes) }) };
+  const open = async (bucket: string) => {
+    try {
+      const store = await objm.create(bucket, options);
+      // create() leaves an existing bucket's stream as it was: bring its limit up to date.
+      if (limits) {
+        const jsm = await js.jetstreamManager();
+        const { config } = await jsm.streams.info(`OBJ_${bucket}`);
+        if (config.max_bytes !== options.max_bytes) await jsm.streams.update(config.name, { ...config, max_bytes: options.max_bytes });
+      }
+      return store;
+    } catch (error) {
+      throw explainStorage(error, limits && "JOBMESH_BUCKET_MAX_BYTES", `OBJ_${bucket}`, options.max_bytes);
+    }
+  };
+  const [uploads, results] = await Promise.all([open(topology.uploadsBucket), open(topology.resultsBucket)]);
   return { uploads, results };
 }
 

@@ -8,10 +8,11 @@ import type { JetStreamClient } from "@nats-io/jetstream";
 import type { ObjectInfo, ObjectStore } from "@nats-io/obj";
 import { createHash, randomUUID } from "node:crypto";
 import { JobResultSchema, ResultFormat, type Upload, type UploadDocumentRequest, UploadSchema } from "../../gen/jobmesh/v1/jobs_pb.js";
-import type { Pool } from "../db/index.ts";
-import { DocumentTooLargeError, InvalidJobRequestError, OffsetOutOfRangeError, ResultNotFoundError } from "./errors.ts";
+import { inTransaction, type Pool } from "../db/index.ts";
+import { DocumentTooLargeError, StorageQuotaExceededError, InvalidJobRequestError, OffsetOutOfRangeError, ResultNotFoundError } from "./errors.ts";
 import type { JobDomain } from "./jobs.ts";
 import { ResultTextExtractor } from "./result-text.ts";
+import { checkStorageQuota, reserveStorage } from "./storage-quota.ts";
 
 /** Largest chunk of a download message. */
 export const downloadChunkBytes = 1024 * 1024;
@@ -170,7 +171,7 @@ async function* objectTextChunks(objects: ResultObjects, key: string, name: stri
 }
 
 export async function uploadDocument(
-  deps: { db: Pool; uploads: ObjectStore; maxDocumentBytes: number },
+  deps: { db: Pool; uploads: ObjectStore; maxDocumentBytes: number; storageQuotaBytes: number },
   tenantId: string,
   messages: AsyncIterable<UploadDocumentRequest>,
 ): Promise<Upload> {
@@ -182,6 +183,9 @@ export async function uploadDocument(
   const meta = head.value.part.value;
   // Declared too large: refused before a byte is read or stored.
   if (meta.sizeBytes > BigInt(deps.maxDocumentBytes)) throw new DocumentTooLargeError(Number(meta.sizeBytes), deps.maxDocumentBytes);
+  // Over the tenant's storage quota: refused on the declared size before a byte is stored, else
+  // as soon as the bytes received pass what is left; checked again, locked, when the row is written.
+  const { used, quota } = await checkStorageQuota(deps.db, tenantId, deps.storageQuotaBytes, Number(meta.sizeBytes));
   const id = randomUUID();
   const hash = createHash("sha256");
   let size = 0;
@@ -195,6 +199,7 @@ export async function uploadDocument(
         const chunk = next.value.part.value;
         size += chunk.byteLength;
         if (size > deps.maxDocumentBytes) throw new DocumentTooLargeError(size, deps.maxDocumentBytes);
+        if (used + size > quota) throw new StorageQuotaExceededError(quota, used, size);
         hash.update(chunk);
         controller.enqueue(chunk);
       } catch (error) {
@@ -220,11 +225,21 @@ export async function uploadDocument(
     throw new InvalidJobRequestError(`upload rejected: ${mismatch}`, { violations: [{ field: "metadata", description: mismatch }] });
   }
   const expireTime = new Date(Date.now() + uploadTtlMs);
-  const { rows } = await deps.db.query<{ create_time: Date }>(
-    `INSERT INTO uploads (tenant_id, id, filename, media_type, size_bytes, sha256, expire_time)
-     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING create_time`,
-    [tenantId, id, meta.filename, meta.mediaType, size, sha256, expireTime],
-  );
+  let rows: { create_time: Date }[];
+  try {
+    ({ rows } = await inTransaction(deps.db, async (tx) => {
+      // Concurrent uploads each passed the check above: the one that commits second sees the first.
+      await reserveStorage(tx, tenantId, deps.storageQuotaBytes, size);
+      return tx.query<{ create_time: Date }>(
+        `INSERT INTO uploads (tenant_id, id, filename, media_type, size_bytes, sha256, expire_time)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING create_time`,
+        [tenantId, id, meta.filename, meta.mediaType, size, sha256, expireTime],
+      );
+    }));
+  } catch (error) {
+    await deps.uploads.delete(id).catch(() => {});
+    throw error;
+  }
   return create(UploadSchema, {
     name: `uploads/${id}`,
     filename: meta.filename,

@@ -101,7 +101,7 @@ export interface ServeJobsOptions {
 
 export async function serveJobs(infra: Infra, port = infra.config.ports.jobs, options: ServeJobsOptions = {}): Promise<JobsServer> {
   const { config } = infra;
-  const topology = createTopology(config.namespace, { maxStageLosses: config.maxStageLosses });
+  const topology = createTopology(config.namespace, { maxStageLosses: config.maxStageLosses, storageLimits: { streamMaxBytes: config.streamMaxBytes, bucketMaxBytes: config.bucketMaxBytes } });
   await provisionTopology(topology, infra.bus.jsm);
   const buckets = await openBuckets(topology, infra.bus.js);
   const pipelines = createPipelineDomain({
@@ -125,6 +125,7 @@ export async function serveJobs(infra: Infra, port = infra.config.ports.jobs, op
     pageTokens: infra.pageTokens,
     log: infra.log,
     maxDocumentBytes: config.maxDocumentBytes,
+    storageQuotaBytes: config.tenantStorageQuotaBytes,
     allowLoopbackFetch: config.allowLoopbackFetchForTests,
   });
   registerQueueDepth(infra.bus.jsm, topology);
@@ -137,7 +138,7 @@ export async function serveJobs(infra: Infra, port = infra.config.ports.jobs, op
     name: "jobs",
     host: config.host,
     port,
-    services: [bindService(JobService, createJobService({ jobs, db: infra.db, watcher, uploads: buckets.uploads, results: buckets.results, js: infra.bus.js, maxDocumentBytes: config.maxDocumentBytes }))],
+    services: [bindService(JobService, createJobService({ jobs, db: infra.db, watcher, uploads: buckets.uploads, results: buckets.results, js: infra.bus.js, maxDocumentBytes: config.maxDocumentBytes, storageQuotaBytes: config.tenantStorageQuotaBytes }))],
     log: infra.log,
     telemetry: infra.telemetry,
     readiness: infra.readiness,
@@ -171,7 +172,7 @@ export interface StartWorkersOptions {
 /** A stage worker on the shared infrastructure (`cmd/worker`, or in-process in `jobmesh up`). */
 export async function startWorkers(infra: Infra, options: StartWorkersOptions = {}): Promise<Worker> {
   const { config } = infra;
-  const topology = createTopology(config.namespace, { maxStageLosses: config.maxStageLosses });
+  const topology = createTopology(config.namespace, { maxStageLosses: config.maxStageLosses, storageLimits: { streamMaxBytes: config.streamMaxBytes, bucketMaxBytes: config.bucketMaxBytes } });
   await provisionTopology(topology, infra.bus.jsm);
   const buckets = await openBuckets(topology, infra.bus.js);
   return startWorker({

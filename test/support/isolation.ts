@@ -57,6 +57,9 @@ export async function isolate(overrides: Record<string, string> = {}): Promise<I
     JOBMESH_WEBHOOKS_PORT: "0",
     JOBMESH_GATEWAY_PORT: "0",
     JOBMESH_WORKER_METRICS_PORT: "0",
+    // JetStream reserves every stream's max_bytes on the shared server: test namespaces keep theirs small.
+    JOBMESH_STREAM_MAX_BYTES: String(256 * 1024 * 1024),
+    JOBMESH_BUCKET_MAX_BYTES: String(1024 * 1024 * 1024),
     ...overrides,
   };
   return {
