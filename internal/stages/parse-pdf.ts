@@ -23,8 +23,9 @@ export async function parsePdf(bytes: Uint8Array, maxPages: number, signal: Abor
   signal.throwIfAborted();
   let doc: PdfDocument;
   try {
-    // PDF.js may transfer (detach) the buffer it is given; the caller's bytes must survive.
-    doc = await getDocumentProxy(bytes.slice(), { stopAtErrors: false, verbosity: 0 /* errors only: warnings went to stdout */ });
+    // PDF.js may transfer (detach) the buffer it is given; the caller's bytes must survive. A
+    // copy as a plain Uint8Array: PDF.js refuses a Buffer (whose slice() would not copy either).
+    doc = await getDocumentProxy(new Uint8Array(bytes), { stopAtErrors: false, verbosity: 0 /* errors only: warnings went to stdout */ });
   } catch (cause) {
     throw classifyPdfError(cause);
   }

@@ -120,9 +120,9 @@ function fieldCount(line: string, delimiter: string): number {
 const MARKDOWN_SIGNALS: Record<string, RegExp> = {
   heading: /^#{1,6}\s+\S/m,
   fence: /^(?:```|~~~)/m,
-  // Each scan stops at the next `[`, quote or line end: from every `[` of a run of them, or every
-  // unclosed title, a scan to the end of the sample would be quadratic.
-  link: /\[[^\]\n[]+\]\([^)\s]+(?:[ \t]+"[^"\n]*")?\)/,
+  // Each scan stops at the next `[`, quote or line end: from every `[` of a run of them, every
+  // unclosed target or every unclosed title, a scan to the end of the sample would be quadratic.
+  link: /\[[^\]\n[]+\]\([^)\s[]+(?:[ \t]+"[^"\n]*")?\)/,
   // One line of a delimiter row: `\s` here would run across lines from every line start.
   table: /^\|?[ \t]*:?-{3,}:?[ \t]*(?:\|[ \t]*:?-{3,}:?[ \t]*)+\|?[ \t]*$/m,
   setext: /^\S[^\n]*\n(?:={3,}|-{3,})\s*$/m,
