@@ -15,7 +15,7 @@ const telemetry = startTelemetry({ serviceName: "jobmesh-worker", otlpEndpoint: 
 await runUntilSignal(log, async () => {
   const infra = await createInfra(config, log, telemetry, "worker");
   // Before the worker: a port already taken stops start-up before any task is claimed.
-  const metrics = await startMetricsServer({ name: "worker", host: config.host, port: config.ports.workerMetrics, log, telemetry, readiness: infra.readiness });
+  const metrics = await startMetricsServer({ name: "worker", host: config.host, port: config.ports.workerMetrics, log, telemetry, readiness: infra.readiness, server: config.server });
   const worker = await startWorkers(infra);
   log.info({ worker: worker.id, concurrency: config.workerConcurrency, metrics: metrics.url }, "worker started");
   return async () => {

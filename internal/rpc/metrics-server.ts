@@ -5,6 +5,7 @@
  */
 import http from "node:http";
 import type net from "node:net";
+import type { ServerConfig } from "../config/index.ts";
 import type { Logger, Telemetry } from "../telemetry/index.ts";
 import { createHealth } from "./health.ts";
 import { sendJson, serveOperatorEndpoint } from "./operator-endpoints.ts";
@@ -20,6 +21,8 @@ export interface MetricsServerOptions {
   telemetry: Telemetry;
   /** Dependency checks behind /readyz, e.g. { postgres, nats, redis }. */
   readiness: ReadinessChecks;
+  /** The same idle and header timeouts as the RPC ports (see startRpcServer). */
+  server: Pick<ServerConfig, "idleTimeoutMs" | "headersTimeoutMs">;
 }
 
 export interface MetricsServer {
@@ -35,7 +38,13 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
   // No gRPC health service here: this one only takes the status readiness reports.
   const readiness = createReadiness(options.readiness, createHealth(), log);
 
-  const server = http.createServer((req, res) => {
+  const { idleTimeoutMs, headersTimeoutMs } = options.server;
+  const server = http.createServer({
+    keepAliveTimeout: idleTimeoutMs,
+    headersTimeout: headersTimeoutMs,
+    requestTimeout: Math.max(headersTimeoutMs, 300_000),
+    connectionsCheckingInterval: Math.min(30_000, Math.max(50, Math.floor(headersTimeoutMs / 4))),
+  }, (req, res) => {
     if (req.method !== "GET" && req.method !== "HEAD") return sendJson(res, 405, { error: `${req.method} not allowed` });
     serveOperatorEndpoint(req, res, { readiness, telemetry: options.telemetry });
   });

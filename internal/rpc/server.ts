@@ -134,6 +134,9 @@ export async function startRpcServer(options: RpcServerOptions): Promise<RpcServ
     },
     requestListener,
   );
+  // The http server starts checking those timeouts when it hears 'listening', which a server fed
+  // sockets by hand never does (Node's own tests start it the same way); close() stops it.
+  h1.emit("listening");
   // A client over the cap has the excess refused (RST_STREAM REFUSED_STREAM); well-behaved
   // clients read the setting and queue instead.
   const h2 = http2.createServer({ settings: { maxConcurrentStreams: limits.maxConcurrentStreams } }, requestListener);
@@ -191,13 +194,16 @@ export async function startRpcServer(options: RpcServerOptions): Promise<RpcServ
 /**
  * Closes an HTTP/2 connection that has had no open stream for `idleMs`. The session's own timer
  * counts frames, so a WatchJob stream with nothing to say would look idle: a stream that is
- * open keeps the connection, and the timer re-arms with the next frame (its end included).
+ * open keeps the connection, and the idle time starts again when its last stream closes (a
+ * stream the client resets is no frame the timer counts).
  */
 function closeWhenIdle(session: http2.ServerHttp2Session, idleMs: number) {
   let open = 0;
   session.on("stream", (stream) => {
     open++;
-    stream.once("close", () => open--);
+    stream.once("close", () => {
+      if (--open === 0 && !session.destroyed) session.setTimeout(idleMs);
+    });
   });
   // on(), not setTimeout's callback: that one is a once-listener, and the timer fires again.
   session.setTimeout(idleMs);
