@@ -207,6 +207,12 @@ t.test("config - every kind of bad value is a ConfigError naming its variable", 
     ["JOBMESH_SHUTDOWN_GRACE_MS", "soon"],
     ["JOBMESH_NAMESPACE", "Has Spaces"],
     ["JOBMESH_HOST", "a host"],
+    ["JOBMESH_TRUSTED_PROXIES", "10.0.0.0/33"],
+    ["JOBMESH_MAX_CONCURRENT_STREAMS", "0"],
+    ["JOBMESH_IDLE_TIMEOUT_MS", "soon"],
+    ["JOBMESH_HEADERS_TIMEOUT_MS", "-5"],
+    ["JOBMESH_LOGIN_MAX_FAILURES_PER_IP", "0"],
+    ["JOBMESH_LOGIN_MAX_ATTEMPTS_PER_IP", "100"],
   ];
   for (const [variable, value] of cases) {
     t.throws(() => loadConfig({ [variable]: value }), { name: "ConfigError", variable, message: new RegExp(`^invalid configuration: ${variable} `) }, `${variable}=${value}`);
