@@ -138,7 +138,7 @@ export async function failStage(tx: Queryable, topology: Topology, task: StageTa
   const attemptsUsed = task.attempt - current.stage_attempt_base + 1 - losses;
   // A stage aborted for a cancel that is no longer pending (the job was not CANCELLING) is retried.
   const retry = lost ? losses < topology.maxStageLosses : failure.kind !== "permanent" && attemptsUsed < policy.maxAttempts;
-  const message = lost && !retry ? `the stage's worker was lost ${losses} times; last: ${failure.message}` : failure.message;
+  const message = lost && !retry ? `the stage's worker was lost ${losses === 1 ? "once" : `${losses} times`}; last: ${failure.message}` : failure.message;
   const error: JobErrorJson = { stage, code: failure.code, message, transient: retry };
   await endAttempt(tx, task, lost ? StageAttemptOutcome.ABANDONED : failure.outcome, error);
   const failed: NewEvent = { type: JobEventType.STAGE_FAILED, stageIndex: task.stageIndex, attempt: task.attempt, error };
