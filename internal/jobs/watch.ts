@@ -27,6 +27,8 @@ import type { Topology } from "./topology.ts";
 const terminalEvents = new Set([JobEventType.JOB_SUCCEEDED, JobEventType.JOB_FAILED, JobEventType.JOB_CANCELLED]);
 /** The safety poll's period: only a missed wake-up waits this long. */
 const defaultSafetyPollMs = 5_000;
+/** How long a new tenant subscription waits to reach the server before its first stream reads. */
+const flushWaitMs = 2_000;
 
 export interface JobWatcherOptions {
   db: Pool;
@@ -101,7 +103,8 @@ export function createJobWatcher(options: JobWatcherOptions): JobWatcher {
     });
     // A stream's first read may come before the server knows the subscription; the flush makes
     // an event committed after that read reach us (the safety poll covers a failed flush).
-    const ready = nc.flush().catch(() => {});
+    // A disconnected client flushes only once it reconnects: the stream does not wait for that.
+    const ready = Promise.race([nc.flush().catch(() => {}), new Promise<void>((resolve) => setTimeout(resolve, flushWaitMs).unref())]);
     feed = { sub, ready, jobs };
     feeds.set(tenantId, feed);
     return feed;
