@@ -50,7 +50,7 @@ export async function* downloadResult(
   const bytes = new TextEncoder().encode(text ? result.text : toJsonString(JobResultSchema, result));
   const total = BigInt(bytes.byteLength);
   if (offset > total) throw new OffsetOutOfRangeError(offset, total);
-  yield* messages([bytes.subarray(Number(offset))], offset, total, text ? textMediaType : jsonMediaType);
+  yield* downloadMessages([bytes.subarray(Number(offset))], offset, total, text ? textMediaType : jsonMediaType);
 }
 
 const jsonMediaType = "application/json";
@@ -60,7 +60,7 @@ const textMediaType = "text/plain; charset=utf-8";
  * `pieces` (the bytes from `offset` on) as download messages of up to downloadChunkBytes,
  * holding no more than one message in memory: large results reach tens of MiB.
  */
-async function* messages(pieces: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, offset: bigint, total: bigint, mediaType: string): AsyncGenerator<DownloadChunk> {
+async function* downloadMessages(pieces: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, offset: bigint, total: bigint, mediaType: string): AsyncGenerator<DownloadChunk> {
   let at = offset;
   let pending: Uint8Array[] = [];
   let pendingBytes = 0;
@@ -145,7 +145,7 @@ async function* objectChunks(objects: ResultObjects, key: string, name: string, 
   const info = await infoOf(objects.bucket, key, name);
   const total = BigInt(info.size);
   if (offset > total) throw new OffsetOutOfRangeError(offset, total);
-  yield* messages(skipBytes(objectBytes(objects, info), Number(offset)), offset, total, jsonMediaType);
+  yield* downloadMessages(skipBytes(objectBytes(objects, info), Number(offset)), offset, total, jsonMediaType);
 }
 
 /** The text's UTF-8 bytes, read out of a large result's JSON object as it streams. */
@@ -167,7 +167,7 @@ async function* objectTextChunks(objects: ResultObjects, key: string, name: stri
   let total = 0n;
   for await (const piece of objectText(objects, info)) total += BigInt(piece.byteLength);
   if (offset > total) throw new OffsetOutOfRangeError(offset, total);
-  yield* messages(skipBytes(objectText(objects, info), Number(offset)), offset, total, textMediaType);
+  yield* downloadMessages(skipBytes(objectText(objects, info), Number(offset)), offset, total, textMediaType);
 }
 
 export async function uploadDocument(
