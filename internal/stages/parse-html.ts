@@ -1,6 +1,6 @@
 /**
- * HTML → text and structure with htmlparser2's streaming parser (no DOM is built). Also parses
- * the HTML that mammoth makes of a DOCX.
+ * HTML → text and structure from a stream of tag and text events (html-stream.ts, on
+ * htmlparser2's tokenizer; no DOM is built). Also parses the HTML that mammoth makes of a DOCX.
  */
 import { streamHtml } from "./html-stream.ts";
 import { collapseWhitespace, tidyText, type Heading, type Link, type ParsedDocument, type Table } from "./parsed-document.ts";
