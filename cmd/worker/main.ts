@@ -17,7 +17,7 @@ await runUntilSignal(log, async () => {
   // Before the worker: a port already taken stops start-up before any task is claimed.
   const metrics = await startMetricsServer({ name: "worker", host: config.host, port: config.ports.workerMetrics, log, telemetry, readiness: infra.readiness, server: config.server });
   const worker = await startWorkers(infra);
-  log.info({ worker: worker.id, concurrency: config.workerConcurrency, metrics: metrics.url }, "worker started");
+  log.info({ worker: worker.id, concurrency: config.workerConcurrency, stageThreads: config.stageThreads, stageHeapMb: config.stageHeapMb, metrics: metrics.url }, "worker started");
   return async () => {
     await worker.stop(config.shutdownGraceMs);
     // After the drain, so the last stages' metrics can still be scraped; before the pools go.

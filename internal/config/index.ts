@@ -5,6 +5,8 @@
  */
 
 import ipaddr from "ipaddr.js";
+import { availableParallelism } from "node:os";
+import { DEFAULT_MAX_INFLATED_BYTES } from "../stages/options.ts";
 import { maxStageLossesDefault } from "../jobs/stage-policy.ts";
 
 /** A setting that failed validation; its message names the variable. */
@@ -70,6 +72,12 @@ export interface Config {
   bucketMaxBytes: number;
   /** Times one stage of a job may lose its worker or thread (requeued apart from its retries) before the job fails. */
   maxStageLosses: number;
+  /** Threads of one worker process that run the CPU-bound stages (detect, parse, enrich). */
+  stageThreads: number;
+  /** Heap limit of each stage thread, in MiB: a stage that needs more loses its own attempt, not the process. */
+  stageHeapMb: number;
+  /** Bytes a DOCX's zip parts or a PDF's streams may inflate to in all before parse fails with document_too_large. */
+  maxInflatedBytes: number;
   /**
    * TEST ONLY: lets URL documents point at 127.0.0.0/8 and ::1 so tests can serve them from a local
    * HTTP server. Never enable it in a deployment: it opens the workers to SSRF against the host.
@@ -226,6 +234,9 @@ export function loadConfig(env: Env = process.env): Config {
     streamMaxBytes: readInt(env, "JOBMESH_STREAM_MAX_BYTES", 1024 ** 3, 0, Number.MAX_SAFE_INTEGER),
     bucketMaxBytes: readInt(env, "JOBMESH_BUCKET_MAX_BYTES", 4 * 1024 ** 3, 0, Number.MAX_SAFE_INTEGER),
     maxStageLosses: readInt(env, "JOBMESH_MAX_STAGE_LOSSES", maxStageLossesDefault, 1, 100),
+    stageThreads: readInt(env, "JOBMESH_STAGE_THREADS", availableParallelism(), 1, 256),
+    stageHeapMb: readInt(env, "JOBMESH_STAGE_HEAP_MB", 512, 64, 65_536),
+    maxInflatedBytes: readInt(env, "JOBMESH_MAX_INFLATED_BYTES", DEFAULT_MAX_INFLATED_BYTES, 1, 4096 * 1024 * 1024),
     allowLoopbackFetchForTests: readBool(env, "JOBMESH_ALLOW_LOOPBACK_FETCH"),
     auth: loadAuthConfig(env, dataDir),
     server: {

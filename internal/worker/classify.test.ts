@@ -1,6 +1,7 @@
 import t from "tap";
 import { StageAttemptOutcome } from "../../gen/jobmesh/v1/jobs_pb.js";
 import { PermanentStageError, TransientStageError } from "../stages/index.ts";
+import { StageThreadLost } from "./stage-pool.ts";
 import { classify } from "./worker.ts";
 
 const live = new AbortController().signal;
@@ -11,4 +12,9 @@ void t.test("classify - stage errors decide retry versus fail; anything else is 
   t.match(classify(new Error("wrapped", { cause: new PermanentStageError("corrupt_document", "bad") }), live), { kind: "permanent", code: "CORRUPT_DOCUMENT" });
   t.match(classify(new TypeError("bug"), live), { kind: "transient", code: "INTERNAL" });
   t.notMatch(classify(new TypeError("secret detail"), live).message, /secret/, "internal detail stays out of the message");
+});
+
+void t.test("classify - a stage's thread that died is a loss, not the stage's failure", async (t) => {
+  const lost = new StageThreadLost("the parse stage's thread died: it exceeded its heap limit of 512 MiB");
+  t.same(classify(lost, live), { kind: "lost", outcome: StageAttemptOutcome.ABANDONED, code: "STAGE_CRASHED", message: lost.message });
 });

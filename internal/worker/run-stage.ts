@@ -1,7 +1,10 @@
 /**
  * Runs one stage of a job: takes what the earlier stages handed on (loaded with the claim), calls
  * the plain stage function with the pipeline's options and the attempt's AbortSignal, and says
- * what to commit.
+ * what to commit. Detect, parse and enrich run in the stage pool's threads (stage-pool.ts); ingest
+ * and output stay here: their work is I/O (fetch, object store) plus linear work on data this
+ * thread already holds (a digest; serialising outputs it just parsed from Postgres), bounded by
+ * the document size limit, and a hop to a thread would copy the same bytes once more.
  */
 import { durationMs } from "@bufbuild/protobuf/wkt";
 import type { ObjectStore } from "@nats-io/obj";
@@ -12,15 +15,20 @@ import type { StageTask } from "../jobs/outbox.ts";
 import { resultNameOf, resultObjectJson, resultObjectKey, type ResultSummary } from "../jobs/results.ts";
 import { configOf, stageAt, type JobRow } from "../jobs/store.ts";
 import type { StageCompletion, StageInputs } from "../jobs/fast-path.ts";
+import type { StagePool } from "./stage-pool.ts";
 import {
-  detectStage, enrichStage, ingestStage, outputStage, parseStage, PermanentStageError,
+  ingestStage, outputStage, PermanentStageError,
   type DetectResult, type EnrichResult, type IngestResult, type IngestSource, type ParsedDocument,
 } from "../stages/index.ts";
 
 export interface StageRunDeps {
+  /** Runs detect, parse and enrich in threads. */
+  pool: StagePool;
   uploads: ObjectStore;
   results: ObjectStore;
   maxDocumentBytes: number;
+  /** How much a DOCX's or PDF's compressed parts may inflate to, in all (the parse stage's maxInflatedBytes). */
+  maxInflatedBytes: number;
   allowLoopbackFetch: boolean;
   resultRetentionSeconds: number;
 }
@@ -52,7 +60,11 @@ function need<T>(inputs: StageInputs, stage: Stage, what: string): T {
   return inputs.outputs.get(stage) as T;
 }
 
-/** The document as ingest kept it: from the claim's row (small) or the uploads bucket (large). */
+/**
+ * The document as ingest kept it: from the claim's row (small) or the uploads bucket (large).
+ * The bytes are this attempt's own (a copy of the row's; getBlob assembles its chunks into a new
+ * array), so they can be handed to a stage thread.
+ */
 async function ingestBytes(deps: StageRunDeps, inputs: StageInputs, what: string): Promise<Uint8Array> {
   const ingest = need<IngestMeta>(inputs, Stage.INGEST, what);
   if (inputs.ingestBytes) return new Uint8Array(inputs.ingestBytes);
@@ -86,8 +98,12 @@ function ingestSource(row: JobRow, inputs: StageInputs, uploads: ObjectStore): I
   }
 }
 
-/** Runs the task's stage; throws stage errors (or the signal's reason) as the stage does. */
-export async function runStage(deps: StageRunDeps, row: JobRow, task: StageTask, inputs: StageInputs, signal: AbortSignal): Promise<StageCompletion> {
+/**
+ * Runs the task's stage; throws stage errors (or the signal's reason) as the stage does, or
+ * StageThreadLost when the stage's thread died. `onThreadStart` is called when a stage that runs
+ * in the pool begins in its thread.
+ */
+export async function runStage(deps: StageRunDeps, row: JobRow, task: StageTask, inputs: StageInputs, signal: AbortSignal, onThreadStart?: () => void): Promise<StageCompletion> {
   const stage = stageAt(row, task.stageIndex);
   const options = optionsOf(configOf(row).stages[task.stageIndex]?.options);
   const ctx = { signal };
@@ -110,14 +126,15 @@ export async function runStage(deps: StageRunDeps, row: JobRow, task: StageTask,
     case Stage.DETECT: {
       const ingest = need<IngestMeta>(inputs, Stage.INGEST, "detect");
       const o = options.case === "detect" ? options.value : undefined;
-      const result = await detectStage({ bytes: await ingestBytes(deps, inputs, "detect"), filename: ingest.filename, mediaTypeHint: ingest.mediaTypeHint }, { skipLanguage: o?.skipLanguage }, ctx);
+      const input = { bytes: await ingestBytes(deps, inputs, "detect"), filename: ingest.filename, mediaTypeHint: ingest.mediaTypeHint };
+      const result = await deps.pool.run({ stage: "detect", input, options: { skipLanguage: o?.skipLanguage } }, signal, onThreadStart);
       return { output: result, patch: { detected_media_type: result.mediaType } };
     }
     case Stage.PARSE: {
       const bytes = await ingestBytes(deps, inputs, "parse");
       const detect = need<DetectResult>(inputs, Stage.DETECT, "parse");
       const o = options.case === "parse" ? options.value : undefined;
-      const parsed = await parseStage({ bytes, ...detect }, { maxPages: o?.maxPages, allowedMediaTypes: o?.allowedMediaTypes }, ctx);
+      const parsed = await deps.pool.run({ stage: "parse", input: { bytes, ...detect }, options: { maxPages: o?.maxPages, allowedMediaTypes: o?.allowedMediaTypes, maxInflatedBytes: deps.maxInflatedBytes } }, signal, onThreadStart);
       return { output: parsed };
     }
     case Stage.ENRICH: {
@@ -126,12 +143,13 @@ export async function runStage(deps: StageRunDeps, row: JobRow, task: StageTask,
       const o = options.case === "enrich" ? options.value : undefined;
       // For plain text, detect identified the language of the text enrich reads: keep it.
       const textLanguage = detect?.mediaType === "text/plain" ? detect.language : undefined;
-      const enriched = await enrichStage({ ...parsed, language: detect?.language, textLanguage }, {
+      const enrichOptions = {
         keywordCount: o?.keywordCount || undefined,
         summarySentences: o?.summarySentences || undefined,
         detectPii: o?.detectPii,
         redactPii: o?.redactPii,
-      }, ctx);
+      };
+      const enriched = await deps.pool.run({ stage: "enrich", input: { ...parsed, language: detect?.language, textLanguage }, options: enrichOptions }, signal, onThreadStart);
       return { output: enriched };
     }
     case Stage.OUTPUT:

@@ -2,7 +2,8 @@
  * A stage worker: N stage tasks at once from the work stream, higher priorities first. For each
  * task it claims the attempt in Postgres (fenced by attempt number), heartbeats into Redis and
  * extends the JetStream ack deadline while the stage runs, aborts the stage on timeout or
- * cancellation through its AbortSignal, commits the outcome with the next task atomically,
+ * cancellation through its AbortSignal (detect, parse and enrich run in stage threads, which that
+ * abort terminates: stage-pool.ts), commits the outcome with the next task atomically,
  * publishes what it wrote to the outbox, and only then acks the message. Claims and successful
  * commits of the tasks in hand are grouped into one statement each (fast-path.ts), and a commit
  * may claim the job's next stage for this worker, which then runs it without a hand-off.
@@ -31,6 +32,7 @@ import { claimAttempt, completeStage, failStage, stageTimeoutMs, type CommitOutc
 import { findStageError } from "../stages/index.ts";
 import type { Logger } from "../telemetry/index.ts";
 import { originalKeyOf, runStage } from "./run-stage.ts";
+import { createStagePool, StageThreadLost } from "./stage-pool.ts";
 
 export interface WorkerDeps {
   db: Pool;
@@ -46,6 +48,12 @@ export interface WorkerDeps {
   meter: Meter;
   concurrency: number;
   heartbeatTtlMs: number;
+  /** Threads that run detect, parse and enrich (stage-pool.ts). */
+  stageThreads: number;
+  /** Heap limit of each stage thread, in MiB. */
+  stageHeapMb: number;
+  /** How much a DOCX or PDF may inflate to in parse. */
+  maxInflatedBytes: number;
   maxDocumentBytes: number;
   allowLoopbackFetch: boolean;
   resultRetentionSeconds: number;
@@ -81,7 +89,8 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
   // each (fast-path.ts); what a group statement leaves takes the locking path, one by one.
   const claims = groupCommit<ClaimRequest, Claimed | undefined>((requests) => claimMany(db, topology, requests, workerId, publisher.graceSeconds), { maxItems: deps.concurrency });
   const commits = groupCommit<CompletionRequest, Committed | undefined>((requests) => completeMany(db, topology, requests, publisher.graceSeconds), { maxItems: deps.concurrency, maxInFlight: 2 });
-  const stageDeps = { ...deps, uploads: deps.buckets.uploads, results: deps.buckets.results };
+  const pool = createStagePool({ threads: deps.stageThreads, heapMb: deps.stageHeapMb, log, meter: deps.meter });
+  const stageDeps = { ...deps, pool, uploads: deps.buckets.uploads, results: deps.buckets.results };
 
   const running = new Map<string, AbortController>();
   const queues: JsMsg[][] = prioritiesInOrder.map(() => []);
@@ -263,7 +272,14 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
       controller.abort(new CancelledByUser("job cancelled"));
     }
     const timeoutMs = stageTimeoutMs(row, task.stageIndex);
-    const timeout = setTimeout(() => controller.abort(new StageTimedOut(`stage ${stageToken(stage)} exceeded its timeout of ${timeoutMs} ms`)), timeoutMs);
+    const timedOut = () => controller.abort(new StageTimedOut(`stage ${stageToken(stage)} exceeded its timeout of ${timeoutMs} ms`));
+    let timeout = setTimeout(timedOut, timeoutMs);
+    // A stage that runs in a thread has its whole timeout from when a thread takes it: waiting
+    // for a free thread (busy with other stages) is not the stage's time.
+    const threadStarted = () => {
+      clearTimeout(timeout);
+      if (!controller.signal.aborted) timeout = setTimeout(timedOut, timeoutMs);
+    };
     // The first heartbeat is due before the reaper looks (it leaves attempts younger than one
     // TTL alone), so a short stage never touches Redis. Cancels arrive on the cancel subject;
     // the heartbeat also reads the cancel flag, for a message this worker missed.
@@ -285,7 +301,7 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
       let result: StageCompletion | undefined;
       let failure: StageFailure | undefined;
       try {
-        result = await runStage(stageDeps, row, task, inputs, controller.signal);
+        result = await runStage(stageDeps, row, task, inputs, controller.signal, threadStarted);
       } catch (error) {
         failure = classify(error, controller.signal);
         outcome = failure.code.toLowerCase();
@@ -348,6 +364,7 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
       await all;
       clearTimeout(timer);
       cancelSub.unsubscribe();
+      await pool.destroy();
       await publisher.close();
     },
   };
@@ -363,6 +380,10 @@ export function classify(error: unknown, signal: AbortSignal): StageFailure {
     if (reason instanceof StageTimedOut) {
       return { kind: "transient", outcome: StageAttemptOutcome.TIMED_OUT, code: "STAGE_TIMEOUT", message: reason.message };
     }
+  }
+  if (error instanceof StageThreadLost) {
+    // Not the stage's own failure: the attempt is counted as a loss, apart from its attempts.
+    return { kind: "lost", outcome: StageAttemptOutcome.ABANDONED, code: "STAGE_CRASHED", message: error.message };
   }
   const stageError = findStageError(error);
   if (stageError) {
