@@ -71,7 +71,7 @@ t.test("HTTP/1.1 - a request whose headers never end is closed by the headers ti
   t.ok(answer === "" || answer.startsWith("HTTP/1.1 408"), `closed, with at most a 408 (got ${JSON.stringify(answer.split("\r\n")[0])})`);
 });
 
-t.test("HTTP/2 - a connection with no open stream is closed when idle; one with a quiet open stream is kept", async (t) => {
+t.test("HTTP/2 - a connection with no open stream is closed when idle, PINGs or not; one with a quiet open stream is kept", async (t) => {
   const busy = http2.connect(mesh.pipelines.url);
   busy.on("error", () => {});
   // A health Watch answers once and then stays open, quiet: WatchJob waiting for its next event.
@@ -83,6 +83,9 @@ t.test("HTTP/2 - a connection with no open stream is closed when idle; one with 
   const idle = http2.connect(mesh.pipelines.url);
   idle.on("error", () => {});
   await once(idle, "connect");
+  // PINGs are frames, not streams: they do not keep an idle connection.
+  const pinging = setInterval(() => idle.closed || idle.destroyed || idle.ping(() => {}), 200);
+  t.teardown(() => clearInterval(pinging));
   await Promise.race([once(idle, "close"), new Promise((_, reject) => setTimeout(() => reject(new Error("idle connection not closed within 30 s")), 30_000))]);
   t.pass("the idle connection was closed");
   t.notOk(busy.closed || busy.destroyed, "the connection with an open stream is kept");

@@ -192,24 +192,28 @@ export async function startRpcServer(options: RpcServerOptions): Promise<RpcServ
 }
 
 /**
- * Closes an HTTP/2 connection that has had no open stream for `idleMs`. The session's own timer
- * counts frames, so a WatchJob stream with nothing to say would look idle: a stream that is
- * open keeps the connection, and the idle time starts again when its last stream closes (a
- * stream the client resets is no frame the timer counts).
+ * Closes an HTTP/2 connection (GOAWAY) that has had no open stream for `idleMs`. Counted in
+ * streams, not frames: a WatchJob stream with nothing to say keeps its connection, and a client
+ * that only sends PINGs does not keep one.
  */
 function closeWhenIdle(session: http2.ServerHttp2Session, idleMs: number) {
   let open = 0;
+  let timer: NodeJS.Timeout | undefined;
+  const arm = () => {
+    timer = setTimeout(() => {
+      if (open === 0) session.close();
+    }, idleMs);
+    timer.unref();
+  };
+  arm();
   session.on("stream", (stream) => {
     open++;
+    clearTimeout(timer);
     stream.once("close", () => {
-      if (--open === 0 && !session.destroyed) session.setTimeout(idleMs);
+      if (--open === 0 && !session.closed && !session.destroyed) arm();
     });
   });
-  // on(), not setTimeout's callback: that one is a once-listener, and the timer fires again.
-  session.setTimeout(idleMs);
-  session.on("timeout", () => {
-    if (open === 0) session.close();
-  });
+  session.once("close", () => clearTimeout(timer));
 }
 
 /**
