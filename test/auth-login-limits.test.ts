@@ -6,6 +6,8 @@ import t from "tap";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { RetryInfoSchema } from "../gen/google/rpc/error_details_pb.js";
 import { Role } from "../gen/jobmesh/v1/auth_pb.js";
+import { TooManyLoginAttemptsError } from "../internal/auth/errors.ts";
+import { createLoginLimits } from "../internal/auth/login-limits.ts";
 import { startTestMesh } from "./support/mesh.ts";
 import type { TestMesh } from "./support/mesh.ts";
 
@@ -116,4 +118,32 @@ t.test("login limits - without trusted proxies x-forwarded-for is ignored; the s
   t.ok(delay >= 1 && delay <= windowMs / 1000, `retry in ${delay} s, within the window`);
   await new Promise((r) => setTimeout(r, delay * 1000 + 200));
   t.equal(await codeOf(login(plain, user.email, user.password)), "ok", "after the window it works again");
+});
+
+t.test("login limits - a reservation whose answer was lost to a timeout is asked again and counted once", async (t) => {
+  // The real Redis, with every call's first answer lost on the way back, as when the event loop
+  // is too busy to read it before ioredis's command timeout.
+  const { redis } = trusting.infra.cache;
+  const answered = new Set<string>();
+  const lossy = {
+    async eval(...args: Parameters<typeof redis.eval>) {
+      const answer = await redis.eval(...args);
+      const call = JSON.stringify(args.slice(1));
+      if (answered.has(call)) return answer;
+      answered.add(call);
+      throw new Error("Command timed out");
+    },
+  };
+  const limits = createLoginLimits({ cache: { ...trusting.infra.cache, redis: lossy as unknown as typeof redis }, maxFailuresPerAccount: 2, maxFailuresPerIp: 100, windowSeconds: 120 });
+  const email = `lossy-${Date.now()}@example.com`;
+  await limits.reserve("", email, "10.7.0.1");
+  await limits.reserve("", email, "10.7.0.1");
+  await t.rejects(limits.reserve("", email, "10.7.0.1"), TooManyLoginAttemptsError, "the third failure is over the limit of 2: each was counted once");
+  const other = `lossy-other-${Date.now()}@example.com`;
+  const first = await limits.reserve("", other, "10.7.0.2");
+  await limits.reserve("", other, "10.7.0.2");
+  await first.release();
+  await first.release(); // a success reported twice still gives back one failure
+  await limits.reserve("", other, "10.7.0.2");
+  await t.rejects(limits.reserve("", other, "10.7.0.2"), TooManyLoginAttemptsError, "a released reservation was given back once");
 });
