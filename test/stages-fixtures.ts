@@ -3,7 +3,7 @@
  * for PNG, zip and hostile PDFs, by writing the format's records with node:zlib — never
  * hand-typed bytes.
  */
-import { crc32, deflateRawSync, deflateSync } from "node:zlib";
+import { constants, crc32, createDeflate, deflateRawSync, deflateSync } from "node:zlib";
 import {
   AlignmentType, Document, ExternalHyperlink, HeadingLevel, Packer, Paragraph, Table, TableCell, TableRow, TextRun,
 } from "docx";
@@ -168,13 +168,30 @@ export function docxEntries(text: string | Buffer, declaredDocumentSize?: number
 }
 
 /**
+ * zlib data of `stored` in a stored (uncompressed) block, so its bytes appear as they are,
+ * followed by `packed` compressed at the highest level.
+ */
+export async function deflateStoredThenPacked(stored: Buffer, packed: Buffer): Promise<Buffer> {
+  const deflate = createDeflate({ level: 0 });
+  const chunks: Buffer[] = [];
+  deflate.on("data", (c: Buffer) => chunks.push(c));
+  const ended = new Promise((resolve) => deflate.on("end", resolve));
+  deflate.write(stored);
+  await new Promise<void>((resolve) => deflate.params(9, constants.Z_DEFAULT_STRATEGY, () => resolve()));
+  deflate.end(packed);
+  await ended;
+  return Buffer.concat(chunks);
+}
+
+/**
  * A one-page PDF whose page content is `content`, Flate-compressed `layers` times (each layer
- * one /FlateDecode of the filter chain), with a correct xref table.
+ * one /FlateDecode of the filter chain; 0 when `content` is Flate data already), with a correct
+ * xref table.
  */
 export function makeFlatePdf(content: Buffer, layers = 1): Buffer {
   let data = content;
   for (let i = 0; i < layers; i++) data = deflateSync(data);
-  const filter = layers === 1 ? "/FlateDecode" : `[${Array(layers).fill("/FlateDecode").join(" ")}]`;
+  const filter = layers <= 1 ? "/FlateDecode" : `[${Array(layers).fill("/FlateDecode").join(" ")}]`;
   const objects = [
     Buffer.from("<< /Type /Catalog /Pages 2 0 R >>"),
     Buffer.from("<< /Type /Pages /Kids [3 0 R] /Count 1 >>"),

@@ -7,7 +7,7 @@
 import t from "tap";
 import { detectStage, DOCX, findPii, parseStage, PermanentStageError, type ParseOptions } from "../internal/stages/index.ts";
 import { CELL_TEXT_LIMIT, LINK_LIMIT, LINK_TEXT_LIMIT, TABLE_DEPTH_LIMIT, tidyTabs } from "../internal/stages/parse-html.ts";
-import { docxEntries, makeDocx, makeFlatePdf, makePdf, makeZip, PROSE } from "./stages-fixtures.ts";
+import { deflateStoredThenPacked, docxEntries, makeDocx, makeFlatePdf, makePdf, makeZip, PROSE } from "./stages-fixtures.ts";
 
 const ctx = () => ({ signal: new AbortController().signal });
 const HANG_GUARD = { timeout: 90_000 };
@@ -111,6 +111,12 @@ t.test("pdf - a Flate stream that inflates past maxInflatedBytes is document_too
   t.match(err, { code: "document_too_large" });
   t.match(await caught(parseBytes(makeFlatePdf(zeros, 2), "application/pdf", { maxInflatedBytes: limit })), { code: "document_too_large" },
     "Flate inside Flate is inflated and counted too");
+
+  // Deflate data may hold the bytes "endstream" (here in a stored block); PDF.js reads on by /Length.
+  const hidden = makeFlatePdf(await deflateStoredThenPacked(Buffer.from("q\nendstream\nQ\n"), zeros), 0);
+  t.ok(hidden.length < 64 * 1024 && hidden.indexOf("endstream") < hidden.lastIndexOf("endstream"), "a small PDF with an early endstream");
+  t.match(await caught(parseBytes(hidden, "application/pdf", { maxInflatedBytes: limit })), { code: "document_too_large" },
+    "a stream is inflated to where its deflate data ends, not to the first endstream");
 
   const page = Buffer.from("BT /F1 12 Tf 72 712 Td (Hello) Tj ET");
   t.equal((await parseBytes(makeFlatePdf(page), "application/pdf", { maxInflatedBytes: limit })).pageCount, 1, "the same layout under the limit parses");

@@ -7,12 +7,17 @@
  * stream body in the file that starts with a zlib header (the only Flate data PDF.js accepts)
  * is inflated here once with zlib and a running budget, and the document is refused as soon
  * as the total passes it; the output is counted and dropped. A stream whose output is itself
- * zlib data (a /FlateDecode /FlateDecode chain) is inflated again, and counted again.
+ * zlib data (a /FlateDecode /FlateDecode chain) is inflated again, and counted again. Each body
+ * is inflated from its start up to where its deflate data ends, not up to the next `endstream`:
+ * deflate data can hold the bytes `endstream` (a stored block) while PDF.js, going by /Length,
+ * reads on past them.
  *
- * Not covered, because checking them means writing the decoders: LZWDecode and
- * RunLengthDecode streams (which expand too), and Flate data behind ASCIIHexDecode or
- * ASCII85Decode. PDF.js decodes those without a bound; the stage's thread, with its heap limit
- * and its timeout, is what stops such a document.
+ * This is not a full bound, and cannot be one from outside PDF.js without writing its decoders:
+ * LZWDecode and RunLengthDecode expand too (up to some 2,500× and 64×), Flate data can hide
+ * behind ASCIIHexDecode or ASCII85Decode, and a page's content stream may claim an image codec
+ * (DCT, JPX, JBIG2, CCITT) that PDF.js will then decode to the size the data declares. For those
+ * the stage's thread (its timeout, and its heap limit, which does not count the typed arrays
+ * PDF.js decodes into) is the only stop.
  */
 import { once } from "node:events";
 import { constants, createInflate, inflateSync } from "node:zlib";
@@ -23,7 +28,10 @@ const END_STREAM = Buffer.from("endstream");
 /** Flate data inside Flate data gets inflated this many levels deep at most. */
 const MAX_NESTING = 4;
 
-/** The byte ranges of the stream bodies in a PDF file: after `stream` and its EOL, up to `endstream`. */
+/**
+ * Where each stream body of a PDF file starts (after `stream` and its end of line), as the rest
+ * of the file from there; the scan for the next body goes on after the next `endstream`.
+ */
 function* streamBodies(pdf: Buffer): Generator<Buffer> {
   let at = 0;
   while ((at = pdf.indexOf(STREAM, at)) !== -1) {
@@ -36,9 +44,8 @@ function* streamBodies(pdf: Buffer): Generator<Buffer> {
     if (pdf[start] === 0x0a) start++;
     if (start === keywordEnd) continue; // "stream" not followed by an end of line is not the keyword
     const end = pdf.indexOf(END_STREAM, start);
-    const body = pdf.subarray(start, end === -1 ? pdf.length : end);
     at = end === -1 ? pdf.length : end + END_STREAM.length;
-    yield body;
+    yield pdf.subarray(start);
   }
 }
 
@@ -75,7 +82,8 @@ export async function checkPdfInflatedSize(bytes: Uint8Array, maxInflatedBytes: 
       const room = maxInflatedBytes - total;
       let out: Buffer | undefined;
       try {
-        // Streams cut short or followed by an end of line are common; PDF.js reads what inflates.
+        // zlib stops where the deflate data ends and ignores the rest of the file after it; a
+        // stream cut short (common) gives what inflated, as PDF.js reads it.
         out = inflateSync(body, { maxOutputLength: Math.max(1, room), finishFlush: constants.Z_SYNC_FLUSH });
         total += out.byteLength;
       } catch (err) {
