@@ -6,7 +6,7 @@
  */
 import t from "tap";
 import { detectStage, DOCX, findPii, parseStage, PermanentStageError, type ParseOptions } from "../internal/stages/index.ts";
-import { CELL_TEXT_LIMIT, LINK_LIMIT, LINK_TEXT_LIMIT, TABLE_DEPTH_LIMIT, tidyTabs } from "../internal/stages/parse-html.ts";
+import { CELL_TEXT_LIMIT, LINK_LIMIT, LINK_TEXT_LIMIT, TABLE_CELL_LIMIT, TABLE_DEPTH_LIMIT, tidyTabs } from "../internal/stages/parse-html.ts";
 import { deflateStoredThenPacked, docxEntries, makeDocx, makeFlatePdf, makePdf, makeZip, PROSE } from "./stages-fixtures.ts";
 
 const ctx = () => ({ signal: new AbortController().signal });
@@ -62,6 +62,13 @@ t.test("html - nested tables: depth tracked, cell text capped, no copy per open 
   t.equal(cells.length, TABLE_DEPTH_LIMIT);
   t.ok(cells.every((c) => c.length <= CELL_TEXT_LIMIT));
   t.match(cells[0], /^x x x .* word word/);
+});
+
+t.test("html - at most TABLE_CELL_LIMIT cells are kept, and a heading's text is capped", HANG_GUARD, async (t) => {
+  const parsed = await parse("<table>" + "<tr><td>a".repeat(TABLE_CELL_LIMIT + 50_000) + "</table><h1>" + "title ".repeat(5000), "text/html");
+  t.equal(parsed.tables[0]?.rows.length, TABLE_CELL_LIMIT, "later rows are in the text only");
+  t.equal(parsed.text.match(/^a$/gm)?.length, TABLE_CELL_LIMIT + 50_000, "every row is in the text");
+  t.ok(parsed.headings[0]!.text.length <= CELL_TEXT_LIMIT);
 });
 
 t.test("html - cells of a row left open are kept when the next row starts", async (t) => {
