@@ -68,3 +68,19 @@ t.test("forgery - an API-key chain entry written into Redis does not revive a re
   await new Promise((r) => setTimeout(r, 600));
   t.equal(await write({ authorization: `Bearer ${accessToken}` }), Code.Unauthenticated, "its exchanged token stays refused");
 });
+
+t.test("forgery - an entry that fails its MAC is replaced by the answer Postgres gives, so it cannot pin the cache", async (t) => {
+  const user = await auth.newUser("viewer");
+  const login = await auth.client.login({ email: user.email, password: user.password });
+  const key = `user-status:${user.tenantId}:${user.name.replace("users/", "")}`;
+  await redis.set(key, JSON.stringify({ roles: ["admin"], sessionEpoch: 0 }));
+  t.equal(await read({ authorization: `Bearer ${login.accessToken}` }), "ok");
+  // The replacement is written after the answer; wait for it rather than for a time.
+  let stored = await redis.get(key);
+  for (let i = 0; i < 100 && !stored?.startsWith("v1."); i++) {
+    await new Promise((r) => setTimeout(r, 20));
+    stored = await redis.get(key);
+  }
+  t.match(stored, /^v1\.[\w-]+\.\{"roles":\["viewer"\],"sessionEpoch":0\}$/, "the forged entry was replaced by a sealed, true one");
+  t.ok((await redis.pttl(key)) > 0, "with a lifetime, where the forged one had none");
+});

@@ -17,6 +17,9 @@ import type { CacheMac } from "./cache-mac.ts";
 
 const forgotten = "forgotten";
 
+/** Replaces a value only while it is still the one read: an entry that failed its MAC is overwritten, a `forget` mark written since is not. */
+const replaceIfUnchanged = `if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("SET", KEYS[1], ARGV[2], "PX", ARGV[3]) end return 0`;
+
 export interface ActiveCheck {
   /** What the loader said of an active principal (non-empty), or undefined when it is gone. */
   current(tenantId: string, id: string): Promise<string | undefined>;
@@ -54,7 +57,8 @@ export function createActiveCheck(deps: {
         value = loaded.value || undefined;
         if (value !== undefined && loaded.cacheMs >= 100 && stored !== forgotten) {
           const sealed = await deps.mac.seal(key, value);
-          deps.cache.redis.set(key, sealed, "PX", loaded.cacheMs, "NX").catch(() => {});
+          const write = stored ? deps.cache.redis.eval(replaceIfUnchanged, 1, key, stored, sealed, loaded.cacheMs) : deps.cache.redis.set(key, sealed, "PX", loaded.cacheMs, "NX");
+          write.catch(() => {});
         }
       }
       if (value !== undefined) {
