@@ -82,7 +82,7 @@ t.test(`watch - ${streams} streams of one viewer: exactly ${limit} open, the res
   t.equal(refused.length, streams - limit, "refused streams");
   t.match(refused[0]?.error?.rawMessage, /at most 100 per caller \(JOBMESH_MAX_WATCH_STREAMS_PER_CALLER\)/);
   t.ok(open.every((w) => w.events[0] === JobEventType.JOB_CREATED), "each open stream replays the stored events");
-  t.equal(mesh.jobs!.watcher.openStreams(), limit, "the process holds exactly the limit");
+  t.same(mesh.jobs!.watcher.stats(), { streams: limit, subscriptions: 1 }, "the process holds exactly the limit, fed by one subscription");
 });
 
 t.test("watch - another tenant's job, created and watched meanwhile, runs and ends SUCCEEDED", async (t) => {
@@ -94,6 +94,7 @@ t.test("watch - another tenant's job, created and watched meanwhile, runs and en
   const { job: other } = await clients[1].createJob({ job: { pipeline: pipeline!.name, document: { source: { case: "text", value: "another tenant's document" } } } }, { headers: otherAdmin });
   const w = watch(other!.name, otherAdmin, 2);
   t.equal(await w.opened, "open");
+  t.same(mesh.jobs!.watcher.stats(), { streams: limit + 1, subscriptions: 2 }, "one subscription per watched tenant");
   // A worker now: both tenants' jobs run, and the viewer's hundred streams see theirs end too.
   mesh.workers.push(await startWorkers(mesh.infra));
   await w.ended;
@@ -116,8 +117,8 @@ t.test("watch - closing streams frees the budget", async (t) => {
   for (const w of held.slice(0, 10)) w.close();
   await Promise.all(held.slice(0, 10).map((w) => w.ended));
   // The server releases a stream when it sees the client go: wait for that, not for a time.
-  for (let tries = 0; mesh.jobs!.watcher.openStreams() > limit - 10; tries++) {
-    if (tries > 500) throw new Error(`still ${mesh.jobs!.watcher.openStreams()} streams open`);
+  for (let tries = 0; mesh.jobs!.watcher.stats().streams > limit - 10; tries++) {
+    if (tries > 500) throw new Error(`still ${mesh.jobs!.watcher.stats().streams} streams open`);
     await new Promise((r) => setTimeout(r, 20));
   }
   const again = Array.from({ length: 10 }, (_, i) => watch(queued!.name, viewer, i));

@@ -49,8 +49,8 @@ export interface Watcher {
 export interface JobWatcher {
   /** The job's events after `afterSequence`, live until its (latest) end or `signal` aborts. */
   watch(caller: Watcher, name: string, afterSequence: bigint, signal: AbortSignal): AsyncGenerator<JobEvent>;
-  /** Streams open now, in this process. */
-  openStreams(): number;
+  /** Streams open now in this process, and the NATS subscriptions that feed them (one per watched tenant). */
+  stats(): { streams: number; subscriptions: number };
   close(): Promise<void>;
 }
 
@@ -222,7 +222,7 @@ export function createJobWatcher(options: JobWatcherOptions): JobWatcher {
 
   return {
     watch,
-    openStreams: () => open,
+    stats: () => ({ streams: open, subscriptions: feeds.size }),
     async close() {
       clearInterval(pollTimer);
       for (const feed of feeds.values()) feed.sub.unsubscribe();
