@@ -18,6 +18,8 @@ const streams = 2000;
 // Several HTTP/2 connections, each well under any sensible SETTINGS_MAX_CONCURRENT_STREAMS.
 const perConnection = 40;
 
+// Two thousand calls on a loaded machine: a hang guard, not a speed check.
+t.setTimeout(300_000);
 // No workers at first: the watched job stays QUEUED, so its streams stay open.
 const mesh = await startTestMesh({ JOBMESH_MAX_WATCH_STREAMS_PER_CALLER: String(limit) }, { jobs: true, auth: true, workers: 0 });
 t.teardown(() => mesh.close());
