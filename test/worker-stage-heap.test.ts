@@ -10,7 +10,6 @@ import { JobState } from "../gen/jobmesh/v1/events_pb.js";
 import { StageAttemptOutcome } from "../gen/jobmesh/v1/jobs_pb.js";
 import { PipelineConfigSchema, PipelineService, Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
 import { isTerminalState, jobClient, signInAsAdmin, waitForJob, type JobClient } from "./jobs-support.ts";
-import { PROSE } from "./stages-fixtures.ts";
 import { startTestMesh } from "./support/mesh.ts";
 import { largeProse, metricSum } from "./worker-stage-support.ts";
 
@@ -44,6 +43,8 @@ async function tenant(signIn: Interceptor[], pipelineId: string): Promise<{ jobs
 }
 const heavy = await tenant(await signInAsAdmin(mesh), "heavy");
 const neighbour = await tenant([await mesh.auth!.interceptorFor("admin", "neighbour")], "plain");
+/** The other tenant's document: over 1 KiB, so its stages run in a stage thread too (the other one). */
+const NEIGHBOUR_DOC = largeProse(4096);
 const submit = (to: { jobs: JobClient; pipeline: string }, text: string, filename = "") =>
   to.jobs.createJob({ job: { pipeline: to.pipeline, document: { source: { case: "text", value: text }, filename } } }).then((r) => r.job!.name);
 
@@ -62,7 +63,7 @@ async function peakRss(during: () => Promise<void>): Promise<number> {
 t.test("heap limit - a stage that needs more than its thread's heap loses its own attempts; another tenant's job succeeds; RSS stays bounded", async (t) => {
   const reaped = await reapedTotal();
   const peak = await peakRss(async () => {
-    const [big, other] = await Promise.all([submit(heavy, largeProse(3_900_000), "large.txt"), submit(neighbour, PROSE)]);
+    const [big, other] = await Promise.all([submit(heavy, largeProse(3_900_000), "large.txt"), submit(neighbour, NEIGHBOUR_DOC)]);
     const job = await waitForJob(neighbour.jobs, other, undefined, 120_000);
     t.equal(job.state, JobState.SUCCEEDED, `the other tenant's job succeeded ${JSON.stringify(job.error ?? {})}`);
     t.ok(job.attempts.every((a) => a.outcome !== StageAttemptOutcome.ABANDONED), "none of its attempts was abandoned");
@@ -89,6 +90,6 @@ t.test("heap limit - HTML with 50,000 links left open ends, and the process's RS
   });
   t.ok(peak < rssBoundBytes, `RSS peaked at ${Math.round(peak / MiB)} MiB, under ${rssBoundText}`);
   // The pool replaced any thread that died: the next job runs every stage.
-  const after = await waitForJob(neighbour.jobs, await submit(neighbour, PROSE), undefined, 60_000);
+  const after = await waitForJob(neighbour.jobs, await submit(neighbour, NEIGHBOUR_DOC), undefined, 60_000);
   t.equal(after.state, JobState.SUCCEEDED);
 });

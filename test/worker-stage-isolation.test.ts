@@ -12,7 +12,6 @@ import { JobState } from "../gen/jobmesh/v1/events_pb.js";
 import { type Job, StageAttemptOutcome } from "../gen/jobmesh/v1/jobs_pb.js";
 import { PipelineConfigSchema, PipelineService, Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
 import { isTerminalState, jobClient, signInAsAdmin, waitForJob, type JobClient } from "./jobs-support.ts";
-import { PROSE } from "./stages-fixtures.ts";
 import { startTestMesh } from "./support/mesh.ts";
 import { largeProse, metricSum, untilTrue } from "./worker-stage-support.ts";
 
@@ -51,6 +50,8 @@ const submit = (to: { jobs: JobClient; pipeline: string }, text: string, filenam
   to.jobs.createJob({ job: { pipeline: to.pipeline, document: { source: { case: "text", value: text }, filename } } }).then((r) => r.job!.name);
 
 const cpuStages = [Stage.DETECT, Stage.PARSE, Stage.ENRICH];
+/** The other tenant's document: over 1 KiB, so its stages run in a stage thread too (the other one). */
+const NEIGHBOUR_DOC = largeProse(4096);
 const noAbandoned = (job: Job) => job.attempts.every((a) => a.outcome !== StageAttemptOutcome.ABANDONED);
 
 const documents = [
@@ -67,10 +68,10 @@ for (const doc of documents) {
   t.test(`hostile document - ${doc.name}: ends within its stage timeout, and another tenant's jobs on the same worker succeed`, async (t) => {
     const reaped = await metrics("jobmesh_stage_reaped_total");
     // Submitted at the same moment, to the one worker of this mesh.
-    const [bad, first] = await Promise.all([submit(hostile, doc.text, doc.filename), submit(neighbour, PROSE)]);
+    const [bad, first] = await Promise.all([submit(hostile, doc.text, doc.filename), submit(neighbour, NEIGHBOUR_DOC)]);
     // And one more once the hostile document's CPU-bound stage runs (or it already ended).
     await waitForJob(hostile.jobs, bad, (j) => isTerminalState(j.state) || (j.state === JobState.RUNNING && cpuStages.includes(j.stage)), 60_000);
-    const second = await submit(neighbour, PROSE);
+    const second = await submit(neighbour, NEIGHBOUR_DOC);
 
     for (const name of [first, second]) {
       const job = await waitForJob(neighbour.jobs, name, undefined, 60_000);
@@ -106,6 +107,6 @@ t.test("cancel - a stage busy in synchronous work is stopped: its thread is term
   t.equal(await metrics("jobmesh_stage_threads_terminated_total", 'stage="enrich"'), terminated + 1, "its thread was terminated");
 
   // The pool started a thread in its place: the next job runs every stage.
-  const after = await waitForJob(neighbour.jobs, await submit(neighbour, PROSE), undefined, 60_000);
+  const after = await waitForJob(neighbour.jobs, await submit(neighbour, NEIGHBOUR_DOC), undefined, 60_000);
   t.equal(after.state, JobState.SUCCEEDED);
 });

@@ -14,7 +14,7 @@ import { Piscina } from "piscina";
 import { MessageChannel, type Transferable } from "node:worker_threads";
 import { PermanentStageError, TransientStageError } from "../stages/index.ts";
 import type { Logger } from "../telemetry/index.ts";
-import type { PooledCall, PooledResult, ThreadReply, ThreadTask } from "./stage-thread.ts";
+import { runPooledCall, type PooledCall, type PooledResult, type ThreadReply, type ThreadTask } from "./stage-thread.ts";
 
 export type { PooledCall, PooledResult } from "./stage-thread.ts";
 
@@ -34,8 +34,9 @@ export interface StagePoolOptions {
 
 export interface StagePool {
   /**
-   * Runs a stage call in a thread. The call's bytes are handed over (transferred), not copied:
-   * the caller must not use them afterwards. `onStart` is called when a thread begins the stage.
+   * Runs a stage call in a thread (a small one, up to inlineLimit, on the caller's thread). The
+   * call's bytes are handed over (transferred), not copied: the caller must not use them
+   * afterwards. `onStart` is called when the stage begins (in a thread: when one takes it).
    * Rejects with the stage's error, with `signal.reason` once the signal aborted (the thread is
    * terminated), or with StageThreadLost.
    */
@@ -51,6 +52,44 @@ export interface StagePool {
  * stage stuck in synchronous work never looks, and its thread is terminated.
  */
 const abortGraceMs = 100;
+
+/**
+ * Inputs up to this size run on the worker's own thread. For them the hop to a thread (a message
+ * channel, a copy each way, waking the thread) costs more than the stage itself — it halved the
+ * bench's jobs/s for small text documents — and their work is bounded: every pass over a
+ * document's content is linear or at worst polynomial in it, which for 1 KiB is at most a few
+ * milliseconds. Compressed formats (PDF, DOCX) always go to a thread, since a small file can
+ * inflate to maxInflatedBytes; detect only peeks into a zip, and 1 KiB of deflate inflates to at
+ * most about 1 MiB.
+ */
+const inlineLimit = 1024;
+
+/** Media types parse reads as text: no decompression, so their work is bounded by their size. */
+function isTextMediaType(mediaType: string): boolean {
+  const type = mediaType.split(";")[0]!.trim().toLowerCase();
+  return type.startsWith("text/") || type === "application/json";
+}
+
+/** The characters (and items) enrich reads, counted up to just past `limit`. */
+function enrichSize(input: Extract<PooledCall, { stage: "enrich" }>["input"], limit: number): number {
+  let size = input.text.length;
+  for (const h of input.headings ?? []) if ((size += h.text.length + 1) > limit) return size;
+  for (const table of input.tables ?? []) for (const row of table.rows) for (const cell of row) if ((size += cell.length + 1) > limit) return size;
+  for (const l of input.links ?? []) if ((size += l.href.length + l.text.length + 1) > limit) return size;
+  return size;
+}
+
+/** Whether a call's input is small enough to run on the worker's own thread (inlineLimit). */
+function isSmall(call: PooledCall): boolean {
+  switch (call.stage) {
+    case "detect":
+      return call.input.bytes.byteLength <= inlineLimit;
+    case "parse":
+      return call.input.bytes.byteLength <= inlineLimit && isTextMediaType(call.input.mediaType);
+    case "enrich":
+      return enrichSize(call.input, inlineLimit) <= inlineLimit;
+  }
+}
 
 /** Bytes the pool may transfer: a copy unless they are a whole ArrayBuffer of their own. */
 function owned(bytes: Uint8Array): Uint8Array {
@@ -100,6 +139,10 @@ export function createStagePool(options: StagePoolOptions): StagePool {
 
   async function run<C extends PooledCall>(call: C, signal: AbortSignal, onStart?: () => void): Promise<PooledResult<C>> {
     signal.throwIfAborted();
+    if (isSmall(call)) {
+      onStart?.();
+      return runPooledCall(call, signal);
+    }
     const { port1, port2 } = new MessageChannel();
     const transferList: Transferable[] = [port2];
     let sent: PooledCall = call;

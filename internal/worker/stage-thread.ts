@@ -45,23 +45,28 @@ class AbortedByWorker extends Error {
   override name = "AbortedByWorker";
 }
 
+/** Runs a pooled call's stage function, wherever it is called (a stage thread, or the worker's own thread for a small input). */
+export async function runPooledCall<C extends PooledCall>(call: C, signal: AbortSignal): Promise<PooledResult<C>> {
+  const ctx = { signal };
+  switch (call.stage) {
+    case "detect":
+      return (await detectStage(call.input, call.options, ctx)) as PooledResult<C>;
+    case "parse":
+      return (await parseStage(call.input, call.options, ctx)) as PooledResult<C>;
+    case "enrich":
+      return (await enrichStage(call.input, call.options, ctx)) as PooledResult<C>;
+    default:
+      throw new Error(`no stage ${(call as { stage: unknown }).stage} runs in a stage thread`);
+  }
+}
+
 /** Piscina calls the default export once per task. */
 export default async function runStageInThread({ call, port }: ThreadTask): Promise<ThreadReply> {
   const controller = new AbortController();
   port.on("message", () => controller.abort(new AbortedByWorker("the worker aborted the stage")));
   port.postMessage(startedMessage);
-  const ctx = { signal: controller.signal };
   try {
-    switch (call.stage) {
-      case "detect":
-        return { ok: true, value: await detectStage(call.input, call.options, ctx) };
-      case "parse":
-        return { ok: true, value: await parseStage(call.input, call.options, ctx) };
-      case "enrich":
-        return { ok: true, value: await enrichStage(call.input, call.options, ctx) };
-      default:
-        return { ok: false, detail: `no stage ${(call as { stage: unknown }).stage} runs in a stage thread` };
-    }
+    return { ok: true, value: await runPooledCall(call, controller.signal) };
   } catch (error) {
     const stageError = findStageError(error);
     if (stageError) return { ok: false, stageError: { code: stageError.code, message: stageError.message, retryable: stageError.retryable } };
