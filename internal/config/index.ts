@@ -94,7 +94,7 @@ export interface ServerConfig {
   maxConcurrentStreams: number;
   /** A keep-alive HTTP/1.1 connection between requests, or an HTTP/2 connection with no open stream, is closed after this long. */
   idleTimeoutMs: number;
-  /** A new connection must show its protocol, and an HTTP/1.1 request its headers, within this long. */
+  /** A new connection must show its protocol, an HTTP/1.1 request its headers, an HTTP/2 connection its first stream, within this long. */
   headersTimeoutMs: number;
   /**
    * CIDRs of the proxies whose x-forwarded-for names the client (the gateway); empty believes no

@@ -144,7 +144,7 @@ export async function startRpcServer(options: RpcServerOptions): Promise<RpcServ
   h2.on("session", (session) => {
     sessions.add(session);
     session.once("close", () => sessions.delete(session));
-    closeWhenIdle(session, limits.idleTimeoutMs);
+    closeWhenIdle(session, limits.idleTimeoutMs, limits.headersTimeoutMs);
   });
   const sockets = new Set<net.Socket>();
   const listener = net.createServer((socket) => {
@@ -192,25 +192,26 @@ export async function startRpcServer(options: RpcServerOptions): Promise<RpcServ
 }
 
 /**
- * Closes an HTTP/2 connection (GOAWAY) that has had no open stream for `idleMs`. Counted in
- * streams, not frames: a WatchJob stream with nothing to say keeps its connection, and a client
- * that only sends PINGs does not keep one.
+ * Closes an HTTP/2 connection (GOAWAY) that has had no open stream for `idleMs`, or has opened
+ * none within `firstStreamMs` (its "headers timeout": each idle session costs the server memory).
+ * Counted in streams, not frames: a WatchJob stream with nothing to say keeps its connection, and
+ * a client that only sends PINGs does not keep one.
  */
-function closeWhenIdle(session: http2.ServerHttp2Session, idleMs: number) {
+function closeWhenIdle(session: http2.ServerHttp2Session, idleMs: number, firstStreamMs: number) {
   let open = 0;
   let timer: NodeJS.Timeout | undefined;
-  const arm = () => {
+  const arm = (ms: number) => {
     timer = setTimeout(() => {
       if (open === 0) session.close();
-    }, idleMs);
+    }, ms);
     timer.unref();
   };
-  arm();
+  arm(firstStreamMs);
   session.on("stream", (stream) => {
     open++;
     clearTimeout(timer);
     stream.once("close", () => {
-      if (--open === 0 && !session.closed && !session.destroyed) arm();
+      if (--open === 0 && !session.closed && !session.destroyed) arm(idleMs);
     });
   });
   session.once("close", () => clearTimeout(timer));
