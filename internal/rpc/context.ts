@@ -29,5 +29,5 @@ export function callerOf(values: { get<T>(key: { id: symbol; defaultValue: T }):
   return caller;
 }
 
-/** The network address of the client (the socket's remote address), for per-address limits. */
+/** The socket's remote address: the client, or a proxy in front of it. Per-client limits use clientAddressKey (client-address.ts). */
 export const peerAddressKey = createContextKey<string | undefined>(undefined, { description: "jobmesh peer address" });
