@@ -23,18 +23,22 @@ const mesh = await startTestMesh(
 t.teardown(() => mesh.close());
 const metrics = (name: string, labels?: string) => metricSum(`${mesh.jobs!.url}/metrics`, name, labels);
 
-/** A tenant's JobService client and a pipeline of its own. */
-async function tenant(signIn: Interceptor[], pipelineId: string, stageTimeoutMs?: number): Promise<{ jobs: JobClient; pipeline: string }> {
+/**
+ * A tenant's JobService client and a pipeline of its own; with a timeout, each stage (or only
+ * `timedStage`) has that timeout and one attempt: what the job ends with is what its first
+ * attempt did.
+ */
+async function tenant(signIn: Interceptor[], pipelineId: string, stageTimeoutMs?: number, timedStage?: Stage): Promise<{ jobs: JobClient; pipeline: string }> {
   const pipelines = createClient(PipelineService, createConnectTransport({ baseUrl: mesh.pipelines.url, httpVersion: "1.1", interceptors: signIn }));
-  // One attempt per stage: what the job ends with is what its first attempt did.
-  const limits = stageTimeoutMs ? { timeout: durationFromMs(stageTimeoutMs), retry: { maxAttempts: 1 } } : {};
+  const limitsOf = (stage: Stage) =>
+    stageTimeoutMs && (timedStage ?? stage) === stage ? { timeout: durationFromMs(stageTimeoutMs), retry: { maxAttempts: 1 } } : {};
   const config = create(PipelineConfigSchema, {
     stages: [
-      { stage: Stage.INGEST, ...limits },
-      { stage: Stage.DETECT, ...limits },
-      { stage: Stage.PARSE, ...limits },
-      { stage: Stage.ENRICH, ...limits, options: { options: { case: "enrich", value: { detectPii: true } } } },
-      { stage: Stage.OUTPUT, ...limits },
+      { stage: Stage.INGEST, ...limitsOf(Stage.INGEST) },
+      { stage: Stage.DETECT, ...limitsOf(Stage.DETECT) },
+      { stage: Stage.PARSE, ...limitsOf(Stage.PARSE) },
+      { stage: Stage.ENRICH, ...limitsOf(Stage.ENRICH), options: { options: { case: "enrich", value: { detectPii: true } } } },
+      { stage: Stage.OUTPUT, ...limitsOf(Stage.OUTPUT) },
     ],
   });
   await pipelines.createPipeline({ pipelineId, pipeline: { config } });
@@ -44,6 +48,7 @@ async function tenant(signIn: Interceptor[], pipelineId: string, stageTimeoutMs?
 const hostileTenant = await signInAsAdmin(mesh);
 const hostile = await tenant(hostileTenant, "hostile", 3_000);
 const slow = await tenant(hostileTenant, "slow");
+const hasty = await tenant(hostileTenant, "hasty", 500, Stage.ENRICH);
 const neighbour = await tenant([await mesh.auth!.interceptorFor("admin", "neighbour")], "plain");
 
 const submit = (to: { jobs: JobClient; pipeline: string }, text: string, filename = "") =>
@@ -90,6 +95,16 @@ for (const doc of documents) {
     t.equal(await metrics("jobmesh_stage_reaped_total"), reaped, "the reaper requeued nothing: the worker kept heartbeating");
   });
 }
+
+t.test("timeout - a stage busy in synchronous work past its timeout is stopped: its thread is terminated and the attempt TIMED_OUT", async (t) => {
+  const terminated = await metrics("jobmesh_stage_threads_terminated_total", 'stage="enrich"');
+  // Seconds of enrich for a 4 MB document; its stage timeout is half a second.
+  const done = await waitForJob(hasty.jobs, await submit(hasty, largeProse(3_900_000), "large.txt"), undefined, 120_000);
+  t.equal(done.state, JobState.FAILED);
+  t.equal(done.error?.code, "STAGE_TIMEOUT");
+  t.same(done.attempts.filter((a) => a.stage === Stage.ENRICH).map((a) => a.outcome), [StageAttemptOutcome.TIMED_OUT]);
+  t.equal(await metrics("jobmesh_stage_threads_terminated_total", 'stage="enrich"'), terminated + 1, "its thread was terminated");
+});
 
 t.test("cancel - a stage busy in synchronous work is stopped: its thread is terminated and the job ends CANCELLED", async (t) => {
   const terminated = await metrics("jobmesh_stage_threads_terminated_total", 'stage="enrich"');
