@@ -21,6 +21,8 @@ import { createTopology, removeTopology } from "../internal/jobs/topology.ts";
 import { jobClient, waitForJob } from "./jobs-support.ts";
 import { isolate } from "./support/isolation.ts";
 
+// Four processes started on a loaded machine: the file-level hang guard must outlast the readiness deadline.
+t.setTimeout(300_000);
 const password = `pw-${randomBytes(12).toString("hex")}`;
 const ports = { auth: await freePort(), pipelines: await freePort(), jobs: await freePort(), worker: await freePort() };
 const isolated = await isolate({
@@ -54,9 +56,13 @@ t.teardown(() => {
   for (const { child } of processes.values()) if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
 });
 
-/** Resolves once `url` answers /readyz with 200; fails with the process's output otherwise. */
+/**
+ * Resolves once `url` answers /readyz with 200; fails with the process's output otherwise. The
+ * deadline is a hang guard: four Node processes loading the mesh and migrating one database
+ * took up to 30 s when the 2-core machine was loaded.
+ */
 async function ready(binary: string, url: string) {
-  const deadline = Date.now() + 30_000;
+  const deadline = Date.now() + 120_000;
   for (;;) {
     const ok = await fetch(`${url}/readyz`).then((r) => r.ok, () => false);
     if (ok) return;
