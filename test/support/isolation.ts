@@ -3,6 +3,8 @@
  * its own database, its own namespace (JetStream stream/subject prefix and Redis key prefix),
  * and removes them when it ends.
  */
+import { jetstreamManager } from "@nats-io/jetstream";
+import { connect } from "@nats-io/transport-node";
 import { randomBytes } from "node:crypto";
 import pg from "pg";
 import { loadConfig, type Config } from "../../internal/config/index.ts";
@@ -39,8 +41,48 @@ export async function createDatabase(name: string): Promise<{ url: string; drop(
   return { url: url.href, drop: () => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`) };
 }
 
+/**
+ * A test file that was killed (its timeout, a CI run stopped half-way) never drops what it made.
+ * Its streams keep their max_bytes reserved on the shared JetStream server, and enough of them
+ * leave no storage for the next run's streams; its database stays too. So each test process
+ * first removes what test namespaces left behind: an id starts with its creation time, and
+ * anything older than `staleAfterMs` (four times the longest file's hang guard) is nobody's.
+ */
+const staleAfterMs = 20 * 60_000;
+const testId = /^t([0-9a-z]{8,9})[0-9a-f]{6}$/;
+const isStaleId = (id: string) => {
+  const match = testId.exec(id);
+  return match !== null && Date.now() - parseInt(match[1], 36) > staleAfterMs;
+};
+let swept: Promise<void> | undefined;
+
+async function sweepStaleIsolations(): Promise<void> {
+  const nc = await connect({ servers: natsUrl });
+  try {
+    const jsm = await jetstreamManager(nc);
+    for await (const name of jsm.streams.names()) {
+      const id = /^(?:OBJ_)?jm_(t[0-9a-z]+)_/.exec(name)?.[1];
+      if (id && isStaleId(id)) await jsm.streams.delete(name).catch(() => false);
+    }
+  } finally {
+    await nc.close();
+  }
+  const admin = new pg.Client({ connectionString: adminDatabaseUrl });
+  await admin.connect();
+  try {
+    const { rows } = await admin.query<{ datname: string }>(`SELECT datname FROM pg_database WHERE datname LIKE 'jobmesh\\_t%'`);
+    for (const { datname } of rows) {
+      if (isStaleId(datname.slice("jobmesh_".length))) await admin.query(`DROP DATABASE IF EXISTS ${datname} WITH (FORCE)`).catch(() => {});
+    }
+  } finally {
+    await admin.end();
+  }
+}
+
 /** Creates a fresh database and namespace; ports default to 0 (free ports). */
 export async function isolate(overrides: Record<string, string> = {}): Promise<Isolated> {
+  swept ??= sweepStaleIsolations();
+  await swept;
   const id = `t${Date.now().toString(36)}${randomBytes(3).toString("hex")}`;
   const database = await createDatabase(`jobmesh_${id}`);
   const env: Record<string, string> = {
@@ -57,9 +99,10 @@ export async function isolate(overrides: Record<string, string> = {}): Promise<I
     JOBMESH_WEBHOOKS_PORT: "0",
     JOBMESH_GATEWAY_PORT: "0",
     JOBMESH_WORKER_METRICS_PORT: "0",
-    // JetStream reserves every stream's max_bytes on the shared server: test namespaces keep theirs small.
-    JOBMESH_STREAM_MAX_BYTES: String(256 * 1024 * 1024),
-    JOBMESH_BUCKET_MAX_BYTES: String(1024 * 1024 * 1024),
+    // JetStream reserves every stream's max_bytes on the shared server: test namespaces keep theirs
+    // small (the largest object a test stores is about 25 MiB).
+    JOBMESH_STREAM_MAX_BYTES: String(64 * 1024 * 1024),
+    JOBMESH_BUCKET_MAX_BYTES: String(256 * 1024 * 1024),
     ...overrides,
   };
   return {
