@@ -10,6 +10,7 @@
  */
 import type { Tracer } from "@opentelemetry/api";
 import type { JetStreamClient } from "@nats-io/jetstream";
+import type { PoolClient } from "pg";
 import { inTransaction, type Pool } from "../db/index.ts";
 import type { Logger } from "../telemetry/index.ts";
 import { outboxChannel } from "./outbox.ts";
@@ -86,15 +87,39 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
   // A NOTIFY that lands while a batch is being published must not wait for the next poll.
   let notified = false;
   if (stopped) return { publishBatch, stop: () => Promise.resolve() };
-  const listener = db.connect().then(async (client) => {
-    client.on("notification", () => {
-      notified = true;
-      wake?.();
-    });
-    await client.query(`LISTEN ${outboxChannel}`);
-    return client;
-  });
-  listener.catch((error: unknown) => log.warn({ err: error }, "outbox relay cannot LISTEN; polling only"));
+  /**
+   * The LISTEN connection. When it breaks (Postgres restarted, the backend terminated) the
+   * client emits 'error', which would crash the process without a listener; the relay then
+   * polls alone until a new connection listens again.
+   */
+  let listening: PoolClient | undefined;
+  let relisten: NodeJS.Timeout | undefined;
+  async function listen(): Promise<void> {
+    relisten = undefined;
+    let client: PoolClient | undefined;
+    try {
+      client = await db.connect();
+      const current = client;
+      current.on("notification", () => {
+        notified = true;
+        wake?.();
+      });
+      current.on("error", (error: Error) => {
+        log.warn({ err: error }, "outbox relay lost its LISTEN connection; polling until it listens again");
+        if (listening === current) listening = undefined;
+        current.release(error);
+        if (!stopped) relisten = setTimeout(() => void listen(), 1_000);
+      });
+      await current.query(`LISTEN ${outboxChannel}`);
+      if (stopped) return current.release();
+      listening = current;
+    } catch (error) {
+      log.warn({ err: error }, "outbox relay cannot LISTEN; polling only");
+      client?.release(error as Error);
+      if (!stopped) relisten = setTimeout(() => void listen(), 1_000);
+    }
+  }
+  const listenedOnce = listen();
 
   const loop = (async () => {
     let failures = 0;
@@ -126,7 +151,10 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
       stopped = true;
       wake?.();
       await loop;
-      const client = await listener.catch(() => undefined);
+      await listenedOnce;
+      clearTimeout(relisten);
+      const client = listening;
+      listening = undefined;
       if (client) {
         await client.query(`UNLISTEN ${outboxChannel}`).catch(() => {});
         client.release();
