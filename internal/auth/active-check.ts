@@ -45,31 +45,62 @@ export function createActiveCheck(deps: {
 }): ActiveCheck {
   const keyOf = (tenantId: string, id: string) => `${deps.kind}:${tenantId}:${id}`;
   const memo = new Map<string, { value: string; until: number }>();
+  /**
+   * Lookups under way, one per principal: when an answer expires, every call of that principal in
+   * the moment (2,000 WatchJob streams opened at once) shares one read of Redis and Postgres
+   * instead of each taking a pool connection, which exhausted the pool.
+   */
+  const inFlight = new Map<string, Promise<string | undefined>>();
+
+  async function lookup(key: string, tenantId: string, id: string): Promise<string | undefined> {
+    const stored = await deps.cache.redis.get(key).catch(() => null);
+    let value = stored && stored !== forgotten ? (await deps.mac.open(key, stored)) || undefined : undefined;
+    if (value === undefined) {
+      const loaded = await deps.load(tenantId, id);
+      value = loaded.value || undefined;
+      if (value !== undefined && loaded.cacheMs >= 100 && stored !== forgotten) {
+        const sealed = await deps.mac.seal(key, value);
+        const write = stored ? deps.cache.redis.eval(replaceIfUnchanged, 1, key, stored, sealed, loaded.cacheMs) : deps.cache.redis.set(key, sealed, "PX", loaded.cacheMs, "NX");
+        write.catch(() => {});
+      }
+    }
+    return value;
+  }
+
   return {
     async current(tenantId, id) {
       const key = keyOf(tenantId, id);
       const memoed = memo.get(key);
       if (memoed && memoed.until > Date.now()) return memoed.value;
-      const stored = await deps.cache.redis.get(key).catch(() => null);
-      let value = stored && stored !== forgotten ? (await deps.mac.open(key, stored)) || undefined : undefined;
-      if (value === undefined) {
-        const loaded = await deps.load(tenantId, id);
-        value = loaded.value || undefined;
-        if (value !== undefined && loaded.cacheMs >= 100 && stored !== forgotten) {
-          const sealed = await deps.mac.seal(key, value);
-          const write = stored ? deps.cache.redis.eval(replaceIfUnchanged, 1, key, stored, sealed, loaded.cacheMs) : deps.cache.redis.set(key, sealed, "PX", loaded.cacheMs, "NX");
-          write.catch(() => {});
-        }
+      let pending = inFlight.get(key);
+      if (!pending) {
+        const started: Promise<string | undefined> = lookup(key, tenantId, id).then(
+          (value) => {
+            // Memoed only if no `forget` came meanwhile (it removes the lookup from inFlight).
+            if (inFlight.get(key) === started) {
+              inFlight.delete(key);
+              if (value !== undefined) {
+                if (memo.size >= 10_000) memo.clear();
+                memo.set(key, { value, until: Date.now() + memoMs });
+              }
+            }
+            return value;
+          },
+          (error: unknown) => {
+            if (inFlight.get(key) === started) inFlight.delete(key);
+            throw error;
+          },
+        );
+        inFlight.set(key, started);
+        pending = started;
       }
-      if (value !== undefined) {
-        if (memo.size >= 10_000) memo.clear();
-        memo.set(key, { value, until: Date.now() + memoMs });
-      }
-      return value;
+      return pending;
     },
     async forget(tenantId, id) {
       const key = keyOf(tenantId, id);
       memo.delete(key);
+      // A lookup that started before the change must neither be joined by later calls nor memo its answer.
+      inFlight.delete(key);
       await deps.cache.redis.set(key, forgotten, "PX", Math.max(deps.maxCacheMs, 1000)).catch(() => deps.cache.invalidate(key));
     },
   };
