@@ -1,6 +1,6 @@
 /**
  * Per-tenant storage quotas: the bytes a tenant holds in uploads and results (tenant_storage,
- * kept by triggers in the transactions that write those rows; migration 0007) against its quota
+ * kept by triggers in the transactions that write those rows; migration 0006) against its quota
  * (tenants.storage_quota_bytes, else the deployment's default).
  */
 import type { Queryable } from "../db/index.ts";
