@@ -24,7 +24,7 @@ const write = (headers: Record<string, string>) =>
     .then(() => "ok" as const, codeOf);
 const read = (headers: Record<string, string>) => pipelines.getPipeline({ name: "pipelines/document-default" }, { headers }).then(() => "ok" as const, codeOf);
 /** A value as the cache stores it, with a MAC made with a key that is not the deployment's. */
-const wronglySealed = (value: string) => `v1.${randomBytes(32).toString("base64url")}.${value}`;
+const wronglySealed = (value: string) => `v2.${randomBytes(32).toString("base64url")}.${Date.now() + 60_000}.${value}`;
 
 t.test("forgery - an admin API-key identity written into Redis for an unknown secret mints nothing", async (t) => {
   // A real viewer key, so the forged identity names a key that exists and is active.
@@ -77,10 +77,32 @@ t.test("forgery - an entry that fails its MAC is replaced by the answer Postgres
   t.equal(await read({ authorization: `Bearer ${login.accessToken}` }), "ok");
   // The replacement is written after the answer; wait for it rather than for a time.
   let stored = await redis.get(key);
-  for (let i = 0; i < 100 && !stored?.startsWith("v1."); i++) {
+  for (let i = 0; i < 100 && !stored?.startsWith("v2."); i++) {
     await new Promise((r) => setTimeout(r, 20));
     stored = await redis.get(key);
   }
-  t.match(stored, /^v1\.[\w-]+\.\{"roles":\["viewer"\],"sessionEpoch":0\}$/, "the forged entry was replaced by a sealed, true one");
+  t.match(stored, /^v2\.[\w-]+\.\d+\.\{"roles":\["viewer"\],"sessionEpoch":0\}$/, "the forged entry was replaced by a sealed, true one");
   t.ok((await redis.pttl(key)) > 0, "with a lifetime, where the forged one had none");
+});
+
+t.test("forgery - a genuine entry saved while it was true and written back after its lifetime is refused", async (t) => {
+  const user = await auth.newUser("admin");
+  const login = await auth.client.login({ email: user.email, password: user.password });
+  const headers = { authorization: `Bearer ${login.accessToken}` };
+  const key = `user-status:${user.tenantId}:${user.name.replace("users/", "")}`;
+  t.equal(await read(headers), "ok", "works while enabled, and the check caches its sealed answer");
+  let saved = await redis.get(key);
+  for (let i = 0; i < 100 && !saved?.startsWith("v2."); i++) {
+    await new Promise((r) => setTimeout(r, 20));
+    saved = await redis.get(key);
+  }
+  t.match(saved, /^v2\./, "an entry this deployment sealed");
+  const { user: current } = await auth.client.getUser({ name: user.name }, { headers: admin });
+  await auth.client.updateUser({ user: { name: user.name, etag: current!.etag, disabled: true }, updateMask: { paths: ["disabled"] } }, { headers: admin });
+  // Past the lifetime sealed into it, the saved entry is written back for good (no TTL).
+  const expires = Number(saved!.split(".")[2]);
+  await new Promise((r) => setTimeout(r, Math.max(0, expires - Date.now()) + 100));
+  await redis.set(key, saved!);
+  await new Promise((r) => setTimeout(r, 600));
+  t.equal(await read(headers), Code.Unauthenticated, "the disabled user's token stays refused");
 });

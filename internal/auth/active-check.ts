@@ -59,7 +59,7 @@ export function createActiveCheck(deps: {
       const loaded = await deps.load(tenantId, id);
       value = loaded.value || undefined;
       if (value !== undefined && loaded.cacheMs >= 100 && stored !== forgotten) {
-        const sealed = await deps.mac.seal(key, value);
+        const sealed = await deps.mac.seal(key, value, loaded.cacheMs);
         const write = stored ? deps.cache.redis.eval(replaceIfUnchanged, 1, key, stored, sealed, loaded.cacheMs) : deps.cache.redis.set(key, sealed, "PX", loaded.cacheMs, "NX");
         write.catch(() => {});
       }

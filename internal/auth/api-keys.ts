@@ -203,7 +203,7 @@ export function createApiKeys(deps: ApiKeysDeps) {
     const ttlMs = redisTtlMs(row.expire_time);
     if (ttlMs >= 100) {
       const key = cacheKeyOf(hash);
-      cache.redis.set(key, await mac.seal(key, JSON.stringify(identity)), "PX", ttlMs).catch(() => {});
+      cache.redis.set(key, await mac.seal(key, JSON.stringify(identity), ttlMs), "PX", ttlMs).catch(() => {});
     }
     return identity;
   }

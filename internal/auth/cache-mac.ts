@@ -5,19 +5,23 @@
  * HMAC-SHA256 over its Redis key and value, under a per-deployment secret kept in Postgres (every
  * process of the mesh reads Postgres, and whoever can write Postgres already decides identity).
  * An entry whose MAC does not verify is ignored, so the caller falls through to Postgres.
+ *
+ * The MAC also covers when the entry expires, and an expired one is refused whatever Redis says
+ * of its TTL: otherwise an entry saved while it was true ("K is active", "U is an admin") could
+ * be written back after the revocation or demotion, with no TTL, and stand for ever.
  */
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import type { Queryable } from "../db/index.ts";
 
 export interface CacheMac {
-  /** `value` sealed for the Redis key `key`. */
-  seal(key: string, value: string): Promise<string>;
-  /** The value `sealed` carries when it was sealed by this deployment for `key`, else undefined. */
+  /** `value` sealed for the Redis key `key`, valid for `ttlMs` (give Redis the same TTL). */
+  seal(key: string, value: string, ttlMs: number): Promise<string>;
+  /** The value `sealed` carries when this deployment sealed it for `key` and it has not expired, else undefined. */
   open(key: string, sealed: string): Promise<string | undefined>;
 }
 
 const secretName = "identity-cache-mac";
-const version = "v1";
+const version = "v2";
 
 async function loadSecret(db: Queryable): Promise<Buffer> {
   // The first process to ask creates it; every other one reads the same row.
@@ -41,16 +45,18 @@ export function cacheMacOf(db: Queryable): CacheMac {
     });
     return secret;
   };
-  const tag = (key: Buffer, name: string, value: string) => createHmac("sha256", key).update(`${name}\n${value}`).digest();
+  const tag = (key: Buffer, name: string, expires: string, value: string) => createHmac("sha256", key).update(`${name}\n${expires}\n${value}`).digest();
   mac = {
-    async seal(name, value) {
-      return `${version}.${tag(await secretOnce(), name, value).toString("base64url")}.${value}`;
+    async seal(name, value, ttlMs) {
+      const expires = String(Date.now() + ttlMs);
+      return `${version}.${tag(await secretOnce(), name, expires, value).toString("base64url")}.${expires}.${value}`;
     },
     async open(name, sealed) {
-      const [v, given, ...rest] = sealed.split(".");
-      if (v !== version || given === undefined || rest.length === 0) return undefined;
+      const [v, given, expires, ...rest] = sealed.split(".");
+      if (v !== version || given === undefined || expires === undefined || rest.length === 0) return undefined;
+      if (!/^\d+$/.test(expires) || Number(expires) <= Date.now()) return undefined;
       const value = rest.join(".");
-      const expected = tag(await secretOnce(), name, value);
+      const expected = tag(await secretOnce(), name, expires, value);
       const actual = Buffer.from(given, "base64url");
       return actual.length === expected.length && timingSafeEqual(actual, expected) ? value : undefined;
     },
