@@ -62,6 +62,19 @@ t.test("change - a user changes its password with the current one; its other ses
   t.ok(typeof (await login(user.email, "a-new-password-1234")) === "object", "the new one does");
 });
 
+t.test("change - guessing the current password with a token is held to the login limits", async (t) => {
+  const user = await auth.newUser("viewer");
+  const session = await auth.client.login({ email: user.email, password: user.password });
+  const guesses: (Code | "ok")[] = [];
+  for (let i = 0; i < 14; i++) {
+    guesses.push(await auth.client.changePassword({ currentPassword: `guess-number-${i}`, newPassword: "a-new-password-1234" }, { headers: bearer(session.accessToken) }).then(() => "ok" as const, codeOf));
+  }
+  const limit = mesh.isolated.config.auth.loginMaxFailuresPerAccount;
+  t.same(guesses.slice(0, limit), Array(limit).fill(Code.PermissionDenied), `the first ${limit} wrong guesses are told so`);
+  t.same(guesses.slice(limit), Array(14 - limit).fill(Code.ResourceExhausted), "then the account's failure budget is spent");
+  t.equal(await login(user.email, user.password), Code.ResourceExhausted, "and it is the same budget Login counts");
+});
+
 t.test("change - an API key cannot change a password", async (t) => {
   const { secret } = await auth.client.createApiKey({ apiKey: { displayName: "no password", roles: [Role.VIEWER] } }, { headers: admin });
   const code = await auth.client.changePassword({ currentPassword: "whatever-it-is", newPassword: "a-new-password-1234" }, { headers: { "x-api-key": secret } }).catch(codeOf);

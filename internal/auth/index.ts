@@ -61,7 +61,7 @@ export async function createAuthDomain(deps: AuthDomainDeps) {
     maxFailuresPerIp: config.loginMaxFailuresPerIp,
     windowSeconds: config.loginWindowSeconds,
   });
-  const passwordChanges = createPasswordChanges({ db, passwords, sessions, userStatus });
+  const passwordChanges = createPasswordChanges({ db, passwords, sessions, userStatus, limits });
   // The first key is made now, not by the first login, so the JWKS is never empty.
   await keys.current();
 

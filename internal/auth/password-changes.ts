@@ -7,6 +7,7 @@
  */
 import type { Pool } from "../db/index.ts";
 import { UserNotFoundError, WrongCurrentPasswordError } from "./errors.ts";
+import type { LoginLimits } from "./login-limits.ts";
 import { hashPassword, type PasswordChecker } from "./passwords.ts";
 import type { Sessions, SessionTokens } from "./sessions.ts";
 import type { UserStatus } from "./user-status.ts";
@@ -17,6 +18,8 @@ export interface PasswordChangesDeps {
   passwords: PasswordChecker;
   sessions: Sessions;
   userStatus: UserStatus;
+  /** A wrong current password is a failed login: counted in the same budgets, before Argon2. */
+  limits: LoginLimits;
 }
 
 export function createPasswordChanges(deps: PasswordChangesDeps) {
@@ -38,11 +41,17 @@ export function createPasswordChanges(deps: PasswordChangesDeps) {
   }
 
   return {
-    /** The user changes its own password; the answer is its new session. */
-    async change(tenantId: string, userId: string, currentPassword: string, newPassword: string): Promise<SessionTokens> {
+    /**
+     * The user changes its own password; the answer is its new session. Guessing the current
+     * password here costs what guessing it at Login costs: a stolen access token must not be a
+     * way around the login limits to a password that ends every other session.
+     */
+    async change(tenantId: string, userId: string, currentPassword: string, newPassword: string, clientAddress: string | undefined): Promise<SessionTokens> {
       const user = await selectUser(db, tenantId, userId);
       if (!user) throw new UserNotFoundError(`users/${userId}`);
+      const reservation = await deps.limits.reserve(tenantId, user.email, clientAddress);
       if (!(await deps.passwords.check(user.password_hash, currentPassword))) throw new WrongCurrentPasswordError();
+      await reservation.release();
       return deps.sessions.start(await setPassword(tenantId, userId, newPassword));
     },
 

@@ -159,7 +159,7 @@ export function createAuthService(auth: AuthDomain, knownPermissions: readonly s
       const caller = callerOf(ctx.values);
       const userId = userIdOfSubject(caller.subject);
       if (!userId) throw new NotAUserError("ChangePassword");
-      const tokens = await auth.passwordChanges.change(caller.tenantId, userId, req.currentPassword, req.newPassword);
+      const tokens = await auth.passwordChanges.change(caller.tenantId, userId, req.currentPassword, req.newPassword, ctx.values.get(clientAddressKey));
       return create(ChangePasswordResponseSchema, sessionResponse(tokens));
     },
     async resetUserPassword(req, ctx) {
