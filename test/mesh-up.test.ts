@@ -47,7 +47,7 @@ t.test("mesh.json - readable by its owner only, with no database password", asyn
   t.equal(new URL(description.databaseUrl).password, "");
   t.equal(new URL(description.databaseUrl).pathname, withPassword.pathname, "it still names the database");
   t.equal(mesh.maskedDatabaseUrl, withPassword.href.replace(password, "***"), "the console line shows it masked");
-  t.same(description.trustedProxies, ["127.0.0.1/32", "::1/128"], "loopback, where the gateway runs, when JOBMESH_TRUSTED_PROXIES is not set");
+  t.same(description.trustedProxies, [], "no proxy is trusted when JOBMESH_TRUSTED_PROXIES is not set, not even loopback, where every local client is");
   // Where the server trusts local connections (as here and the Postgres `jobmesh up` starts with
   // its fixed development login), the URL alone still connects.
   const client = new pg.Client({ connectionString: description.databaseUrl });

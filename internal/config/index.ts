@@ -98,8 +98,7 @@ export interface ServerConfig {
   headersTimeoutMs: number;
   /**
    * CIDRs of the proxies whose x-forwarded-for names the client (the gateway); empty believes no
-   * one. Undefined when JOBMESH_TRUSTED_PROXIES is not set: `jobmesh up` then trusts loopback,
-   * where its gateway runs, and every other binary trusts no one.
+   * one. Undefined when JOBMESH_TRUSTED_PROXIES is not set: every binary then trusts no one.
    */
   trustedProxies: string[] | undefined;
 }

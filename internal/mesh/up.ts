@@ -33,12 +33,11 @@ export interface MeshDescription {
   authentication: string;
   /** The bootstrap tenant's admin; its password appears only in the console, once, when generated. */
   admin: { email: string; created: boolean };
-  /** Whose x-forwarded-for the services believe (loopback unless JOBMESH_TRUSTED_PROXIES says otherwise). */
+  /** Whose x-forwarded-for the services believe (JOBMESH_TRUSTED_PROXIES; none when unset). */
   trustedProxies: string[];
 }
 
 // The gateway will run beside `jobmesh up` on this machine and forward each client's address.
-const localProxies = ["127.0.0.1/32", "::1/128"];
 
 /** `url` without its password, and the same with the password shown as *** for the console. */
 function splitPassword(url: string): { withoutPassword: string; masked: string } {
@@ -77,7 +76,10 @@ export async function meshUp(config: Config, log: Logger, telemetry: Telemetry) 
     await stack.stop();
   };
   try {
-    const server = { ...config.server, trustedProxies: config.server.trustedProxies ?? localProxies };
+    // No proxy is trusted by default, not even loopback: every client of a local mesh connects
+    // from loopback, so trusting it would let any of them name its own address (and so escape
+    // the per-address login limits). The gateway, when it comes, must be told apart by address.
+    const server = { ...config.server, trustedProxies: config.server.trustedProxies ?? [] };
     const resolved = { ...config, databaseUrl: stack.databaseUrl, redisUrl: stack.redisUrl, natsUrl: stack.natsUrl, server };
     infra = await createInfra(resolved, log, telemetry, "mesh");
     servers.auth = await serveAuth(infra);
