@@ -1,6 +1,6 @@
 /**
  * Storage quotas: a tenant's uploads and results count against its quota; past it, uploads and
- * CreateJob with inline content are RESOURCE_EXHAUSTED naming the quota, while other tenants'
+ * every CreateJob are RESOURCE_EXHAUSTED naming the quota, while other tenants'
  * jobs run; deleting the job frees what it held. Streams and buckets carry max_bytes.
  */
 import t from "tap";
@@ -15,7 +15,8 @@ import { Code, waitForJob } from "./jobs-support.ts";
 import { startTestMesh } from "./support/mesh.ts";
 
 const quota = 256 * 1024;
-const mesh = await startTestMesh({ JOBMESH_TENANT_STORAGE_QUOTA_BYTES: String(quota) }, { jobs: true, auth: true });
+// Loopback URLs allowed, so the URL job below is refused by the quota alone, and no fetch could leave the machine.
+const mesh = await startTestMesh({ JOBMESH_TENANT_STORAGE_QUOTA_BYTES: String(quota), JOBMESH_ALLOW_LOOPBACK_FETCH: "true" }, { jobs: true, auth: true });
 t.teardown(() => mesh.close());
 const auth = mesh.auth!;
 const jobs = createClient(JobService, createGrpcTransport({ baseUrl: mesh.jobs!.url }));
@@ -61,6 +62,12 @@ t.test("quota - a tenant's upload and its job's result count; past the quota its
   const inline = await refusal(jobs.createJob({ job: { document: { source: { case: "text", value: "a small inline document" } } } }, a));
   t.equal(inline?.code, Code.ResourceExhausted, "CreateJob with inline content");
   t.match(inline?.rawMessage, /storage quota exceeded/);
+  // Each of these would store a result too: a tenant over its quota cannot run the same upload
+  // (or a URL) a thousand times to grow its results past it.
+  const again = await refusal(jobs.createJob({ job: { document: { source: { case: "upload", value: upload!.name } } } }, a));
+  t.equal(again?.code, Code.ResourceExhausted, "CreateJob of an upload already held, once over the quota");
+  const byUrl = await refusal(jobs.createJob({ job: { document: { source: { case: "url", value: "http://127.0.0.1:9/report.pdf" } } } }, a));
+  t.equal(byUrl?.code, Code.ResourceExhausted, "CreateJob of a URL, once over the quota (a loopback URL: nothing leaves this machine, whatever happens)");
   t.equal((await held()).rows, use.rows, "nothing more is held");
 });
 

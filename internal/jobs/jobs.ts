@@ -61,9 +61,11 @@ export function createJobDomain(deps: JobDomainDeps) {
    * them as this request left them (QUEUED), read before a worker can change them.
    */
   async function insert(tenantId: string, prepared: PreparedJob[]): Promise<Job[]> {
-    // Inline documents become results the tenant holds: refused up front when they would not fit.
+    // Every job stores a result the tenant holds: refused up front when the tenant is at its
+    // quota (whatever the source: an upload or a URL run again and again grows the results too),
+    // or when its inline documents would not fit.
     const inline = prepared.reduce((sum, p) => sum + (p.content?.byteLength ?? 0) + (p.text === null ? 0 : Buffer.byteLength(p.text)), 0);
-    if (inline > 0) await checkStorageQuota(db, tenantId, deps.storageQuotaBytes, inline);
+    await checkStorageQuota(db, tenantId, deps.storageQuotaBytes, inline, { room: true });
     let rows: JobRow[];
     let created: boolean[];
     if (!insertableAtOnce(prepared)) {

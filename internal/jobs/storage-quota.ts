@@ -22,10 +22,14 @@ export async function storageUseOf(db: Queryable, tenantId: string, defaultQuota
   return rows[0] ? { used: Number(rows[0].used), quota: Number(rows[0].quota) } : { used: 0, quota: defaultQuota };
 }
 
-/** Throws StorageQuotaExceededError when `adding` more bytes would pass the tenant's quota. */
-export async function checkStorageQuota(db: Queryable, tenantId: string, defaultQuota: number, adding: number): Promise<StorageUse> {
+/**
+ * Throws StorageQuotaExceededError when `adding` more bytes would pass the tenant's quota, or,
+ * with `room`, when the tenant is at its quota already (a job that will store a result of a size
+ * not known yet).
+ */
+export async function checkStorageQuota(db: Queryable, tenantId: string, defaultQuota: number, adding: number, options: { room?: boolean } = {}): Promise<StorageUse> {
   const use = await storageUseOf(db, tenantId, defaultQuota);
-  if (use.used + adding > use.quota) throw new StorageQuotaExceededError(use.quota, use.used, adding);
+  if (use.used + adding > use.quota || (options.room && use.used >= use.quota)) throw new StorageQuotaExceededError(use.quota, use.used, adding);
   return use;
 }
 
