@@ -94,6 +94,18 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
    */
   let listening: PoolClient | undefined;
   let relisten: NodeJS.Timeout | undefined;
+  // pg emits 'error' and then also rejects the query in flight: each connection is given back
+  // once, whichever comes first (pg-pool throws on a second release).
+  const released = new WeakSet<PoolClient>();
+  const releaseOnce = (client: PoolClient, error?: Error) => {
+    if (released.has(client)) return;
+    released.add(client);
+    if (listening === client) listening = undefined;
+    client.release(error);
+  };
+  const listenAgain = () => {
+    if (!stopped && !relisten) relisten = setTimeout(() => void listen(), 1_000);
+  };
   async function listen(): Promise<void> {
     relisten = undefined;
     let client: PoolClient | undefined;
@@ -106,17 +118,16 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
       });
       current.on("error", (error: Error) => {
         log.warn({ err: error }, "outbox relay lost its LISTEN connection; polling until it listens again");
-        if (listening === current) listening = undefined;
-        current.release(error);
-        if (!stopped) relisten = setTimeout(() => void listen(), 1_000);
+        releaseOnce(current, error);
+        listenAgain();
       });
       await current.query(`LISTEN ${outboxChannel}`);
-      if (stopped) return current.release();
+      if (stopped) return releaseOnce(current);
       listening = current;
     } catch (error) {
       log.warn({ err: error }, "outbox relay cannot LISTEN; polling only");
-      client?.release(error as Error);
-      if (!stopped) relisten = setTimeout(() => void listen(), 1_000);
+      if (client) releaseOnce(client, error as Error);
+      listenAgain();
     }
   }
   const listenedOnce = listen();
@@ -154,10 +165,9 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
       await listenedOnce;
       clearTimeout(relisten);
       const client = listening;
-      listening = undefined;
       if (client) {
         await client.query(`UNLISTEN ${outboxChannel}`).catch(() => {});
-        client.release();
+        releaseOnce(client);
       }
     },
   };
