@@ -21,8 +21,6 @@ export interface UserStanding {
 export interface UserStatus {
   /** The standing of the user a token names (`users/{id}`); undefined when it was deleted or disabled. */
   current(tenantId: string, subject: string): Promise<UserStanding | undefined>;
-  /** The roles the user holds now; undefined when it was deleted or disabled. */
-  currentRoles(tenantId: string, subject: string): Promise<string[] | undefined>;
   /** Forgets what is known of a user, after it was disabled, deleted, given other roles or a new password. */
   forget(tenantId: string, userId: string): Promise<void>;
 }
@@ -53,9 +51,6 @@ export function createUserStatus(deps: { db: Queryable; cache: Cache; cacheSecon
   };
   return {
     current,
-    async currentRoles(tenantId, subject) {
-      return (await current(tenantId, subject))?.roles;
-    },
     forget: (tenantId, userId) => check.forget(tenantId, userId),
   };
 }
