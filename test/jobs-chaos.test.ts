@@ -8,11 +8,11 @@
  * work stream's ack wait (30 s), so the test waits that long at least.
  */
 import t from "tap";
-import { spawn, type ChildProcess } from "node:child_process";
-import { join } from "node:path";
+import type { ChildProcess } from "node:child_process";
 import { JobEventType, JobState } from "../gen/jobmesh/v1/events_pb.js";
 import { StageAttemptOutcome } from "../gen/jobmesh/v1/jobs_pb.js";
 import { jobClient, readEventStream, signInAsAdmin } from "./jobs-support.ts";
+import { startWorkerProcess } from "./support/worker-process.ts";
 import { startTestMesh } from "./support/mesh.ts";
 
 const overrides = { JOBMESH_HEARTBEAT_TTL_MS: "1500", JOBMESH_WORKER_CONCURRENCY: "8" };
@@ -22,17 +22,11 @@ const client = jobClient(mesh.jobs!.url, await signInAsAdmin(mesh));
 
 const children = new Set<ChildProcess>();
 function startWorker(): ChildProcess {
-  const child = spawn(process.execPath, [join(import.meta.dirname, "..", "cmd", "worker", "main.ts")], {
-    env: { ...process.env, ...mesh.isolated.env, ...overrides },
-    stdio: ["ignore", "ignore", "inherit"],
-  });
+  const child = startWorkerProcess(t, { ...mesh.isolated.env, ...overrides });
   children.add(child);
   child.once("exit", () => children.delete(child));
   return child;
 }
-t.teardown(() => {
-  for (const child of children) child.kill("SIGKILL");
-});
 
 const jobCount = 200;
 const sentence = "The quarterly figures were reviewed by the finance team and approved for release.";

@@ -1,14 +1,14 @@
 import t from "tap";
-import { spawn, type ChildProcess } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
-import { join } from "node:path";
 import { JobEventType, JobState } from "../gen/jobmesh/v1/events_pb.js";
 import { StageAttemptOutcome } from "../gen/jobmesh/v1/jobs_pb.js";
 import { Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
 import { startWorkers } from "../internal/mesh/servers.ts";
 import { jobClient, signInAsAdmin, waitForJob } from "./jobs-support.ts";
 import { PROSE } from "./stages-fixtures.ts";
+import { startWorkerProcess } from "./support/worker-process.ts";
 import { startTestMesh } from "./support/mesh.ts";
 
 const overrides = { JOBMESH_ALLOW_LOOPBACK_FETCH: "true", JOBMESH_HEARTBEAT_TTL_MS: "2000" };
@@ -30,16 +30,7 @@ t.teardown(() => {
   server.close();
 });
 
-function startChildWorker(): ChildProcess {
-  const child = spawn(process.execPath, [join(import.meta.dirname, "..", "cmd", "worker", "main.ts")], {
-    env: { ...process.env, ...mesh.isolated.env, ...overrides },
-    stdio: ["ignore", "ignore", "inherit"],
-  });
-  t.teardown(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
-  });
-  return child;
-}
+const startChildWorker = (): ChildProcess => startWorkerProcess(t, { ...mesh.isolated.env, ...overrides });
 
 t.test("kill -9 of a worker mid-stage - the reaper requeues the attempt and the job finishes exactly once", async (t) => {
   const child = startChildWorker();

@@ -12,10 +12,9 @@ import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import { spawn, type ChildProcess } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
-import { join } from "node:path";
 import pg from "pg";
 import { JobState } from "../gen/jobmesh/v1/events_pb.js";
 import { StageAttemptOutcome } from "../gen/jobmesh/v1/jobs_pb.js";
@@ -23,6 +22,7 @@ import { PipelineConfigSchema, PipelineService, Stage, type StageConfigSchema } 
 import { startWorkers } from "../internal/mesh/servers.ts";
 import { jobClient, signInAsAdmin, waitForJob } from "./jobs-support.ts";
 import { PROSE } from "./stages-fixtures.ts";
+import { startWorkerProcess } from "./support/worker-process.ts";
 import { startTestMesh } from "./support/mesh.ts";
 
 // Two child worker processes start here; on a loaded machine that alone takes tens of seconds.
@@ -49,19 +49,7 @@ const oneAttempt = { maxAttempts: 1, initialBackoff: durationFromMs(50), maxBack
 const parseOnce = await pipelineOf("parse-once", [{ stage: Stage.INGEST }, { stage: Stage.DETECT }, { stage: Stage.PARSE, retry: oneAttempt }]);
 const ingestOnce = await pipelineOf("ingest-once", [{ stage: Stage.INGEST, retry: oneAttempt }, { stage: Stage.DETECT }, { stage: Stage.PARSE }]);
 
-const children = new Set<ChildProcess>();
-function startChildWorker(): ChildProcess {
-  const child = spawn(process.execPath, [join(import.meta.dirname, "..", "cmd", "worker", "main.ts")], {
-    env: { ...process.env, ...mesh.isolated.env, ...overrides },
-    stdio: ["ignore", "ignore", "inherit"],
-  });
-  children.add(child);
-  child.once("exit", () => children.delete(child));
-  return child;
-}
-t.teardown(() => {
-  for (const child of children) child.kill("SIGKILL");
-});
+const startChildWorker = (): ChildProcess => startWorkerProcess(t, { ...mesh.isolated.env, ...overrides });
 
 async function waitFor<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 60_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;

@@ -2,16 +2,16 @@
 // /readyz on JOBMESH_WORKER_METRICS_PORT: what it records about stages can be scraped from it,
 // not only from a jobs server that happens to share its process.
 import t from "tap";
-import { spawn, type ChildProcess } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { once } from "node:events";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
-import { join } from "node:path";
 import { JobState } from "../gen/jobmesh/v1/events_pb.js";
 import { StageAttemptOutcome } from "../gen/jobmesh/v1/jobs_pb.js";
 import { Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
 import { jobClient, signInAsAdmin, waitForJob } from "./jobs-support.ts";
 import { PROSE } from "./stages-fixtures.ts";
+import { startWorkerProcess } from "./support/worker-process.ts";
 import { startTestMesh } from "./support/mesh.ts";
 
 const overrides = { JOBMESH_ALLOW_LOOPBACK_FETCH: "true" };
@@ -35,13 +35,7 @@ t.teardown(() => {
 
 /** Starts the worker binary with a free metrics port; resolves with the URL it logs. */
 async function startChildWorker(): Promise<{ child: ChildProcess; metricsUrl: string; exited: Promise<unknown> }> {
-  const child = spawn(process.execPath, [join(import.meta.dirname, "..", "cmd", "worker", "main.ts")], {
-    env: { ...process.env, ...mesh.isolated.env, ...overrides, JOBMESH_WORKER_METRICS_PORT: "0", JOBMESH_LOG_LEVEL: "info" },
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  t.teardown(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
-  });
+  const child = startWorkerProcess(t, { ...mesh.isolated.env, ...overrides, JOBMESH_WORKER_METRICS_PORT: "0", JOBMESH_LOG_LEVEL: "info" }, { pipeStdout: true });
   const exited = once(child, "exit");
   const logged = new Promise<string>((resolve, reject) => {
     let buffered = "";
