@@ -55,6 +55,15 @@ export interface ApiKeyChain {
   roles: string[];
 }
 
+/**
+ * The user a chain answers to: its root when that is a user. A chain another principal started
+ * (the system's bootstrap) answers to the key check alone. Decided here once for the per-call
+ * check (rpc/identity.ts) and the exchange (verifyNow), so the two cannot drift apart.
+ */
+export function rootUserOf(chain: ApiKeyChain): string | undefined {
+  return chain.creator.startsWith("users/") ? chain.creator : undefined;
+}
+
 /** The caller an API key stands for. */
 export interface ApiKeyIdentity extends TokenSubject {
   expireTime: Date | null;
@@ -318,8 +327,9 @@ export function createApiKeys(deps: ApiKeysDeps) {
       const loaded = await loadChain(identity.tenantId, apiKeyIdOf(identity.subject));
       if (!loaded) throw new InvalidTokenError("API key");
       let roles = cappedRoles(identity.roles, loaded.chain.roles);
-      if (loaded.chain.creator.startsWith("users/")) {
-        const standing = await loadUserStanding(db, identity.tenantId, loaded.chain.creator.slice("users/".length));
+      const rootUser = rootUserOf(loaded.chain);
+      if (rootUser) {
+        const standing = await loadUserStanding(db, identity.tenantId, rootUser.slice("users/".length));
         if (!standing) throw new InvalidTokenError("API key");
         roles = cappedRoles(roles, standing.roles);
       }

@@ -21,7 +21,7 @@ import { createUserStatus } from "./user-status.ts";
 import { createUsers, selectUsersByEmail, type UserFields } from "./users.ts";
 
 export { ensureAdmin, type BootstrapAdmin } from "./bootstrap.ts";
-export { apiKeyPattern, createApiKeys, type ApiKeyChain, type ApiKeyIdentity, type ApiKeys } from "./api-keys.ts";
+export { apiKeyPattern, createApiKeys, rootUserOf, type ApiKeyChain, type ApiKeyIdentity, type ApiKeys } from "./api-keys.ts";
 export * from "./errors.ts";
 export * from "./roles.ts";
 export { loadPublicJwks } from "./signing-keys.ts";

@@ -20,6 +20,7 @@ import {
   MissingPermissionError,
   NoCredentialsError,
   InvalidTokenError,
+  rootUserOf,
   type ApiKeyChain,
   type ApiKeyIdentity,
   type TokenVerifier,
@@ -94,8 +95,7 @@ export function createIdentityInterceptors(options: IdentityOptions): Intercepto
       const chain = await options.apiKeys.chainOf(who.tenantId, who.subject);
       if (chain === undefined) throw refused();
       roles = cappedRoles(roles, chain.roles);
-      // Chains started by another principal (the system) answer to the key check alone.
-      if (chain.creator.startsWith("users/")) user = chain.creator;
+      user = rootUserOf(chain);
     }
     if (user) {
       const standing = await options.users.current(who.tenantId, user);
