@@ -13,9 +13,7 @@ import { ServerReflection } from "../gen/grpc/reflection/v1/reflection_pb.js";
 import { AuthService, Role } from "../gen/jobmesh/v1/auth_pb.js";
 import { JobService } from "../gen/jobmesh/v1/jobs_pb.js";
 import { PipelineService } from "../gen/jobmesh/v1/pipelines_pb.js";
-import { decide, type Decision, type RoleName } from "../internal/auth/index.ts";
-import { accessRuleOf } from "../internal/rpc/authz.ts";
-import { meshServices } from "../internal/rpc/identity.ts";
+import { accessRuleOf, decide, meshServices, type Decision, type RoleName } from "../internal/contract/index.ts";
 import { startTestMesh } from "./support/mesh.ts";
 
 type Needs = "public" | RoleName;

@@ -12,6 +12,8 @@ import { create, createFileRegistry, setExtension } from "@bufbuild/protobuf";
 import { file_google_protobuf_empty, FileDescriptorProtoSchema, MethodOptionsSchema } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { file_google_api_annotations, http } from "../gen/google/api/annotations_pb.js";
+import { HttpRuleSchema } from "../gen/google/api/http_pb.js";
 import { AuditService } from "../gen/jobmesh/v1/audit_pb.js";
 import { AuthService } from "../gen/jobmesh/v1/auth_pb.js";
 import { JobService } from "../gen/jobmesh/v1/jobs_pb.js";
@@ -22,7 +24,7 @@ import { loadConfig } from "../internal/config/index.ts";
 import { freePort } from "../internal/devstack/server-process.ts";
 import { createInfra } from "../internal/mesh/infra.ts";
 import { serveAuth } from "../internal/mesh/servers.ts";
-import { accessRulesOf, MissingAuthzRuleError } from "../internal/rpc/authz.ts";
+import { accessRulesOf, httpBindingsOfServices, MissingAuthzRuleError, MissingHttpRuleError } from "../internal/contract/index.ts";
 import { startRpcServer } from "../internal/rpc/server.ts";
 import { createLogger, startTelemetry } from "../internal/telemetry/index.ts";
 import { createTestAuth } from "./support/auth.ts";
@@ -230,23 +232,28 @@ t.test("start - a database that does not answer exits 1 with one stderr line", a
 
 // ---- default deny -------------------------------------------------------------------------------
 
-/** A service whose methods carry the given authz rules (undefined: no option at all). */
-function serviceWith(rules: Record<string, { permission?: string; public?: boolean } | undefined>) {
+/**
+ * A service whose methods carry the given authz rules (undefined: no option at all), and an http
+ * rule each unless named in `withoutHttp`.
+ */
+function serviceWith(rules: Record<string, { permission?: string; public?: boolean } | undefined>, withoutHttp: string[] = []) {
   const method = Object.entries(rules).map(([name, rule]) => {
     const options = create(MethodOptionsSchema);
     if (rule) setExtension(options, authz, create(AuthzRuleSchema, rule));
+    if (!withoutHttp.includes(name)) setExtension(options, http, create(HttpRuleSchema, { pattern: { case: "post", value: `/v1/things:${name}` }, body: "*" }));
     return { name, inputType: ".google.protobuf.Empty", outputType: ".google.protobuf.Empty", options };
   });
   const file = create(FileDescriptorProtoSchema, {
     name: "lifecycle/v1/guarded.proto",
     package: "lifecycle.v1",
     syntax: "proto3",
-    dependency: ["google/protobuf/empty.proto", "jobmesh/v1/options.proto"],
+    dependency: ["google/protobuf/empty.proto", "jobmesh/v1/options.proto", "google/api/annotations.proto"],
     service: [{ name: "GuardedService", method }],
   });
   const deps = new Map([
     ["google/protobuf/empty.proto", file_google_protobuf_empty],
     ["jobmesh/v1/options.proto", file_jobmesh_v1_options],
+    ["google/api/annotations.proto", file_google_api_annotations],
   ]);
   const service = createFileRegistry(file, (name) => deps.get(name)).getService("lifecycle.v1.GuardedService");
   if (!service) throw new Error("the test descriptor did not link");
@@ -295,6 +302,42 @@ t.test("authz - startRpcServer refuses to start, and never listens, when a metho
   });
   await t.rejects(starting, MissingAuthzRuleError);
   await t.rejects(starting, { message: /lifecycle\.v1\.GuardedService\.Forgotten: no authz option/ });
+  const refused = await new Promise<boolean>((resolve) => {
+    const socket = net.connect(port, "127.0.0.1");
+    socket.once("connect", () => (socket.destroy(), resolve(false)));
+    socket.once("error", () => resolve(true));
+  });
+  t.ok(refused, "nothing listens on the port");
+});
+
+t.test("http rules - every RPC of every contract is reachable over REST", async (t) => {
+  const services = [PipelineService, JobService, AuthService, AuditService, WebhookService];
+  const bindings = httpBindingsOfServices(services);
+  t.equal(new Set(bindings.map((b) => b.method)).size, services.reduce((n, s) => n + s.methods.length, 0));
+  const cancel = bindings.find((b) => b.method.name === "CancelJob");
+  t.match(cancel, { verb: "POST", path: "/v1/{name=jobs/*}:cancel", body: "*", responseBody: "" });
+});
+
+t.test("http rules - startRpcServer refuses to start, and never listens, when a method has no http rule", async (t) => {
+  const port = await freePort();
+  const telemetry = startTelemetry({ serviceName: "lifecycle-test" });
+  t.teardown(() => telemetry.shutdown());
+  const service = serviceWith({ Read: { permission: "things.get" }, Unrouted: { permission: "things.get" } }, ["Unrouted"]);
+  const starting = startRpcServer({
+    name: "guarded",
+    host: "127.0.0.1",
+    port,
+    services: [{ service, register: () => {} }],
+    log: createLogger({ name: "lifecycle-test", level: "silent" }),
+    telemetry,
+    readiness: {},
+    identity: [],
+    maxMessageBytes: 1 << 20,
+    shutdownGraceMs: 0,
+    server: loadConfig({}).server,
+  });
+  await t.rejects(starting, MissingHttpRuleError);
+  await t.rejects(starting, { message: /lifecycle\.v1\.GuardedService\.Unrouted: no google\.api\.http option/ });
   const refused = await new Promise<boolean>((resolve) => {
     const socket = net.connect(port, "127.0.0.1");
     socket.once("connect", () => (socket.destroy(), resolve(false)));

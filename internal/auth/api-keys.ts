@@ -20,7 +20,7 @@ import type { Logger } from "../telemetry/index.ts";
 import { createActiveCheck } from "./active-check.ts";
 import { cacheMacOf } from "./cache-mac.ts";
 import { ApiKeyNotFoundError, InvalidTokenError } from "./errors.ts";
-import { cappedRoles, roleEnum, type RoleName } from "./roles.ts";
+import { cappedRoles, roleEnum, type RoleName } from "../contract/roles.ts";
 import type { TokenSubject } from "./tokens.ts";
 import { loadUserStanding } from "./user-status.ts";
 import { newId } from "./users.ts";

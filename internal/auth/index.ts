@@ -23,7 +23,6 @@ import { createUsers, selectUsersByEmail, type UserFields } from "./users.ts";
 export { ensureAdmin, type BootstrapAdmin } from "./bootstrap.ts";
 export { apiKeyPattern, createApiKeys, rootUserOf, type ApiKeyChain, type ApiKeyIdentity, type ApiKeys } from "./api-keys.ts";
 export * from "./errors.ts";
-export * from "./roles.ts";
 export { loadPublicJwks } from "./signing-keys.ts";
 export { createTokenVerifier, type TokenVerifier, type VerifiedToken } from "./tokens.ts";
 export { createUserStatus, type UserStanding, type UserStatus } from "./user-status.ts";

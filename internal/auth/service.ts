@@ -35,7 +35,7 @@ import { credentialKey } from "../rpc/identity.ts";
 import { toApiKey } from "./api-keys.ts";
 import { NotAUserError, RolesExceedCreatorError, TooManyLoginAttemptsError } from "./errors.ts";
 import type { AuthDomain } from "./index.ts";
-import { permissionsOf, roleEnum, rolesOrViewer, rolesWithin } from "./roles.ts";
+import { permissionsOf, roleEnum, rolesOrViewer, rolesWithin } from "../contract/roles.ts";
 import type { SessionTokens } from "./sessions.ts";
 import { toUser } from "./users.ts";
 

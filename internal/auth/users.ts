@@ -11,7 +11,7 @@ import { keysetSql, pageSizeOf, parseFilter, parseOrderBy, splitPage, type Keyse
 import { InvalidArgumentError } from "../errors/index.ts";
 import { StaleUserEtagError, UserExistsError, UserNotFoundError } from "./errors.ts";
 import { hashPassword } from "./passwords.ts";
-import { roleEnum, type RoleName } from "./roles.ts";
+import { roleEnum, type RoleName } from "../contract/roles.ts";
 
 export interface UserRow {
   tenant_id: string;

@@ -7,9 +7,9 @@ import { createApiKeys, createAuthDomain, createTokenVerifier, createUserStatus,
 import { AuthService, createAuthService } from "../auth/service.ts";
 import { createPipelineDomain } from "../pipelines/pipelines.ts";
 import { createPipelineService, PipelineService } from "../pipelines/service.ts";
-import { accessRulesOf } from "../rpc/authz.ts";
+import { accessRulesOf, meshServices, permissionsNamedBy } from "../contract/index.ts";
 import { createBootstrapTenantInterceptor } from "../rpc/bootstrap-tenant.ts";
-import { createIdentityInterceptors, createRemoteJwksLoader, meshServices } from "../rpc/identity.ts";
+import { createIdentityInterceptors, createRemoteJwksLoader } from "../rpc/identity.ts";
 import { bindService, startRpcServer, type RpcServer, type RpcServerOptions } from "../rpc/server.ts";
 import { createJobDomain } from "../jobs/jobs.ts";
 import { registerQueueDepth } from "../jobs/metrics.ts";
@@ -201,12 +201,11 @@ export async function startWorkers(infra: Infra, options: StartWorkersOptions = 
 /** AuthService always enforces identity: user and key management open to anyone would be a takeover. */
 export async function serveAuth(infra: Infra, port = infra.config.ports.auth): Promise<RpcServer> {
   const auth = await createAuthDomain({ db: infra.db, cache: infra.cache, pageTokens: infra.pageTokens, log: infra.log, config: infra.config.auth });
-  const knownPermissions = [...accessRulesOf([...meshServices]).values()].flatMap((r) => (r.kind === "permission" ? [r.permission] : []));
   return startRpcServer({
     name: "auth",
     host: infra.config.host,
     port,
-    services: [bindService(AuthService, createAuthService(auth, knownPermissions))],
+    services: [bindService(AuthService, createAuthService(auth, permissionsNamedBy(meshServices)))],
     log: infra.log,
     telemetry: infra.telemetry,
     readiness: infra.readiness,

@@ -8,15 +8,9 @@ import type { DescService } from "@bufbuild/protobuf";
 import { createClient, createContextKey, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import type { JWK } from "jose";
-import { AuditService } from "../../gen/jobmesh/v1/audit_pb.js";
 import { AuthService } from "../../gen/jobmesh/v1/auth_pb.js";
-import { JobService } from "../../gen/jobmesh/v1/jobs_pb.js";
-import { PipelineService } from "../../gen/jobmesh/v1/pipelines_pb.js";
-import { WebhookService } from "../../gen/jobmesh/v1/webhooks_pb.js";
 import {
   apiKeyPattern,
-  cappedRoles,
-  decide,
   MissingPermissionError,
   NoCredentialsError,
   InvalidTokenError,
@@ -26,11 +20,8 @@ import {
   type TokenVerifier,
   type UserStanding,
 } from "../auth/index.ts";
-import type { AccessRule } from "./authz.ts";
+import { cappedRoles, decide, type AccessRule } from "../contract/index.ts";
 import { callerKey } from "./context.ts";
-
-/** Every service of the mesh, as generated: the role × RPC matrix and the permission list come from these. */
-export const meshServices: readonly DescService[] = [JobService, PipelineService, AuthService, AuditService, WebhookService];
 
 /** How the caller proved who it is, for GetCurrentIdentity. */
 export interface Credential {

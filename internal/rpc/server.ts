@@ -15,7 +15,7 @@ import http2 from "node:http2";
 import net from "node:net";
 import type { ServerConfig } from "../config/index.ts";
 import type { Logger, Telemetry } from "../telemetry/index.ts";
-import { accessRulesOf } from "./authz.ts";
+import { accessRulesOf, httpBindingsOfServices } from "../contract/index.ts";
 import { clientAddressKey, createClientAddressResolver } from "./client-address.ts";
 import { peerAddressKey } from "./context.ts";
 import { createErrorInterceptor } from "./errors.ts";
@@ -74,8 +74,10 @@ export async function startRpcServer(options: RpcServerOptions): Promise<RpcServ
   const limits = options.server;
   const clientAddressOf = createClientAddressResolver(limits.trustedProxies ?? []);
   const descriptors = options.services.map((s) => s.service);
-  // Default deny: throws, naming the method, if any RPC lacks its authz rule.
+  // Default deny: throws, naming the method, if any RPC lacks its authz rule; and every RPC is
+  // reachable over REST through the gateway, so one without an http rule is refused as well.
   accessRulesOf(descriptors);
+  httpBindingsOfServices(descriptors);
 
   const health = createHealth({ services: descriptors.map((s) => s.typeName), status: "NOT_SERVING" });
   const readiness = createReadiness(options.readiness, health, log);

@@ -7,7 +7,8 @@ import { createClient, type Client, type Interceptor } from "@connectrpc/connect
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { randomBytes } from "node:crypto";
 import { AuthService, Role } from "../../gen/jobmesh/v1/auth_pb.js";
-import { ensureAdmin, type RoleName } from "../../internal/auth/index.ts";
+import { ensureAdmin } from "../../internal/auth/index.ts";
+import type { RoleName } from "../../internal/contract/index.ts";
 import { ensureTenant } from "../../internal/db/index.ts";
 import type { Infra } from "../../internal/mesh/infra.ts";
 import type { RpcServer } from "../../internal/rpc/server.ts";

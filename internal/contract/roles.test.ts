@@ -1,5 +1,6 @@
 import t from "tap";
-import { cappedRoles, decide, grants, permissionsOf, rolesWithin } from "./roles.ts";
+import { decide } from "./access.ts";
+import { cappedRoles, grants, permissionsOf, rolesWithin } from "./roles.ts";
 
 void t.test("roles - each role includes the ones before it", async (t) => {
   t.ok(grants(["viewer"], "jobs.get"));

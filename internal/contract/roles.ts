@@ -1,8 +1,9 @@
 /**
- * The one table that turns roles into permissions, and the one decision every service makes
- * with it. Permissions are the `(jobmesh.v1.authz)` strings of the protos ("jobs.create");
- * an entry "users.*" grants every permission of the resource.
+ * The one table that turns roles into permissions; access.ts decides calls with it. Permissions
+ * are the `(jobmesh.v1.authz)` strings of the protos ("jobs.create"); an entry "users.*" grants
+ * every permission of the resource.
  */
+// @deno-types="../../gen/jobmesh/v1/auth_pb.d.ts"
 import { Role } from "../../gen/jobmesh/v1/auth_pb.js";
 
 export type RoleName = "viewer" | "operator" | "admin";
@@ -55,19 +56,6 @@ export function cappedRoles(token: readonly string[], held: readonly string[]): 
   const heldTop = highestRole(held);
   if (!tokenTop || !heldTop) return [];
   return [roleNames[Math.min(roleNames.indexOf(tokenTop), roleNames.indexOf(heldTop))]];
-}
-
-/** What a method requires (mirrors internal/rpc/authz.ts's AccessRule, without the transport). */
-export type Requirement = { kind: "public" } | { kind: "permission"; permission: string };
-
-/** The outcome of one access decision. */
-export type Decision = "allow" | "unauthenticated" | "permission_denied";
-
-/** Decides a call: public passes; otherwise a caller is needed, and a role that grants the permission. */
-export function decide(requirement: Requirement, roles: readonly string[] | undefined): Decision {
-  if (requirement.kind === "public") return "allow";
-  if (roles === undefined) return "unauthenticated";
-  return grants(roles, requirement.permission) ? "allow" : "permission_denied";
 }
 
 const byEnum: Record<number, RoleName> = { [Role.VIEWER]: "viewer", [Role.OPERATOR]: "operator", [Role.ADMIN]: "admin" };
