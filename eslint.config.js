@@ -3,7 +3,7 @@
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["gen/**", "node_modules/**", ".jobmesh/**", ".tap/**"] },
+  { ignores: ["gen/**", "node_modules/**", ".jobmesh/**", ".tap/**", "cmd/gateway/**", "internal/**/*_test.ts"] },
   {
     // tap's top-level t.test() promises are awaited by tap itself.
     files: ["cmd/**/*.ts", "internal/**/*.ts", "scripts/**/*.ts", "bench/**/*.ts"],
@@ -17,7 +17,7 @@ export default tseslint.config(
   {
     // Domain code: no Connect. Only internal/rpc and the service handlers speak the transport.
     files: ["internal/**/*.ts"],
-    ignores: ["internal/rpc/**", "internal/**/service.ts", "internal/mesh/**"],
+    ignores: ["internal/rpc/**", "internal/**/service.ts", "internal/mesh/**", "internal/gateway/**"],
     rules: {
       "no-restricted-imports": ["error", {
         paths: [{ name: "@connectrpc/connect", message: "domain code throws named errors; only internal/rpc and service.ts import Connect" }],
