@@ -19,13 +19,12 @@ import { keysetSql, pageSizeOf, parseFilter, parseOrderBy, splitPage, type Keyse
 import type { Logger } from "../telemetry/index.ts";
 import { createActiveCheck } from "./active-check.ts";
 import { cacheMacOf } from "./cache-mac.ts";
+import { apiKeyPattern } from "./credentials.ts";
 import { ApiKeyNotFoundError, InvalidTokenError } from "./errors.ts";
 import { cappedRoles, roleEnum, type RoleName } from "../contract/roles.ts";
 import type { TokenSubject } from "./tokens.ts";
 import { loadUserStanding } from "./user-status.ts";
 import { newId } from "./users.ts";
-
-export const apiKeyPattern = /^jmk_[a-z0-9]{8}_[A-Za-z0-9]{43}$/;
 
 export interface ApiKeyRow {
   tenant_id: string;

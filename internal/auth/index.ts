@@ -21,10 +21,11 @@ import { createUserStatus } from "./user-status.ts";
 import { createUsers, selectUsersByEmail, type UserFields } from "./users.ts";
 
 export { ensureAdmin, type BootstrapAdmin } from "./bootstrap.ts";
-export { apiKeyPattern, createApiKeys, rootUserOf, type ApiKeyChain, type ApiKeyIdentity, type ApiKeys } from "./api-keys.ts";
+export { createApiKeys, rootUserOf, type ApiKeyChain, type ApiKeyIdentity, type ApiKeys } from "./api-keys.ts";
+export { apiKeyPattern, credentialOf, type PresentedCredential } from "./credentials.ts";
 export * from "./errors.ts";
 export { loadPublicJwks } from "./signing-keys.ts";
-export { createTokenVerifier, type TokenVerifier, type VerifiedToken } from "./tokens.ts";
+export { createTokenVerifier, type TokenVerifier, type VerifiedToken } from "./token-verifier.ts";
 export { createUserStatus, type UserStanding, type UserStatus } from "./user-status.ts";
 
 export interface AuthDomainDeps {

@@ -11,8 +11,9 @@ import { createCipheriv, createDecipheriv, randomBytes, randomUUID } from "node:
 import { link, mkdir, readFile, unlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { inTransaction, type Pool, type Queryable } from "../db/index.ts";
+import { signingAlg } from "./token-verifier.ts";
 
-export const signingAlg = "EdDSA";
+export { signingAlg };
 /** Tolerated clock difference between the signer and a verifier. */
 export const clockSkewSeconds = 60;
 

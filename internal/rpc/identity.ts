@@ -10,7 +10,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import type { JWK } from "jose";
 import { AuthService } from "../../gen/jobmesh/v1/auth_pb.js";
 import {
-  apiKeyPattern,
+  credentialOf,
   MissingPermissionError,
   NoCredentialsError,
   InvalidTokenError,
@@ -42,19 +42,6 @@ export interface IdentityOptions {
   apiKeys: { verify(secret: string): Promise<ApiKeyIdentity>; chainOf(tenantId: string, name: string): Promise<ApiKeyChain | undefined> };
   /** The roles and session epoch of the user a token names now; undefined when disabled or deleted. */
   users: { current(tenantId: string, subject: string): Promise<UserStanding | undefined> };
-}
-
-/** The credential a request carries: a bearer token, or an API key (header or bearer). */
-export function credentialOf(header: Headers): { kind: "token" | "api_key"; value: string } | undefined {
-  const authorization = header.get("authorization");
-  if (authorization !== null) {
-    const match = /^Bearer\s+(\S+)\s*$/i.exec(authorization);
-    if (!match) throw new InvalidTokenError("authorization header");
-    return { kind: apiKeyPattern.test(match[1]) ? "api_key" : "token", value: match[1] };
-  }
-  const apiKey = header.get("x-api-key");
-  if (apiKey !== null) return { kind: "api_key", value: apiKey.trim() };
-  return undefined;
 }
 
 export function createIdentityInterceptors(options: IdentityOptions): Interceptor[] {
