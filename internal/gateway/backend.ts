@@ -1,0 +1,143 @@
+/**
+ * The gateway's calls to the services: Connect (binary) over fetch, one transport per service
+ * process, plus the raw pass-through of Connect and gRPC-Web requests. What travels with every
+ * call is decided here once: the caller's credential (the service checks it again), the request
+ * id, the trace context, the user agent and the client's address in x-forwarded-for (which the
+ * services believe only from JOBMESH_TRUSTED_PROXIES, i.e. from this gateway).
+ */
+import type { DescMethod, DescMethodStreaming, DescMethodUnary, DescService, Message } from "@bufbuild/protobuf";
+import { Code, ConnectError, type Transport } from "@connectrpc/connect";
+import { createFetchClient } from "@connectrpc/connect/protocol";
+import { createTransport } from "@connectrpc/connect/protocol-connect";
+import { serviceNames } from "../contract/index.ts";
+
+export type BackendName = "jobs" | "pipelines" | "auth" | "audit" | "webhooks";
+
+/** What one backend call carries besides its message. */
+export interface BackendCall {
+  /** From forwardedHeaders(). */
+  headers: Headers;
+  signal: AbortSignal;
+  /** The call's deadline; undefined for none (a long watch). */
+  timeoutMs: number | undefined;
+}
+
+export interface Backends {
+  /** The base URL serving `service`, or undefined when this mesh does not serve it. */
+  urlOf(service: DescService): string | undefined;
+  unary(method: DescMethod, input: Message, call: BackendCall): Promise<Message>;
+  /** A server-streaming call (one input) or a client-streaming one (many inputs, one output message in the stream). */
+  stream(method: DescMethod, inputs: AsyncIterable<Message>, call: BackendCall): Promise<AsyncIterable<Message>>;
+  /** Forwards a Connect or gRPC-Web request as it is, body streamed both ways. */
+  passthrough(req: Request, service: DescService, call: BackendCall): Promise<Response>;
+}
+
+export interface BackendDeps {
+  urls: Record<BackendName, string>;
+  /** fetch bound to the gateway's HTTP client (keep-alive pool, source address). */
+  fetch: typeof fetch;
+  /** Largest message read from or written to a service. */
+  maxMessageBytes: number;
+}
+
+/** Headers a request carries on to the services; everything else stays at the edge. */
+const carriedHeaders = ["authorization", "x-api-key", "traceparent", "tracestate", "user-agent"];
+
+/** The headers every backend call sends: the carried ones, the request id and the client address. */
+export function forwardedHeaders(req: Request, requestId: string, clientAddress: string | undefined): Headers {
+  const headers = new Headers();
+  for (const name of carriedHeaders) {
+    const value = req.headers.get(name);
+    if (value !== null) headers.set(name, value);
+  }
+  headers.set("x-request-id", requestId);
+  // One hop, resolved here: what a client wrote into x-forwarded-for was already weighed against
+  // the gateway's own trusted proxies, and is not passed on for a service to misread.
+  if (clientAddress) headers.set("x-forwarded-for", clientAddress);
+  return headers;
+}
+
+/** Pass-through requests drop these: hop-by-hop, or set by this hop. */
+const droppedOnPassthrough = new Set(["host", "connection", "keep-alive", "transfer-encoding", "upgrade", "proxy-connection", "te", "x-forwarded-for", "x-request-id", "content-length"]);
+
+export function createBackends(deps: BackendDeps): Backends {
+  const transports = new Map<string, Transport>();
+  const httpClient = createFetchClient(deps.fetch);
+
+  function baseUrlOf(service: DescService): string {
+    const name = serviceNames[service.typeName];
+    const url = name ? deps.urls[name] : "";
+    if (!url) throw new ConnectError(`${service.typeName} is not served by this mesh`, Code.Unimplemented);
+    return url;
+  }
+
+  function transportOf(service: DescService): Transport {
+    const baseUrl = baseUrlOf(service);
+    let transport = transports.get(baseUrl);
+    if (!transport) {
+      transport = createTransport({
+        httpClient,
+        baseUrl,
+        useBinaryFormat: true,
+        interceptors: [],
+        acceptCompression: [],
+        sendCompression: null,
+        compressMinBytes: Number.MAX_SAFE_INTEGER,
+        readMaxBytes: deps.maxMessageBytes,
+        writeMaxBytes: deps.maxMessageBytes,
+      });
+      transports.set(baseUrl, transport);
+    }
+    return transport;
+  }
+
+  return {
+    urlOf(service) {
+      const name = serviceNames[service.typeName];
+      return (name && deps.urls[name]) || undefined;
+    },
+    async unary(method, input, call) {
+      if (method.methodKind !== "unary") throw new ConnectError(`${method.name} is not unary`, Code.Internal);
+      const response = await transportOf(method.parent).unary(method as DescMethodUnary, call.signal, call.timeoutMs, call.headers, input, undefined);
+      return response.message;
+    },
+    async stream(method, inputs, call) {
+      if (method.methodKind === "unary") throw new ConnectError(`${method.name} is not streaming`, Code.Internal);
+      const response = await transportOf(method.parent).stream(method as DescMethodStreaming, call.signal, call.timeoutMs, call.headers, inputs, undefined);
+      return response.message;
+    },
+    async passthrough(req, service, call) {
+      const url = new URL(req.url);
+      const headers = new Headers();
+      req.headers.forEach((value, name) => {
+        if (!droppedOnPassthrough.has(name)) headers.set(name, value);
+      });
+      call.headers.forEach((value, name) => headers.set(name, value));
+      const upstream = await deps.fetch(baseUrlOf(service) + url.pathname + url.search, {
+        method: req.method,
+        headers,
+        body: req.body,
+        signal: call.signal,
+        // A streamed request body (Connect client streaming) needs half duplex.
+        ...(req.body ? { duplex: "half" } : {}),
+      } as RequestInit);
+      const answer = new Headers(upstream.headers);
+      for (const name of ["connection", "keep-alive", "transfer-encoding"]) answer.delete(name);
+      return new Response(upstream.body, { status: upstream.status, statusText: upstream.statusText, headers: answer });
+    },
+  };
+}
+
+/**
+ * The deadline a request asks for in its `grpc-timeout` header ("5S", "250m", "1H"; units
+ * H M S m u n as gRPC defines them), capped at `maxMs`; `fallback` when it names none.
+ * A malformed value is refused rather than ignored: a client that set one expects it kept.
+ */
+export function deadlineOf(headers: Headers, fallback: number | undefined, maxMs: number): number | undefined {
+  const raw = headers.get("grpc-timeout");
+  if (raw === null) return fallback;
+  const match = /^(\d{1,8})([HMSmun])$/.exec(raw.trim());
+  if (!match) throw new ConnectError(`header grpc-timeout must be digits and a unit (H, M, S, m, u, n), e.g. "5S", got "${raw}"`, Code.InvalidArgument);
+  const perUnitMs: Record<string, number> = { H: 3_600_000, M: 60_000, S: 1_000, m: 1, u: 0.001, n: 0.000001 };
+  return Math.min(maxMs, Math.max(1, Math.ceil(Number(match[1]) * perUnitMs[match[2]!]!)));
+}
