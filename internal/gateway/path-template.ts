@@ -117,8 +117,9 @@ function splitOutsideBraces(text: string): string[] {
  * Values are percent-decoded segment by segment; a variable over several segments keeps its "/"
  * separators ("jobs/abc"). Refused (undefined), whatever the template: "." or ".." segments
  * (encoded or not), empty segments and malformed percent-encoding. A "%2F" would let a client
- * smuggle a separator into a value: a single-segment variable refuses it, and a multi-segment one
- * keeps it encoded (http.proto's rule for `{x=**}`), so it never becomes a separator.
+ * smuggle a separator into a value: a segment matched by a literal or "*" refuses it, and one
+ * matched by "**" keeps it encoded (http.proto's rule for multi-segment variables), so it never
+ * becomes a separator.
  */
 export function matchPathTemplate(t: PathTemplate, pathname: string): Map<string, string> | undefined {
   if (!pathname.startsWith("/")) return undefined;
@@ -146,16 +147,15 @@ export function matchPathTemplate(t: PathTemplate, pathname: string): Map<string
 
   const variables = new Map<string, string>();
   for (const variable of t.variables) {
-    const single = variable.end - variable.start === 1 && segments[variable.start]!.kind !== "deep_wildcard";
-    if (single) {
-      const value = decoded[variable.start]!;
-      if (value.includes("/")) return undefined;
-      variables.set(variable.fieldPath, value);
-      continue;
-    }
     const end = deep && variable.end === segments.length ? raw.length : variable.end;
-    const parts = raw.slice(variable.start, end).map(decodeKeepingSlash);
-    if (parts.includes(undefined)) return undefined;
+    const parts: string[] = [];
+    for (let i = variable.start; i < end; i++) {
+      // Segments past the template's last one were taken by its trailing "**".
+      const kind = i < segments.length ? segments[i]!.kind : "deep_wildcard";
+      const part = kind === "deep_wildcard" ? decodeKeepingSlash(raw[i]!) : decoded[i]!;
+      if (part === undefined || (kind !== "deep_wildcard" && part.includes("/"))) return undefined;
+      parts.push(part);
+    }
     variables.set(variable.fieldPath, parts.join("/"));
   }
   return variables;

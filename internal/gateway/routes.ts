@@ -1,0 +1,105 @@
+/**
+ * The gateway's route table, built at start-up from the http bindings of the services (no route
+ * is written by hand). A request path picks the most specific template that matches it; then the
+ * verb either finds its binding there or the answer is 405 with the verbs that template allows.
+ */
+import { ScalarType, type DescMessage } from "@bufbuild/protobuf";
+import type { HttpBinding } from "../contract/index.ts";
+import { matchPathTemplate, parsePathTemplate, type PathTemplate } from "./path-template.ts";
+
+export type RouteMatch =
+  | { kind: "match"; binding: HttpBinding; template: PathTemplate; variables: Map<string, string> }
+  | { kind: "not_found" }
+  /** The path exists but not for this verb: answer 405 with `Allow: allow.join(", ")`. */
+  | { kind: "method_not_allowed"; allow: string[] };
+
+export interface RouteTable {
+  match(verb: string, pathname: string): RouteMatch;
+  routes: readonly { binding: HttpBinding; template: PathTemplate }[];
+}
+
+interface Route {
+  binding: HttpBinding;
+  template: PathTemplate;
+  /** Templates with the same shape (ignoring variable names) match the same paths. */
+  shape: string;
+}
+
+/**
+ * Builds the table. Throws when two bindings share a verb and a template shape (one of them could
+ * never be reached), or when a path variable does not name a string field of the request.
+ * HEAD is answered by the GET route of the path.
+ */
+export function createRouteTable(bindings: readonly HttpBinding[]): RouteTable {
+  const routes: Route[] = [];
+  for (const binding of bindings) {
+    const template = parsePathTemplate(binding.path);
+    for (const variable of template.variables) checkVariableField(binding, variable.fieldPath);
+    const shape = shapeOf(template);
+    const clash = routes.find((r) => r.binding.verb === binding.verb && r.shape === shape);
+    if (clash) {
+      throw new Error(`${binding.verb} ${binding.path} (${binding.method.parent.typeName}.${binding.method.name}) clashes with ${clash.binding.verb} ${clash.binding.path} (${clash.binding.method.parent.typeName}.${clash.binding.method.name})`);
+    }
+    routes.push({ binding, template, shape });
+  }
+
+  return {
+    routes: routes.map(({ binding, template }) => ({ binding, template })),
+    match(verb, pathname) {
+      // The most specific matching templates decide, whatever their verb: "GET /v1/jobs/x:cancel"
+      // is a 405 for the :cancel route, not a GetJob of a job named "x:cancel".
+      let best: { route: Route; variables: Map<string, string> }[] = [];
+      for (const route of routes) {
+        const variables = matchPathTemplate(route.template, pathname);
+        if (!variables) continue;
+        const order = best.length === 0 ? 1 : compareSpecificity(route.template, best[0]!.route.template);
+        if (order > 0) best = [{ route, variables }];
+        else if (order === 0) best.push({ route, variables });
+      }
+      if (best.length === 0) return { kind: "not_found" };
+      const hit = best.find(({ route }) => route.binding.verb === verb) ?? (verb === "HEAD" ? best.find(({ route }) => route.binding.verb === "GET") : undefined);
+      if (hit) return { kind: "match", binding: hit.route.binding, template: hit.route.template, variables: hit.variables };
+      const allow = new Set(best.map(({ route }) => route.binding.verb));
+      if (allow.has("GET")) allow.add("HEAD");
+      return { kind: "method_not_allowed", allow: [...allow].sort() };
+    },
+  };
+}
+
+/**
+ * > 0 when `a` is more specific than `b`: a template with a verb beats one without (it consumed
+ * the ":verb" the other would take into a value); then, segment by segment, a literal beats a
+ * wildcard, which beats "**"; then the longer template.
+ */
+function compareSpecificity(a: PathTemplate, b: PathTemplate): number {
+  if ((a.verb === undefined) !== (b.verb === undefined)) return a.verb === undefined ? -1 : 1;
+  const rank = { literal: 2, wildcard: 1, deep_wildcard: 0 } as const;
+  const n = Math.min(a.segments.length, b.segments.length);
+  for (let i = 0; i < n; i++) {
+    const d = rank[a.segments[i]!.kind] - rank[b.segments[i]!.kind];
+    if (d !== 0) return d;
+  }
+  return a.segments.length - b.segments.length;
+}
+
+function shapeOf(template: PathTemplate): string {
+  const segments = template.segments.map((s) => (s.kind === "literal" ? `=${s.value}` : s.kind === "wildcard" ? "*" : "**"));
+  return `/${segments.join("/")}${template.verb === undefined ? "" : `:${template.verb}`}`;
+}
+
+function checkVariableField(binding: HttpBinding, fieldPath: string): void {
+  let message: DescMessage = binding.method.input;
+  const names = fieldPath.split(".");
+  names.forEach((name, i) => {
+    const field = message.fields.find((f) => f.name === name);
+    const last = i === names.length - 1;
+    const where = `${binding.verb} ${binding.path}: path variable "${fieldPath}"`;
+    if (!field) throw new Error(`${where}: ${message.typeName} has no field "${name}"`);
+    if (!last) {
+      if (field.fieldKind !== "message") throw new Error(`${where}: "${name}" is not a message field`);
+      message = field.message;
+    } else if (field.fieldKind !== "scalar" || field.scalar !== ScalarType.STRING) {
+      throw new Error(`${where}: "${name}" must be a singular string field`);
+    }
+  });
+}
