@@ -22,7 +22,10 @@ if (command === "up") {
     const lines = [
       "",
       "jobmesh is up.",
-      ...Object.entries(d.services).map(([name, url]) => `  ${name.padEnd(10)} ${url}   (gRPC, Connect, gRPC-Web; /readyz /metrics)`),
+      ...Object.entries(d.services).map(([name, url]) =>
+        name === "gateway"
+          ? `  ${name.padEnd(10)} ${url}   (REST/JSON, SSE; OpenAPI ${url}/openapi.json, docs ${url}/docs)`
+          : `  ${name.padEnd(10)} ${url}   (gRPC, Connect, gRPC-Web; /readyz /metrics)`),
       `  postgres   ${mesh.maskedDatabaseUrl}${d.startedLocally.includes("postgres") ? "  (started locally)" : ""}`,
       `  redis      ${d.redisUrl}${d.startedLocally.includes("redis") ? "  (started locally)" : ""}`,
       `  nats       ${d.natsUrl}${d.startedLocally.includes("nats") ? "  (started locally)" : ""}`,
@@ -32,8 +35,9 @@ if (command === "up") {
       mesh.generatedAdminPassword
         ? `  admin: ${d.admin.email}  password: ${mesh.generatedAdminPassword}   (generated; shown this once — change it with AuthService/ChangePassword)`
         : `  admin: ${d.admin.email}  (${d.admin.created ? "password from JOBMESH_ADMIN_PASSWORD" : "exists already; its password is unchanged"})`,
-      `  log in: grpcurl -plaintext -d '{"email":"${d.admin.email}","password":"..."}' ${new URL(d.services.auth).host} jobmesh.v1.AuthService/Login`,
-      `  then:   grpcurl -plaintext -H "authorization: Bearer <access_token>" ${new URL(d.services.pipelines).host} list`,
+      `  log in: curl -s ${d.services.gateway}/v1/auth:login -d '{"email":"${d.admin.email}","password":"..."}'`,
+      `  then:   curl -s ${d.services.gateway}/v1/pipelines -H "authorization: Bearer <accessToken>"`,
+      `  or gRPC: grpcurl -plaintext -H "authorization: Bearer <accessToken>" ${new URL(d.services.pipelines).host} list`,
       `  written: ${mesh.meshFile}`,
       "Ctrl-C stops everything.",
       "",

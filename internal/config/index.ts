@@ -77,6 +77,11 @@ export interface Config {
   allowLoopbackFetchForTests: boolean;
   /** Identity: tokens, keys, the first admin, login rate limits. */
   auth: AuthConfig;
+  /**
+   * The JOBMESH_GATEWAY_* settings as given, for `jobmesh up` to pass to the gateway process,
+   * which validates them itself (internal/config/gateway.ts).
+   */
+  gatewayEnv: Record<string, string>;
   /** Limits of every server socket, and whose x-forwarded-for is believed. */
   server: ServerConfig;
 }
@@ -179,6 +184,7 @@ export function loadConfig(env: Env = process.env): Config {
     maxInflatedBytes: readInt(env, "JOBMESH_MAX_INFLATED_BYTES", DEFAULT_MAX_INFLATED_BYTES, 1, 4096 * 1024 * 1024),
     allowLoopbackFetchForTests: readBool(env, "JOBMESH_ALLOW_LOOPBACK_FETCH"),
     auth: loadAuthConfig(env, dataDir),
+    gatewayEnv: Object.fromEntries(Object.entries(env).filter((e): e is [string, string] => e[0].startsWith("JOBMESH_GATEWAY_") && e[1] !== undefined)),
     server: {
       maxConcurrentStreams: readInt(env, "JOBMESH_MAX_CONCURRENT_STREAMS", 100, 1, 10_000),
       idleTimeoutMs: readInt(env, "JOBMESH_IDLE_TIMEOUT_MS", 65_000, 100, 3_600_000),

@@ -13,6 +13,7 @@ import type { Logger, Telemetry } from "../telemetry/index.ts";
 import { createInfra } from "./infra.ts";
 import type { BootstrapAdmin } from "../auth/bootstrap.ts";
 import { ensureBootstrapAdmin, serveAuth, serveJobs, servePipelines, startWorkers } from "./servers.ts";
+import { startGatewayProcess, type GatewayProcess } from "./gateway-process.ts";
 
 export interface MeshDescription {
   /** Base URL of each service (gRPC, Connect and gRPC-Web on the same port). */
@@ -37,7 +38,12 @@ export interface MeshDescription {
   trustedProxies: string[];
 }
 
-// The gateway will run beside `jobmesh up` on this machine and forward each client's address.
+/**
+ * The address the local gateway connects to the services from, and so the one proxy they trust by
+ * default: every client of a local mesh connects from 127.0.0.1, and trusting that would let any
+ * of them name its own address (and so escape the per-address login limits).
+ */
+export const localGatewaySourceAddress = "127.0.0.2";
 
 /** `url` without its password, and the same with the password shown as *** for the console. */
 function splitPassword(url: string): { withoutPassword: string; masked: string } {
@@ -68,18 +74,19 @@ export async function meshUp(config: Config, log: Logger, telemetry: Telemetry) 
   const servers: Record<string, RpcServer> = {};
   let infra: Awaited<ReturnType<typeof createInfra>> | undefined;
   let worker: Awaited<ReturnType<typeof startWorkers>> | undefined;
+  let gateway: GatewayProcess | undefined;
   const stop = async () => {
-    // Servers first (no new work), then the worker finishes or abandons its stages, then the pools.
+    // The edge first, then the servers (no new work), then the worker finishes or abandons its
+    // stages, then the pools.
+    await gateway?.stop();
     await Promise.allSettled(Object.values(servers).map((s) => s.close()));
     await worker?.stop();
     await infra?.close();
     await stack.stop();
   };
   try {
-    // No proxy is trusted by default, not even loopback: every client of a local mesh connects
-    // from loopback, so trusting it would let any of them name its own address (and so escape
-    // the per-address login limits). The gateway, when it comes, must be told apart by address.
-    const server = { ...config.server, trustedProxies: config.server.trustedProxies ?? [] };
+    // The services trust the local gateway's source address only (not loopback as a whole).
+    const server = { ...config.server, trustedProxies: config.server.trustedProxies ?? [`${localGatewaySourceAddress}/32`] };
     const resolved = { ...config, databaseUrl: stack.databaseUrl, redisUrl: stack.redisUrl, natsUrl: stack.natsUrl, server };
     infra = await createInfra(resolved, log, telemetry, "mesh");
     servers.auth = await serveAuth(infra);
@@ -87,15 +94,33 @@ export async function meshUp(config: Config, log: Logger, telemetry: Telemetry) 
     servers.jobs = await serveJobs(infra);
     worker = await startWorkers(infra);
     const admin: BootstrapAdmin = await ensureBootstrapAdmin(infra);
+    gateway = await startGatewayProcess(
+      {
+        JOBMESH_HOST: config.host,
+        JOBMESH_GATEWAY_PORT: String(config.ports.gateway),
+        JOBMESH_JOBS_URL: servers.jobs.url,
+        JOBMESH_PIPELINES_URL: servers.pipelines.url,
+        JOBMESH_AUTH_URL: servers.auth.url,
+        REDIS_URL: stack.redisUrl,
+        JOBMESH_NAMESPACE: config.namespace,
+        JOBMESH_TOKEN_ISSUER: config.auth.issuer,
+        JOBMESH_TOKEN_AUDIENCE: config.auth.audience,
+        JOBMESH_GATEWAY_SOURCE_ADDRESS: localGatewaySourceAddress,
+        JOBMESH_LOG_LEVEL: config.logLevel === "trace" ? "debug" : config.logLevel === "fatal" ? "error" : config.logLevel,
+        ...config.gatewayEnv,
+      },
+      // Its warnings and errors reach the console; its access log stays in its own output.
+      { onOutput: (text) => text.split("\n").filter((line) => /"level":"(warn|error)"/.test(line)).forEach((line) => log.warn({ gateway: line }, "gateway")) },
+    );
 
     const description: MeshDescription = {
-      services: Object.fromEntries(Object.entries(servers).map(([name, s]) => [name, s.url])),
+      services: { gateway: gateway.url, ...Object.fromEntries(Object.entries(servers).map(([name, s]) => [name, s.url])) },
       databaseUrl: splitPassword(stack.databaseUrl).withoutPassword,
       redisUrl: splitPassword(stack.redisUrl).withoutPassword,
       natsUrl: splitPassword(stack.natsUrl).withoutPassword,
       namespace: config.namespace,
       startedLocally: stack.started,
-      notYetBuilt: ["audit", "webhooks", "gateway"],
+      notYetBuilt: ["audit", "webhooks"],
       authentication: "JWT (AuthService Login) or API key on every service",
       admin: { email: admin.email, created: admin.created },
       trustedProxies: server.trustedProxies,

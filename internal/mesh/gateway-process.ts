@@ -1,0 +1,100 @@
+/**
+ * Runs the Deno gateway (cmd/gateway) as a child process beside the Node services: `jobmesh up`
+ * starts it with the rest, and tests start one in front of their own mesh. The gateway prints one
+ * JSON line with msg "serving" and its URL when it listens; that line is what we wait for.
+ */
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { join } from "node:path";
+import { createProcessGuard } from "../devstack/process-guard.ts";
+
+const repoRoot = join(import.meta.dirname, "../..");
+/** The Deno binary the `deno` npm package installs; no network access at run time (nodeModulesDir "manual"). */
+export const denoBinary = join(repoRoot, "node_modules/.bin/deno");
+/** What the gateway may touch: the network, its environment, the repo's files (swagger-ui assets), the OS (ioredis asks for the hostname). */
+const permissions = ["--allow-net", "--allow-env", "--allow-read", "--allow-sys"];
+
+export interface GatewayProcess {
+  url: string;
+  pid: number;
+  /** Every line it printed (JSON log lines, one per request), for tests and error messages. */
+  output(): string;
+  /** Settles with a one-line reason once it has exited. */
+  exited: Promise<string>;
+  /** SIGTERM (it drains), SIGKILL after `timeoutMs`. Safe to call twice. */
+  stop(timeoutMs?: number): Promise<void>;
+}
+
+/** Starts the gateway with `env` (JOBMESH_* and REDIS_URL; PATH and HOME are added) and waits until it serves. */
+export async function startGatewayProcess(env: Record<string, string>, options: { startTimeoutMs?: number; onOutput?: (text: string) => void } = {}): Promise<GatewayProcess> {
+  const child = spawn(denoBinary, ["run", ...permissions, join(repoRoot, "cmd/gateway/main.ts")], {
+    cwd: repoRoot,
+    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", DENO_NO_UPDATE_CHECK: "1", NO_COLOR: "1", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  // A gateway outlives nothing: if this process dies however it dies, the guard's watchdog ends it.
+  const guard = createProcessGuard();
+  let output = "";
+  let onLine: ((line: string) => void) | undefined;
+  let partial = "";
+  const read = (chunk: Buffer) => {
+    options.onOutput?.(chunk.toString("utf8"));
+    output += chunk.toString("utf8");
+    if (output.length > 4_000_000) output = output.slice(-2_000_000);
+    partial += chunk.toString("utf8");
+    let nl;
+    while ((nl = partial.indexOf("\n")) >= 0) {
+      onLine?.(partial.slice(0, nl));
+      partial = partial.slice(nl + 1);
+    }
+  };
+  child.stdout.on("data", read);
+  child.stderr.on("data", read);
+  const exited = new Promise<string>((resolve) => {
+    child.once("close", (code, signal) => {
+      guard.close();
+      resolve(`gateway exited (${signal ?? `code ${code}`}): ${output.trim().split("\n").at(-1) ?? ""}`);
+    });
+  });
+  await once(child, "spawn");
+  const pid = child.pid!;
+  guard.watch(pid, "SIGKILL");
+
+  let stopping: Promise<void> | undefined;
+  const stop = (timeoutMs = 10_000) => {
+    stopping ??= (async () => {
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill("SIGTERM");
+        const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+        await exited;
+        clearTimeout(timer);
+      }
+      guard.forget(pid);
+    })();
+    return stopping;
+  };
+
+  const url = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`the gateway did not serve within ${options.startTimeoutMs ?? 60_000} ms: ${output.slice(-1000)}`)), options.startTimeoutMs ?? 60_000);
+    onLine = (line) => {
+      try {
+        const entry = JSON.parse(line) as { msg?: string; url?: string };
+        if (entry.msg === "serving" && entry.url) {
+          clearTimeout(timer);
+          resolve(entry.url);
+        }
+      } catch {
+        // not a log line (Deno's own messages): kept in output only
+      }
+    };
+    void exited.then((reason) => {
+      clearTimeout(timer);
+      reject(new Error(reason));
+    });
+  }).catch(async (error: unknown) => {
+    await stop(1_000);
+    throw error;
+  });
+  onLine = undefined;
+  return { url, pid, output: () => output, exited, stop };
+}
