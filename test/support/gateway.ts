@@ -1,0 +1,147 @@
+/**
+ * The Deno edge gateway as its own process (`deno run cmd/gateway/main.ts`), as a deployment
+ * runs it, in front of a test mesh with authentication on. The mesh's services trust 127.0.0.2
+ * as their proxy and the gateway connects to them from 127.0.0.2, so the client address the
+ * gateway forwards is believed, as in production.
+ */
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { join } from "node:path";
+import { startTestMesh, type TestMesh } from "./mesh.ts";
+
+interface Teardown {
+  teardown(fn: () => void | Promise<void>): void;
+}
+
+export interface GatewayMeshOptions {
+  /** Extra gateway environment (limits, rate settings, ...), over the defaults set here. */
+  env?: Record<string, string>;
+  /** Extra environment of the mesh (its isolation overrides). */
+  meshEnv?: Record<string, string>;
+  /** Also serve JobService and start a stage worker. */
+  jobs?: boolean;
+}
+
+export interface GatewayMesh {
+  mesh: TestMesh;
+  /** http://127.0.0.1:PORT, as the gateway's "serving" line says. */
+  url: string;
+  /** Everything the gateway printed on stdout so far: its "serving" line, then one access-log JSON line per request. */
+  stdout(): string;
+  /** SIGTERM, then SIGKILL after 10 s if it has not exited; then the mesh closes. Runs once, at teardown if not before. */
+  stop(): Promise<void>;
+}
+
+const repoRoot = join(import.meta.dirname, "..", "..");
+const deno = join(repoRoot, "node_modules", ".bin", "deno");
+const startDeadlineMs = 60_000;
+const killAfterMs = 10_000;
+
+/** A closed port: a backend the mesh does not serve points here rather than at a default port some other mesh may own. */
+const unservedUrl = "http://127.0.0.1:1";
+
+/** Starts a test mesh whose services trust 127.0.0.2 as their proxy, and a real Deno gateway process in front of it. */
+export async function startGatewayMesh(t: Teardown, options: GatewayMeshOptions = {}): Promise<GatewayMesh> {
+  const mesh = await startTestMesh({ JOBMESH_TRUSTED_PROXIES: "127.0.0.2", ...options.meshEnv }, { auth: true, jobs: options.jobs });
+  const env: Record<string, string> = {
+    PATH: process.env.PATH ?? "",
+    HOME: process.env.HOME ?? "",
+    // Deno resolves npm packages from node_modules ("nodeModulesDir": "manual"): nothing is downloaded.
+    ...(process.env.DENO_DIR ? { DENO_DIR: process.env.DENO_DIR } : {}),
+    DENO_NO_UPDATE_CHECK: "1",
+    NO_COLOR: "1",
+    JOBMESH_GATEWAY_PORT: "0",
+    JOBMESH_HOST: "127.0.0.1",
+    JOBMESH_JOBS_URL: mesh.jobs?.url ?? unservedUrl,
+    JOBMESH_PIPELINES_URL: mesh.pipelines.url,
+    JOBMESH_AUTH_URL: mesh.auth!.server.url,
+    REDIS_URL: mesh.isolated.env.REDIS_URL,
+    JOBMESH_NAMESPACE: mesh.isolated.namespace,
+    JOBMESH_GATEWAY_SOURCE_ADDRESS: "127.0.0.2",
+    JOBMESH_LOG_LEVEL: "info",
+    ...options.env,
+  };
+  const child = spawn(deno, ["run", "--allow-net", "--allow-env", "--allow-read", "--allow-sys", "cmd/gateway/main.ts"], {
+    cwd: repoRoot,
+    env,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stdout = "";
+  let stderr = "";
+  child.stdout!.setEncoding("utf8").on("data", (chunk: string) => (stdout += chunk));
+  child.stderr!.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk));
+  const exited = once(child, "exit").then(
+    ([code, signal]) => ({ code: code as number | null, signal: signal as string | null }),
+    (error: Error) => ({ code: null, signal: `not started: ${error.message}` }),
+  );
+
+  let stopped: Promise<void> | undefined;
+  const stop = () =>
+    (stopped ??= (async () => {
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill("SIGTERM");
+        const timer = setTimeout(() => child.kill("SIGKILL"), killAfterMs);
+        await exited;
+        clearTimeout(timer);
+      }
+      await mesh.close();
+    })());
+  t.teardown(stop);
+
+  try {
+    const url = await servingUrl(() => stdout, exited, () => stderr);
+    return { mesh, url, stdout: () => stdout, stop };
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+}
+
+/** Waits for the gateway's one "serving" line; an early exit or the deadline fails with what the process printed. */
+async function servingUrl(stdout: () => string, exited: Promise<{ code: number | null; signal: string | null }>, stderr: () => string): Promise<string> {
+  let exit: { code: number | null; signal: string | null } | undefined;
+  void exited.then((e) => (exit = e));
+  const deadline = Date.now() + startDeadlineMs;
+  for (;;) {
+    for (const line of stdout().split("\n")) {
+      const entry = parseJsonLine(line);
+      if (entry?.msg === "serving" && typeof entry.url === "string") return entry.url;
+    }
+    const output = () => `\nstdout:\n${stdout().slice(-4000)}\nstderr:\n${stderr().slice(-4000)}`;
+    if (exit) throw new Error(`the gateway exited (code ${exit.code}, signal ${exit.signal}) before serving${output()}`);
+    if (Date.now() > deadline) throw new Error(`the gateway printed no "serving" line within ${startDeadlineMs} ms${output()}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+/** The JSON body of every gateway error: google.rpc.Status (code is the numeric gRPC code). */
+export interface StatusBody {
+  code: number;
+  message: string;
+  details: Record<string, unknown>[];
+}
+
+/** True when `body` is shaped like google.rpc.Status in proto3 JSON. */
+export function isStatusBody(body: unknown): body is StatusBody {
+  if (typeof body !== "object" || body === null) return false;
+  const { code, message, details } = body as Record<string, unknown>;
+  return Number.isInteger(code) && typeof message === "string" && Array.isArray(details) && details.every((d) => typeof d === "object" && d !== null);
+}
+
+/** The gateway's stdout lines that are JSON objects (its "serving" line and access log), parsed. */
+export function jsonLinesOf(stdout: string): Record<string, unknown>[] {
+  return stdout.split("\n").flatMap((line) => {
+    const entry = parseJsonLine(line);
+    return entry ? [entry] : [];
+  });
+}
+
+function parseJsonLine(line: string): Record<string, unknown> | undefined {
+  if (!line.startsWith("{")) return undefined;
+  try {
+    const value: unknown = JSON.parse(line);
+    return typeof value === "object" && value !== null ? (value as Record<string, unknown>) : undefined;
+  } catch {
+    return undefined;
+  }
+}
