@@ -74,6 +74,30 @@ function chunkMessage(method: DescMethod, shape: UploadShape, bytes: Uint8Array)
 }
 
 /**
+ * The upload request stream. `failure` is the error that ended it early (413, a malformed form),
+ * if any: the HTTP client sending the stream to the service reports such a failure only as
+ * "fetch failed", so the caller answers with `failure` when it is set.
+ */
+export interface UploadMessages extends AsyncIterable<Message> {
+  readonly failure: unknown;
+}
+
+function keepingFailure(messages: AsyncIterable<Message>): UploadMessages {
+  const stream = {
+    failure: undefined as unknown,
+    async *[Symbol.asyncIterator](): AsyncGenerator<Message> {
+      try {
+        yield* messages;
+      } catch (error) {
+        stream.failure = error;
+        throw error;
+      }
+    },
+  };
+  return stream;
+}
+
+/**
  * Turns the HTTP request into the UploadDocument request stream without buffering the document.
  * - Raw body: Content-Type is the document's media type; the filename comes from
  *   Content-Disposition (`attachment; filename="a.pdf"`) or `?filename=`; size_bytes from
@@ -83,15 +107,16 @@ function chunkMessage(method: DescMethod, shape: UploadShape, bytes: Uint8Array)
  * Chunks are 64 KiB..1 MiB (the last may be smaller), never empty. Over `maxBytes` (declared in
  * Content-Length, or counted as the bytes flow) it throws BodyTooLargeError (413). What the
  * headers alone decide (a declared size over the limit, a malformed digest or boundary) is thrown
- * at once, before any backend call; the rest while the stream is read.
+ * at once, before any backend call; the rest while the stream is read, and kept in `failure`.
  */
-export function uploadMessages(req: Request, method: DescMethod, maxBytes: number): AsyncIterable<Message> {
+export function uploadMessages(req: Request, method: DescMethod, maxBytes: number): UploadMessages {
   const shape = uploadShapeOf(method);
   if (!shape) throw new ConnectError(`${method.name} is not an upload`, Code.Internal);
   const url = new URL(req.url);
   const declaredBytes = contentLengthOf(req.headers);
   const contentType = req.headers.get("content-type") ?? "";
   const querySha256 = (url.searchParams.get("sha256") ?? "").trim().toLowerCase();
+  const toChunk = (bytes: Uint8Array) => chunkMessage(method, shape, bytes);
 
   if (/^multipart\/form-data\s*(;|$)/i.test(contentType)) {
     const boundary = getMultipartBoundary(contentType);
@@ -100,7 +125,8 @@ export function uploadMessages(req: Request, method: DescMethod, maxBytes: numbe
       throw new ConnectError("header Content-Type: multipart/form-data needs a boundary of 1 to 70 characters", Code.InvalidArgument);
     }
     if (declaredBytes > maxBytes + multipartOverheadBytes) throw new BodyTooLargeError(maxBytes, "document");
-    return multipartMessages(req.body, boundary, maxBytes, (facts) => metadataMessage(method, shape, { ...facts, sha256: facts.sha256 || querySha256 }), (bytes) => chunkMessage(method, shape, bytes));
+    const toMetadata = (facts: DocumentFacts) => metadataMessage(method, shape, { ...facts, sha256: facts.sha256 || querySha256 });
+    return keepingFailure(multipartMessages(req.body, boundary, maxBytes, toMetadata, toChunk));
   }
 
   if (declaredBytes > maxBytes) throw new BodyTooLargeError(maxBytes, "document");
@@ -110,7 +136,7 @@ export function uploadMessages(req: Request, method: DescMethod, maxBytes: numbe
     sizeBytes: declaredBytes,
     sha256: querySha256 || digestOf(req.headers, "content-digest") || digestOf(req.headers, "repr-digest"),
   };
-  return rawMessages(req.body, maxBytes, metadataMessage(method, shape, facts), (bytes) => chunkMessage(method, shape, bytes));
+  return keepingFailure(rawMessages(req.body, maxBytes, metadataMessage(method, shape, facts), toChunk));
 }
 
 function contentLengthOf(headers: Headers): number {

@@ -1,9 +1,11 @@
 import assert from "node:assert/strict";
-import type { Message } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { create, type DescMethodStreaming, type Message } from "@bufbuild/protobuf";
+import { Code, ConnectError, createConnectRouter } from "@connectrpc/connect";
+import { createFetchClient, createFetchHandler } from "@connectrpc/connect/protocol";
+import { createTransport } from "@connectrpc/connect/protocol-connect";
 import { parseMultipart } from "@remix-run/multipart-parser";
 // @deno-types="../../gen/jobmesh/v1/jobs_pb.d.ts"
-import { JobService, type UploadDocumentRequest, type UploadMetadata } from "../../gen/jobmesh/v1/jobs_pb.js";
+import { JobService, UploadDocumentResponseSchema, type UploadDocumentRequest, type UploadMetadata } from "../../gen/jobmesh/v1/jobs_pb.js";
 import { BodyTooLargeError } from "./http-errors.ts";
 import { isUploadMethod, uploadMessages } from "./upload.ts";
 
@@ -259,4 +261,42 @@ Deno.test("upload - a backend that stops reading cancels the request body", asyn
   await messages.next();
   await messages.return?.(undefined);
   assert.equal(cancelled, true);
+});
+
+Deno.test("upload - sent with Connect over fetch, the stream arrives whole, and a 413 midway is kept in failure (fetch only says 'fetch failed')", async () => {
+  const received: number[] = [];
+  const router = createConnectRouter().service(JobService, {
+    async uploadDocument(requests: AsyncIterable<UploadDocumentRequest>) {
+      let bytes = 0;
+      for await (const request of requests) if (request.part.case === "chunk") bytes += request.part.value.length;
+      received.push(bytes);
+      return create(UploadDocumentResponseSchema, {});
+    },
+  } as never);
+  const handle = createFetchHandler(router.handlers.find((handler) => handler.method === uploadDocument)!);
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) => handle(req));
+  const transport = createTransport({
+    httpClient: createFetchClient(fetch),
+    baseUrl: `http://127.0.0.1:${server.addr.port}`,
+    useBinaryFormat: true,
+    interceptors: [],
+    acceptCompression: [],
+    sendCompression: null,
+    compressMinBytes: Number.MAX_SAFE_INTEGER,
+    readMaxBytes: 8 * MiB,
+    writeMaxBytes: 8 * MiB,
+  });
+  const send = async (messages: AsyncIterable<Message>) => {
+    const response = await transport.stream(uploadDocument as DescMethodStreaming, new AbortController().signal, undefined, undefined, messages, undefined);
+    for await (const message of response.message) void message;
+  };
+  try {
+    await send(uploadMessages(uploadRequest(new Blob([document(3 * MiB)]).stream()), uploadDocument, 4 * MiB));
+    assert.deepEqual(received, [3 * MiB]);
+    const tooLarge = uploadMessages(uploadRequest(new Blob([document(3 * MiB)]).stream()), uploadDocument, 2 * MiB);
+    await assert.rejects(send(tooLarge), (error: unknown) => !(error instanceof BodyTooLargeError), "the transport loses the error itself");
+    assert.ok(tooLarge.failure instanceof BodyTooLargeError, "but the stream kept it");
+  } finally {
+    await server.shutdown();
+  }
 });
