@@ -4,7 +4,7 @@
  * UploadDocument request stream, metadata first and then the bytes, passed on as they arrive:
  * the gateway never holds more than about one chunk of a document, whatever its size.
  */
-import { create, ScalarType, type DescField, type DescMessage, type DescMethod, type Message } from "@bufbuild/protobuf";
+import { ScalarType, type DescField, type DescMessage, type DescMethod, type Message } from "@bufbuild/protobuf";
 import { reflect } from "@bufbuild/protobuf/reflect";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { getMultipartBoundary, MultipartPart } from "@remix-run/multipart-parser";
@@ -68,7 +68,7 @@ function metadataMessage(method: DescMethod, shape: UploadShape, facts: Document
 }
 
 function chunkMessage(method: DescMethod, shape: UploadShape, bytes: Uint8Array): Message {
-  const request = reflect(method.input, create(method.input));
+  const request = reflect(method.input);
   request.set(shape.chunk, bytes);
   return request.message;
 }
