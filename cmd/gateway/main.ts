@@ -1,0 +1,138 @@
+/**
+ * The edge gateway (Deno): REST/JSON, SSE and uploads in front of the services, with
+ * authentication, RBAC and rate limits at the edge, and the OpenAPI document. Wiring only:
+ * config → Redis, HTTP client, backends, verifier → createGateway → Deno.serve → drain on SIGTERM.
+ *
+ *   deno run --allow-net --allow-env --allow-read --allow-sys cmd/gateway/main.ts
+ */
+import { Redis } from "ioredis";
+import { fileURLToPath } from "node:url";
+// @deno-types="../../gen/jobmesh/v1/auth_pb.d.ts"
+import { AuthService, GetCurrentIdentityRequestSchema, GetJwksRequestSchema, type GetCurrentIdentityResponse, type GetJwksResponse } from "../../gen/jobmesh/v1/auth_pb.js";
+import { create } from "@bufbuild/protobuf";
+import { createTokenVerifier } from "../../internal/auth/token-verifier.ts";
+import { ConfigError } from "../../internal/config/readers.ts";
+import { loadGatewayConfig } from "../../internal/config/gateway.ts";
+import { roleName } from "../../internal/contract/index.ts";
+import { createBackends } from "../../internal/gateway/backend.ts";
+import { createEdgeAuth } from "../../internal/gateway/edge-auth.ts";
+import { createGatewayLog, createGatewayMetrics } from "../../internal/gateway/observability.ts";
+import { createEdgeRateLimiter } from "../../internal/gateway/rate-limit.ts";
+import { createGateway } from "../../internal/gateway/server.ts";
+import { createClientAddressResolver } from "../../internal/rpc/client-address.ts";
+
+const repoRoot = fileURLToPath(new URL("../../", import.meta.url));
+
+async function main() {
+  const config = loadGatewayConfig(Deno.env.toObject());
+  const log = createGatewayLog(config.logLevel, (line) => console.log(line));
+  const version = (JSON.parse(await Deno.readTextFile(`${repoRoot}package.json`)) as { version: string }).version;
+
+  // One keep-alive pool to the services, from the address they know the gateway by.
+  const client = Deno.createHttpClient({ ...(config.sourceAddress ? { localAddress: config.sourceAddress } : {}), http2: false });
+  const backendFetch: typeof fetch = (input, init) => fetch(input, { ...init, client });
+  const backends = createBackends({ urls: config.backends, fetch: backendFetch, maxMessageBytes: 64 * 1024 * 1024 });
+
+  const getJwks = AuthService.method.getJwks;
+  const whoAmI = AuthService.method.getCurrentIdentity;
+  const verifier = createTokenVerifier({
+    issuer: config.issuer,
+    audience: config.audience,
+    async loadJwks() {
+      const { keys } = (await backends.unary(getJwks, create(GetJwksRequestSchema), { headers: new Headers(), signal: AbortSignal.timeout(5_000), timeoutMs: 5_000 })) as GetJwksResponse;
+      return keys.map((k) => ({ kty: k.kty, crv: k.crv, x: k.x, ...(k.y ? { y: k.y } : {}), kid: k.kid, alg: k.alg, use: k.use }));
+    },
+  });
+  const auth = createEdgeAuth({
+    verifier,
+    apiKeyCacheSeconds: config.apiKeyCacheSeconds,
+    async identifyApiKey(secret) {
+      const headers = new Headers({ "x-api-key": secret });
+      const { identity } = (await backends.unary(whoAmI, create(GetCurrentIdentityRequestSchema), { headers, signal: AbortSignal.timeout(5_000), timeoutMs: 5_000 })) as GetCurrentIdentityResponse;
+      if (!identity) throw new Error("AuthService answered no identity");
+      return { tenantId: identity.tenant, subject: identity.subject, roles: identity.roles.map(roleName) };
+    },
+  });
+
+  const redis = new Redis(config.redisUrl, { maxRetriesPerRequest: 1, enableOfflineQueue: false, lazyConnect: false });
+  redis.on("error", () => {}); // reported through the limiter's onRedisError; ioredis reconnects by itself
+  let lastRedisWarning = 0;
+  const rateLimiter = createEdgeRateLimiter({
+    redis,
+    keyPrefix: `${config.namespace}:gw:rl`,
+    settings: config.rateLimits,
+    onRedisError(error) {
+      if (Date.now() - lastRedisWarning < 10_000) return;
+      lastRedisWarning = Date.now();
+      log.warn("rate limits fall back to this process's memory: Redis is unreachable", { err: String(error) });
+    },
+  });
+
+  const metrics = createGatewayMetrics();
+  const clientAddressOf = createClientAddressResolver(config.trustedProxies);
+  const gateway = createGateway({
+    backends,
+    auth,
+    rateLimiter,
+    log,
+    metrics,
+    docs: {
+      async readAsset(name) {
+        try {
+          return await Deno.readFile(`${repoRoot}node_modules/swagger-ui-dist/${name}`);
+        } catch {
+          return undefined;
+        }
+      },
+    },
+    clientAddressOf: (peer, forwardedFor) => clientAddressOf(peer, forwardedFor ?? undefined),
+    async backendsReady() {
+      const entries = Object.entries(config.backends).filter(([, url]) => url !== "");
+      const answers = await Promise.all(entries.map(async ([name, url]) => {
+        try {
+          const res = await backendFetch(`${url}/healthz`, { signal: AbortSignal.timeout(2_000) });
+          await res.body?.cancel();
+          return [name, res.ok] as const;
+        } catch {
+          return [name, false] as const;
+        }
+      }));
+      return Object.fromEntries(answers);
+    },
+    settings: { ...config, version },
+  });
+
+  const server = Deno.serve(
+    {
+      hostname: config.host,
+      port: config.port,
+      onListen({ hostname, port }) {
+        const host = hostname.includes(":") ? `[${hostname}]` : hostname;
+        log.info("serving", { url: `http://${host}:${port}`, backends: config.backends, openapi: `http://${host}:${port}/openapi.json`, docs: `http://${host}:${port}/docs` });
+      },
+    },
+    (req, info) => gateway.handle(req, (info.remoteAddr as Deno.NetAddr).hostname),
+  );
+
+  const stop = async () => {
+    log.info("draining", { inFlight: gateway.inFlight() });
+    // Long streams (SSE) would hold shutdown open: they get the grace period, then the process ends.
+    const grace = setTimeout(() => Deno.exit(0), config.shutdownGraceMs);
+    await server.shutdown();
+    clearTimeout(grace);
+    await rateLimiter.close();
+    redis.disconnect();
+    await metrics.shutdown();
+    client.close();
+    log.info("stopped");
+    Deno.exit(0);
+  };
+  Deno.addSignalListener("SIGTERM", () => void stop());
+  Deno.addSignalListener("SIGINT", () => void stop());
+}
+
+main().catch((error) => {
+  const message = error instanceof ConfigError ? error.message : `start-up failed: ${error instanceof Error ? error.message : String(error)}`;
+  console.error(message);
+  Deno.exit(1);
+});
