@@ -29,6 +29,8 @@ export interface GatewayProcess {
 export async function startGatewayProcess(env: Record<string, string>, options: { startTimeoutMs?: number; onOutput?: (text: string) => void } = {}): Promise<GatewayProcess> {
   const child = spawn(denoBinary, ["run", ...permissions, join(repoRoot, "cmd/gateway/main.ts")], {
     cwd: repoRoot,
+    // Only what a process needs to run at all is inherited: the gateway's settings are `env`.
+    // eslint-disable-next-line no-restricted-properties
     env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", DENO_NO_UPDATE_CHECK: "1", NO_COLOR: "1", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
