@@ -99,9 +99,8 @@ function setFromQuery(binding: HttpBinding, json: JsonObject, key: string, value
     }
     if (!last) {
       if (mapKey !== undefined || field.fieldKind !== "message" || isWellKnown(field.message)) throw unknown();
-      const next = target[field.jsonName] ?? (target[field.jsonName] = {});
-      if (!isObject(next)) throw invalidField(key, `query parameter "${key}" conflicts with another`, "INVALID_VALUE");
-      target = next;
+      // Only message fields are descended into, and the query sets none itself: this is an object.
+      target = (target[field.jsonName] ??= {}) as JsonObject;
       desc = field.message;
       continue;
     }
