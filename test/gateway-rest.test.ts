@@ -20,6 +20,9 @@ import { jobClient, signInAsAdmin, waitForJob } from "./jobs-support.ts";
 import { isStatusBody, jsonLinesOf, startGatewayMesh } from "./support/gateway.ts";
 import { testPassword } from "./support/auth.ts";
 
+// A mesh with jobs, a Deno process and a job run to the end before the first call: more than the default on a loaded machine.
+t.setTimeout(300_000);
+
 const { mesh, url, stdout } = await startGatewayMesh(t, { jobs: true });
 const auth = mesh.auth!;
 const admin = await auth.headersFor("admin");

@@ -10,6 +10,9 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { PipelineService } from "../gen/jobmesh/v1/pipelines_pb.js";
 import { isStatusBody, startGatewayMesh, type StatusBody } from "./support/gateway.ts";
 
+// Two meshes and two Deno processes start here; a loaded machine needs more than the default.
+t.setTimeout(300_000);
+
 const maxBodyBytes = 4096;
 const maxDocumentBytes = 1024;
 const { mesh, url } = await startGatewayMesh(t, {
@@ -194,19 +197,24 @@ t.test("429 - one credential hammering one route, with Retry-After and RateLimit
   const limited = await startGatewayMesh(t, { env: { JOBMESH_GATEWAY_RATE_PER_CREDENTIAL: "1", JOBMESH_GATEWAY_BURST_PER_CREDENTIAL: "2" } });
   t.teardown(limited.stop);
   const headers = await limited.mesh.auth!.headersFor("operator");
+  // Rounds of concurrent calls: on a loaded machine, calls one after another could be slower than the refill.
   let refused: Response | undefined;
   let allowed = 0;
-  for (let i = 0; i < 30 && !refused; i++) {
-    const res = await fetch(`${limited.url}/v1/pipelines`, { headers });
-    if (res.status === 429) refused = res;
-    else {
-      t.equal(res.status, 200, "an allowed call is answered");
-      await res.body?.cancel();
-      allowed++;
+  for (let round = 0; round < 3 && !refused; round++) {
+    const answers = await Promise.all(Array.from({ length: 10 }, () => fetch(`${limited.url}/v1/pipelines`, { headers })));
+    for (const res of answers) {
+      if (res.status === 429 && !refused) refused = res;
+      else {
+        if (res.status !== 429) {
+          t.equal(res.status, 200, "an allowed call is answered");
+          allowed++;
+        }
+        await res.body?.cancel();
+      }
     }
   }
-  if (!refused) return t.fail(`30 calls in a row were all allowed (burst 2, 1/s)`);
-  t.ok(allowed >= 2, `the burst was allowed first (${allowed} calls)`);
+  if (!refused) return t.fail(`30 calls in rounds of 10 were all allowed (burst 2, 1/s)`);
+  t.ok(allowed >= 2, `the burst was allowed (${allowed} calls)`);
   const answer: Answer = { status: refused.status, headers: refused.headers, body: await refused.json() };
   expectStatus(t, answer, 429, Code.ResourceExhausted);
   const retryAfter = answer.headers.get("retry-after");
