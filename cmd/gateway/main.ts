@@ -108,7 +108,9 @@ async function main() {
       port: config.port,
       onListen({ hostname, port }) {
         const host = hostname.includes(":") ? `[${hostname}]` : hostname;
-        log.info("serving", { url: `http://${host}:${port}`, backends: config.backends, openapi: `http://${host}:${port}/openapi.json`, docs: `http://${host}:${port}/docs` });
+        // Printed at every log level: it is how `jobmesh up` and the tests learn the URL.
+        const serving = { url: `http://${host}:${port}`, backends: config.backends, openapi: `http://${host}:${port}/openapi.json`, docs: `http://${host}:${port}/docs` };
+        console.log(JSON.stringify({ level: "info", time: new Date().toISOString(), name: "gateway", msg: "serving", ...serving }));
       },
     },
     (req, info) => gateway.handle(req, (info.remoteAddr as Deno.NetAddr).hostname),

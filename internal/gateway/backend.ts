@@ -62,7 +62,15 @@ const droppedOnPassthrough = new Set(["host", "connection", "keep-alive", "trans
 
 export function createBackends(deps: BackendDeps): Backends {
   const transports = new Map<string, Transport>();
-  const httpClient = createFetchClient(deps.fetch);
+  // Deno's fetch asks for gzip by itself and inflates the body, but leaves Content-Encoding and
+  // the compressed Content-Length on the response: Connect then refuses the encoding, and a
+  // pass-through client would inflate twice. The services are one hop away; ask for none.
+  const fetchIdentity: typeof fetch = (input, init) => {
+    const headers = new Headers(init?.headers ?? (input instanceof Request ? input.headers : undefined));
+    headers.set("accept-encoding", "identity");
+    return input instanceof Request ? deps.fetch(new Request(input, { headers })) : deps.fetch(input, { ...init, headers });
+  };
+  const httpClient = createFetchClient(fetchIdentity);
 
   function baseUrlOf(service: DescService): string {
     const name = serviceNames[service.typeName];
@@ -113,7 +121,7 @@ export function createBackends(deps: BackendDeps): Backends {
         if (!droppedOnPassthrough.has(name)) headers.set(name, value);
       });
       call.headers.forEach((value, name) => headers.set(name, value));
-      const upstream = await deps.fetch(baseUrlOf(service) + url.pathname + url.search, {
+      const upstream = await fetchIdentity(baseUrlOf(service) + url.pathname + url.search, {
         method: req.method,
         headers,
         body: req.body,
