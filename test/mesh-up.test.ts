@@ -47,7 +47,7 @@ t.test("mesh.json - readable by its owner only, with no database password", asyn
   t.equal(new URL(description.databaseUrl).password, "");
   t.equal(new URL(description.databaseUrl).pathname, withPassword.pathname, "it still names the database");
   t.equal(mesh.maskedDatabaseUrl, withPassword.href.replace(password, "***"), "the console line shows it masked");
-  t.same(description.trustedProxies, [], "no proxy is trusted when JOBMESH_TRUSTED_PROXIES is not set, not even loopback, where every local client is");
+  t.same(description.trustedProxies, ["127.0.0.2/32"], "when JOBMESH_TRUSTED_PROXIES is not set, only the gateway's source address is trusted, not loopback, where every local client is");
   // Where the server trusts local connections (as here and the Postgres `jobmesh up` starts with
   // its fixed development login), the URL alone still connects.
   const client = new pg.Client({ connectionString: description.databaseUrl });
@@ -61,5 +61,25 @@ t.test("jobmesh status - finds every service through mesh.json and says they are
   const { stdout } = await run(process.execPath, [join(import.meta.dirname, "../cmd/jobmesh/main.ts"), "status"], {
     env: { ...process.env, ...isolated.env, JOBMESH_DATA_DIR: dataDir },
   });
-  for (const name of ["auth", "pipelines", "jobs"]) t.match(stdout, new RegExp(`^${name}\\s+http://127\\.0\\.0\\.1:\\d+\\s+\\{"ready":true`, "m"), `${name} is ready`);
+  for (const name of ["gateway", "auth", "pipelines", "jobs"]) t.match(stdout, new RegExp(`^${name}\\s+http://127\\.0\\.0\\.1:\\d+\\s+\\{"ready":true`, "m"), `${name} is ready`);
+});
+
+t.test("gateway - npm start serves REST beside the services: log in and list pipelines with plain HTTP", async (t) => {
+  const { description } = mesh;
+  const gateway = description.services.gateway;
+  t.match(gateway, /^http:\/\/127\.0\.0\.1:\d+$/, "mesh.json names the gateway");
+  t.notOk(description.notYetBuilt.includes("gateway"));
+  const login = await fetch(`${gateway}/v1/auth:login`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ email: description.admin.email, password: mesh.generatedAdminPassword ?? isolated.config.auth.adminPassword }),
+  });
+  t.equal(login.status, 200, "the admin logs in through the gateway");
+  const { accessToken } = (await login.json()) as { accessToken: string };
+  const list = await fetch(`${gateway}/v1/pipelines`, { headers: { authorization: `Bearer ${accessToken}` } });
+  t.equal(list.status, 200);
+  const { pipelines } = (await list.json()) as { pipelines: { name: string }[] };
+  t.ok(pipelines.some((p) => p.name === "pipelines/document-default"), "the bootstrap tenant's built-in pipeline is listed");
+  const docs = await fetch(`${gateway}/openapi.json`);
+  t.equal(docs.status, 200, "the OpenAPI document is served");
 });
