@@ -4,9 +4,7 @@
  * as their proxy and the gateway connects to them from 127.0.0.2, so the client address the
  * gateway forwards is believed, as in production.
  */
-import { spawn } from "node:child_process";
-import { once } from "node:events";
-import { join } from "node:path";
+import { startGatewayProcess } from "../../internal/mesh/gateway-process.ts";
 import { startTestMesh, type TestMesh } from "./mesh.ts";
 
 interface Teardown {
@@ -26,16 +24,11 @@ export interface GatewayMesh {
   mesh: TestMesh;
   /** http://127.0.0.1:PORT, as the gateway's "serving" line says. */
   url: string;
-  /** Everything the gateway printed on stdout so far: its "serving" line, then one access-log JSON line per request. */
+  /** Everything the gateway printed so far: its "serving" line, then one access-log JSON line per request. */
   stdout(): string;
   /** SIGTERM, then SIGKILL after 10 s if it has not exited; then the mesh closes. Runs once, at teardown if not before. */
   stop(): Promise<void>;
 }
-
-const repoRoot = join(import.meta.dirname, "..", "..");
-const deno = join(repoRoot, "node_modules", ".bin", "deno");
-const startDeadlineMs = 60_000;
-const killAfterMs = 10_000;
 
 /** A closed port: a backend the mesh does not serve points here rather than at a default port some other mesh may own. */
 const unservedUrl = "http://127.0.0.1:1";
@@ -43,75 +36,30 @@ const unservedUrl = "http://127.0.0.1:1";
 /** Starts a test mesh whose services trust 127.0.0.2 as their proxy, and a real Deno gateway process in front of it. */
 export async function startGatewayMesh(t: Teardown, options: GatewayMeshOptions = {}): Promise<GatewayMesh> {
   const mesh = await startTestMesh({ JOBMESH_TRUSTED_PROXIES: "127.0.0.2", ...options.meshEnv }, { auth: true, jobs: options.jobs });
-  const env: Record<string, string> = {
-    PATH: process.env.PATH ?? "",
-    HOME: process.env.HOME ?? "",
-    // Deno resolves npm packages from node_modules ("nodeModulesDir": "manual"): nothing is downloaded.
-    ...(process.env.DENO_DIR ? { DENO_DIR: process.env.DENO_DIR } : {}),
-    DENO_NO_UPDATE_CHECK: "1",
-    NO_COLOR: "1",
+  let stopped: Promise<void> | undefined;
+  let gateway: Awaited<ReturnType<typeof startGatewayProcess>> | undefined;
+  const stop = () =>
+    (stopped ??= (async () => {
+      await gateway?.stop();
+      await mesh.close();
+    })());
+  t.teardown(stop);
+  gateway = await startGatewayProcess({
     JOBMESH_GATEWAY_PORT: "0",
     JOBMESH_HOST: "127.0.0.1",
     JOBMESH_JOBS_URL: mesh.jobs?.url ?? unservedUrl,
     JOBMESH_PIPELINES_URL: mesh.pipelines.url,
     JOBMESH_AUTH_URL: mesh.auth!.server.url,
-    REDIS_URL: mesh.isolated.env.REDIS_URL,
+    REDIS_URL: mesh.isolated.env.REDIS_URL!,
     JOBMESH_NAMESPACE: mesh.isolated.namespace,
     JOBMESH_GATEWAY_SOURCE_ADDRESS: "127.0.0.2",
     JOBMESH_LOG_LEVEL: "info",
     ...options.env,
-  };
-  const child = spawn(deno, ["run", "--allow-net", "--allow-env", "--allow-read", "--allow-sys", "cmd/gateway/main.ts"], {
-    cwd: repoRoot,
-    env,
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let stdout = "";
-  let stderr = "";
-  child.stdout!.setEncoding("utf8").on("data", (chunk: string) => (stdout += chunk));
-  child.stderr!.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk));
-  const exited = once(child, "exit").then(
-    ([code, signal]) => ({ code: code as number | null, signal: signal as string | null }),
-    (error: Error) => ({ code: null, signal: `not started: ${error.message}` }),
-  );
-
-  let stopped: Promise<void> | undefined;
-  const stop = () =>
-    (stopped ??= (async () => {
-      if (child.exitCode === null && child.signalCode === null) {
-        child.kill("SIGTERM");
-        const timer = setTimeout(() => child.kill("SIGKILL"), killAfterMs);
-        await exited;
-        clearTimeout(timer);
-      }
-      await mesh.close();
-    })());
-  t.teardown(stop);
-
-  try {
-    const url = await servingUrl(() => stdout, exited, () => stderr);
-    return { mesh, url, stdout: () => stdout, stop };
-  } catch (error) {
+  }).catch(async (error: unknown) => {
     await stop();
     throw error;
-  }
-}
-
-/** Waits for the gateway's one "serving" line; an early exit or the deadline fails with what the process printed. */
-async function servingUrl(stdout: () => string, exited: Promise<{ code: number | null; signal: string | null }>, stderr: () => string): Promise<string> {
-  let exit: { code: number | null; signal: string | null } | undefined;
-  void exited.then((e) => (exit = e));
-  const deadline = Date.now() + startDeadlineMs;
-  for (;;) {
-    for (const line of stdout().split("\n")) {
-      const entry = parseJsonLine(line);
-      if (entry?.msg === "serving" && typeof entry.url === "string") return entry.url;
-    }
-    const output = () => `\nstdout:\n${stdout().slice(-4000)}\nstderr:\n${stderr().slice(-4000)}`;
-    if (exit) throw new Error(`the gateway exited (code ${exit.code}, signal ${exit.signal}) before serving${output()}`);
-    if (Date.now() > deadline) throw new Error(`the gateway printed no "serving" line within ${startDeadlineMs} ms${output()}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
+  });
+  return { mesh, url: gateway.url, stdout: gateway.output, stop };
 }
 
 /** The JSON body of every gateway error: google.rpc.Status (code is the numeric gRPC code). */
