@@ -3,7 +3,6 @@
  * template, status, duration, request id, tenant; never a credential), and Prometheus metrics
  * at /metrics from the same OpenTelemetry SDK the services use.
  */
-import { metrics as otelMetrics } from "@opentelemetry/api";
 import { PrometheusExporter, PrometheusSerializer } from "@opentelemetry/exporter-prometheus";
 import { MeterProvider } from "@opentelemetry/sdk-metrics";
 
@@ -33,7 +32,7 @@ export function createGatewayLog(level: LogLevel, write: (line: string) => void)
 /** One finished request, as the access log and the metrics record it. */
 export interface RequestRecord {
   method: string;
-  /** The route template ("/v1/{name=jobs/*}"), or what kind of endpoint it was ("passthrough", "not_found", "/healthz"). */
+  /** The route template ("/v1/{name=jobs/*}"), the procedure of a pass-through call, or what else answered ("not_found", "/healthz"). */
   route: string;
   status: number;
   durationMs: number;
@@ -50,8 +49,8 @@ export interface GatewayMetrics {
 
 export function createGatewayMetrics(): GatewayMetrics {
   const exporter = new PrometheusExporter({ preventServerStart: true });
+  // Its own provider, not the global one: Deno's built-in OpenTelemetry may own that.
   const provider = new MeterProvider({ readers: [exporter] });
-  otelMetrics.setGlobalMeterProvider(provider);
   const meter = provider.getMeter("jobmesh-gateway");
   const requests = meter.createCounter("gateway_requests", { description: "HTTP requests answered by the gateway, by route template and status" });
   const duration = meter.createHistogram("gateway_request_duration", {

@@ -158,7 +158,8 @@ export function createGateway(deps: GatewayDeps): Gateway {
         const passthrough = procedurePath.exec(url.pathname);
         const method = passthrough ? methodsByProcedure.get(url.pathname) : undefined;
         if (passthrough && method) {
-          route = "passthrough";
+          // The procedure names the route: one of the mesh's methods, so the metric stays bounded.
+          route = url.pathname;
           const admitted = await admit(rules.get(url.pathname)!, req, clientAddress);
           tenant = admitted.caller?.tenantId;
           extraHeaders = admitted.limitHeaders;
