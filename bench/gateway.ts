@@ -255,6 +255,7 @@ function formatTargets(rows: (ComparisonRow & { gatewayCpu: number })[]): string
       { header: `<= ${targetAddedP50Ms} ms`, align: "right" },
       { header: "added p99 ms", align: "right" },
       { header: "gateway cpu", align: "right" },
+      { header: "gw us/call", align: "right" },
       { header: "errors gw/direct", align: "right" },
     ],
     rows.map((r) => {
@@ -269,6 +270,7 @@ function formatTargets(rows: (ComparisonRow & { gatewayCpu: number })[]): string
         Number.isFinite(addedP50) ? mark(addedP50 <= targetAddedP50Ms) : "-",
         Number.isFinite(r.subject.p99 - r.baseline.p99) ? (r.subject.p99 - r.baseline.p99).toFixed(2) : "-",
         Number.isFinite(r.gatewayCpu) ? `${Math.round(r.gatewayCpu * 100)}%` : "-",
+        Number.isFinite(r.gatewayCpu) && r.subject.rps > 0 ? Math.round((r.gatewayCpu * 1e6) / r.subject.rps).toString() : "-",
         `${r.subject.errors}/${r.baseline.errors}`,
       ];
     }),
@@ -278,7 +280,7 @@ function formatTargets(rows: (ComparisonRow & { gatewayCpu: number })[]): string
     "",
     table,
     `  gateway cpu: the Deno gateway process's CPU while its side was loaded (warm-up included), in % of one core; ` +
-      `at or near 100% its event loop is the bottleneck`,
+      `at or near 100% its event loop is the bottleneck; gw us/call: that CPU per REST call (about: the CPU includes the warm-up, the calls do not)`,
   ].join("\n");
 }
 
