@@ -32,10 +32,8 @@ const pipelinesClient = new URL("./pipelines-client.ts", import.meta.url).href;
 const targetRatio = 0.8;
 const targetAddedP50Ms = 1.5;
 /**
- * "warn" would leave out the access-log line per request (a stdout write in the gateway, a read
- * here), but cmd/gateway logs its "serving" line at info, and startGatewayProcess waits for that
- * line: at warn it never serves as far as we can tell. Back to "warn" once that line is printed at
- * every level.
+ * The gateway's default: one access-log line per request, as a deployment runs it ("warn" would
+ * leave the line out and measure a gateway nobody runs).
  */
 const gatewayLogLevel: "info" | "warn" = "info";
 /** A rate no bench reaches, so the gateway's limiter (still consulted on every call) never refuses one. */
