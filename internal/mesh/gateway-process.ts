@@ -25,13 +25,38 @@ export interface GatewayProcess {
   stop(timeoutMs?: number): Promise<void>;
 }
 
+export interface GatewayProcessOptions {
+  startTimeoutMs?: number;
+  onOutput?: (text: string) => void;
+  /** OTLP/HTTP base URL (JOBMESH_OTLP_ENDPOINT) the gateway exports its spans to; none are made without it. */
+  otlpEndpoint?: string;
+}
+
+/**
+ * Deno's built-in OpenTelemetry, switched on for traces only: a server span per request
+ * (Deno.serve) and a client span per call to a service (fetch, which writes the traceparent).
+ * JSON to the same /v1/traces URL the services' exporter posts to, so one receiver takes both;
+ * the console stays the access log and metrics stay on /metrics.
+ */
+function otelEnvironment(otlpEndpoint: string): Record<string, string> {
+  return {
+    OTEL_DENO: "true",
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: new URL("/v1/traces", otlpEndpoint).href,
+    OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
+    OTEL_SERVICE_NAME: "jobmesh-gateway",
+    OTEL_DENO_CONSOLE: "ignore",
+    OTEL_DENO_METRICS: "false",
+  };
+}
+
 /** Starts the gateway with `env` (JOBMESH_* and REDIS_URL; PATH and HOME are added) and waits until it serves. */
-export async function startGatewayProcess(env: Record<string, string>, options: { startTimeoutMs?: number; onOutput?: (text: string) => void } = {}): Promise<GatewayProcess> {
+export async function startGatewayProcess(env: Record<string, string>, options: GatewayProcessOptions = {}): Promise<GatewayProcess> {
   const child = spawn(denoBinary, ["run", ...permissions, join(repoRoot, "cmd/gateway/main.ts")], {
     cwd: repoRoot,
-    // Only what a process needs to run at all is inherited: the gateway's settings are `env`.
+    // Only what a process needs to run at all is inherited: the gateway's settings are `env`
+    // (so no OTEL_* of ours reaches it either: without otlpEndpoint it exports nothing).
     // eslint-disable-next-line no-restricted-properties
-    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", DENO_NO_UPDATE_CHECK: "1", NO_COLOR: "1", ...env },
+    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", DENO_NO_UPDATE_CHECK: "1", NO_COLOR: "1", ...(options.otlpEndpoint ? otelEnvironment(options.otlpEndpoint) : {}), ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   // A gateway outlives nothing: if this process dies however it dies, the guard's watchdog ends it.

@@ -109,8 +109,8 @@ export async function meshUp(config: Config, log: Logger, telemetry: Telemetry) 
         JOBMESH_LOG_LEVEL: config.logLevel === "trace" ? "debug" : config.logLevel === "fatal" ? "error" : config.logLevel,
         ...config.gatewayEnv,
       },
-      // Its warnings and errors reach the console; its access log stays in its own output.
-      { onOutput: (text) => text.split("\n").filter((line) => /"level":"(warn|error)"/.test(line)).forEach((line) => log.warn({ gateway: line }, "gateway")) },
+      // Its spans go where the services' go; its warnings and errors reach the console; its access log stays in its own output.
+      { otlpEndpoint: config.otlpEndpoint || undefined, onOutput: (text) => text.split("\n").filter((line) => /"level":"(warn|error)"/.test(line)).forEach((line) => log.warn({ gateway: line }, "gateway")) },
     );
 
     const description: MeshDescription = {

@@ -18,6 +18,8 @@ export interface GatewayMeshOptions {
   meshEnv?: Record<string, string>;
   /** Also serve JobService and start a stage worker. */
   jobs?: boolean;
+  /** OTLP/HTTP base URL the gateway exports its spans to (startGatewayProcess's option). */
+  otlpEndpoint?: string;
 }
 
 export interface GatewayMesh {
@@ -55,7 +57,7 @@ export async function startGatewayMesh(t: Teardown, options: GatewayMeshOptions 
     JOBMESH_GATEWAY_SOURCE_ADDRESS: "127.0.0.2",
     JOBMESH_LOG_LEVEL: "info",
     ...options.env,
-  }).catch(async (error: unknown) => {
+  }, { otlpEndpoint: options.otlpEndpoint }).catch(async (error: unknown) => {
     await stop();
     throw error;
   });
