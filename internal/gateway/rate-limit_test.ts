@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { Redis } from "ioredis";
 import { createEdgeRateLimiter, rateLimitHeaders, type Bucket, type RateLimitOutcome, type RateLimitSettings } from "./rate-limit.ts";
 
-const redisUrl = "redis://127.0.0.1:6379";
+const redisUrl = Deno.env.get("JOBMESH_TEST_REDIS_URL") ?? "redis://127.0.0.1:6379";
 
 // Rates below one a second make windows of several seconds, so a test on a busy machine does not
 // see a window turn between two of its requests.
