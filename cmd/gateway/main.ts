@@ -113,12 +113,14 @@ async function main() {
         console.log(JSON.stringify({ level: "info", time: new Date().toISOString(), name: "gateway", msg: "serving", ...serving }));
       },
     },
-    (req, info) => gateway.handle(req, (info.remoteAddr as Deno.NetAddr).hostname),
+    (req, info) => gateway.handle(req, (info.remoteAddr as Deno.NetAddr).hostname, info.completed),
   );
 
   const stop = async () => {
-    log.info("draining", { inFlight: gateway.inFlight() });
-    // Long streams (SSE) would hold shutdown open: they get the grace period, then the process ends.
+    log.info("draining", { openStreams: gateway.openStreams() });
+    // Streams never finish by themselves: they are ended first (SSE clients reconnect, elsewhere),
+    // then unary calls in flight get the grace period.
+    gateway.closeStreams();
     const grace = setTimeout(() => Deno.exit(0), config.shutdownGraceMs);
     await server.shutdown();
     clearTimeout(grace);

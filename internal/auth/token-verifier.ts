@@ -89,7 +89,17 @@ export function createTokenVerifier(deps: TokenVerifierDeps): TokenVerifier {
 
   async function keyFor(kid: string): Promise<CryptoKey | undefined> {
     const age = Date.now() - loadedAt;
-    if (age > maxAgeMs || (!keys.has(kid) && age > minReloadGapMs)) await reload();
+    if (age > maxAgeMs || (!keys.has(kid) && age > minReloadGapMs)) {
+      try {
+        await reload();
+      } catch (error) {
+        // A JWKS source that is down does not void the keys already here: a known key goes on
+        // verifying (it stays published until every token it signed has expired), and the next
+        // load is tried once the reload gap has passed, not on every call.
+        if (!keys.has(kid)) throw error;
+        loadedAt = Date.now() - maxAgeMs + minReloadGapMs;
+      }
+    }
     return keys.get(kid);
   }
 

@@ -37,3 +37,27 @@ void t.test("session epoch - a user's token carries the epoch it was issued in; 
   t.equal((await verifier.verify(token)).sessionEpoch, 3);
   t.equal((await verifier.verify(await signedAhead(0))).sessionEpoch, 0);
 });
+
+void t.test("jwks - while the JWKS source is down, keys already loaded go on verifying; an unknown key id is refused", async (t) => {
+  let sourceUp = true;
+  let loads = 0;
+  const flaky = createTokenVerifier({
+    loadJwks: async () => {
+      loads++;
+      if (!sourceUp) throw new Error("AuthService is unavailable");
+      return [publicJwk];
+    },
+    issuer: "jobmesh",
+    audience: "jobmesh",
+    maxAgeMs: 1,
+    minReloadGapMs: 60_000,
+  });
+  t.equal((await flaky.verify(await signedAhead(0))).subject, "users/u1");
+  sourceUp = false;
+  await new Promise((resolve) => setTimeout(resolve, 5));
+  // A different token (a verified one is remembered): its key is known, the JWKS is stale and cannot be reloaded.
+  t.equal((await flaky.verify(await signedAhead(0))).subject, "users/u1", "a known key verifies while the source is down");
+  const loadsAfterFailure = loads;
+  t.equal((await flaky.verify(await signedAhead(0))).subject, "users/u1");
+  t.equal(loads, loadsAfterFailure, "a failed reload is not retried on every call, only after the reload gap");
+});

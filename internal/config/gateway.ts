@@ -36,6 +36,8 @@ export interface GatewayConfig {
   maxTimeoutMs: number;
   rateLimits: { perTenant: RateBucket; perCredential: RateBucket; perAddress: RateBucket };
   sseHeartbeatMs: number;
+  /** Streams (SSE, NDJSON, downloads, uploads) one caller may hold open at once. */
+  maxStreamsPerCaller: number;
   logLevel: "debug" | "info" | "warn" | "error" | "silent";
   /** How long SIGTERM lets in-flight requests finish. */
   shutdownGraceMs: number;
@@ -90,6 +92,8 @@ export function loadGatewayConfig(env: Env): GatewayConfig {
       perAddress: bucket("ADDRESS", 20, 40),
     },
     sseHeartbeatMs: readInt(env, "JOBMESH_GATEWAY_SSE_HEARTBEAT_MS", 15_000, 10, 300_000),
+    // As many as the jobs service lets one caller watch (JOBMESH_MAX_WATCH_STREAMS_PER_CALLER).
+    maxStreamsPerCaller: readInt(env, "JOBMESH_GATEWAY_MAX_STREAMS_PER_CALLER", 100, 1, 1_000_000),
     logLevel: logLevel as GatewayConfig["logLevel"],
     shutdownGraceMs: readInt(env, "JOBMESH_SHUTDOWN_GRACE_MS", 10_000, 0, 300_000),
   };

@@ -12,6 +12,7 @@ import { createTransport } from "@connectrpc/connect/protocol-connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
 import { trace } from "@opentelemetry/api";
 import { serviceNames } from "../contract/index.ts";
+import { BodyTooLargeError } from "./http-errors.ts";
 
 export type BackendName = "jobs" | "pipelines" | "auth" | "audit" | "webhooks";
 
@@ -30,8 +31,8 @@ export interface Backends {
   unary(method: DescMethod, input: Message, call: BackendCall): Promise<Message>;
   /** A server-streaming call (one input) or a client-streaming one (many inputs, one output message in the stream). */
   stream(method: DescMethod, inputs: AsyncIterable<Message>, call: BackendCall): Promise<AsyncIterable<Message>>;
-  /** Forwards a Connect or gRPC-Web request as it is, body streamed both ways. */
-  passthrough(req: Request, service: DescService, call: BackendCall): Promise<Response>;
+  /** Forwards a Connect or gRPC-Web request as it is, body streamed both ways; a body over `maxBodyBytes` is refused with 413. */
+  passthrough(req: Request, service: DescService, call: BackendCall, maxBodyBytes: number): Promise<Response>;
 }
 
 export interface BackendDeps {
@@ -130,16 +131,37 @@ export function createBackends(deps: BackendDeps): Backends {
     },
     async unary(method, input, call) {
       if (method.methodKind !== "unary") throw new ConnectError(`${method.name} is not unary`, Code.Internal);
-      const response = await transportOf(method.parent).calls.unary(method as DescMethodUnary, call.signal, call.timeoutMs, call.headers, input, undefined);
-      return response.message;
+      try {
+        const response = await transportOf(method.parent).calls.unary(method as DescMethodUnary, call.signal, call.timeoutMs, call.headers, input, undefined);
+        return response.message;
+      } catch (error) {
+        throw unreachableAsUnavailable(error, method.parent);
+      }
     },
     async stream(method, inputs, call) {
       if (method.methodKind === "unary") throw new ConnectError(`${method.name} is not streaming`, Code.Internal);
       const { calls, uploads } = transportOf(method.parent);
-      const response = await (method.methodKind === "server_streaming" ? calls : uploads).stream(method as DescMethodStreaming, call.signal, call.timeoutMs, call.headers, inputs, undefined);
-      return response.message;
+      try {
+        const response = await (method.methodKind === "server_streaming" ? calls : uploads).stream(method as DescMethodStreaming, call.signal, call.timeoutMs, call.headers, inputs, undefined);
+        return response.message;
+      } catch (error) {
+        throw unreachableAsUnavailable(error, method.parent);
+      }
     },
-    async passthrough(req, service, call) {
+    async passthrough(req, service, call, maxBodyBytes) {
+      if (Number(req.headers.get("content-length") ?? "0") > maxBodyBytes) throw new BodyTooLargeError(maxBodyBytes, "request body");
+      // Counted as it flows: a body without Content-Length (a client stream) is cut at the limit.
+      let tooLarge: BodyTooLargeError | undefined;
+      let size = 0;
+      const body = req.body?.pipeThrough(
+        new TransformStream<Uint8Array, Uint8Array>({
+          transform(chunk, controller) {
+            size += chunk.byteLength;
+            if (size > maxBodyBytes) controller.error((tooLarge = new BodyTooLargeError(maxBodyBytes, "request body")));
+            else controller.enqueue(chunk);
+          },
+        }),
+      );
       const url = new URL(req.url);
       const headers = new Headers();
       const skipTraceContext = fetchWritesTraceContext();
@@ -150,16 +172,26 @@ export function createBackends(deps: BackendDeps): Backends {
       const upstream = await fetchIdentity(baseUrlOf(service) + url.pathname + url.search, {
         method: req.method,
         headers,
-        body: req.body,
+        body,
         signal: call.signal,
         // A streamed request body (Connect client streaming) needs half duplex.
-        ...(req.body ? { duplex: "half" } : {}),
-      } as RequestInit);
+        ...(body ? { duplex: "half" } : {}),
+      } as RequestInit).catch((error: unknown) => Promise.reject(tooLarge ?? unreachableAsUnavailable(error, service)));
       const answer = new Headers(upstream.headers);
       for (const name of ["connection", "keep-alive", "transfer-encoding"]) answer.delete(name);
       return new Response(upstream.body, { status: upstream.status, statusText: upstream.statusText, headers: answer });
     },
   };
+}
+
+/**
+ * A service that cannot be reached (connection refused, reset, DNS) is UNAVAILABLE (503: try again),
+ * not the UNKNOWN "fetch failed" the transports report; other errors pass as they are.
+ */
+function unreachableAsUnavailable(error: unknown, service: DescService): unknown {
+  const networkFailure = error instanceof TypeError || (error instanceof ConnectError && error.code === Code.Unknown && error.cause instanceof TypeError);
+  if (!networkFailure) return error;
+  return new ConnectError(`${service.typeName} is unavailable; try again`, Code.Unavailable, undefined, undefined, error);
 }
 
 /**

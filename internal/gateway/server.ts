@@ -22,7 +22,7 @@ import { BodyTooLargeError, errorResponse, httpStatusOf, statusBodyOf, toGateway
 import { applySecurityHeaders, createCorsPolicy } from "./http-policy.ts";
 import { logRequest, type GatewayLog, type GatewayMetrics } from "./observability.ts";
 import { buildOpenApiDocument } from "./openapi.ts";
-import { rateLimitHeaders, type EdgeRateLimiter } from "./rate-limit.ts";
+import { rateLimitHeaders, type EdgeRateLimiter, type RateLimitOutcome } from "./rate-limit.ts";
 import { createRouteTable } from "./routes.ts";
 import { applyResume, serverStreamResponse } from "./server-stream.ts";
 import { messageToJson, parseJsonBody, requestFromHttp, responseToJson } from "./transcode.ts";
@@ -46,15 +46,29 @@ export interface GatewayDeps {
     defaultTimeoutMs: number;
     maxTimeoutMs: number;
     sseHeartbeatMs: number;
+    /** Streams (SSE, NDJSON, downloads, uploads) one caller may hold open at once; the next gets 429. */
+    maxStreamsPerCaller: number;
     version: string;
   };
 }
 
 export interface Gateway {
-  handle(req: Request, peer: string | undefined): Promise<Response>;
-  /** Requests being answered now (drain waits for 0). */
-  inFlight(): number;
+  /**
+   * Answers one request. `completed` settles when the answer has been sent (resolves) or the
+   * client went away (rejects): Deno.serve's `info.completed`. It ends the backend call of a
+   * stream whose client left, and frees the caller's stream slot.
+   */
+  handle(req: Request, peer: string | undefined, completed: Promise<void>): Promise<Response>;
+  /** Streams open now. */
+  openStreams(): number;
+  /** Ends every open stream (its backend call is cancelled), so that a drain is not held open by watchers; they reconnect elsewhere. */
+  closeStreams(): void;
 }
+
+/** The HTTP methods metrics name; any other token a client sends is counted as OTHER, so series stay bounded. */
+const knownMethods = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]);
+/** How long a /readyz answer is reused: each one asks every backend, and it is open to anyone. */
+const readinessReuseMs = 1_000;
 
 /** Connect and gRPC-Web requests name the procedure in the path: /jobmesh.v1.JobService/GetJob. */
 const procedurePath = /^\/([a-z0-9_.]+\.[A-Za-z0-9_]+)\/([A-Za-z0-9_]+)$/;
@@ -68,18 +82,47 @@ export function createGateway(deps: GatewayDeps): Gateway {
   const openApi = JSON.stringify(buildOpenApiDocument(httpBindingsOfServices(meshServices), { version: settings.version }));
   const cors = createCorsPolicy(settings.corsOrigins);
   const docs = createDocs(deps.docs);
-  let inFlight = 0;
+  // Every open stream's controller (to end them on drain), and how many each caller holds.
+  const streams = new Set<AbortController>();
+  const streamsByCaller = new Map<string, number>();
+  let readiness: { at: number; answer: Promise<Record<string, boolean>> } | undefined;
+
+  /**
+   * Takes one of the caller's stream slots until `completed` settles; refuses with 429 when the
+   * caller holds its limit already (a stream costs a backend call for as long as it is open).
+   */
+  function holdStream(caller: string, abort: AbortController, completed: Promise<void>): void {
+    const held = streamsByCaller.get(caller) ?? 0;
+    if (held >= settings.maxStreamsPerCaller) {
+      throw new ConnectError(`too many open streams: at most ${settings.maxStreamsPerCaller} per caller (JOBMESH_GATEWAY_MAX_STREAMS_PER_CALLER); close one first`, Code.ResourceExhausted);
+    }
+    streamsByCaller.set(caller, held + 1);
+    streams.add(abort);
+    const release = () => {
+      streams.delete(abort);
+      const left = (streamsByCaller.get(caller) ?? 1) - 1;
+      if (left > 0) streamsByCaller.set(caller, left);
+      else streamsByCaller.delete(caller);
+    };
+    completed.then(release, release);
+  }
 
   /** Authenticates, authorizes and rate-limits one call; returns the caller and the headers the answer carries. */
   async function admit(rule: AccessRule, req: Request, clientAddress: string | undefined): Promise<{ caller: EdgeCaller | undefined; limitHeaders: Headers }> {
-    const caller = rule.kind === "public" ? undefined : await deps.auth.authenticate(req.headers);
-    authorizeAtEdge(rule, caller);
-    const outcome = await deps.rateLimiter.consume(caller ? { tenantId: caller.tenantId, credentialKey: caller.credentialKey } : { clientAddress });
-    const limitHeaders = rateLimitHeaders(outcome);
-    if (!outcome.allowed) {
-      throw Object.assign(new ConnectError(`rate limit exceeded (${outcome.policy}); retry after ${outcome.retryAfterSeconds ?? 1} s`, Code.ResourceExhausted), { limitHeaders });
+    let caller: EdgeCaller | undefined;
+    try {
+      caller = rule.kind === "public" ? undefined : await deps.auth.authenticate(req.headers);
+      authorizeAtEdge(rule, caller);
+    } catch (refusal) {
+      // A refused credential counts against the client's address like an anonymous call: guessing
+      // keys or forging tokens is limited, and each guess would otherwise cost AuthService a lookup.
+      const code = refusal instanceof ConnectError ? refusal.code : undefined;
+      if (code === Code.Unauthenticated || code === Code.PermissionDenied) throwIfLimited(await deps.rateLimiter.consume({ clientAddress }));
+      throw refusal;
     }
-    return { caller, limitHeaders };
+    const outcome = await deps.rateLimiter.consume(caller ? { tenantId: caller.tenantId, credentialKey: caller.credentialKey } : { clientAddress });
+    throwIfLimited(outcome);
+    return { caller, limitHeaders: rateLimitHeaders(outcome) };
   }
 
   async function serveOperator(req: Request, pathname: string): Promise<Response | undefined> {
@@ -88,7 +131,8 @@ export function createGateway(deps: GatewayDeps): Gateway {
       case "/healthz":
         return Response.json({ status: "ok" });
       case "/readyz": {
-        const backends = await deps.backendsReady();
+        if (!readiness || performance.now() - readiness.at > readinessReuseMs) readiness = { at: performance.now(), answer: deps.backendsReady() };
+        const backends = await readiness.answer;
         const ready = Object.values(backends).every(Boolean);
         return Response.json({ ready, backends }, { status: ready ? 200 : 503 });
       }
@@ -135,7 +179,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
     });
   }
 
-  async function handle(req: Request, peer: string | undefined): Promise<Response> {
+  async function handle(req: Request, peer: string | undefined, completed: Promise<void>): Promise<Response> {
     const started = performance.now();
     const url = new URL(req.url);
     const requestId = requestIdOf(req.headers);
@@ -144,9 +188,9 @@ export function createGateway(deps: GatewayDeps): Gateway {
     let tenant: string | undefined;
     let extraHeaders = new Headers();
     let response: Response;
-    // Aborted when the client goes away (Deno aborts req.signal) or the answer is done streaming.
+    // Ends the backend call once the answer is sent or the client went away.
     const abort = new AbortController();
-    req.signal.addEventListener("abort", () => abort.abort(req.signal.reason), { once: true });
+    completed.then(() => abort.abort(), (reason: unknown) => abort.abort(reason));
     try {
       const preflight = cors.preflight(req);
       if (preflight) {
@@ -163,8 +207,12 @@ export function createGateway(deps: GatewayDeps): Gateway {
           const admitted = await admit(rules.get(url.pathname)!, req, clientAddress);
           tenant = admitted.caller?.tenantId;
           extraHeaders = admitted.limitHeaders;
-          const call: BackendCall = { headers: forwardedHeaders(req, requestId, clientAddress), signal: abort.signal, timeoutMs: undefined };
-          response = await deps.backends.passthrough(req, method.parent as DescService, call);
+          if (method.methodKind !== "unary") holdStream(admitted.caller?.credentialKey ?? `address:${clientAddress}`, abort, completed);
+          // The Connect client's own deadline travels in its headers; this one only bounds what the edge holds.
+          const signal = AbortSignal.any([abort.signal, AbortSignal.timeout(settings.maxTimeoutMs)]);
+          const call: BackendCall = { headers: forwardedHeaders(req, requestId, clientAddress), signal, timeoutMs: undefined };
+          const limit = method.methodKind === "client_streaming" ? settings.maxUploadBytes + passthroughFramingBytes : settings.maxBodyBytes;
+          response = await deps.backends.passthrough(req, method.parent as DescService, call, limit);
         } else {
           const match = routes.match(req.method, url.pathname);
           if (match.kind === "not_found") {
@@ -185,7 +233,10 @@ export function createGateway(deps: GatewayDeps): Gateway {
             ? uploadMessages(req, method, settings.maxUploadBytes)
             : requestFromHttp(binding, match.variables, url.searchParams, parseJsonBody(await readBody(req, settings.maxBodyBytes)));
           if (!isUploadMethod(method) && method.methodKind === "server_streaming") applyResume(req, method, input as Message);
-          const timeoutMs = deadlineOf(req.headers, method.methodKind === "unary" ? settings.defaultTimeoutMs : undefined, settings.maxTimeoutMs);
+          if (method.methodKind !== "unary") holdStream(admitted.caller?.credentialKey ?? `address:${clientAddress}`, abort, completed);
+          // A watch may stay open as long as it likes; an upload is bounded (a trickled body must not hold a call forever).
+          const fallbackTimeoutMs = method.methodKind === "unary" ? settings.defaultTimeoutMs : method.methodKind === "client_streaming" ? settings.maxTimeoutMs : undefined;
+          const timeoutMs = deadlineOf(req.headers, fallbackTimeoutMs, settings.maxTimeoutMs);
           const call: BackendCall = { headers: forwardedHeaders(req, requestId, clientAddress), signal: abort.signal, timeoutMs };
           response = await callRest(req, method, input, call, abort, binding);
         }
@@ -197,31 +248,40 @@ export function createGateway(deps: GatewayDeps): Gateway {
       const status = (error as { httpStatus?: number }).httpStatus;
       response = errorResponse(failure);
       if (status) response = new Response(response.body, { status, headers: response.headers });
-      if (failure.code === Code.Internal) log.error("request failed", { requestId, route, err: String((error as Error)?.stack ?? error) });
+      if (response.status >= 500 && response.status !== 501) {
+        log.error("request failed", { requestId, route, status: response.status, err: String((error as Error)?.stack ?? error), cause: String((failure.cause as Error | undefined)?.message ?? "") });
+      }
     }
     const headers = new Headers(response.headers);
     extraHeaders.forEach((v, k) => headers.set(k, v));
     headers.set("x-request-id", requestId);
     applySecurityHeaders(headers, route === "/docs" ? { contentSecurityPolicy: response.headers.get("content-security-policy") ?? undefined } : undefined);
     cors.apply(req, headers);
+    if (req.method === "HEAD") await response.body?.cancel();
     const answer = new Response(req.method === "HEAD" ? null : response.body, { status: response.status, statusText: response.statusText, headers });
-    const record = { method: req.method, route, status: answer.status, durationMs: performance.now() - started, requestId, tenant };
+    const record = { method: knownMethods.has(req.method) ? req.method : "OTHER", route, status: answer.status, durationMs: performance.now() - started, requestId, tenant };
     logRequest(log, record);
     deps.metrics.record(record);
     return answer;
   }
 
   return {
-    async handle(req, peer) {
-      inFlight++;
-      try {
-        return await handle(req, peer);
-      } finally {
-        inFlight--;
-      }
+    handle,
+    openStreams: () => streams.size,
+    closeStreams() {
+      for (const stream of streams) stream.abort(new Error("the gateway is shutting down"));
     },
-    inFlight: () => inFlight,
   };
+}
+
+/** Room for the envelopes around an upload's chunks when it passes through as Connect or gRPC-Web. */
+const passthroughFramingBytes = 64 * 1024;
+
+/** Refuses with 429, carrying the RateLimit headers, when the outcome says so. */
+function throwIfLimited(outcome: RateLimitOutcome): void {
+  if (outcome.allowed) return;
+  const limitHeaders = rateLimitHeaders(outcome);
+  throw Object.assign(new ConnectError(`rate limit exceeded (${outcome.policy}); retry after ${outcome.retryAfterSeconds ?? 1} s`, Code.ResourceExhausted), { limitHeaders });
 }
 
 /** The client's x-request-id when it is a sane token, else a new one (never echo arbitrary bytes into logs). */

@@ -21,13 +21,14 @@ export interface GatewayProcess {
   output(): string;
   /** Settles with a one-line reason once it has exited. */
   exited: Promise<string>;
-  /** SIGTERM (it drains), SIGKILL after `timeoutMs`. Safe to call twice. */
+  /** SIGTERM (it drains), SIGKILL after `timeoutMs` (default: past the gateway's own 10 s grace period). Safe to call twice. */
   stop(timeoutMs?: number): Promise<void>;
 }
 
 export interface GatewayProcessOptions {
   startTimeoutMs?: number;
-  onOutput?: (text: string) => void;
+  /** Every whole line it prints, as it prints it. */
+  onLine?: (line: string) => void;
   /** OTLP/HTTP base URL (JOBMESH_OTLP_ENDPOINT) the gateway exports its spans to; none are made without it. */
   otlpEndpoint?: string;
 }
@@ -65,13 +66,14 @@ export async function startGatewayProcess(env: Record<string, string>, options: 
   let onLine: ((line: string) => void) | undefined;
   let partial = "";
   const read = (chunk: Buffer) => {
-    options.onOutput?.(chunk.toString("utf8"));
     output += chunk.toString("utf8");
     if (output.length > 4_000_000) output = output.slice(-2_000_000);
     partial += chunk.toString("utf8");
     let nl;
     while ((nl = partial.indexOf("\n")) >= 0) {
-      onLine?.(partial.slice(0, nl));
+      const line = partial.slice(0, nl);
+      options.onLine?.(line);
+      onLine?.(line);
       partial = partial.slice(nl + 1);
     }
   };
@@ -88,7 +90,7 @@ export async function startGatewayProcess(env: Record<string, string>, options: 
   guard.watch(pid, "SIGKILL");
 
   let stopping: Promise<void> | undefined;
-  const stop = (timeoutMs = 10_000) => {
+  const stop = (timeoutMs = 15_000) => {
     stopping ??= (async () => {
       if (child.exitCode === null && child.signalCode === null) {
         child.kill("SIGTERM");

@@ -75,7 +75,9 @@ export async function meshUp(config: Config, log: Logger, telemetry: Telemetry) 
   let infra: Awaited<ReturnType<typeof createInfra>> | undefined;
   let worker: Awaited<ReturnType<typeof startWorkers>> | undefined;
   let gateway: GatewayProcess | undefined;
+  let stopping = false;
   const stop = async () => {
+    stopping = true;
     // The edge first, then the servers (no new work), then the worker finishes or abandons its
     // stages, then the pools.
     await gateway?.stop();
@@ -110,8 +112,10 @@ export async function meshUp(config: Config, log: Logger, telemetry: Telemetry) 
         ...config.gatewayEnv,
       },
       // Its spans go where the services' go; its warnings and errors reach the console; its access log stays in its own output.
-      { otlpEndpoint: config.otlpEndpoint || undefined, onOutput: (text) => text.split("\n").filter((line) => /"level":"(warn|error)"/.test(line)).forEach((line) => log.warn({ gateway: line }, "gateway")) },
+      { otlpEndpoint: config.otlpEndpoint || undefined, onLine: (line) => /"level":"(warn|error)"/.test(line) && log.warn({ gateway: line }, "gateway") },
     );
+    // A gateway that dies leaves mesh.json naming a dead URL: say so loudly (stop() ends it on purpose).
+    void gateway.exited.then((reason) => stopping || log.error({ reason }, "the gateway exited; REST is down until jobmesh up is restarted"));
 
     const description: MeshDescription = {
       services: { gateway: gateway.url, ...Object.fromEntries(Object.entries(servers).map(([name, s]) => [name, s.url])) },
