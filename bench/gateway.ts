@@ -16,11 +16,13 @@
  * The gateway's own CPU and memory are read from /proc, since it is not this process: its RSS
  * idle and its peak under load, and its CPU while loaded.
  */
+import { spawn } from "node:child_process";
 import { readFile } from "node:fs/promises";
-import { startGatewayProcess, type GatewayProcess } from "../internal/mesh/gateway-process.ts";
+import { fileURLToPath } from "node:url";
+import { denoBinary, startGatewayProcess, type GatewayProcess } from "../internal/mesh/gateway-process.ts";
 import { startTestMesh, type TestMesh } from "../test/support/mesh.ts";
 import type { HttpGetPipelineArgs } from "./gateway-client.ts";
-import type { BenchEntry, LoadOptions, LoadResult, LoadSpec } from "./harness.ts";
+import type { BenchContext, BenchEntry, LoadOptions, LoadResult, LoadSpec } from "./harness.ts";
 import { protocols, type GetPipelineArgs } from "./pipelines-client.ts";
 import { formatComparison, formatTable, type ComparisonRow } from "./table.ts";
 
@@ -36,6 +38,9 @@ const targetAddedP50Ms = 1.5;
  * leave the line out and measure a gateway nobody runs).
  */
 const gatewayLogLevel: "info" | "warn" = "info";
+/** How the floor's rows are named in the tables. */
+const floorLabel = "bare Deno proxy (floor)";
+const floorProxyScript = fileURLToPath(new URL("./gateway-floor-proxy.ts", import.meta.url));
 /** A rate no bench reaches, so the gateway's limiter (still consulted on every call) never refuses one. */
 const unlimitedRate = "1000000";
 const unlimitedBurst = "10000000";
@@ -46,6 +51,7 @@ export const gatewayEntry: BenchEntry = {
     ctx.progress("gateway: starting jobmesh (own database and namespace) and the Deno gateway");
     const mesh = await startTestMesh({ JOBMESH_LOG_LEVEL: "silent", JOBMESH_TRUSTED_PROXIES: "127.0.0.2" }, { auth: true, recordSpans: false });
     let gateway: GatewayProcess | undefined;
+    let floor: FloorProxy | undefined;
     try {
       const headers = await mesh.auth!.headersFor("admin");
       gateway = await startGatewayProcess(gatewayEnv(mesh));
@@ -54,38 +60,41 @@ export const gatewayEntry: BenchEntry = {
       await checkRestAnswer(gateway.url, headers);
       const rssIdle = await rssOf(gateway.pid);
       const sampler = createProcessSampler(gateway.pid);
-      const rows: (ComparisonRow & { gatewayCpu: number })[] = [];
+      const rows: TargetRow[] = [];
+      const direct = baselinesFor(mesh.pipelines.url, headers);
 
-      for (const baseline of baselinesFor(mesh.pipelines.url, headers)) {
+      for (const baseline of direct) {
         for (const concurrency of concurrencies) {
           const options: LoadOptions = { concurrency, warmupMs: ctx.timing.warmupMs, durationMs: ctx.timing.durationMs };
           const rest: HttpGetPipelineArgs = { baseUrl: gateway.url, name: pipelineName, headers, connections: concurrency };
-          const specs = {
-            gateway: { module: gatewayClient, factory: "restGetPipelineCall", args: rest, options, series: `gateway/${baseline.key}/${concurrency}/rest` },
+          const row = await compareSides(ctx, sampler, `${baseline.label}, concurrency ${concurrency}`, {
+            subject: { module: gatewayClient, factory: "restGetPipelineCall", args: rest, options, series: `gateway/${baseline.key}/${concurrency}/rest` },
             direct: { module: baseline.module, factory: baseline.factory, args: baseline.args(concurrency), options, series: `gateway/${baseline.key}/${concurrency}/direct` },
-          } satisfies Record<string, LoadSpec>;
-          const results: Partial<Record<keyof typeof specs, LoadResult>> = {};
-          for (let round = 0; round < ctx.timing.rounds; round++) {
-            // Alternate which side goes first, so neither always follows the other.
-            const order = round % 2 === 0 ? (["direct", "gateway"] as const) : (["gateway", "direct"] as const);
-            for (const side of order) {
-              ctx.progress(`gateway: ${side}, ${baseline.label}, concurrency ${concurrency}, round ${round + 1}/${ctx.timing.rounds}`);
-              if (side === "direct") {
-                results.direct = await ctx.load.run(specs.direct);
-                continue;
-              }
-              results.gateway = await sampler.during(specs.gateway.series, concurrency, () => ctx.load.run(specs.gateway));
-            }
-          }
-          rows.push({
-            call: "GetPipeline (cache hit)",
-            protocol: `vs ${baseline.label}`,
-            concurrency,
-            subject: results.gateway!,
-            baseline: results.direct!,
-            gatewayCpu: sampler.cpuOf(specs.gateway.series),
           });
+          rows.push({ call: "GetPipeline (cache hit)", protocol: `vs ${baseline.label}`, concurrency, ...row });
         }
+      }
+
+      // The floor: the same Connect JSON call through a proxy that does nothing but forward it,
+      // against the same direct side, so the gap splits into the hop and the gateway's own work.
+      ctx.progress("gateway: starting the bare Deno proxy (floor)");
+      floor = await startFloorProxy(mesh.pipelines.url);
+      const floorSampler = createProcessSampler(floor.pid);
+      const fairest = direct[0]!;
+      const floorRows: TargetRow[] = [];
+      for (const concurrency of concurrencies) {
+        const options: LoadOptions = { concurrency, warmupMs: ctx.timing.warmupMs, durationMs: ctx.timing.durationMs };
+        const row = await compareSides(ctx, floorSampler, `bare Deno proxy (floor), concurrency ${concurrency}`, {
+          subject: {
+            module: gatewayClient,
+            factory: "connectJsonGetPipelineCall",
+            args: { baseUrl: floor.url, name: pipelineName, headers, connections: concurrency } satisfies HttpGetPipelineArgs,
+            options,
+            series: `gateway/floor/${concurrency}/proxy`,
+          },
+          direct: { module: fairest.module, factory: fairest.factory, args: fairest.args(concurrency), options, series: `gateway/floor/${concurrency}/direct` },
+        });
+        floorRows.push({ call: "GetPipeline (cache hit)", protocol: `${floorLabel}, vs ${fairest.label}`, concurrency, ...row });
       }
       const rssAfter = await rssOf(gateway.pid);
       const log = gateway.output().trim().split("\n");
@@ -97,8 +106,10 @@ export const gatewayEntry: BenchEntry = {
             "vs Connect straight to the pipelines service (same run, same concurrency)",
           subjectName: "gateway",
           baselineName: "direct",
-          rows,
+          rows: [...rows, ...floorRows],
           notes: [
+            `the last rows' subject is not the gateway but the ${floorLabel}: the same Connect JSON call as the direct side, ` +
+              `forwarded by Deno.serve → fetch (same HTTP client set-up as the gateway) and nothing else`,
             `per cell and side ${ctx.timing.rounds} x ${ctx.timing.durationMs / 1000}s, sides alternating, each round after ` +
               `${ctx.timing.warmupMs / 1000}s warm-up on new connections (the REST pool opens one per worker)`,
             `"srv" CPU is this process's, where the pipelines service runs (both sides call it); the gateway's own CPU is in the table below`,
@@ -107,7 +118,7 @@ export const gatewayEntry: BenchEntry = {
           ],
         }),
         "",
-        formatTargets(rows),
+        formatTargets(rows, floorRows),
         `  gateway process RSS: ${mib(rssAtStart)} after start, ${mib(rssIdle)} idle before load (after one request), ` +
           `${maxRss(sampler, 64)} peak under load at concurrency 64 (${maxRss(sampler, 1)} at 1), ${mib(rssAfter)} after the last run`,
         `  the gateway ran with JOBMESH_LOG_LEVEL=${gatewayLogLevel}: ` +
@@ -115,11 +126,83 @@ export const gatewayEntry: BenchEntry = {
           ` (${log.length} lines printed in all)`,
       ].join("\n");
     } finally {
+      await floor?.stop();
       await gateway?.stop();
       await mesh.close();
     }
   },
 };
+
+/** A row of the targets table: a comparison and the CPU of the proxy process (the gateway, or the floor) while its side ran. */
+type TargetRow = ComparisonRow & { gatewayCpu: number };
+
+/**
+ * Loads the subject (through a proxy process: the gateway or the floor) and the direct side in
+ * alternating rounds, never both at once, sampling the proxy's CPU while its side runs.
+ */
+async function compareSides(
+  ctx: BenchContext,
+  sampler: ProcessSampler,
+  label: string,
+  specs: { subject: LoadSpec & { series: string }; direct: LoadSpec },
+): Promise<Pick<TargetRow, "subject" | "baseline" | "gatewayCpu">> {
+  const results: Partial<Record<keyof typeof specs, LoadResult>> = {};
+  for (let round = 0; round < ctx.timing.rounds; round++) {
+    // Alternate which side goes first, so neither always follows the other.
+    const order = round % 2 === 0 ? (["direct", "subject"] as const) : (["subject", "direct"] as const);
+    for (const side of order) {
+      ctx.progress(`gateway: ${side === "subject" ? "through the proxy" : "direct"}, ${label}, round ${round + 1}/${ctx.timing.rounds}`);
+      if (side === "direct") results.direct = await ctx.load.run(specs.direct);
+      else results.subject = await sampler.during(specs.subject.series, specs.subject.options.concurrency, () => ctx.load.run(specs.subject));
+    }
+  }
+  return { subject: results.subject!, baseline: results.direct!, gatewayCpu: sampler.cpuOf(specs.subject.series) };
+}
+
+interface FloorProxy {
+  url: string;
+  pid: number;
+  stop(): Promise<void>;
+}
+
+/** Starts bench/gateway-floor-proxy.ts in front of `upstream`, connecting from 127.0.0.2 as the gateway does, and waits until it serves. */
+async function startFloorProxy(upstream: string): Promise<FloorProxy> {
+  const child = spawn(denoBinary, ["run", "--allow-net", "--allow-env", floorProxyScript], {
+    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", DENO_NO_UPDATE_CHECK: "1", NO_COLOR: "1", FLOOR_UPSTREAM_URL: upstream, FLOOR_SOURCE_ADDRESS: "127.0.0.2" },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const exited = new Promise<void>((resolve) => child.once("close", () => resolve()));
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill("SIGTERM");
+      const timer = setTimeout(() => child.kill("SIGKILL"), 5_000);
+      await exited;
+      clearTimeout(timer);
+    }
+  };
+  try {
+    const url = await new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error("the bare Deno proxy did not serve within 30 s")), 30_000);
+      let output = "";
+      child.stdout.on("data", (chunk: Buffer) => {
+        output += chunk.toString("utf8");
+        const serving = /\{"msg":"serving","url":"([^"]+)"\}/.exec(output);
+        if (serving) {
+          clearTimeout(timer);
+          resolve(serving[1]!);
+        }
+      });
+      void exited.then(() => {
+        clearTimeout(timer);
+        reject(new Error(`the bare Deno proxy exited before serving: ${output.slice(-500)}`));
+      });
+    });
+    return { url, pid: child.pid!, stop };
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+}
 
 interface Baseline {
   /** Series key. */
@@ -240,45 +323,62 @@ async function cpuSecondsOf(pid: number): Promise<number> {
   return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
-/** The issue's targets, per row: the throughput ratio and the latency the gateway adds to the median. */
-function formatTargets(rows: (ComparisonRow & { gatewayCpu: number })[]): string {
+/**
+ * The issue's targets, per row: the throughput ratio and the latency the gateway adds to the
+ * median; then the floor's rows (the hop alone, judged by the same targets), and what the gateway
+ * spends per call beyond it.
+ */
+function formatTargets(rows: TargetRow[], floorRows: TargetRow[]): string {
   const mark = (ok: boolean) => (ok ? "yes" : "NO");
+  const perCall = (r: TargetRow) => (Number.isFinite(r.gatewayCpu) && r.subject.rps > 0 ? (r.gatewayCpu * 1e6) / r.subject.rps : NaN);
+  const line = (through: string, r: TargetRow) => {
+    const ratio = r.baseline.rps > 0 ? r.subject.rps / r.baseline.rps : NaN;
+    const addedP50 = r.subject.p50 - r.baseline.p50;
+    return [
+      through,
+      r.protocol.replace(/^.*vs /, ""),
+      String(r.concurrency),
+      Number.isFinite(ratio) ? `${ratio.toFixed(2)}x` : "-",
+      Number.isFinite(ratio) ? mark(ratio >= targetRatio) : "-",
+      Number.isFinite(addedP50) ? addedP50.toFixed(2) : "-",
+      Number.isFinite(addedP50) ? mark(addedP50 <= targetAddedP50Ms) : "-",
+      Number.isFinite(r.subject.p99 - r.baseline.p99) ? (r.subject.p99 - r.baseline.p99).toFixed(2) : "-",
+      Number.isFinite(r.gatewayCpu) ? `${Math.round(r.gatewayCpu * 100)}%` : "-",
+      Number.isFinite(perCall(r)) ? Math.round(perCall(r)).toString() : "-",
+      `${r.subject.errors}/${r.baseline.errors}`,
+    ];
+  };
   const table = formatTable(
     [
+      { header: "through" },
       { header: "direct side" },
       { header: "conc", align: "right" },
-      { header: "gateway/direct", align: "right" },
+      { header: "through/direct", align: "right" },
       { header: `>= ${targetRatio.toFixed(2)}x`, align: "right" },
       { header: "added p50 ms", align: "right" },
       { header: `<= ${targetAddedP50Ms} ms`, align: "right" },
       { header: "added p99 ms", align: "right" },
-      { header: "gateway cpu", align: "right" },
-      { header: "gw us/call", align: "right" },
-      { header: "errors gw/direct", align: "right" },
+      { header: "proxy cpu", align: "right" },
+      { header: "proxy us/call", align: "right" },
+      { header: "errors through/direct", align: "right" },
     ],
-    rows.map((r) => {
-      const ratio = r.baseline.rps > 0 ? r.subject.rps / r.baseline.rps : NaN;
-      const addedP50 = r.subject.p50 - r.baseline.p50;
-      return [
-        r.protocol.replace(/^vs /, ""),
-        String(r.concurrency),
-        Number.isFinite(ratio) ? `${ratio.toFixed(2)}x` : "-",
-        Number.isFinite(ratio) ? mark(ratio >= targetRatio) : "-",
-        Number.isFinite(addedP50) ? addedP50.toFixed(2) : "-",
-        Number.isFinite(addedP50) ? mark(addedP50 <= targetAddedP50Ms) : "-",
-        Number.isFinite(r.subject.p99 - r.baseline.p99) ? (r.subject.p99 - r.baseline.p99).toFixed(2) : "-",
-        Number.isFinite(r.gatewayCpu) ? `${Math.round(r.gatewayCpu * 100)}%` : "-",
-        Number.isFinite(r.gatewayCpu) && r.subject.rps > 0 ? Math.round((r.gatewayCpu * 1e6) / r.subject.rps).toString() : "-",
-        `${r.subject.errors}/${r.baseline.errors}`,
-      ];
-    }),
+    [...rows.map((r) => line("gateway (REST)", r)), ...floorRows.map((r) => line(floorLabel, r))],
   );
+  // The gateway's own work: its CPU per call beyond the floor's, both against Connect JSON over undici.
+  const own = floorRows.map((floorRow) => {
+    const gatewayRow = rows.find((r) => r.concurrency === floorRow.concurrency && floorRow.protocol.endsWith(r.protocol));
+    const extra = gatewayRow ? perCall(gatewayRow) - perCall(floorRow) : NaN;
+    return `${Number.isFinite(extra) ? Math.round(extra) : "-"} us at ${floorRow.concurrency}`;
+  });
   return [
-    "Against the issue's targets (REST through the gateway vs the direct side of each row)",
+    "Against the issue's targets (through the gateway, or through the bare proxy, vs the direct side of each row)",
     "",
     table,
-    `  gateway cpu: the Deno gateway process's CPU while its side was loaded (warm-up included), in % of one core; ` +
-      `at or near 100% its event loop is the bottleneck; gw us/call: that CPU per REST call (about: the CPU includes the warm-up, the calls do not)`,
+    `  proxy cpu: the CPU of the process in the middle (the Deno gateway, or the bare Deno proxy) while its side was loaded ` +
+      `(warm-up included), in % of one core; at or near 100% its event loop is the bottleneck; proxy us/call: that CPU per call ` +
+      `(about: the CPU includes the warm-up, the calls do not)`,
+    `  the gateway's own work per call, beyond what any proxy process pays (gateway us/call minus floor us/call, both vs ` +
+      `Connect JSON over undici): ${own.join(", ")}`,
   ].join("\n");
 }
 
