@@ -4,6 +4,9 @@
  * Content-Security-Policy of 'self' holds: the start-up code is a file of its own.
  */
 
+import { Code, ConnectError } from "@connectrpc/connect";
+import { errorResponse } from "./http-errors.ts";
+
 /** Where the docs read swagger-ui-dist's files from. */
 export interface DocsDeps {
   /** Reads node_modules/swagger-ui-dist/<name>; undefined when it is not there. The lead wires it with Deno.readFile. */
@@ -76,23 +79,26 @@ export function createDocs(deps: DocsDeps): { handle(req: Request, pathname: str
     return asset;
   };
   const encoder = new TextEncoder();
-  const ownFiles: Record<string, { body: Uint8Array; type: string }> = {
-    "": { body: encoder.encode(page), type: "text/html; charset=utf-8" },
-    [initScriptName]: { body: encoder.encode(initScript), type: "text/javascript; charset=utf-8" },
-  };
+  // A Map, not an object literal: "/docs/constructor" must not find Object.prototype's members.
+  const ownFiles = new Map<string, { body: Uint8Array; type: string }>([
+    ["", { body: encoder.encode(page), type: "text/html; charset=utf-8" }],
+    [initScriptName, { body: encoder.encode(initScript), type: "text/javascript; charset=utf-8" }],
+  ]);
 
   return {
     async handle(req, pathname) {
       if (pathname !== "/docs" && pathname !== "/docs/" && !pathname.startsWith("/docs/")) return undefined;
       if (req.method !== "GET" && req.method !== "HEAD") {
-        return new Response(null, { status: 405, headers: { allow: "GET, HEAD" } });
+        const refusal = errorResponse(new ConnectError(`${req.method} is not allowed on ${pathname}; allowed: GET, HEAD`, Code.Unimplemented));
+        refusal.headers.set("allow", "GET, HEAD");
+        return new Response(refusal.body, { status: 405, headers: refusal.headers });
       }
       const name = pathname === "/docs" ? "" : pathname.slice("/docs/".length);
-      const own = ownFiles[name];
+      const own = ownFiles.get(name);
       if (own) return fileResponse(req, own.body, own.type, "no-cache");
       const type = Object.hasOwn(assetTypes, name) ? assetTypes[name] : undefined;
       const body = type ? await assetOf(name) : undefined;
-      if (!type || !body) return new Response("not found\n", { status: 404, headers: { "content-type": "text/plain; charset=utf-8" } });
+      if (!type || !body) return errorResponse(new ConnectError(`no such file: ${pathname}`, Code.NotFound));
       return fileResponse(req, body, type, "public, max-age=86400");
     },
   };

@@ -52,10 +52,10 @@ Deno.test("docs - assets with their content type, read once; HEAD has no body", 
 });
 
 Deno.test("docs - traversal, unknown files and missing assets are 404; other paths are not ours; writes are 405", async () => {
-  for (const path of ["/docs/../package.json", "/docs/..%2Fpackage.json", "/docs/%2e%2e/package.json", "/docs/index.html", "/docs/swagger-ui.js.map", "/docs/favicon-16x16.png"]) {
+  for (const path of ["/docs/../package.json", "/docs/..%2Fpackage.json", "/docs/%2e%2e/package.json", "/docs/index.html", "/docs/swagger-ui.js.map", "/docs/favicon-16x16.png", "/docs/constructor", "/docs/toString", "/docs/__proto__"]) {
     const res = await get(path);
     assert.equal(res?.status, 404, path);
-    await res?.body?.cancel();
+    assert.equal((await res?.json())?.code, 5, `${path}: a google.rpc.Status NOT_FOUND`);
   }
   assert.ok(!reads.some((n) => n.includes("..") || n.includes("/")), "no read outside the allow-list");
   assert.equal(await get("/docsx"), undefined);

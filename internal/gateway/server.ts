@@ -126,7 +126,8 @@ export function createGateway(deps: GatewayDeps): Gateway {
   }
 
   async function serveOperator(req: Request, pathname: string): Promise<Response | undefined> {
-    if (req.method !== "GET" && req.method !== "HEAD") return undefined;
+    // The docs answer every method on their paths (405 for writes); the rest are read-only.
+    if (req.method !== "GET" && req.method !== "HEAD") return pathname === "/docs" || pathname.startsWith("/docs/") ? docs.handle(req, pathname) : undefined;
     switch (pathname) {
       case "/healthz":
         return Response.json({ status: "ok" });

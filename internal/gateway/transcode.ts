@@ -42,7 +42,7 @@ export function requestFromHttp(binding: HttpBinding, variables: Map<string, str
   } else if (binding.body === "*") {
     if (body !== undefined) {
       if (!isObject(body)) throw invalidField("", `the request body must be a JSON object (${schema.typeName}), got ${kindOf(body)}`, "INVALID_VALUE");
-      Object.assign(json, body);
+      for (const [key, value] of Object.entries(body)) setOwn(json, key, value as JsonValue);
     }
     const first = query.keys().next();
     if (!first.done) throw invalidField(first.value, `unknown query parameter "${first.value}": this request takes all its fields from the body`, "UNKNOWN_FIELD");
@@ -113,10 +113,10 @@ function setFromQuery(binding: HttpBinding, json: JsonObject, key: string, value
     }
     if (mapKey !== undefined) {
       const map = (target[field.jsonName] ??= {}) as JsonObject;
-      if (mapKey in map) throw invalidField(key, `query parameter "${key}" is given more than once`, "INVALID_VALUE");
-      Object.assign(map, value);
+      if (Object.hasOwn(map, mapKey)) throw invalidField(key, `query parameter "${key}" is given more than once`, "INVALID_VALUE");
+      setOwn(map, mapKey, (value as JsonObject)[mapKey]!);
     } else {
-      if (field.jsonName in target) throw invalidField(key, `query parameter "${key}" is given more than once`, "INVALID_VALUE");
+      if (Object.hasOwn(target, field.jsonName)) throw invalidField(key, `query parameter "${key}" is given more than once`, "INVALID_VALUE");
       target[field.jsonName] = value;
     }
   }
@@ -287,4 +287,12 @@ function reasonOf(e: unknown): string {
 function invalidField(field: string, description: string, reason: string): ConnectError {
   const details = field === "" ? [] : [{ desc: BadRequestSchema, value: create(BadRequestSchema, { fieldViolations: [{ field, description, reason }] }) }];
   return new ConnectError(description, Code.InvalidArgument, undefined, details);
+}
+
+/**
+ * Sets an own property, whatever its name: plain assignment of "__proto__" would set the object's
+ * prototype and drop the key, so an unknown field of that name would pass unnoticed.
+ */
+function setOwn(target: JsonObject, key: string, value: JsonValue): void {
+  Object.defineProperty(target, key, { value, enumerable: true, writable: true, configurable: true });
 }

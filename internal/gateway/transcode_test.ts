@@ -220,3 +220,10 @@ Deno.test("transcode - responses: proto3 JSON with defaults, int64 strings, enum
   assert.equal(probeOut.big, "5");
   assert.deepEqual(probeOut.ids, []);
 });
+
+Deno.test("transcode - keys named like Object.prototype members are fields like any other: refused when unknown, counted once", () => {
+  // body "*": the whole request comes from the body object.
+  assertFieldError(() => requestFromHttp(real("CreateJobs"), vars(), q(""), JSON.parse('{"__proto__": {"requests": []}}')), "__proto__");
+  const m = fieldsOf(requestFromHttp(probe(), vars(), q("labels[toString]=a&labels[constructor]=b"), undefined));
+  assert.deepEqual(m.labels, { toString: "a", constructor: "b" });
+});
