@@ -5,96 +5,19 @@
  * if what is served matches it.
  */
 import t, { type Test } from "tap";
-import { Ajv2020, type ValidateFunction } from "ajv/dist/2020.js";
+import type { ValidateFunction } from "ajv/dist/2020.js";
 import { startGatewayMesh } from "./support/gateway.ts";
+import { loadOpenApiSchemas } from "./support/openapi-schemas.ts";
 
 t.setTimeout(240_000);
 const gateway = await startGatewayMesh(t, { jobs: true });
 const auth = gateway.mesh.auth!;
 
-interface Operation {
-  operationId?: string;
-  responses?: Record<string, { content?: Record<string, { schema?: unknown }> }>;
-}
-type OpenApi = { paths: Record<string, Record<string, Operation>>; components?: { schemas?: Record<string, unknown> } };
+const schemas = await loadOpenApiSchemas(`${gateway.url}/openapi.json`);
+t.comment(`formats in the document: ${schemas.formats.used.join(", ")}; not checked: ${schemas.formats.unchecked.join(", ") || "none"}`);
 
-const documentUrl = `${gateway.url}/openapi.json`;
-const document = (await (await fetch(documentUrl)).json()) as OpenApi;
-
-/** JSON pointer escaping (RFC 6901). */
-const pointer = (...tokens: string[]) => tokens.map((s) => "/" + s.replaceAll("~", "~0").replaceAll("/", "~1")).join("");
-
-/**
- * Formats the document uses, checked as proto3 JSON writes them: int64 as a decimal string,
- * int32 and double as JSON numbers, timestamps as RFC 3339. Each applies to one JSON type (ajv
- * ignores a format on a value of another type).
- */
-const formats: Record<string, { type: "string"; validate: (v: string) => boolean } | { type: "number"; validate: (v: number) => boolean }> = {
-  // RFC 3339 as proto3 JSON writes a Timestamp: 0, 3, 6 or 9 fractional digits, Z or an offset.
-  "date-time": { type: "string", validate: (v) => /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$/.test(v) && !Number.isNaN(Date.parse(v)) },
-  int64: { type: "string", validate: (v) => /^-?\d+$/.test(v) && BigInt(v) >= -(2n ** 63n) && BigInt(v) < 2n ** 63n },
-  uint64: { type: "string", validate: (v) => /^\d+$/.test(v) && BigInt(v) < 2n ** 64n },
-  int32: { type: "number", validate: (v) => Number.isInteger(v) && v >= -(2 ** 31) && v < 2 ** 31 },
-  uint32: { type: "number", validate: (v) => Number.isInteger(v) && v >= 0 && v < 2 ** 32 },
-  double: { type: "number", validate: (v) => Number.isFinite(v) },
-  float: { type: "number", validate: (v) => Number.isFinite(v) },
-  byte: { type: "string", validate: (v) => /^[A-Za-z0-9+/_-]*={0,2}$/.test(v) },
-  duration: { type: "string", validate: (v) => /^-?\d+(\.\d{1,9})?s$/.test(v) },
-  uuid: { type: "string", validate: (v) => /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(v) },
-  uri: { type: "string", validate: (v) => URL.canParse(v) },
-  email: { type: "string", validate: (v) => /^[^@\s]+@[^@\s]+$/.test(v) },
-};
-
-const ajv = new Ajv2020({ strict: false, allErrors: true });
-const usedFormats = new Set<string>();
-JSON.stringify(document, (key, value: unknown) => {
-  if (key === "format" && typeof value === "string") usedFormats.add(value);
-  return value;
-});
-for (const format of usedFormats) {
-  // A format this file does not know (e.g. "binary", only on raw bodies) is accepted, and said so below.
-  ajv.addFormat(format, formats[format] ?? true);
-}
-t.comment(`formats in the document: ${[...usedFormats].join(", ")}; not checked: ${[...usedFormats].filter((f) => !formats[f]).join(", ") || "none"}`);
-// The whole document under its URL: `#/components/schemas/X` refs resolve against it, and any
-// response schema is reached by its JSON pointer.
-ajv.addSchema(document, documentUrl);
-
-/** The operation whose operationId names the RPC (`GetJob`, `JobService_GetJob`, `jobmesh.v1.JobService.GetJob`...). */
-function operationOf(rpc: string): { path: string; verb: string; operation: Operation } {
-  const found: { path: string; verb: string; operation: Operation }[] = [];
-  for (const [path, item] of Object.entries(document.paths)) {
-    for (const [verb, operation] of Object.entries(item)) {
-      const id = (operation as Operation | undefined)?.operationId;
-      if (typeof id === "string" && new RegExp(`(^|[._/])${rpc}$`).test(id)) found.push({ path, verb, operation });
-    }
-  }
-  if (found.length !== 1) throw new Error(`${found.length} operations of ${rpc} in /openapi.json: ${found.map((f) => f.operation.operationId).join(", ")}`);
-  return found[0];
-}
-
-/**
- * The validator of the JSON body the document gives `rpc` for `status` (its own entry, else
- * `default`), following a `$ref` to a shared response in components.responses.
- */
-function validatorOf(rpc: string, status: number): ValidateFunction {
-  const { path, verb, operation } = operationOf(rpc);
-  const entry = operation.responses?.[String(status)] ? String(status) : "default";
-  const response = operation.responses?.[entry] as { $ref?: string; content?: Record<string, { schema?: unknown }> } | undefined;
-  if (!response) throw new Error(`${rpc}: /openapi.json documents no ${status} answer (${JSON.stringify(Object.keys(operation.responses ?? {}))})`);
-  let at = pointer("paths", path, verb, "responses", entry);
-  let content = response.content;
-  if (response.$ref) {
-    if (!response.$ref.startsWith("#/")) throw new Error(`${rpc} ${status}: a $ref outside the document: ${response.$ref}`);
-    at = response.$ref.slice(1);
-    const target = at.split("/").slice(1).reduce<unknown>((node, token) => (node as Record<string, unknown> | undefined)?.[token.replaceAll("~1", "/").replaceAll("~0", "~")], document);
-    content = (target as { content?: Record<string, { schema?: unknown }> } | undefined)?.content;
-  }
-  if (!content?.["application/json"]?.schema) throw new Error(`${rpc}: no application/json schema for ${status}`);
-  const validate = ajv.getSchema(`${documentUrl}#${at}${pointer("content", "application/json", "schema")}`);
-  if (!validate) throw new Error(`${rpc}: ajv cannot reach its ${entry} schema`);
-  return validate;
-}
+/** The validator of the JSON body the document gives `rpc` (its one operation) for `status`. */
+const validatorOf = (rpc: string, status: number): ValidateFunction => schemas.validatorOf(schemas.operationOf(rpc), status);
 
 interface Answer {
   status: number;
@@ -121,7 +44,7 @@ function checkAgainstSchema(t: Test, rpc: string, answer: Answer, status: number
   t.equal(answer.status, status, `${rpc} answers ${status} (${JSON.stringify(answer.body).slice(0, 300)})`);
   t.match(answer.contentType, /^application\/json/, `${rpc} ${status}: a JSON body`);
   const validate = validatorOf(rpc, answer.status);
-  t.ok(validate(answer.body), `${rpc} ${answer.status}: the body matches its schema in /openapi.json${validate.errors ? ": " + ajv.errorsText(validate.errors) : ""}`);
+  t.ok(validate(answer.body), `${rpc} ${answer.status}: the body matches its schema in /openapi.json${validate.errors ? ": " + schemas.errorsText(validate) : ""}`);
 }
 
 const admin = await auth.headersFor("admin");

@@ -3,7 +3,9 @@
  * mesh. The calls are generated from the descriptors (httpBindingsOfServices(meshServices)), so a
  * new RPC is called here without anyone adding it; a table gives the methods that need a real body
  * one, and a binding without an entry is still called (with `{}`) and must not fail on the server.
- * Then: REST answers are the services' answers in proto3 JSON, and Connect and gRPC-Web pass through.
+ * Every answer of that loop is checked with ajv against the schema the gateway's `/openapi.json`
+ * gives the operation a client would pick for the request, for the status and media type served
+ * (a stream's events against the streamed message's schema). Then: REST answers are the services' answers in proto3 JSON, and Connect and gRPC-Web pass through.
  */
 import t, { type Test } from "tap";
 import { equals, fromJson, type DescMessage, type JsonValue } from "@bufbuild/protobuf";
@@ -15,10 +17,11 @@ import { Role } from "../gen/jobmesh/v1/auth_pb.js";
 import { JobState } from "../gen/jobmesh/v1/events_pb.js";
 import { GetJobResponseSchema, JobService } from "../gen/jobmesh/v1/jobs_pb.js";
 import { GetPipelineResponseSchema, PipelineService, Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
-import { httpBindingsOfServices, meshRegistry, meshServices, procedureOf, serviceNames } from "../internal/contract/index.ts";
+import { httpBindingsOfServices, meshRegistry, meshServices, procedureOf, serviceNames, type HttpBinding } from "../internal/contract/index.ts";
 import { jobClient, signInAsAdmin, waitForJob } from "./jobs-support.ts";
 import { isStatusBody, jsonLinesOf, startGatewayMesh } from "./support/gateway.ts";
 import { testPassword } from "./support/auth.ts";
+import { loadOpenApiSchemas } from "./support/openapi-schemas.ts";
 
 // A mesh with jobs, a Deno process and a job run to the end before the first call: more than the default on a loaded machine.
 t.setTimeout(300_000);
@@ -28,6 +31,7 @@ const auth = mesh.auth!;
 const admin = await auth.headersFor("admin");
 const adminUser = await auth.userFor("admin");
 const jobs = jobClient(mesh.jobs!.url, await signInAsAdmin(mesh));
+const schemas = await loadOpenApiSchemas(`${url}/openapi.json`);
 const pipelines = createClient(PipelineService, createConnectTransport({ baseUrl: mesh.pipelines.url, httpVersion: "1.1", interceptors: [await auth.interceptorFor("admin")] }));
 
 /** The services this mesh does not run: their routes answer 501 UNIMPLEMENTED. */
@@ -210,6 +214,56 @@ async function readBody(res: Response): Promise<{ text: string; json: unknown }>
   return { text, json };
 }
 
+/** The JSON texts a stream carried: each SSE record's data, or each NDJSON line. */
+function streamedJson(mediaType: string, text: string): string[] {
+  if (mediaType === "application/x-ndjson") return text.split("\n").filter((line) => line.trim() !== "");
+  return text
+    .replace(/\r\n?/g, "\n")
+    .split("\n\n")
+    .map((record) => record.split("\n").filter((line) => line.startsWith("data:")).map((line) => line.slice(5).replace(/^ /, "")).join("\n"))
+    .filter((data) => data !== "");
+}
+
+/**
+ * Checks one answer against /openapi.json: the operation a client would pick for `verb` on the
+ * concrete path is this binding's RPC, documents the status, and the body matches the schema of
+ * the media type served. A stream's schema is a string; each event in it is checked against the
+ * streamed message's schema instead. A media type the document does not list for the status is
+ * accepted only where it promises any bytes (a download is served in the result's own type).
+ */
+function checkAgainstDocument(t: Test, binding: HttpBinding, concretePath: string, res: Response, text: string, json: unknown): void {
+  let operation: ReturnType<typeof schemas.operationAt>;
+  try {
+    operation = schemas.operationAt(binding.verb, concretePath);
+  } catch (error) {
+    t.fail(`the document has one operation for ${binding.verb} ${concretePath}: ${(error as Error).message}`);
+    return;
+  }
+  t.match(operation.operation.operationId, new RegExp(`^${binding.method.parent.name}_${binding.method.name}(_\\d+)?$`), `the document's operation for the request is ${binding.method.name}`);
+  const documented = schemas.mediaTypesOf(operation, res.status);
+  if (documented.length === 0) {
+    t.fail(`${operation.operation.operationId} documents its ${res.status} answer (documented: ${Object.keys(operation.operation.responses ?? {}).join(", ")})`);
+    return;
+  }
+  const served = (res.headers.get("content-type") ?? "").split(";")[0]!.trim();
+  const streamed = served === "text/event-stream" || served === "application/x-ndjson";
+  if (streamed && documented.includes(served) && documented.includes("application/x-ndjson")) {
+    const validate = schemas.validatorOf(operation, res.status, "application/x-ndjson", served === "text/event-stream" ? ["properties", "result"] : []);
+    const messages = streamedJson(served, text);
+    t.ok(messages.length > 0, `the ${served} stream carried a message to check`);
+    for (const message of messages) t.ok(validate(JSON.parse(message)), `a streamed message matches its schema in /openapi.json${validate.errors ? ": " + schemas.errorsText(validate) : ""} (${message.slice(0, 200)})`);
+    return;
+  }
+  const mediaType = documented.includes(served) ? served : documented.includes("application/octet-stream") ? "application/octet-stream" : undefined;
+  if (!mediaType) {
+    t.fail(`${operation.operation.operationId} ${res.status} is served as ${served || "nothing"}; the document says ${documented.join(", ")}`);
+    return;
+  }
+  const validate = schemas.validatorOf(operation, res.status, mediaType);
+  const body = mediaType === "application/json" ? json : text;
+  t.ok(validate(body), `the ${res.status} ${mediaType} body matches its schema in /openapi.json${validate.errors ? ": " + schemas.errorsText(validate) : ""}`);
+}
+
 const bindings = httpBindingsOfServices(meshServices);
 const verbs = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 const called = new Set<string>();
@@ -247,6 +301,7 @@ t.test("every binding of every service is called over REST", async (t) => {
       const seen = `${res.status} ${text.slice(0, 300)}`;
 
       t.not(res.status, 405, `not 405: ${seen}`);
+      checkAgainstDocument(t, binding, path, res, text, json);
       if (unserved.has(service)) {
         t.equal(res.status, 501, `a service this mesh does not run is 501: ${seen}`);
         t.ok(isStatusBody(json) && json.code === Code.Unimplemented && /not served/i.test(json.message), `and the body says it is not served: ${seen}`);
