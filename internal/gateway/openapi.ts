@@ -8,7 +8,10 @@
 import type { DescMessage, DescMethod } from "@bufbuild/protobuf";
 import { accessRuleOf, serviceNames, type HttpBinding } from "../contract/index.ts";
 import { SchemaCollector, refTo, type JsonSchema } from "./json-schema.ts";
+import { isDownloadMethod } from "./download.ts";
 import { parsePathTemplate } from "./path-template.ts";
+import { stringFormOf } from "./transcode.ts";
+import { uploadShapeOf } from "./upload.ts";
 
 export interface OpenApiOptions {
   title?: string;
@@ -150,7 +153,7 @@ function operationOf(
   }));
   let requestBody: Record<string, unknown> | undefined;
 
-  const upload = uploadShape(method);
+  const upload = uploadShapeOf(method);
   if (upload) {
     notes.push(
       "Send the document as the raw body (any content type; `filename` and `sha256` from the query, or " +
@@ -158,7 +161,7 @@ function operationOf(
         "streamed to the service, never buffered whole; over the document size limit the answer is 413.",
     );
     // The raw form takes these two from the query; the rest of the metadata comes from headers.
-    const fromQuery = queryParametersOf(upload.metadata, schemas, new Set()).filter((p) => p.name === "filename" || p.name === "sha256");
+    const fromQuery = queryParametersOf(upload.metadata.message, schemas, new Set()).filter((p) => p.name === "filename" || p.name === "sha256");
     parameters.push(...fromQuery);
     const digest = fromQuery.find((p) => p.name === "sha256");
     requestBody = {
@@ -228,22 +231,6 @@ function bodyOfWholeRequest(input: DescMessage, boundFields: Set<string>, schema
   return { required: required.length > 0, content: { "application/json": { schema } } };
 }
 
-/** Well-known types a query parameter can carry in their JSON string form. */
-const queryWellKnown = new Set([
-  "google.protobuf.Timestamp",
-  "google.protobuf.Duration",
-  "google.protobuf.FieldMask",
-  "google.protobuf.DoubleValue",
-  "google.protobuf.FloatValue",
-  "google.protobuf.Int64Value",
-  "google.protobuf.UInt64Value",
-  "google.protobuf.Int32Value",
-  "google.protobuf.UInt32Value",
-  "google.protobuf.BoolValue",
-  "google.protobuf.StringValue",
-  "google.protobuf.BytesValue",
-]);
-
 /**
  * The query parameters of a request: every field the path and body leave, nested messages as
  * dotted json names ("filter.createTime"), repeated fields as repeated parameters. Maps and
@@ -255,13 +242,13 @@ function queryParametersOf(message: DescMessage, schemas: SchemaCollector, skip:
     const protoPath = at.proto ? `${at.proto}.${field.name}` : field.name;
     const name = at.json ? `${at.json}.${field.jsonName}` : field.jsonName;
     if (skip.has(protoPath) || field.fieldKind === "map") continue;
-    if (field.fieldKind === "message" && !queryWellKnown.has(field.message.typeName)) {
+    if (field.fieldKind === "message" && stringFormOf(field.message) === undefined) {
       if (at.depth >= 3 || at.types.has(field.message.typeName)) continue;
       const below = { proto: protoPath, json: name, depth: at.depth + 1, types: new Set([...at.types, message.typeName]) };
       parameters.push(...queryParametersOf(field.message, schemas, skip, below));
       continue;
     }
-    if (field.fieldKind === "list" && field.listKind === "message" && !queryWellKnown.has(field.message.typeName)) continue;
+    if (field.fieldKind === "list" && field.listKind === "message" && stringFormOf(field.message) === undefined) continue;
     const parameter: Record<string, unknown> = { name, in: "query", schema: schemas.fieldSchema(field, "input") };
     if (field.fieldKind === "list") Object.assign(parameter, { style: "form", explode: true });
     if (at.depth === 0 && schemas.isRequiredInput(field)) parameter.required = true;
@@ -280,23 +267,9 @@ interface QueryPrefix {
 
 const rootPrefix: QueryPrefix = { proto: "", json: "", depth: 0, types: new Set() };
 
-/** A client stream of metadata then bytes (UploadDocument): a oneof of a `metadata` message and a `chunk`. */
-function uploadShape(method: DescMethod): { metadata: DescMessage } | undefined {
-  if (method.methodKind !== "client_streaming") return undefined;
-  const metadata = method.input.fields.find((f) => f.name === "metadata");
-  const chunk = method.input.fields.find((f) => f.name === "chunk");
-  if (metadata?.fieldKind !== "message" || chunk?.fieldKind !== "scalar") return undefined;
-  return { metadata: metadata.message };
-}
-
-/** A server stream of byte chunks (DownloadJobResult): served as the bytes themselves. */
-function isDownload(method: DescMethod): boolean {
-  return method.methodKind === "server_streaming" && ["chunk", "total_size", "media_type"].every((n) => method.output.fields.some((f) => f.name === n));
-}
-
 function successResponseOf(binding: HttpBinding, schemas: SchemaCollector, notes: string[]): Record<string, unknown> {
   const { method } = binding;
-  if (isDownload(method)) {
+  if (isDownloadMethod(method)) {
     notes.push("Streams the bytes with `Content-Type` = the result's media type and `Content-Length` = its size.");
     return { description: "The bytes of the result.", content: { "application/octet-stream": { schema: { type: "string", format: "binary" } } } };
   }

@@ -164,7 +164,8 @@ function enumValueOf(text: string): JsonValue {
 }
 
 /** Well-known types whose JSON is a string (or a wrapped scalar), so a query value can carry them. */
-function stringFormOf(message: DescMessage): ScalarType | "string" | undefined {
+/** How a well-known type is written as one query value ("string" for its JSON string form), or undefined when it has none (the OpenAPI document asks too). */
+export function stringFormOf(message: DescMessage): ScalarType | "string" | undefined {
   switch (message.typeName) {
     case "google.protobuf.Timestamp":
     case "google.protobuf.Duration":

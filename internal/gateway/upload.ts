@@ -22,12 +22,14 @@ const maxTextFieldBytes = 1024;
 type MessageField = DescField & { fieldKind: "message"; message: DescMessage };
 
 /** The oneof of an upload request: `metadata` (first message) or `chunk` (every later one). */
-interface UploadShape {
+/** The two parts of an upload's request: the metadata message and the bytes. */
+export interface UploadShape {
   metadata: MessageField;
   chunk: DescField;
 }
 
-function uploadShapeOf(method: DescMethod): UploadShape | undefined {
+/** The metadata and chunk fields of an upload method, or undefined when `method` is not one (the OpenAPI document asks too). */
+export function uploadShapeOf(method: DescMethod): UploadShape | undefined {
   if (method.methodKind !== "client_streaming") return undefined;
   for (const oneof of method.input.oneofs) {
     const metadata = oneof.fields.find((field): field is MessageField => field.name === "metadata" && field.fieldKind === "message");
