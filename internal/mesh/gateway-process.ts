@@ -11,8 +11,8 @@ import { createProcessGuard } from "../devstack/process-guard.ts";
 const repoRoot = join(import.meta.dirname, "../..");
 /** The Deno binary the `deno` npm package installs; no network access at run time (nodeModulesDir "manual"). */
 export const denoBinary = join(repoRoot, "node_modules/.bin/deno");
-/** What the gateway may touch: the network, its environment, the repo's files (swagger-ui assets), the OS (ioredis asks for the hostname). */
-const permissions = ["--allow-net", "--allow-env", "--allow-read", "--allow-sys"];
+/** What the gateway may touch: the network, its environment, the repo's files only (its code, gen/, the swagger-ui assets), the OS (ioredis asks for the hostname). */
+const permissions = ["--allow-net", "--allow-env", `--allow-read=${repoRoot}`, "--allow-sys"];
 
 export interface GatewayProcess {
   url: string;
