@@ -3,6 +3,12 @@
  * per credential for a caller that authenticated, per client address for one that did not.
  * A request refused by its credential's bucket is not counted against its tenant's.
  *
+ * The credential's and the tenant's buckets are counted at the same time (one Redis round trip of
+ * latency, not two); when the credential refuses, the tenant's point is given back (the steady
+ * window's, and the reserve's when the steady window was spent) before the answer. Until it is,
+ * about one round trip, the tenant's other credentials see it spent: a credential pushing
+ * against its limit borrows from its tenant only its requests in flight, never its refused ones.
+ *
  * Each bucket is rate-limiter-flexible's BurstyRateLimiter (its answer to a token bucket, which
  * it does not offer as such): a steady limiter of `perSecond` requests in one-second windows, and
  * behind it a reserve of `burst - perSecond` more, drawn only when the steady window is spent and
@@ -72,6 +78,21 @@ export interface EdgeRateLimiterDeps {
 
 type PolicyName = "tenant" | "credential" | "address";
 
+interface CountedBucket {
+  policy: PolicyName;
+  limiter: RateLimiterAbstract | BurstyRateLimiter;
+  limit: number;
+  windowSeconds: number;
+  /** Takes back one request counted with `consume`, given the steady window's count it answered. */
+  giveBack(key: string, steadyCount: number): Promise<void>;
+}
+
+/** One bucket's answer, and the steady window's count after it (undefined when nothing was counted). */
+interface Counted {
+  outcome: RateLimitOutcome;
+  steadyCount?: number;
+}
+
 /** The steady part of a bucket as a fixed window: whole requests over whole seconds. */
 function steadyWindow(perSecond: number): { points: number; duration: number } {
   if (!(perSecond > 0)) throw new RangeError(`a rate limit needs a positive rate, got ${perSecond}`);
@@ -106,13 +127,23 @@ export function createEdgeRateLimiter(deps: EdgeRateLimiterDeps): EdgeRateLimite
     return new RLWrapperTimeouts({ limiter: inRedis, timeoutMs: storeTimeoutMs });
   }
 
-  function bucketOf(policy: PolicyName, bucket: Bucket) {
+  function bucketOf(policy: PolicyName, bucket: Bucket): CountedBucket {
     const steady = steadyWindow(bucket.perSecond);
     const prefix = `${deps.keyPrefix}:${policy}`;
     const primary = storeLimiter(prefix, steady.points, steady.duration);
     const reserve = Math.floor(bucket.burst) - steady.points;
-    const limiter = reserve > 0 ? new BurstyRateLimiter(primary, storeLimiter(`${prefix}:burst`, reserve, Math.max(1, Math.ceil(bucket.burst / bucket.perSecond)))) : primary;
-    return { policy, limiter, limit: steady.points, windowSeconds: steady.duration };
+    const reserveLimiter = reserve > 0 ? storeLimiter(`${prefix}:burst`, reserve, Math.max(1, Math.ceil(bucket.burst / bucket.perSecond))) : undefined;
+    return {
+      policy,
+      limiter: reserveLimiter ? new BurstyRateLimiter(primary, reserveLimiter) : primary,
+      limit: steady.points,
+      windowSeconds: steady.duration,
+      async giveBack(key, steadyCount) {
+        // BurstyRateLimiter has no reward of its own: it counts in the steady window always, and in
+        // the reserve too once the steady window's count passed its points.
+        await Promise.all([primary.reward(key), ...(reserveLimiter && steadyCount > steady.points ? [reserveLimiter.reward(key)] : [])]);
+      },
+    };
   }
 
   const buckets = {
@@ -122,20 +153,30 @@ export function createEdgeRateLimiter(deps: EdgeRateLimiterDeps): EdgeRateLimite
   };
   const inFlight = new Set<Promise<unknown>>();
 
-  async function count(bucket: ReturnType<typeof bucketOf>, key: string): Promise<RateLimitOutcome> {
+  async function count(bucket: CountedBucket, key: string): Promise<Counted> {
     const base = { policy: bucket.policy, limit: bucket.limit, windowSeconds: bucket.windowSeconds };
     try {
       const res = await bucket.limiter.consume(key);
-      return { ...base, allowed: true, remaining: res.remainingPoints, resetSeconds: secondsOf(res.msBeforeNext) };
+      return { outcome: { ...base, allowed: true, remaining: res.remainingPoints, resetSeconds: secondsOf(res.msBeforeNext) }, steadyCount: res.consumedPoints };
     } catch (error) {
       if (error instanceof RateLimiterRes) {
         const wait = Math.max(1, secondsOf(error.msBeforeNext));
-        return { ...base, allowed: false, remaining: 0, resetSeconds: wait, retryAfterSeconds: wait };
+        return { outcome: { ...base, allowed: false, remaining: 0, resetSeconds: wait, retryAfterSeconds: wait }, steadyCount: error.consumedPoints };
       }
       // The insurance limiter answers every store failure; anything else is a fault of ours, and
-      // the request is let through rather than failed for it.
+      // the request is let through rather than failed for it (nothing was counted to give back).
       report(error);
-      return { ...base, allowed: true, remaining: bucket.limit, resetSeconds: bucket.windowSeconds };
+      return { outcome: { ...base, allowed: true, remaining: bucket.limit, resetSeconds: bucket.windowSeconds } };
+    }
+  }
+
+  /** Returns a point counted for a request that was refused elsewhere; a failure to is reported, never thrown. */
+  async function giveBack(bucket: CountedBucket, key: string, counted: Counted): Promise<void> {
+    if (counted.steadyCount === undefined) return;
+    try {
+      await bucket.giveBack(key, counted.steadyCount);
+    } catch (error) {
+      report(error);
     }
   }
 
@@ -144,17 +185,19 @@ export function createEdgeRateLimiter(deps: EdgeRateLimiterDeps): EdgeRateLimite
       const counting = (async (): Promise<RateLimitOutcome> => {
         if (keys.tenantId === undefined && keys.credentialKey === undefined) {
           // An anonymous request whose address is unknown shares one bucket with all such: never unlimited.
-          return count(buckets.address, keys.clientAddress ?? "unknown");
+          return (await count(buckets.address, keys.clientAddress ?? "unknown")).outcome;
         }
-        // The credential first, and the tenant only for what it let through: a credential that is
-        // being refused does not spend its tenant's budget, so it cannot starve the tenant's others.
-        const outcomes: RateLimitOutcome[] = [];
-        if (keys.credentialKey !== undefined) {
-          outcomes.push(await count(buckets.credential, keys.credentialKey));
-          if (!outcomes[0].allowed) return outcomes[0];
+        const [credential, tenant] = await Promise.all([
+          keys.credentialKey === undefined ? undefined : count(buckets.credential, keys.credentialKey),
+          keys.tenantId === undefined ? undefined : count(buckets.tenant, keys.tenantId),
+        ]);
+        if (credential && !credential.outcome.allowed) {
+          // A credential that is being refused does not spend its tenant's budget, so it cannot
+          // starve the tenant's other credentials.
+          if (tenant) await giveBack(buckets.tenant, keys.tenantId!, tenant);
+          return credential.outcome;
         }
-        if (keys.tenantId !== undefined) outcomes.push(await count(buckets.tenant, keys.tenantId));
-        return mostRestrictive(outcomes);
+        return mostRestrictive([credential, tenant].flatMap((counted) => (counted ? [counted.outcome] : [])));
       })();
       inFlight.add(counting);
       try {

@@ -73,6 +73,25 @@ Deno.test("rate limit - tenants are counted apart, and so are the credentials of
   });
 });
 
+Deno.test("rate limit - a credential being refused does not spend its tenant's budget, even with its refusals in flight together", async () => {
+  // The credential's bucket holds one request, the tenant's three (one steady, two in reserve).
+  await withLimiter({ perTenant: slow, perCredential: { perSecond: 0.2, burst: 1 }, perAddress: roomy }, async (limiter, redisErrors) => {
+    assert.equal((await limiter.consume({ tenantId: "t1", credentialKey: "t1:apiKeys/noisy" })).allowed, true);
+    const refusals = await Promise.all(Array.from({ length: 6 }, () => limiter.consume({ tenantId: "t1", credentialKey: "t1:apiKeys/noisy" })));
+    for (const refusal of refusals) {
+      assert.equal(refusal.allowed, false);
+      assert.equal(refusal.policy, "credential");
+    }
+    // The tenant spent one request on the noisy key: two are left, from its reserve.
+    assert.equal((await limiter.consume({ tenantId: "t1", credentialKey: "t1:apiKeys/quiet-1" })).allowed, true, "the tenant's reserve is intact");
+    assert.equal((await limiter.consume({ tenantId: "t1", credentialKey: "t1:apiKeys/quiet-2" })).allowed, true);
+    const spent = await limiter.consume({ tenantId: "t1", credentialKey: "t1:apiKeys/quiet-3" });
+    assert.equal(spent.allowed, false, "and then the tenant's bucket is spent");
+    assert.equal(spent.policy, "tenant");
+    assert.deepEqual(redisErrors, [], "counted (and given back) in Redis throughout");
+  });
+});
+
 Deno.test("rate limit - anonymous requests count by client address, apart from authenticated ones", async () => {
   await withLimiter({ perTenant: roomy, perCredential: roomy, perAddress: slow }, async (limiter) => {
     const spent = await consumeUntilRefused(() => limiter.consume({ clientAddress: "192.0.2.1" }));
