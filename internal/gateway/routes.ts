@@ -2,6 +2,9 @@
  * The gateway's route table, built at start-up from the http bindings of the services (no route
  * is written by hand). A request path picks the most specific template that matches it; then the
  * verb either finds its binding there or the answer is 405 with the verbs that template allows.
+ *
+ * A request is matched only against the templates that could take it: those indexed under its
+ * number of segments and its first segment (or a wildcard there), and those ending in "**".
  */
 import { ScalarType, type DescMessage } from "@bufbuild/protobuf";
 import type { HttpBinding } from "../contract/index.ts";
@@ -43,13 +46,14 @@ export function createRouteTable(bindings: readonly HttpBinding[]): RouteTable {
     routes.push({ binding, template, shape });
   }
 
+  const candidates = createCandidateIndex(routes);
   return {
     routes: routes.map(({ binding, template }) => ({ binding, template })),
     match(verb, pathname) {
       // The most specific matching templates decide, whatever their verb: "GET /v1/jobs/x:cancel"
       // is a 405 for the :cancel route, not a GetJob of a job named "x:cancel".
       let best: { route: Route; variables: Map<string, string> }[] = [];
-      for (const route of routes) {
+      for (const route of candidates(pathname)) {
         const variables = matchPathTemplate(route.template, pathname);
         if (!variables) continue;
         const order = best.length === 0 ? 1 : compareSpecificity(route.template, best[0]!.route.template);
@@ -63,6 +67,59 @@ export function createRouteTable(bindings: readonly HttpBinding[]): RouteTable {
       if (allow.has("GET")) allow.add("HEAD");
       return { kind: "method_not_allowed", allow: [...allow].sort() };
     },
+  };
+}
+
+/**
+ * The routes a path could match, in table order: matchPathTemplate still decides, so the index
+ * only has to keep every route that might. A template without "**" matches only paths with as
+ * many "/"-separated segments (its custom verb rides on the last one), and one whose first
+ * segment is a literal only paths whose first segment decodes to it; a custom verb or a
+ * percent-encoded ":" never makes a literal match (a literal holds no ":"), so the first
+ * segment's text before any ":" is the key.
+ */
+function createCandidateIndex(routes: readonly Route[]): (pathname: string) => readonly Route[] {
+  const byKey = new Map<string, Route[]>();
+  const deep: Route[] = [];
+  const keyOf = (segments: number, first: string) => `${segments} ${first}`;
+  for (const route of routes) {
+    const { segments } = route.template;
+    if (segments.some((s) => s.kind === "deep_wildcard")) {
+      deep.push(route);
+      continue;
+    }
+    const first = segments[0];
+    // A template "/" (no segment) would match only the path "/"; an empty first key stands for it.
+    const key = keyOf(segments.length, first === undefined ? "" : first.kind === "literal" ? first.value : "*");
+    byKey.set(key, [...(byKey.get(key) ?? []), route]);
+  }
+  const order = new Map(routes.map((route, i) => [route, i]));
+  const cache = new Map<string, readonly Route[]>();
+  return (pathname) => {
+    const rest = pathname.startsWith("/") ? pathname.slice(1) : pathname;
+    const slash = rest.indexOf("/");
+    const firstRaw = slash === -1 ? rest : rest.slice(0, slash);
+    let segments = 1;
+    for (let i = rest.indexOf("/"); i !== -1; i = rest.indexOf("/", i + 1)) segments++;
+    const colon = firstRaw.indexOf(":");
+    let first: string | undefined;
+    try {
+      first = decodeURIComponent(colon === -1 ? firstRaw : firstRaw.slice(0, colon));
+    } catch {
+      first = undefined; // malformed: no literal matches it, a wildcard may still be asked (and refuse it)
+    }
+    const key = `${segments} ${first ?? ""}`;
+    const known = cache.get(key);
+    if (known) return known;
+    const found = [
+      ...(first === undefined ? [] : (byKey.get(keyOf(segments, first)) ?? [])),
+      ...(byKey.get(keyOf(segments, "*")) ?? []),
+      ...(rest === "" ? (byKey.get(keyOf(0, "")) ?? []) : []),
+      ...deep,
+    ].sort((a, b) => order.get(a)! - order.get(b)!);
+    // Keys come from request paths: keep only those of real routes, so a client cannot grow the cache.
+    if (found.length > deep.length && cache.size < 1024) cache.set(key, found);
+    return found;
   };
 }
 

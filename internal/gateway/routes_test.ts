@@ -104,3 +104,20 @@ Deno.test("routes - a path variable must name a string field of the request", ()
   assert.throws(() => createRouteTable([fake("/v1/{nope=jobs/*}")]), /has no field "nope"/);
   assert.throws(() => createRouteTable([fake("/v1/{name.x=jobs/*}")]), /not a message field/);
 });
+
+Deno.test("routes - the index keeps templates whose first segment is a wildcard, that end in **, or carry a verb on their only segment", () => {
+  const t = createRouteTable([fake("/{name=*}:cancel", "POST"), fake("/jobs:batch", "POST"), fake("/{name=*}/jobs"), fake("/v1/{name=**}")]);
+  const cancel = t.match("POST", "/x:cancel");
+  assert.equal(cancel.kind === "match" && cancel.binding.path, "/{name=*}:cancel");
+  const batch = t.match("POST", "/jobs:batch");
+  assert.equal(batch.kind === "match" && batch.binding.path, "/jobs:batch");
+  const nested = t.match("GET", "/any/jobs");
+  assert.ok(nested.kind === "match" && nested.variables.get("name") === "any");
+  for (const path of ["/v1/a", "/v1/a/b/c/d/e"]) {
+    const deep = t.match("GET", path);
+    assert.equal(deep.kind === "match" && deep.binding.path, "/v1/{name=**}", path);
+  }
+  assert.deepEqual(t.match("GET", "/x:cancel"), { kind: "method_not_allowed", allow: ["POST"] });
+  assert.deepEqual(t.match("POST", "/jobs%3Abatch"), { kind: "not_found" });
+  assert.deepEqual(t.match("GET", "/%zz/jobs"), { kind: "not_found" }, "malformed percent-encoding is refused by the wildcard too");
+});
