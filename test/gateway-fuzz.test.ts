@@ -3,24 +3,32 @@
  * hostile path variables (unicode, `..`, `%2F`, `%00`, invalid UTF-8, thousands of characters),
  * query strings (unknown keys, huge numbers, unicode) and bodies (malformed JSON, a wrong type
  * for a field, huge numbers, deep nesting, strings around the body limit, missing fields,
- * unicode, odd content types), as an admin and as nobody. Whatever arrives, the gateway answers
- * no 5xx (bar 501 for a service this deployment does not serve; never 503), and every 4xx
- * carries a google.rpc.Status JSON body whose code agrees with the status.
+ * unicode, odd content types), as an admin and as nobody; beside them the operator paths
+ * (/healthz, /readyz, /metrics, /openapi.json), /docs/<any string>, random HTTP method tokens on
+ * every kind of path, and Connect/gRPC-Web pass-through paths (/<pkg.Service>/<Method>, real and
+ * made up) with random bodies. Whatever arrives, the gateway answers no 5xx (bar 501 for a
+ * service this deployment does not serve; never 503), and every 4xx carries a google.rpc.Status
+ * JSON body whose code agrees with the status (404 → NOT_FOUND, 405 → UNIMPLEMENTED); a
+ * pass-through answer may instead be the Connect protocol's own error. Afterwards /metrics has
+ * grown no series for the method tokens sent.
  *
- * Bounded: ~300 requests with a fixed seed (JOBMESH_FUZZ_SEED overrides it; a failure prints the
- * seed and path to replay).
+ * Bounded by the number of runs alone (a sweep, then 300 generated requests, fixed seed;
+ * JOBMESH_FUZZ_SEED overrides it; a failure prints the seed and path to replay), never by time:
+ * a slow machine takes longer, it does not fail.
  */
 import t from "tap";
 import fc from "fast-check";
 import { Agent, request } from "node:http";
+import { meshServices, procedureOf } from "../internal/contract/index.ts";
 import { isStatusBody, startGatewayMesh } from "./support/gateway.ts";
 
 const seed = Number(process.env.JOBMESH_FUZZ_SEED ?? 20261207);
-// With the sweep below (each operation twice, ~100 requests), about 300 requests in all.
-const numRuns = 200;
+// With the sweep below (each operation twice, ~100 requests), about 400 requests in all.
+const numRuns = 300;
 // Small, so bodies around the limit stay cheap; 413 past it.
 const bodyLimit = 64 * 1024;
-t.setTimeout(240_000);
+// A hang guard for a loaded 2-core machine, not a target: the run is bounded by numRuns.
+t.setTimeout(300_000);
 // Rate limits out of the way: a 429 is a fine answer, but a fuzz run of 429s tests nothing else.
 const unlimited = Object.fromEntries(["TENANT", "CREDENTIAL", "ADDRESS"].flatMap((what) => [[`JOBMESH_GATEWAY_RATE_PER_${what}`, "100000"], [`JOBMESH_GATEWAY_BURST_PER_${what}`, "100000"]]));
 const gateway = await startGatewayMesh(t, { jobs: true, env: { JOBMESH_GATEWAY_MAX_BODY_BYTES: String(bodyLimit), ...unlimited } });
@@ -181,13 +189,31 @@ const queryValue = fc.oneof(
 );
 
 interface FuzzRequest {
-  operation: Operation;
+  /** What generated it: an operation id, "operator", "docs" or "pass-through". */
+  origin: string;
+  /** The service whose route it is, when there is one (a 501 of an unserved service is fine). */
+  service: string;
+  /** A Connect/gRPC-Web pass-through path: a 4xx may be the Connect protocol's own error. */
+  passthrough: boolean;
+  method: string;
   caller: "admin" | "anonymous";
   path: string;
   query: string;
   contentType: string;
   body?: Buffer;
 }
+
+/**
+ * HTTP method tokens (RFC 9110 tchar): extension methods, a lower-case "get" (methods are case
+ * sensitive), the standard ones off their routes. Not CONNECT, which asks for a tunnel rather than
+ * an answer.
+ */
+const methodToken = fc
+  .oneof(
+    fc.constantFrom("XYZZY", "PROPFIND", "MKCOL", "TRACE", "QUERY", "PURGE", "M-SEARCH", "get", "Post", "OPTIONS", "HEAD", "GET", "POST", "PUT", "PATCH", "DELETE"),
+    fc.stringMatching(/^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,24}$/),
+  )
+  .filter((m) => m !== "CONNECT");
 
 function requestsOf(operation: Operation): fc.Arbitrary<FuzzRequest> {
   const queryKey = fc.oneof(fc.constantFrom(...operation.queryNames, "unknownField", "a.b.c", "pageSize", "page_size", "name", "$alt", ""), fc.string({ maxLength: 12 }).map(encoded));
@@ -197,12 +223,117 @@ function requestsOf(operation: Operation): fc.Arbitrary<FuzzRequest> {
       ? fc.record({ contentType: rawContentType, body: fc.oneof(fc.uint8Array({ maxLength: 4096 }).map((b) => Buffer.from(b)), fc.constant(Buffer.from("--fuzz\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\n%PDF-1.4 truncated"))) })
       : fc.oneof({ weight: 4, arbitrary: fc.constant({ contentType: "" }) }, { weight: 1, arbitrary: fc.record({ contentType: jsonContentType, body: jsonBodyOf({}) }) });
   return fc.record({
-    operation: fc.constant(operation),
+    origin: fc.constant(operation.id),
+    service: fc.constant(operation.service),
+    passthrough: fc.constant(false),
+    method: fc.oneof({ weight: 9, arbitrary: fc.constant(operation.verb) }, { weight: 1, arbitrary: methodToken }),
     caller: fc.constantFrom("admin" as const, "anonymous" as const),
     path: fc.array(pathValue, { minLength: operation.pathNames.length, maxLength: operation.pathNames.length }).map((values) => operation.path.replace(/\{[^}]+\}/g, () => values.shift()!)),
     query: fc.array(fc.tuple(queryKey, queryValue), { maxLength: 4 }).map((pairs) => pairs.map(([k, v]) => `${k}=${v}`).join("&")),
   }).chain((r) => body.map((b) => printable({ ...r, ...b })));
 }
+
+const caller = fc.constantFrom("admin" as const, "anonymous" as const);
+const anyQuery = fc.array(fc.tuple(fc.string({ maxLength: 12 }).map(encoded), queryValue), { maxLength: 3 }).map((pairs) => pairs.map(([k, v]) => `${k}=${v}`).join("&"));
+
+/** The gateway's own endpoints, mostly with GET, sometimes with any method token. */
+const operatorRequest: fc.Arbitrary<FuzzRequest> = fc
+  .record({
+    origin: fc.constant("operator"),
+    service: fc.constant(""),
+    passthrough: fc.constant(false),
+    method: fc.oneof({ weight: 3, arbitrary: fc.constantFrom("GET", "HEAD") }, { weight: 2, arbitrary: methodToken }),
+    caller,
+    path: fc.constantFrom("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/", "/healthz/", "/metrics/x", "/openapi.json/", "//healthz"),
+    query: fc.oneof(fc.constant(""), anyQuery),
+    contentType: fc.constant(""),
+  })
+  .map(printable);
+
+/**
+ * /docs/<any string>: the page's own assets, names every JavaScript object has (constructor,
+ * __proto__, toString), traversal, and arbitrary strings, escaped or raw.
+ */
+const docsRequest: fc.Arbitrary<FuzzRequest> = fc
+  .record({
+    origin: fc.constant("docs"),
+    service: fc.constant(""),
+    passthrough: fc.constant(false),
+    method: fc.oneof({ weight: 4, arbitrary: fc.constantFrom("GET", "HEAD") }, { weight: 1, arbitrary: methodToken }),
+    caller,
+    path: fc
+      .oneof(
+        fc.constantFrom("swagger-ui.css", "swagger-ui-bundle.js", "jobmesh-docs-init.js", "favicon-16x16.png", "constructor", "__proto__", "toString", "hasOwnProperty", "valueOf", "__defineGetter__", "prototype", "..", "../package.json", "..%2Fpackage.json", "%2e%2e/%2e%2e/etc/passwd", "swagger-ui.css/", "index.html", ""),
+        fc.string({ unit: "binary", minLength: 1, maxLength: 40 }).map(encoded),
+        fc.stringMatching(/^[A-Za-z0-9._~-]{1,40}$/),
+        fc.array(pathValue, { minLength: 1, maxLength: 3 }).map((parts) => parts.join("/")),
+      )
+      .map((rest) => `/docs/${rest}`),
+    query: fc.constant(""),
+    contentType: fc.constant(""),
+  })
+  .map(printable);
+
+/** The mesh's procedures as Connect and gRPC-Web clients name them, and names that are none of them. */
+const procedures = meshServices.flatMap((s) => s.methods.map((m) => procedureOf(m)));
+const procedurePath = fc.oneof(
+  { weight: 4, arbitrary: fc.constantFrom(...procedures) },
+  {
+    weight: 2,
+    arbitrary: fc.constantFrom(
+      "/jobmesh.v1.JobService/NoSuchMethod",
+      "/jobmesh.v1.NoSuchService/GetJob",
+      "/jobmesh.v1.JobService/",
+      "/jobmesh.v1.JobService/GetJob/extra",
+      "/jobmesh.v1.JobService/getJob",
+      "/grpc.health.v1.Health/Check",
+      "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+      "/foo.Bar/Baz",
+    ),
+  },
+  { weight: 1, arbitrary: fc.tuple(fc.stringMatching(/^[a-z][a-z0-9_]{0,8}(\.[a-z0-9_]{1,8}){0,2}$/), fc.stringMatching(/^[A-Z][A-Za-z0-9_]{0,16}$/), fc.stringMatching(/^[A-Z][A-Za-z0-9_]{0,16}$/)).map(([pkg, service, method]) => `/${pkg}.${service}/${method}`) },
+);
+
+/** Content types a Connect, gRPC-Web or gRPC client sends, and some no client sends. */
+const passthroughContentType = fc.constantFrom(
+  "application/json",
+  "application/proto",
+  "application/connect+json",
+  "application/connect+proto",
+  "application/grpc-web+proto",
+  "application/grpc-web+json",
+  "application/grpc-web-text",
+  "application/grpc",
+  "text/plain",
+  "",
+);
+
+/** Connect/gRPC-Web pass-through requests: random bytes, JSON-ish bodies, bodies past the limit; mostly POST. */
+const passthroughRequest: fc.Arbitrary<FuzzRequest> = fc
+  .record({
+    origin: fc.constant("pass-through"),
+    passthrough: fc.constant(true),
+    method: fc.oneof({ weight: 4, arbitrary: fc.constant("POST") }, { weight: 1, arbitrary: methodToken }),
+    caller,
+    path: procedurePath,
+    query: fc.oneof({ weight: 4, arbitrary: fc.constant("") }, { weight: 1, arbitrary: anyQuery }),
+    contentType: passthroughContentType,
+    body: fc.oneof(
+      fc.uint8Array({ maxLength: 4096 }).map((b) => Buffer.from(b)),
+      jsonBodyOf({}),
+      fc.constantFrom('{"name":"pipelines/document-default"}', '{"name":"jobs/fuzz"}', "{}", "\u0000\u0000\u0000\u0000\u0002{}").map((b) => Buffer.from(b)),
+      fc.integer({ min: bodyLimit + 1, max: bodyLimit + 8192 }).map((n) => Buffer.from(`{"name":"${"p".repeat(n)}"}`)),
+    ),
+  })
+  .map((r) => printable({ ...r, service: /^\/jobmesh\.v1\.([A-Za-z]+)\//.exec(r.path)?.[1] ?? "" }));
+
+/** Every kind of request, most of them to the operations of /openapi.json. */
+const anyRequest: fc.Arbitrary<FuzzRequest> = fc.oneof(
+  { weight: 6, arbitrary: fc.constantFrom(...operations).chain(requestsOf) },
+  { weight: 1, arbitrary: operatorRequest },
+  { weight: 1, arbitrary: docsRequest },
+  { weight: 2, arbitrary: passthroughRequest },
+);
 
 /** fast-check prints a counterexample with this, not as a dump of its (possibly 64 KiB) body bytes. */
 function printable(r: FuzzRequest): FuzzRequest {
@@ -222,7 +353,7 @@ function send(r: FuzzRequest): Promise<Answer> {
   if (r.contentType) headers["content-type"] = r.contentType;
   if (r.body) headers["content-length"] = r.body.byteLength;
   return new Promise((resolve, reject) => {
-    const req = request({ agent, host: hostname, port, method: r.operation.verb, path: r.path + (r.query ? `?${r.query}` : ""), headers, timeout: 30_000 }, (res) => {
+    const req = request({ agent, host: hostname, port, method: r.method, path: r.path + (r.query ? `?${r.query}` : ""), headers, timeout: 30_000 }, (res) => {
       const chunks: Buffer[] = [];
       let size = 0;
       res.on("data", (chunk: Buffer) => {
@@ -241,8 +372,18 @@ function send(r: FuzzRequest): Promise<Answer> {
 /** The issue's error table: the HTTP status of each gRPC code. */
 const statusOfCode: Record<number, number> = { 1: 499, 2: 500, 3: 400, 4: 504, 5: 404, 6: 409, 7: 403, 8: 429, 9: 400, 10: 409, 11: 400, 12: 501, 13: 500, 14: 503, 15: 500, 16: 401 };
 
-/** What is wrong with an answer to an operation of `service`, or undefined when nothing is. */
-function problemOf(service: string, answer: Answer): string | undefined {
+/** Connect's names of the gRPC codes, by number (the Connect protocol's JSON error carries the name). */
+const connectCodeNames = ["ok", "canceled", "unknown", "invalid_argument", "deadline_exceeded", "not_found", "already_exists", "permission_denied", "resource_exhausted", "failed_precondition", "aborted", "out_of_range", "unimplemented", "internal", "unavailable", "data_loss", "unauthenticated"];
+
+/** The numeric code of a Connect protocol error body (`{"code": "not_found", ...}`), or undefined when it is not one. */
+function connectErrorCodeOf(body: unknown): number | undefined {
+  const code = (body as { code?: unknown } | null)?.code;
+  const index = typeof code === "string" ? connectCodeNames.indexOf(code) : -1;
+  return index > 0 ? index : undefined;
+}
+
+/** What is wrong with an answer, or undefined when nothing is. */
+function problemOf(r: Pick<FuzzRequest, "service" | "method" | "passthrough">, answer: Answer): string | undefined {
   const { status } = answer;
   let parsed: unknown;
   try {
@@ -250,53 +391,103 @@ function problemOf(service: string, answer: Answer): string | undefined {
   } catch {
     parsed = undefined;
   }
-  if (status === 501 && unservedServices.has(service) && isStatusBody(parsed) && parsed.code === 12) return undefined;
+  if (status === 501 && unservedServices.has(r.service) && (r.method === "HEAD" || (isStatusBody(parsed) && parsed.code === 12))) return undefined;
   if (status >= 500) return `a ${status} (${answer.body.slice(0, 300)})`;
   if (status < 400) return undefined;
+  // An answer to HEAD has no body by HTTP; its status must still be an error's, never a 5xx.
+  if (r.method === "HEAD") return undefined;
+  const agrees = (code: number) =>
+    // 413 is RESOURCE_EXHAUSTED for a body over the limit; 405 is UNIMPLEMENTED for a method the route does not take.
+    statusOfCode[code] === status || (status === 413 && code === 8) || (status === 405 && code === 12);
+  // The Connect protocol's own answers, passed through from the service: its JSON error (the same
+  // code-to-status table), or a bare 415 for a content type it does not speak. 404/405 are the gateway's.
+  if (r.passthrough && status !== 404 && status !== 405) {
+    const connectCode = connectErrorCodeOf(parsed);
+    if (connectCode !== undefined) return agrees(connectCode) ? undefined : `a ${status} carrying Connect code ${connectCodeNames[connectCode]}, which the error table maps to ${statusOfCode[connectCode]}`;
+    if (status === 415 && answer.body === "") return undefined;
+  }
   if (!/^application\/json/.test(answer.contentType)) return `a ${status} as ${answer.contentType || "no content type"}, not JSON (${answer.body.slice(0, 200)})`;
   if (!isStatusBody(parsed)) return `a ${status} whose body is not a google.rpc.Status (${answer.body.slice(0, 300)})`;
-  const expected = statusOfCode[parsed.code];
-  // 413 is RESOURCE_EXHAUSTED for a body over the limit; 404/405 of an unknown route or method precede any RPC.
-  const agrees = expected === status || (status === 413 && parsed.code === 8) || status === 404 || status === 405;
-  return agrees ? undefined : `a ${status} carrying code ${parsed.code}, which the error table maps to ${expected}`;
+  return agrees(parsed.code) ? undefined : `a ${status} carrying code ${parsed.code}, which the error table maps to ${statusOfCode[parsed.code]}`;
 }
 
-const describe = (r: FuzzRequest) => `${r.caller} ${r.operation.verb} ${r.path.slice(0, 200)}${r.query ? "?" + r.query.slice(0, 200) : ""} [${r.contentType}] ${r.body ? r.body.subarray(0, 200).toString("utf8") + (r.body.byteLength > 200 ? `… (${r.body.byteLength} bytes)` : "") : ""}`;
+const describe = (r: FuzzRequest) => `${r.caller} ${r.method} ${r.path.slice(0, 200)}${r.query ? "?" + r.query.slice(0, 200) : ""} [${r.contentType}] ${r.body ? r.body.subarray(0, 200).toString("utf8") + (r.body.byteLength > 200 ? `… (${r.body.byteLength} bytes)` : "") : ""}`;
 
 t.test("fuzz - the check itself refuses what it must", async (t) => {
   const json = "application/json";
-  t.match(problemOf("JobService", { status: 500, contentType: json, body: '{"code":13,"message":"x","details":[]}' }), /500/, "a 500 is a problem");
-  t.match(problemOf("JobService", { status: 503, contentType: json, body: '{"code":14,"message":"x","details":[]}' }), /503/, "a 503 is a problem");
-  t.match(problemOf("JobService", { status: 501, contentType: json, body: '{"code":12,"message":"x","details":[]}' }), /501/, "a 501 of a served service is a problem");
-  t.equal(problemOf("WebhookService", { status: 501, contentType: json, body: '{"code":12,"message":"x","details":[]}' }), undefined, "a 501 of an unserved service is not");
-  t.match(problemOf("JobService", { status: 400, contentType: "text/plain", body: "bad request" }), /not JSON/, "a 4xx in plain text is a problem");
-  t.match(problemOf("JobService", { status: 400, contentType: json, body: '{"error":"bad"}' }), /google.rpc.Status/, "a 4xx in another JSON shape is a problem");
-  t.match(problemOf("JobService", { status: 400, contentType: json, body: '{"code":5,"message":"x","details":[]}' }), /maps to 404/, "a status that disagrees with its code is a problem");
-  t.equal(problemOf("JobService", { status: 413, contentType: json, body: '{"code":8,"message":"x","details":[]}' }), undefined, "413 with RESOURCE_EXHAUSTED is fine");
+  const rest = (service: string, method = "GET") => ({ service, method, passthrough: false });
+  const passthrough = { service: "JobService", method: "POST", passthrough: true };
+  t.match(problemOf(rest("JobService"), { status: 500, contentType: json, body: '{"code":13,"message":"x","details":[]}' }), /500/, "a 500 is a problem");
+  t.match(problemOf(rest("JobService"), { status: 503, contentType: json, body: '{"code":14,"message":"x","details":[]}' }), /503/, "a 503 is a problem");
+  t.match(problemOf(rest("JobService"), { status: 501, contentType: json, body: '{"code":12,"message":"x","details":[]}' }), /501/, "a 501 of a served service is a problem");
+  t.equal(problemOf(rest("WebhookService"), { status: 501, contentType: json, body: '{"code":12,"message":"x","details":[]}' }), undefined, "a 501 of an unserved service is not");
+  t.match(problemOf(rest("JobService"), { status: 400, contentType: "text/plain", body: "bad request" }), /not JSON/, "a 4xx in plain text is a problem");
+  t.match(problemOf(rest("JobService"), { status: 400, contentType: json, body: '{"error":"bad"}' }), /google.rpc.Status/, "a 4xx in another JSON shape is a problem");
+  t.match(problemOf(rest("JobService"), { status: 400, contentType: json, body: '{"code":5,"message":"x","details":[]}' }), /maps to 404/, "a status that disagrees with its code is a problem");
+  t.equal(problemOf(rest("JobService"), { status: 413, contentType: json, body: '{"code":8,"message":"x","details":[]}' }), undefined, "413 with RESOURCE_EXHAUSTED is fine");
+  t.match(problemOf(rest(""), { status: 404, contentType: json, body: '{"code":3,"message":"x","details":[]}' }), /maps to 400/, "a 404 must carry NOT_FOUND");
+  t.match(problemOf(rest(""), { status: 405, contentType: json, body: '{"code":5,"message":"x","details":[]}' }), /maps to 404/, "a 405 must carry UNIMPLEMENTED");
+  t.equal(problemOf(rest(""), { status: 405, contentType: json, body: '{"code":12,"message":"x","details":[]}' }), undefined, "a 405 with UNIMPLEMENTED is fine");
+  t.match(problemOf(rest("", "XYZZY"), { status: 404, contentType: "text/plain", body: "not found\n" }), /not JSON/, "a plain-text 404 (e.g. /docs/<name>) is a problem");
+  t.equal(problemOf(rest("", "HEAD"), { status: 404, contentType: json, body: "" }), undefined, "an answer to HEAD has no body to check");
+  t.equal(problemOf(passthrough, { status: 400, contentType: json, body: '{"code":"invalid_argument","message":"x"}' }), undefined, "a pass-through may answer the Connect protocol's error");
+  t.match(problemOf(passthrough, { status: 409, contentType: json, body: '{"code":"invalid_argument","message":"x"}' }), /maps to 400/, "whose code must agree with the status too");
+  t.match(problemOf(passthrough, { status: 500, contentType: json, body: '{"code":"internal","message":"parse binary: illegal tag"}' }), /500/, "and a 500 is a problem there too");
+  t.equal(problemOf(passthrough, { status: 415, contentType: "", body: "" }), undefined, "or Connect's bare 415 for a content type it does not speak");
+  t.match(problemOf(passthrough, { status: 405, contentType: "", body: "" }), /not JSON/, "but not a bare 405: a method the gateway does not pass on is its own answer");
+  t.match(problemOf(rest("JobService"), { status: 400, contentType: json, body: '{"code":"invalid_argument","message":"x"}' }), /google.rpc.Status/, "a REST route never answers in Connect's shape");
 });
 
-t.test("fuzz - every operation of /openapi.json, then ~200 generated requests: no 5xx, every 4xx a google.rpc.Status", async (t) => {
+/** The method labels /metrics carries; only the standard methods and OTHER may appear, whatever tokens were sent. */
+const metricMethods = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER"]);
+async function methodLabels(): Promise<Set<string>> {
+  const text = await (await fetch(`${gateway.url}/metrics`)).text();
+  return new Set([...text.matchAll(/[{,]method="([^"]*)"/g)].map((m) => m[1]!));
+}
+
+t.test("fuzz - every operation of /openapi.json, then 300 generated requests of every kind: no 5xx, every 4xx a google.rpc.Status with the table's code", async (t) => {
   t.ok(operations.length >= 40, `the document lists the operations (${operations.length})`);
   t.comment(`seed ${seed} (JOBMESH_FUZZ_SEED=${seed} replays this run)`);
   // Each operation once, with a harmless id and an empty JSON object, as each caller: every route is hit whatever the draw.
   for (const operation of operations) {
     for (const caller of ["admin", "anonymous"] as const) {
-      const r: FuzzRequest = { operation, caller, path: operation.path.replace(/\{[^}]+\}/g, "fuzz-sweep"), query: "", contentType: operation.jsonBody ? "application/json" : "", body: operation.jsonBody ? Buffer.from("{}") : undefined };
-      const problem = problemOf(operation.service, await send(r));
+      const r: FuzzRequest = {
+        origin: operation.id,
+        service: operation.service,
+        passthrough: false,
+        method: operation.verb,
+        caller,
+        path: operation.path.replace(/\{[^}]+\}/g, "fuzz-sweep"),
+        query: "",
+        contentType: operation.jsonBody ? "application/json" : "",
+        body: operation.jsonBody ? Buffer.from("{}") : undefined,
+      };
+      const problem = problemOf(r, await send(r));
       if (problem) t.fail(`${describe(r)} → ${problem}`);
     }
   }
   const started = Date.now();
-  const statuses = new Map<number, number>();
+  const statuses = new Map<string, Map<number, number>>();
+  const sentMethods = new Set<string>();
   await fc.assert(
-    fc.asyncProperty(fc.constantFrom(...operations).chain(requestsOf), async (r) => {
+    fc.asyncProperty(anyRequest, async (r) => {
+      sentMethods.add(r.method);
       const answer = await send(r);
-      statuses.set(answer.status, (statuses.get(answer.status) ?? 0) + 1);
-      const problem = problemOf(r.operation.service, answer);
+      const kind = r.passthrough || r.origin === "operator" || r.origin === "docs" ? r.origin : "rest";
+      const counts = statuses.get(kind) ?? new Map<number, number>();
+      counts.set(answer.status, (counts.get(answer.status) ?? 0) + 1);
+      statuses.set(kind, counts);
+      const problem = problemOf(r, answer);
       if (problem) throw new Error(`${describe(r)} → ${problem}`);
     }),
-    { seed, numRuns, interruptAfterTimeLimit: 80_000, markInterruptAsFailure: true },
+    { seed, numRuns },
   );
-  t.comment(`${numRuns} runs in ${Date.now() - started} ms; statuses ${JSON.stringify(Object.fromEntries([...statuses].sort(([a], [b]) => a - b)))}`);
+  const shown = Object.fromEntries([...statuses].map(([origin, counts]) => [origin, Object.fromEntries([...counts].sort(([a], [b]) => a - b))]));
+  t.comment(`${numRuns} runs in ${Date.now() - started} ms; statuses ${JSON.stringify(shown)}`);
   t.pass("no request drew a 5xx or a 4xx without a Status body");
+
+  const extension = [...sentMethods].filter((m) => !metricMethods.has(m));
+  t.ok(extension.length >= 5, `the run sent method tokens of its own (${extension.slice(0, 10).join(", ")}, ...)`);
+  const labels = [...(await methodLabels())];
+  t.same(labels.filter((m) => !metricMethods.has(m)), [], `/metrics labels only ${[...metricMethods].join(" ")}, not a series per method token (labels: ${labels.join(", ")})`);
 });
