@@ -20,6 +20,7 @@ import { downloadResponse, isDownloadMethod } from "./download.ts";
 import { authorizeAtEdge, type EdgeAuth, type EdgeCaller } from "./edge-auth.ts";
 import { BodyTooLargeError, errorResponse, httpStatusOf, statusBodyOf, toGatewayError } from "./http-errors.ts";
 import { applySecurityHeaders, createCorsPolicy } from "./http-policy.ts";
+import { checkedUnaryBody, isConnectUnaryBinary, protocolErrorResponse } from "./passthrough-errors.ts";
 import { logRequest, type GatewayLog, type GatewayMetrics } from "./observability.ts";
 import { buildOpenApiDocument } from "./openapi.ts";
 import { rateLimitHeaders, type EdgeRateLimiter, type RateLimitOutcome } from "./rate-limit.ts";
@@ -189,6 +190,8 @@ export function createGateway(deps: GatewayDeps): Gateway {
     let tenant: string | undefined;
     let extraHeaders = new Headers();
     let response: Response;
+    // A Connect or gRPC-Web call is refused in its own protocol, for the client generated from our protos.
+    let speaksProtocol = false;
     // Ends the backend call once the answer is sent or the client went away.
     const abort = new AbortController();
     completed.then(() => abort.abort(), (reason: unknown) => abort.abort(reason));
@@ -205,6 +208,11 @@ export function createGateway(deps: GatewayDeps): Gateway {
         if (passthrough && method) {
           // The procedure names the route: one of the mesh's methods, so the metric stays bounded.
           route = url.pathname;
+          if (req.method !== "POST") {
+            extraHeaders.set("allow", "POST");
+            throw Object.assign(new ConnectError(`${req.method} is not allowed on ${url.pathname}: Connect and gRPC-Web calls are POSTs`, Code.Unimplemented), { httpStatus: 405 });
+          }
+          speaksProtocol = true;
           const admitted = await admit(rules.get(url.pathname)!, req, clientAddress);
           tenant = admitted.caller?.tenantId;
           extraHeaders = admitted.limitHeaders;
@@ -213,7 +221,10 @@ export function createGateway(deps: GatewayDeps): Gateway {
           const signal = AbortSignal.any([abort.signal, AbortSignal.timeout(settings.maxTimeoutMs)]);
           const call: BackendCall = { headers: forwardedHeaders(req, requestId, clientAddress), signal, timeoutMs: undefined };
           const limit = method.methodKind === "client_streaming" ? settings.maxUploadBytes + passthroughFramingBytes : settings.maxBodyBytes;
-          response = await deps.backends.passthrough(req, method.parent as DescService, call, limit);
+          const forwarded = isConnectUnaryBinary(req, method)
+            ? new Request(req.url, { method: "POST", headers: req.headers, body: checkedUnaryBody(method, await readBodyBytes(req, limit)) })
+            : req;
+          response = await deps.backends.passthrough(forwarded, method.parent as DescService, call, limit);
         } else {
           const match = routes.match(req.method, url.pathname);
           if (match.kind === "not_found") {
@@ -247,7 +258,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
       const limitHeaders = (error as { limitHeaders?: Headers }).limitHeaders;
       if (limitHeaders) limitHeaders.forEach((v, k) => extraHeaders.set(k, v));
       const status = (error as { httpStatus?: number }).httpStatus;
-      response = errorResponse(failure);
+      response = speaksProtocol ? protocolErrorResponse(req, failure) : errorResponse(failure);
       if (status) response = new Response(response.body, { status, headers: response.headers });
       if (response.status >= 500 && response.status !== 501) {
         log.error("request failed", { requestId, route, status: response.status, err: String((error as Error)?.stack ?? error), cause: String((failure.cause as Error | undefined)?.message ?? "") });
@@ -293,9 +304,19 @@ function requestIdOf(headers: Headers): string {
 
 /** The request body as text, refused with 413 past `maxBytes` (by Content-Length up front, or counted as it arrives). */
 async function readBody(req: Request, maxBytes: number): Promise<string> {
+  const bytes = await readBodyBytes(req, maxBytes);
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    throw new ConnectError("request body is not valid UTF-8", Code.InvalidArgument);
+  }
+}
+
+/** The request body's bytes, refused with 413 past `maxBytes`. */
+async function readBodyBytes(req: Request, maxBytes: number): Promise<Uint8Array<ArrayBuffer>> {
   const declared = Number(req.headers.get("content-length") ?? "0");
   if (declared > maxBytes) throw new BodyTooLargeError(maxBytes, "request body");
-  if (!req.body) return "";
+  if (!req.body) return new Uint8Array(0);
   const chunks: Uint8Array[] = [];
   let size = 0;
   const reader = req.body.getReader();
@@ -313,11 +334,7 @@ async function readBody(req: Request, maxBytes: number): Promise<string> {
     bytes.set(chunk, offset);
     offset += chunk.byteLength;
   }
-  try {
-    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
-  } catch {
-    throw new ConnectError("request body is not valid UTF-8", Code.InvalidArgument);
-  }
+  return bytes;
 }
 
 /** How long a server stream may take to send its first message before the answer starts anyway. */
