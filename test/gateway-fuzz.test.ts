@@ -17,6 +17,7 @@
  * a slow machine takes longer, it does not fail.
  */
 import t from "tap";
+import { codeToHttpStatus } from "@connectrpc/connect/protocol-connect";
 import fc from "fast-check";
 import { Agent, request } from "node:http";
 import { meshServices, procedureOf } from "../internal/contract/index.ts";
@@ -391,7 +392,7 @@ function problemOf(r: Pick<FuzzRequest, "service" | "method" | "passthrough">, a
   } catch {
     parsed = undefined;
   }
-  if (status === 501 && unservedServices.has(r.service) && (r.method === "HEAD" || (isStatusBody(parsed) && parsed.code === 12))) return undefined;
+  if (status === 501 && unservedServices.has(r.service) && (r.method === "HEAD" || (isStatusBody(parsed) && parsed.code === 12) || (r.passthrough && connectErrorCodeOf(parsed) === 12))) return undefined;
   if (status >= 500) return `a ${status} (${answer.body.slice(0, 300)})`;
   if (status < 400) return undefined;
   // An answer to HEAD has no body by HTTP; its status must still be an error's, never a 5xx.
@@ -399,11 +400,14 @@ function problemOf(r: Pick<FuzzRequest, "service" | "method" | "passthrough">, a
   const agrees = (code: number) =>
     // 413 is RESOURCE_EXHAUSTED for a body over the limit; 405 is UNIMPLEMENTED for a method the route does not take.
     statusOfCode[code] === status || (status === 413 && code === 8) || (status === 405 && code === 12);
-  // The Connect protocol's own answers, passed through from the service: its JSON error (the same
-  // code-to-status table), or a bare 415 for a content type it does not speak. 404/405 are the gateway's.
-  if (r.passthrough && status !== 404 && status !== 405) {
+  // A pass-through call is answered in the Connect protocol, by the service or by the edge refusing
+  // it: Connect's error JSON with Connect's own code-to-status mapping (UNIMPLEMENTED is 404 there),
+  // or a bare 415 for a content type it does not speak. A 405 (not a POST) is the gateway's Status.
+  if (r.passthrough && status !== 405) {
     const connectCode = connectErrorCodeOf(parsed);
-    if (connectCode !== undefined) return agrees(connectCode) ? undefined : `a ${status} carrying Connect code ${connectCodeNames[connectCode]}, which the error table maps to ${statusOfCode[connectCode]}`;
+    if (connectCode !== undefined) {
+      return agrees(connectCode) || codeToHttpStatus(connectCode) === status ? undefined : `a ${status} carrying Connect code ${connectCodeNames[connectCode]}, which neither table maps to ${status}`;
+    }
     if (status === 415 && answer.body === "") return undefined;
   }
   if (!/^application\/json/.test(answer.contentType)) return `a ${status} as ${answer.contentType || "no content type"}, not JSON (${answer.body.slice(0, 200)})`;
@@ -431,7 +435,7 @@ t.test("fuzz - the check itself refuses what it must", async (t) => {
   t.match(problemOf(rest("", "XYZZY"), { status: 404, contentType: "text/plain", body: "not found\n" }), /not JSON/, "a plain-text 404 (e.g. /docs/<name>) is a problem");
   t.equal(problemOf(rest("", "HEAD"), { status: 404, contentType: json, body: "" }), undefined, "an answer to HEAD has no body to check");
   t.equal(problemOf(passthrough, { status: 400, contentType: json, body: '{"code":"invalid_argument","message":"x"}' }), undefined, "a pass-through may answer the Connect protocol's error");
-  t.match(problemOf(passthrough, { status: 409, contentType: json, body: '{"code":"invalid_argument","message":"x"}' }), /maps to 400/, "whose code must agree with the status too");
+  t.match(problemOf(passthrough, { status: 409, contentType: json, body: '{"code":"invalid_argument","message":"x"}' }), /neither table maps to 409/, "whose code must agree with the status too");
   t.match(problemOf(passthrough, { status: 500, contentType: json, body: '{"code":"internal","message":"parse binary: illegal tag"}' }), /500/, "and a 500 is a problem there too");
   t.equal(problemOf(passthrough, { status: 415, contentType: "", body: "" }), undefined, "or Connect's bare 415 for a content type it does not speak");
   t.match(problemOf(passthrough, { status: 405, contentType: "", body: "" }), /not JSON/, "but not a bare 405: a method the gateway does not pass on is its own answer");
