@@ -16,7 +16,7 @@ import { loadGatewayConfig } from "../../internal/config/gateway.ts";
 import { roleName } from "../../internal/contract/index.ts";
 import { createBackends } from "../../internal/gateway/backend.ts";
 import { createEdgeAuth } from "../../internal/gateway/edge-auth.ts";
-import { createGatewayLog, createGatewayMetrics } from "../../internal/gateway/observability.ts";
+import { createGatewayLog, createGatewayMetrics, createLineBatcher } from "../../internal/gateway/observability.ts";
 import { createEdgeRateLimiter } from "../../internal/gateway/rate-limit.ts";
 import { createGateway } from "../../internal/gateway/server.ts";
 import { createClientAddressResolver } from "../../internal/rpc/client-address.ts";
@@ -25,7 +25,9 @@ const repoRoot = fileURLToPath(new URL("../../", import.meta.url));
 
 async function main() {
   const config = loadGatewayConfig(Deno.env.toObject());
-  const log = createGatewayLog(config.logLevel, (line) => console.log(line));
+  // One write per turn of the event loop, not one per access-log line.
+  const stdout = createLineBatcher((text) => console.log(text));
+  const log = createGatewayLog(config.logLevel, stdout.write);
   const version = (JSON.parse(await Deno.readTextFile(`${repoRoot}package.json`)) as { version: string }).version;
 
   // One keep-alive pool to the services, from the address they know the gateway by.
@@ -121,7 +123,7 @@ async function main() {
     // Streams never finish by themselves: they are ended first (SSE clients reconnect, elsewhere),
     // then unary calls in flight get the grace period.
     gateway.closeStreams();
-    const grace = setTimeout(() => Deno.exit(0), config.shutdownGraceMs);
+    const grace = setTimeout(() => (stdout.flush(), Deno.exit(0)), config.shutdownGraceMs);
     await server.shutdown();
     clearTimeout(grace);
     await rateLimiter.close();
@@ -129,6 +131,7 @@ async function main() {
     await metrics.shutdown();
     client.close();
     log.info("stopped");
+    stdout.flush();
     Deno.exit(0);
   };
   Deno.addSignalListener("SIGTERM", () => void stop());
