@@ -4,7 +4,7 @@
  * verb either finds its binding there or the answer is 405 with the verbs that template allows.
  *
  * A request is matched only against the templates that could take it: those indexed under its
- * number of segments and its first segment (or a wildcard there), and those ending in "**".
+ * number of segments and its first two segments (or a wildcard there), and those ending in "**".
  */
 import { ScalarType, type DescMessage } from "@bufbuild/protobuf";
 import type { HttpBinding } from "../contract/index.ts";
@@ -70,55 +70,58 @@ export function createRouteTable(bindings: readonly HttpBinding[]): RouteTable {
   };
 }
 
+/** How many leading segments key the index: "/v1/{name=jobs/*}" is found under (3, "v1", "jobs"). */
+const indexedSegments = 2;
+
 /**
  * The routes a path could match, in table order: matchPathTemplate still decides, so the index
  * only has to keep every route that might. A template without "**" matches only paths with as
- * many "/"-separated segments (its custom verb rides on the last one), and one whose first
- * segment is a literal only paths whose first segment decodes to it; a custom verb or a
- * percent-encoded ":" never makes a literal match (a literal holds no ":"), so the first
- * segment's text before any ":" is the key.
+ * many "/"-separated segments (its custom verb rides on the last one), and one whose leading
+ * segments are literals only paths whose leading segments decode to them; a custom verb or a
+ * percent-encoded ":" never makes a literal match (a literal holds no ":"), so a segment's text
+ * before any ":" is its key. A path is looked up under its own leading segments and under "*"
+ * in each place, for the templates with a wildcard there.
  */
 function createCandidateIndex(routes: readonly Route[]): (pathname: string) => readonly Route[] {
   const byKey = new Map<string, Route[]>();
   const deep: Route[] = [];
-  const keyOf = (segments: number, first: string) => `${segments} ${first}`;
+  // JSON keeps the parts apart: a decoded segment may hold any character, "/" included.
+  const keyOf = (segments: number, parts: readonly string[]) => JSON.stringify([segments, ...parts]);
   for (const route of routes) {
     const { segments } = route.template;
     if (segments.some((s) => s.kind === "deep_wildcard")) {
       deep.push(route);
       continue;
     }
-    const first = segments[0];
-    // A template "/" (no segment) would match only the path "/"; an empty first key stands for it.
-    const key = keyOf(segments.length, first === undefined ? "" : first.kind === "literal" ? first.value : "*");
+    const key = keyOf(segments.length, segments.slice(0, indexedSegments).map((s) => (s.kind === "literal" ? s.value : "*")));
     byKey.set(key, [...(byKey.get(key) ?? []), route]);
   }
   const order = new Map(routes.map((route, i) => [route, i]));
   const cache = new Map<string, readonly Route[]>();
   return (pathname) => {
-    const rest = pathname.startsWith("/") ? pathname.slice(1) : pathname;
-    const slash = rest.indexOf("/");
-    const firstRaw = slash === -1 ? rest : rest.slice(0, slash);
-    let segments = 1;
-    for (let i = rest.indexOf("/"); i !== -1; i = rest.indexOf("/", i + 1)) segments++;
-    const colon = firstRaw.indexOf(":");
-    let first: string | undefined;
-    try {
-      first = decodeURIComponent(colon === -1 ? firstRaw : firstRaw.slice(0, colon));
-    } catch {
-      first = undefined; // malformed: no literal matches it, a wildcard may still be asked (and refuse it)
-    }
-    const key = `${segments} ${first ?? ""}`;
-    const known = cache.get(key);
+    const raw = (pathname.startsWith("/") ? pathname.slice(1) : pathname).split("/");
+    // undefined: malformed percent-encoding, which no literal matches (a wildcard refuses it later).
+    const leading = raw.slice(0, indexedSegments).map((segment) => {
+      const colon = segment.indexOf(":");
+      try {
+        return decodeURIComponent(colon === -1 ? segment : segment.slice(0, colon));
+      } catch {
+        return undefined;
+      }
+    });
+    const cacheKey = JSON.stringify([raw.length, ...leading.map((part) => part ?? null)]);
+    const known = cache.get(cacheKey);
     if (known) return known;
-    const found = [
-      ...(first === undefined ? [] : (byKey.get(keyOf(segments, first)) ?? [])),
-      ...(byKey.get(keyOf(segments, "*")) ?? []),
-      ...(rest === "" ? (byKey.get(keyOf(0, "")) ?? []) : []),
-      ...deep,
-    ].sort((a, b) => order.get(a)! - order.get(b)!);
+    const found: Route[] = [];
+    for (let wildcards = 0; wildcards < 1 << leading.length; wildcards++) {
+      const parts = leading.map((part, i) => (wildcards & (1 << i) ? "*" : part));
+      if (parts.includes(undefined)) continue;
+      found.push(...(byKey.get(keyOf(raw.length, parts as string[])) ?? []));
+    }
+    found.push(...deep);
+    found.sort((a, b) => order.get(a)! - order.get(b)!);
     // Keys come from request paths: keep only those of real routes, so a client cannot grow the cache.
-    if (found.length > deep.length && cache.size < 1024) cache.set(key, found);
+    if (found.length > deep.length && cache.size < 1024) cache.set(cacheKey, found);
     return found;
   };
 }

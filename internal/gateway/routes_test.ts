@@ -106,7 +106,10 @@ Deno.test("routes - a path variable must name a string field of the request", ()
 });
 
 Deno.test("routes - the index keeps templates whose first segment is a wildcard, that end in **, or carry a verb on their only segment", () => {
-  const t = createRouteTable([fake("/{name=*}:cancel", "POST"), fake("/jobs:batch", "POST"), fake("/{name=*}/jobs"), fake("/v1/{name=**}")]);
+  const t = createRouteTable([fake("/{name=*}:cancel", "POST"), fake("/jobs:batch", "POST"), fake("/{name=*}/jobs"), fake("/v1/{name=**}"), fake("/v2/{name=*}/x")]);
+  const second = t.match("GET", "/v2/a:b/x");
+  assert.ok(second.kind === "match" && second.variables.get("name") === "a:b", "a wildcard in the second place, with a ':' in its value");
+  assert.deepEqual(t.match("GET", "/v2%2Fa/x"), { kind: "not_found" }, "an encoded '/' is no separator");
   const cancel = t.match("POST", "/x:cancel");
   assert.equal(cancel.kind === "match" && cancel.binding.path, "/{name=*}:cancel");
   const batch = t.match("POST", "/jobs:batch");
