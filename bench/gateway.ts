@@ -169,8 +169,15 @@ interface FloorProxy {
 async function startFloorProxy(upstream: string): Promise<FloorProxy> {
   const child = spawn(denoBinary, ["run", "--allow-net", "--allow-env", floorProxyScript], {
     env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", DENO_NO_UPDATE_CHECK: "1", NO_COLOR: "1", FLOOR_UPSTREAM_URL: upstream, FLOOR_SOURCE_ADDRESS: "127.0.0.2" },
-    stdio: ["ignore", "pipe", "inherit"],
+    // Its stderr too: Deno's warnings are kept for the error message, not mixed into the bench's progress.
+    stdio: ["ignore", "pipe", "pipe"],
   });
+  let output = "";
+  const read = (chunk: Buffer) => {
+    output = (output + chunk.toString("utf8")).slice(-4000);
+  };
+  child.stdout.on("data", read);
+  child.stderr.on("data", read);
   const exited = new Promise<void>((resolve) => child.once("close", () => resolve()));
   const stop = async () => {
     if (child.exitCode === null && child.signalCode === null) {
@@ -183,9 +190,7 @@ async function startFloorProxy(upstream: string): Promise<FloorProxy> {
   try {
     const url = await new Promise<string>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error("the bare Deno proxy did not serve within 30 s")), 30_000);
-      let output = "";
-      child.stdout.on("data", (chunk: Buffer) => {
-        output += chunk.toString("utf8");
+      child.stdout.on("data", () => {
         const serving = /\{"msg":"serving","url":"([^"]+)"\}/.exec(output);
         if (serving) {
           clearTimeout(timer);
