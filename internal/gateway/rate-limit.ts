@@ -25,17 +25,13 @@
 import type { Redis } from "ioredis";
 import { BurstyRateLimiter, RateLimiterMemory, RateLimiterRedis, RateLimiterRes, RLWrapperTimeouts, type RateLimiterAbstract } from "rate-limiter-flexible";
 
-/** One token bucket: refilled at `perSecond` (a fraction for less than one a second), holding at most `burst`. */
-export interface Bucket {
-  perSecond: number;
-  burst: number;
-}
+import type { GatewayConfig, RateBucket } from "../config/gateway.ts";
 
-export interface RateLimitSettings {
-  perTenant: Bucket;
-  perCredential: Bucket;
-  perAddress: Bucket;
-}
+/** One token bucket, as configured: refilled at `perSecond` (a fraction for less than one a second), holding at most `burst`. */
+export type Bucket = RateBucket;
+
+/** The three buckets, as configured (JOBMESH_GATEWAY_RATE_PER_* and _BURST_PER_*). */
+export type RateLimitSettings = GatewayConfig["rateLimits"];
 
 /** What one request was told by the buckets it counted against: the most restrictive of them. */
 export interface RateLimitOutcome {
