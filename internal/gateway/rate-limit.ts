@@ -24,7 +24,6 @@
  */
 import type { Redis } from "ioredis";
 import { BurstyRateLimiter, RateLimiterMemory, RateLimiterRedis, RateLimiterRes, RLWrapperTimeouts, type RateLimiterAbstract } from "rate-limiter-flexible";
-
 import type { GatewayConfig, RateBucket } from "../config/gateway.ts";
 
 /** One token bucket, as configured: refilled at `perSecond` (a fraction for less than one a second), holding at most `burst`. */
