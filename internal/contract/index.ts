@@ -5,5 +5,6 @@
  */
 export * from "./access.ts";
 export * from "./http-rules.ts";
+export * from "./redaction.ts";
 export * from "./roles.ts";
 export * from "./services.ts";

@@ -4,7 +4,7 @@
 
 import type { GenExtension, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
-import type { MethodOptions } from "@bufbuild/protobuf/wkt";
+import type { FieldOptions, MethodOptions } from "@bufbuild/protobuf/wkt";
 
 /**
  * Describes the file jobmesh/v1/options.proto.
@@ -47,4 +47,15 @@ export declare const AuthzRuleSchema: GenMessage<AuthzRule>;
  * @generated from extension: jobmesh.v1.AuthzRule authz = 50001;
  */
 export declare const authz: GenExtension<MethodOptions, AuthzRule>;
+
+/**
+ * The field holds a secret or a document's content: passwords, access and refresh tokens,
+ * API key and webhook secrets, document bytes and text, upload and download chunks. Such a
+ * field is never written where a request is recorded (the audit log, logs): records carry
+ * internal/contract/redaction.ts's copy, with the value replaced.
+ * `string password = 2 [(jobmesh.v1.redact) = true];`
+ *
+ * @generated from extension: bool redact = 50002;
+ */
+export declare const redact: GenExtension<FieldOptions, boolean>;
 

@@ -9,7 +9,7 @@ import { file_google_protobuf_descriptor } from "@bufbuild/protobuf/wkt";
  * Describes the file jobmesh/v1/options.proto.
  */
 export const file_jobmesh_v1_options = /*@__PURE__*/
-  fileDesc("Chhqb2JtZXNoL3YxL29wdGlvbnMucHJvdG8SCmpvYm1lc2gudjEiLwoJQXV0aHpSdWxlEhIKCnBlcm1pc3Npb24YASABKAkSDgoGcHVibGljGAIgASgIOk0KBWF1dGh6Eh4uZ29vZ2xlLnByb3RvYnVmLk1ldGhvZE9wdGlvbnMY0YYDIAEoCzIVLmpvYm1lc2gudjEuQXV0aHpSdWxlUgVhdXRoekI4WjZnaXRodWIuY29tL2pvYm1lc2gvam9ibWVzaC9nZW4vZ28vam9ibWVzaC92MTtqb2JtZXNodjFiBnByb3RvMw", [file_google_protobuf_descriptor]);
+  fileDesc("Chhqb2JtZXNoL3YxL29wdGlvbnMucHJvdG8SCmpvYm1lc2gudjEiLwoJQXV0aHpSdWxlEhIKCnBlcm1pc3Npb24YASABKAkSDgoGcHVibGljGAIgASgIOk0KBWF1dGh6Eh4uZ29vZ2xlLnByb3RvYnVmLk1ldGhvZE9wdGlvbnMY0YYDIAEoCzIVLmpvYm1lc2gudjEuQXV0aHpSdWxlUgVhdXRoejo3CgZyZWRhY3QSHS5nb29nbGUucHJvdG9idWYuRmllbGRPcHRpb25zGNKGAyABKAhSBnJlZGFjdEI4WjZnaXRodWIuY29tL2pvYm1lc2gvam9ibWVzaC9nZW4vZ28vam9ibWVzaC92MTtqb2JtZXNodjFiBnByb3RvMw", [file_google_protobuf_descriptor]);
 
 /**
  * Describes the message jobmesh.v1.AuthzRule.
@@ -25,4 +25,16 @@ export const AuthzRuleSchema = /*@__PURE__*/
  */
 export const authz = /*@__PURE__*/
   extDesc(file_jobmesh_v1_options, 0);
+
+/**
+ * The field holds a secret or a document's content: passwords, access and refresh tokens,
+ * API key and webhook secrets, document bytes and text, upload and download chunks. Such a
+ * field is never written where a request is recorded (the audit log, logs): records carry
+ * internal/contract/redaction.ts's copy, with the value replaced.
+ * `string password = 2 [(jobmesh.v1.redact) = true];`
+ *
+ * @generated from extension: bool redact = 50002;
+ */
+export const redact = /*@__PURE__*/
+  extDesc(file_jobmesh_v1_options, 1);
 
