@@ -3,6 +3,7 @@
  * `jobmesh up` serves them all in one process.
  */
 import type { DescService } from "@bufbuild/protobuf";
+import type { Interceptor } from "@connectrpc/connect";
 import { createApiKeys, createAuthDomain, createTokenVerifier, createUserStatus, ensureAdmin, loadPublicJwks, type BootstrapAdmin, type TokenVerifier } from "../auth/index.ts";
 import { AuthService, createAuthService } from "../auth/service.ts";
 import { createPipelineDomain } from "../pipelines/pipelines.ts";
@@ -10,7 +11,7 @@ import { createPipelineService, PipelineService } from "../pipelines/service.ts"
 import { accessRulesOf, meshServices, permissionsNamedBy } from "../contract/index.ts";
 import { createBootstrapTenantInterceptor } from "../rpc/bootstrap-tenant.ts";
 import { createIdentityInterceptors, createRemoteJwksLoader } from "../rpc/identity.ts";
-import { bindService, startRpcServer, type RpcServer, type RpcServerOptions } from "../rpc/server.ts";
+import { bindService, startRpcServer, type RpcServer } from "../rpc/server.ts";
 import { createJobDomain } from "../jobs/jobs.ts";
 import { registerQueueDepth } from "../jobs/metrics.ts";
 import { createDirectPublisher } from "../jobs/publisher.ts";
@@ -49,7 +50,7 @@ function verifierOf(infra: Infra): TokenVerifier {
 }
 
 /** The identity interceptors of a server of `services`: the only place that decides how callers are known. */
-export function identityFor(infra: Infra, services: DescService[], mode: IdentityMode = defaultIdentityMode): RpcServerOptions["identity"] {
+export function identityFor(infra: Infra, services: DescService[], mode: IdentityMode = defaultIdentityMode): Interceptor[] {
   if (mode === "bootstrap") return [createBootstrapTenantInterceptor(infra.bootstrapTenantId)];
   return createIdentityInterceptors({
     rules: accessRulesOf(services),
@@ -59,7 +60,13 @@ export function identityFor(infra: Infra, services: DescService[], mode: Identit
   });
 }
 
-export async function servePipelines(infra: Infra, port = infra.config.ports.pipelines, mode: IdentityMode = defaultIdentityMode): Promise<RpcServer> {
+/** What every served service may be given beyond its defaults. */
+export interface ServeOptions {
+  /** Interceptors for the audit slot (outside identity: they see refused calls too); none by default. */
+  audit?: Interceptor[];
+}
+
+export async function servePipelines(infra: Infra, port = infra.config.ports.pipelines, mode: IdentityMode = defaultIdentityMode, options: ServeOptions = {}): Promise<RpcServer> {
   const pipelines = createPipelineDomain({
     db: infra.db,
     cache: infra.cache,
@@ -76,7 +83,7 @@ export async function servePipelines(infra: Infra, port = infra.config.ports.pip
     log: infra.log,
     telemetry: infra.telemetry,
     readiness: infra.readiness,
-    identity: identityFor(infra, [PipelineService], mode),
+    interceptors: { audit: options.audit, identity: identityFor(infra, [PipelineService], mode) },
     maxMessageBytes: infra.config.maxMessageBytes,
     shutdownGraceMs: infra.config.shutdownGraceMs,
     server: infra.config.server,
@@ -92,7 +99,7 @@ export interface JobsServer extends RpcServer {
   watcher: JobWatcher;
 }
 
-export interface ServeJobsOptions {
+export interface ServeJobsOptions extends ServeOptions {
   /** Start the outbox relay (default true); tests turn it off to play a relay crash. */
   relay?: boolean;
   /** How callers are identified; defaults to defaultIdentityMode. */
@@ -142,7 +149,7 @@ export async function serveJobs(infra: Infra, port = infra.config.ports.jobs, op
     log: infra.log,
     telemetry: infra.telemetry,
     readiness: infra.readiness,
-    identity: identityFor(infra, [JobService], options.identityMode),
+    interceptors: { audit: options.audit, identity: identityFor(infra, [JobService], options.identityMode) },
     maxMessageBytes: config.maxMessageBytes,
     shutdownGraceMs: config.shutdownGraceMs,
     server: config.server,
@@ -199,7 +206,7 @@ export async function startWorkers(infra: Infra, options: StartWorkersOptions = 
 }
 
 /** AuthService always enforces identity: user and key management open to anyone would be a takeover. */
-export async function serveAuth(infra: Infra, port = infra.config.ports.auth): Promise<RpcServer> {
+export async function serveAuth(infra: Infra, port = infra.config.ports.auth, options: ServeOptions = {}): Promise<RpcServer> {
   const auth = await createAuthDomain({ db: infra.db, cache: infra.cache, pageTokens: infra.pageTokens, log: infra.log, config: infra.config.auth });
   return startRpcServer({
     name: "auth",
@@ -209,7 +216,7 @@ export async function serveAuth(infra: Infra, port = infra.config.ports.auth): P
     log: infra.log,
     telemetry: infra.telemetry,
     readiness: infra.readiness,
-    identity: identityFor(infra, [AuthService], "enforce"),
+    interceptors: { audit: options.audit, identity: identityFor(infra, [AuthService], "enforce") },
     maxMessageBytes: infra.config.maxMessageBytes,
     shutdownGraceMs: infra.config.shutdownGraceMs,
     server: infra.config.server,

@@ -3,6 +3,9 @@
  * key), for which tenant, and whether the method's `(jobmesh.v1.authz)` rule lets the caller's
  * roles in. No credentials → UNAUTHENTICATED; a role without the permission → PERMISSION_DENIED.
  * Public methods, gRPC health and reflection pass without credentials.
+ *
+ * Before it decides, it records who the call claimed to be (attemptedCallerKey), step by step as
+ * it learns more, so an interceptor outside it (the audit slot) sees a refused caller too.
  */
 import type { DescService } from "@bufbuild/protobuf";
 import { createClient, createContextKey, type Interceptor } from "@connectrpc/connect";
@@ -10,6 +13,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import type { JWK } from "jose";
 import { AuthService } from "../../gen/jobmesh/v1/auth_pb.js";
 import {
+  apiKeyPattern,
   credentialOf,
   MissingPermissionError,
   NoCredentialsError,
@@ -19,9 +23,10 @@ import {
   type ApiKeyIdentity,
   type TokenVerifier,
   type UserStanding,
+  type VerifiedToken,
 } from "../auth/index.ts";
 import { cappedRoles, decide, type AccessRule } from "../contract/index.ts";
-import { callerKey } from "./context.ts";
+import { attemptedCallerKey, callerKey, type AttemptedCaller } from "./context.ts";
 
 /** How the caller proved who it is, for GetCurrentIdentity. */
 export interface Credential {
@@ -35,6 +40,13 @@ export const credentialKey = createContextKey<Credential | undefined>(undefined,
 /** Services every server exposes that never need credentials. */
 const infrastructurePrefixes = ["grpc.health.v1.", "grpc.reflection."];
 
+const anonymous: AttemptedCaller = Object.freeze({ kind: "anonymous" });
+
+/** An API key's public prefix ("jmk_ab12cd34", as ListApiKeys shows it): never more of the secret. */
+function apiKeyHintOf(secret: string): string {
+  return apiKeyPattern.test(secret) ? secret.slice(0, "jmk_".length + 8) : "malformed";
+}
+
 export interface IdentityOptions {
   /** accessRulesOf(the services served), keyed "/pkg.Service/Method". */
   rules: Map<string, AccessRule>;
@@ -46,6 +58,8 @@ export interface IdentityOptions {
 
 export function createIdentityInterceptors(options: IdentityOptions): Interceptor[] {
   const identity: Interceptor = (next) => async (req) => {
+    const record = (attempted: AttemptedCaller) => req.contextValues.set(attemptedCallerKey, attempted);
+    record(anonymous);
     const service = req.method.parent.typeName;
     const procedure = `/${service}/${req.method.name}`;
     const rule = options.rules.get(procedure);
@@ -56,9 +70,25 @@ export function createIdentityInterceptors(options: IdentityOptions): Intercepto
     }
     if (rule.kind === "public") return next(req);
 
-    const presented = credentialOf(req.header);
+    let presented;
+    try {
+      presented = credentialOf(req.header);
+    } catch (error) {
+      // An authorization header that is not "Bearer <one value>": it meant to authenticate.
+      record({ kind: "token", credentialHint: "malformed" });
+      throw error;
+    }
     if (!presented) throw new NoCredentialsError();
+    const hint = presented.kind === "token" ? "unverified" : apiKeyHintOf(presented.value);
+    record({ kind: presented.kind, credentialHint: hint });
     const who = presented.kind === "token" ? await options.verifier.verify(presented.value) : await options.apiKeys.verify(presented.value);
+    const attempted = {
+      kind: presented.kind,
+      subject: who.subject,
+      tenantId: who.tenantId,
+      credentialHint: presented.kind === "token" ? `tokens/${(who as VerifiedToken).tokenId}` : hint,
+    };
+    record(attempted);
     const viaApiKey = who.subject.startsWith("apiKeys/");
     const refused = () => new InvalidTokenError(presented.kind === "token" ? "access token" : "API key");
     // A user's token dies with the user's access: disabled or deleted, it stops working;
@@ -82,6 +112,7 @@ export function createIdentityInterceptors(options: IdentityOptions): Intercepto
       if (tokenEpoch !== undefined && tokenEpoch < standing.sessionEpoch) throw refused();
       roles = cappedRoles(roles, standing.roles);
     }
+    record({ ...attempted, roles });
     if (decide(rule, roles) !== "allow") throw new MissingPermissionError(rule.permission);
     req.contextValues.set(callerKey, { tenantId: who.tenantId, subject: who.subject, roles });
     req.contextValues.set(credentialKey, { kind: viaApiKey ? "api_key" : "user", expireTime: who.expireTime });

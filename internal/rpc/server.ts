@@ -8,7 +8,7 @@
  * "PRI * HTTP/2.0") or to the http server (anything else); both share one Connect handler.
  */
 import type { DescService } from "@bufbuild/protobuf";
-import { createContextValues, type ConnectRouter, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
+import { createContextValues, type ConnectRouter, type ServiceImpl } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import http from "node:http";
 import http2 from "node:http2";
@@ -23,6 +23,7 @@ import { createHealth, type HealthServer } from "./health.ts";
 import { sendJson, serveOperatorEndpoint } from "./operator-endpoints.ts";
 import { createReadiness, type ReadinessChecks } from "./readiness.ts";
 import { createReflectionRegistry, registerReflection } from "./reflection.ts";
+import { chainOf, type InterceptorSlots } from "./slots.ts";
 import { createTelemetryInterceptor } from "./telemetry.ts";
 import { createValidationInterceptor } from "./validation.ts";
 
@@ -48,8 +49,11 @@ export interface RpcServerOptions {
   telemetry: Telemetry;
   /** Dependency checks behind /readyz and the health service, e.g. { postgres, nats, redis }. */
   readiness: ReadinessChecks;
-  /** Identity interceptors, run after error mapping and before validation. */
-  identity: Interceptor[];
+  /**
+   * The server's own interceptors, by slot (see slots.ts): telemetry → errors → audit →
+   * identity → validate, where telemetry, errors and validate are built in.
+   */
+  interceptors: InterceptorSlots;
   /** Largest request message read; larger ones get RESOURCE_EXHAUSTED. */
   maxMessageBytes: number;
   /** How long close() lets in-flight calls finish before cutting them off. */
@@ -90,12 +94,11 @@ export async function startRpcServer(options: RpcServerOptions): Promise<RpcServ
       health.register(router);
       registerReflection(router, registry, descriptors.map((s) => s.typeName));
     },
-    interceptors: [
-      createTelemetryInterceptor(options.telemetry),
-      createErrorInterceptor(log),
-      ...options.identity,
-      createValidationInterceptor(),
-    ],
+    interceptors: chainOf(options.interceptors, {
+      telemetry: createTelemetryInterceptor(options.telemetry),
+      errors: createErrorInterceptor(log),
+      validate: createValidationInterceptor(),
+    }),
     readMaxBytes: options.maxMessageBytes,
     contextValues: (req) =>
       createContextValues()
