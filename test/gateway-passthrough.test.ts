@@ -6,7 +6,7 @@
  */
 import t from "tap";
 import { Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
-import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import { compressionGzip, createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { PipelineService } from "../gen/jobmesh/v1/pipelines_pb.js";
 import { startGatewayMesh } from "./support/gateway.ts";
 
@@ -69,4 +69,17 @@ t.test("a pass-through path answers only POST: anything else is 405 with Allow: 
   t.equal(res.status, 405);
   t.equal(res.headers.get("allow"), "POST");
   t.equal(((await res.json()) as { code: number }).code, Code.Unimplemented);
+});
+
+t.test("a compressed Connect call passes through untouched (the edge reads only uncompressed binary bodies)", async (t) => {
+  const transport = createConnectTransport({
+    baseUrl: url,
+    httpVersion: "1.1",
+    useBinaryFormat: true,
+    sendCompression: compressionGzip,
+    compressMinBytes: 0,
+    interceptors: [await auth.interceptorFor("admin")],
+  });
+  const { pipeline } = await createClient(PipelineService, transport).getPipeline({ name: "pipelines/document-default" });
+  t.equal(pipeline?.name, "pipelines/document-default");
 });

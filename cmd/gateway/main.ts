@@ -3,7 +3,7 @@
  * authentication, RBAC and rate limits at the edge, and the OpenAPI document. Wiring only:
  * config → Redis, HTTP client, backends, verifier → createGateway → Deno.serve → drain on SIGTERM.
  *
- *   deno run --allow-net --allow-env --allow-read=. --allow-sys cmd/gateway/main.ts   (from the repository root)
+ *   deno run --unstable-no-legacy-abort --allow-net --allow-env --allow-read=. --allow-sys cmd/gateway/main.ts   (from the repository root)
  */
 import { Redis } from "ioredis";
 import { fileURLToPath } from "node:url";

@@ -87,17 +87,20 @@ export function createTokenVerifier(deps: TokenVerifierDeps): TokenVerifier {
     return loading;
   }
 
+  // When a load last failed: until the reload gap has passed, no call starts another (a token
+  // with a forged kid must not turn a struggling JWKS source into a load per request).
+  let failedAt = -Infinity;
   async function keyFor(kid: string): Promise<CryptoKey | undefined> {
     const age = Date.now() - loadedAt;
-    if (age > maxAgeMs || (!keys.has(kid) && age > minReloadGapMs)) {
+    const due = age > maxAgeMs || (!keys.has(kid) && age > minReloadGapMs);
+    if (due && Date.now() - failedAt > minReloadGapMs) {
       try {
         await reload();
       } catch (error) {
+        failedAt = Date.now();
         // A JWKS source that is down does not void the keys already here: a known key goes on
-        // verifying (it stays published until every token it signed has expired), and the next
-        // load is tried once the reload gap has passed, not on every call.
+        // verifying (it stays published until every token it signed has expired).
         if (!keys.has(kid)) throw error;
-        loadedAt = Date.now() - maxAgeMs + minReloadGapMs;
       }
     }
     return keys.get(kid);

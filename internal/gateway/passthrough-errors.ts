@@ -27,9 +27,13 @@ export function protocolErrorResponse(req: Request, error: ConnectError): Respon
   });
 }
 
-/** True for a Connect unary call in the binary format: its body is one protobuf message. */
+/**
+ * True for an uncompressed Connect unary call in the binary format: its body is one protobuf
+ * message as it is. A compressed body (Content-Encoding gzip, br) passes through unread.
+ */
 export function isConnectUnaryBinary(req: Request, method: DescMethod): boolean {
-  return method.methodKind === "unary" && /^application\/proto\s*(;|$)/i.test(req.headers.get("content-type") ?? "");
+  const encoding = (req.headers.get("content-encoding") ?? "identity").trim().toLowerCase();
+  return method.methodKind === "unary" && encoding === "identity" && /^application\/proto\s*(;|$)/i.test(req.headers.get("content-type") ?? "");
 }
 
 /**

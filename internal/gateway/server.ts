@@ -55,9 +55,10 @@ export interface GatewayDeps {
 
 export interface Gateway {
   /**
-   * Answers one request. `completed` settles when the answer has been sent (resolves) or the
-   * client went away (rejects): Deno.serve's `info.completed`. It ends the backend call of a
-   * stream whose client left, and frees the caller's stream slot.
+   * Answers one request. `completed` (Deno.serve's `info.completed`) settles once the answer is
+   * over, sent or cut off: it frees the caller's stream slot and ends the backend call. A client
+   * that leaves before the answer starts is seen through `req.signal` (Deno runs with
+   * --unstable-no-legacy-abort, so that signal means the client went away, nothing else).
    */
   handle(req: Request, peer: string | undefined, completed: Promise<void>): Promise<Response>;
   /** Streams open now. */
@@ -87,6 +88,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
   const streams = new Set<AbortController>();
   const streamsByCaller = new Map<string, number>();
   let readiness: { at: number; answer: Promise<Record<string, boolean>> } | undefined;
+  const refusalBlocks = createRefusalBlocks();
 
   /**
    * Takes one of the caller's stream slots until `completed` settles; refuses with 429 when the
@@ -111,6 +113,13 @@ export function createGateway(deps: GatewayDeps): Gateway {
   /** Authenticates, authorizes and rate-limits one call; returns the caller and the headers the answer carries. */
   async function admit(rule: AccessRule, req: Request, clientAddress: string | undefined): Promise<{ caller: EdgeCaller | undefined; limitHeaders: Headers }> {
     let caller: EdgeCaller | undefined;
+    // An address past its budget of refused credentials is refused before its next credential is
+    // looked at: each guessed API key would otherwise still cost AuthService a lookup.
+    const blockedFor = refusalBlocks.secondsLeft(clientAddress);
+    if (blockedFor > 0 && rule.kind !== "public") {
+      const limitHeaders = new Headers({ "retry-after": String(blockedFor) });
+      throw Object.assign(new ConnectError(`too many refused credentials from this address; retry after ${blockedFor} s`, Code.ResourceExhausted), { limitHeaders });
+    }
     try {
       caller = rule.kind === "public" ? undefined : await deps.auth.authenticate(req.headers);
       authorizeAtEdge(rule, caller);
@@ -118,7 +127,11 @@ export function createGateway(deps: GatewayDeps): Gateway {
       // A refused credential counts against the client's address like an anonymous call: guessing
       // keys or forging tokens is limited, and each guess would otherwise cost AuthService a lookup.
       const code = refusal instanceof ConnectError ? refusal.code : undefined;
-      if (code === Code.Unauthenticated || code === Code.PermissionDenied) throwIfLimited(await deps.rateLimiter.consume({ clientAddress }));
+      if (code === Code.Unauthenticated || code === Code.PermissionDenied) {
+        const outcome = await deps.rateLimiter.consume({ clientAddress });
+        if (!outcome.allowed) refusalBlocks.block(clientAddress, outcome.retryAfterSeconds ?? 1);
+        throwIfLimited(outcome);
+      }
       throw refusal;
     }
     const outcome = await deps.rateLimiter.consume(caller ? { tenantId: caller.tenantId, credentialKey: caller.credentialKey } : { clientAddress });
@@ -195,6 +208,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
     // Ends the backend call once the answer is sent or the client went away.
     const abort = new AbortController();
     completed.then(() => abort.abort(), (reason: unknown) => abort.abort(reason));
+    req.signal.addEventListener("abort", () => abort.abort(req.signal.reason), { once: true });
     try {
       const preflight = cors.preflight(req);
       if (preflight) {
@@ -217,9 +231,15 @@ export function createGateway(deps: GatewayDeps): Gateway {
           tenant = admitted.caller?.tenantId;
           extraHeaders = admitted.limitHeaders;
           if (method.methodKind !== "unary") holdStream(admitted.caller?.credentialKey ?? `address:${clientAddress}`, abort, completed);
-          // The Connect client's own deadline travels in its headers; this one only bounds what the edge holds.
-          const signal = AbortSignal.any([abort.signal, AbortSignal.timeout(settings.maxTimeoutMs)]);
-          const call: BackendCall = { headers: forwardedHeaders(req, requestId, clientAddress), signal, timeoutMs: undefined };
+          // The Connect client's own deadline travels in its headers; this one only bounds what the
+          // edge holds for a unary call or an upload (a watch is bounded by its stream slot and by
+          // drain). One timer, cleared when the answer is over.
+          if (method.methodKind !== "server_streaming") {
+            const bound = setTimeout(() => abort.abort(new ConnectError("the call took longer than the gateway allows", Code.DeadlineExceeded)), settings.maxTimeoutMs);
+            const clear = () => clearTimeout(bound);
+            completed.then(clear, clear);
+          }
+          const call: BackendCall = { headers: forwardedHeaders(req, requestId, clientAddress), signal: abort.signal, timeoutMs: undefined };
           const limit = method.methodKind === "client_streaming" ? settings.maxUploadBytes + passthroughFramingBytes : settings.maxBodyBytes;
           const forwarded = isConnectUnaryBinary(req, method)
             ? new Request(req.url, { method: "POST", headers: req.headers, body: checkedUnaryBody(method, await readBodyBytes(req, limit)) })
@@ -282,6 +302,30 @@ export function createGateway(deps: GatewayDeps): Gateway {
     openStreams: () => streams.size,
     closeStreams() {
       for (const stream of streams) stream.abort(new Error("the gateway is shutting down"));
+    },
+  };
+}
+
+/**
+ * Addresses that spent their budget of refused credentials, until when: kept in this process
+ * (a lookup per request must cost no Redis call), bounded (the oldest block goes first).
+ * Every client behind one address shares its block, as it shares the address's bucket.
+ */
+function createRefusalBlocks(maxAddresses = 10_000) {
+  const until = new Map<string, number>();
+  return {
+    block(address: string | undefined, seconds: number) {
+      if (!address) return;
+      if (until.size >= maxAddresses) until.delete(until.keys().next().value!);
+      until.delete(address);
+      until.set(address, Date.now() + seconds * 1000);
+    },
+    secondsLeft(address: string | undefined): number {
+      const end = address === undefined ? undefined : until.get(address);
+      if (end === undefined) return 0;
+      const left = Math.ceil((end - Date.now()) / 1000);
+      if (left <= 0) until.delete(address!);
+      return Math.max(0, left);
     },
   };
 }

@@ -13,6 +13,12 @@ const repoRoot = join(import.meta.dirname, "../..");
 export const denoBinary = join(repoRoot, "node_modules/.bin/deno");
 /** What the gateway may touch: the network, its environment, the repo's files only (its code, gen/, the swagger-ui assets), the OS (ioredis asks for the hostname). */
 const permissions = ["--allow-net", "--allow-env", `--allow-read=${repoRoot}`, "--allow-sys"];
+/**
+ * Deno.serve's request.signal then fires only when the client goes away (the legacy behaviour,
+ * which Deno warns about, also fires it after every answer): how the gateway stops a backend call
+ * whose client left before the answer started.
+ */
+const runtimeFlags = ["--unstable-no-legacy-abort"];
 
 export interface GatewayProcess {
   url: string;
@@ -52,7 +58,7 @@ function otelEnvironment(otlpEndpoint: string): Record<string, string> {
 
 /** Starts the gateway with `env` (JOBMESH_* and REDIS_URL; PATH and HOME are added) and waits until it serves. */
 export async function startGatewayProcess(env: Record<string, string>, options: GatewayProcessOptions = {}): Promise<GatewayProcess> {
-  const child = spawn(denoBinary, ["run", ...permissions, join(repoRoot, "cmd/gateway/main.ts")], {
+  const child = spawn(denoBinary, ["run", ...runtimeFlags, ...permissions, join(repoRoot, "cmd/gateway/main.ts")], {
     cwd: repoRoot,
     // Only what a process needs to run at all is inherited: the gateway's settings are `env`
     // (so no OTEL_* of ours reaches it either: without otlpEndpoint it exports nothing).
