@@ -11,6 +11,7 @@ import { createProcessGuard } from "../devstack/process-guard.ts";
 const repoRoot = join(import.meta.dirname, "../..");
 /** The Deno binary the `deno` npm package installs; no network access at run time (nodeModulesDir "manual"). */
 export const denoBinary = join(repoRoot, "node_modules/.bin/deno");
+const denoCacheDir = join(repoRoot, ".jobmesh/deno");
 /** What the gateway may touch: the network, its environment, the repo's files only (its code, gen/, the swagger-ui assets), the OS (ioredis asks for the hostname). */
 const permissions = ["--allow-net", "--allow-env", `--allow-read=${repoRoot}`, "--allow-sys"];
 /**
@@ -60,10 +61,10 @@ function otelEnvironment(otlpEndpoint: string): Record<string, string> {
 export async function startGatewayProcess(env: Record<string, string>, options: GatewayProcessOptions = {}): Promise<GatewayProcess> {
   const child = spawn(denoBinary, ["run", ...runtimeFlags, ...permissions, join(repoRoot, "cmd/gateway/main.ts")], {
     cwd: repoRoot,
-    // Only what a process needs to run at all is inherited: the gateway's settings are `env`
-    // (so no OTEL_* of ours reaches it either: without otlpEndpoint it exports nothing).
-    // eslint-disable-next-line no-restricted-properties
-    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", DENO_NO_UPDATE_CHECK: "1", NO_COLOR: "1", ...(options.otlpEndpoint ? otelEnvironment(options.otlpEndpoint) : {}), ...env },
+    // Nothing of this process's environment is inherited: the gateway's settings are `env` (so no
+    // OTEL_* of ours reaches it either: without otlpEndpoint it exports nothing). The binary is
+    // named by its path, and Deno keeps its compile cache in the repository's data directory.
+    env: { DENO_DIR: denoCacheDir, DENO_NO_UPDATE_CHECK: "1", NO_COLOR: "1", ...(options.otlpEndpoint ? otelEnvironment(options.otlpEndpoint) : {}), ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   // A gateway outlives nothing: if this process dies however it dies, the guard's watchdog ends it.
