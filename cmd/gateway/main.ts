@@ -10,7 +10,7 @@ import { fileURLToPath } from "node:url";
 // @deno-types="../../gen/jobmesh/v1/auth_pb.d.ts"
 import { AuthService, GetCurrentIdentityRequestSchema, GetJwksRequestSchema, type GetCurrentIdentityResponse, type GetJwksResponse } from "../../gen/jobmesh/v1/auth_pb.js";
 import { create } from "@bufbuild/protobuf";
-import { createTokenVerifier } from "../../internal/auth/token-verifier.ts";
+import { createTokenVerifier, jwksOf } from "../../internal/auth/token-verifier.ts";
 import { ConfigError } from "../../internal/config/readers.ts";
 import { loadGatewayConfig } from "../../internal/config/gateway.ts";
 import { roleName } from "../../internal/contract/index.ts";
@@ -42,7 +42,7 @@ async function main() {
     audience: config.audience,
     async loadJwks() {
       const { keys } = (await backends.unary(getJwks, create(GetJwksRequestSchema), { headers: new Headers(), signal: AbortSignal.timeout(5_000), timeoutMs: 5_000 })) as GetJwksResponse;
-      return keys.map((k) => ({ kty: k.kty, crv: k.crv, x: k.x, ...(k.y ? { y: k.y } : {}), kid: k.kid, alg: k.alg, use: k.use }));
+      return jwksOf(keys);
     },
   });
   const auth = createEdgeAuth({

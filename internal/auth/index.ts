@@ -25,7 +25,7 @@ export { createApiKeys, rootUserOf, type ApiKeyChain, type ApiKeyIdentity, type 
 export { apiKeyPattern, credentialOf, type PresentedCredential } from "./credentials.ts";
 export * from "./errors.ts";
 export { loadPublicJwks } from "./signing-keys.ts";
-export { createTokenVerifier, type TokenVerifier, type VerifiedToken } from "./token-verifier.ts";
+export { createTokenVerifier, jwksOf, type TokenVerifier, type VerifiedToken } from "./token-verifier.ts";
 export { createUserStatus, type UserStanding, type UserStatus } from "./user-status.ts";
 
 export interface AuthDomainDeps {

@@ -52,6 +52,22 @@ export interface TokenVerifierDeps {
   rememberedTokens?: number;
 }
 
+/** A JWKS key as GetJwks answers it (jobmesh.v1.Jwk: empty strings for members it does not have). */
+export interface PublishedJwk {
+  kty: string;
+  crv: string;
+  x: string;
+  y: string;
+  kid: string;
+  alg: string;
+  use: string;
+}
+
+/** GetJwks's keys as the JWKs a verifier loads (an empty `y`, as an OKP key has, left out). */
+export function jwksOf(keys: readonly PublishedJwk[]): JWK[] {
+  return keys.map((k) => ({ kty: k.kty, crv: k.crv, x: k.x, ...(k.y ? { y: k.y } : {}), kid: k.kid, alg: k.alg, use: k.use }));
+}
+
 export interface TokenVerifier {
   verify(token: string): Promise<VerifiedToken>;
 }

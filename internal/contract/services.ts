@@ -38,9 +38,10 @@ export const serviceNames: Readonly<Record<string, "jobs" | "pipelines" | "auth"
  * types, buf.validate, google.rpc details): what proto3 JSON needs to read and write Any and
  * error details by type name.
  */
-export const meshRegistry: Registry = createRegistry(...withImports([...meshServices.map((s) => s.file), file_google_rpc_error_details]));
+export const meshRegistry: Registry = createRegistry(...filesWithImports([...meshServices.map((s) => s.file), file_google_rpc_error_details]));
 
-function withImports(roots: DescFile[]): DescFile[] {
+/** The files and, transitively, every file they import, each once, imports before their importers. */
+export function filesWithImports(roots: readonly DescFile[]): DescFile[] {
   const seen = new Map<string, DescFile>();
   const visit = (file: DescFile) => {
     if (seen.has(file.proto.name)) return;

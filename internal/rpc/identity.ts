@@ -18,6 +18,7 @@ import {
   MissingPermissionError,
   NoCredentialsError,
   InvalidTokenError,
+  jwksOf,
   rootUserOf,
   type ApiKeyChain,
   type ApiKeyIdentity,
@@ -126,6 +127,6 @@ export function createRemoteJwksLoader(authUrl: string): () => Promise<JWK[]> {
   const client = createClient(AuthService, createConnectTransport({ baseUrl: authUrl, httpVersion: "1.1" }));
   return async () => {
     const { keys } = await client.getJwks({}, { timeoutMs: 5_000 });
-    return keys.map((k) => ({ kty: k.kty, crv: k.crv, x: k.x, ...(k.y ? { y: k.y } : {}), kid: k.kid, alg: k.alg, use: k.use }));
+    return jwksOf(keys);
   };
 }

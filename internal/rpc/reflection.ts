@@ -14,6 +14,7 @@ import { FileDescriptorProtoSchema, FileDescriptorSetSchema } from "@bufbuild/pr
 import { file_grpc_health_v1_health, Health } from "../../gen/grpc/health/v1/health_pb.js";
 import * as v1 from "../../gen/grpc/reflection/v1/reflection_pb.js";
 import * as v1alpha from "../../gen/grpc/reflection/v1alpha/reflection_pb.js";
+import { filesWithImports } from "../contract/index.ts";
 
 /** A reflection request as both protocol versions shape it. */
 type Query =
@@ -94,14 +95,7 @@ export function registerReflection(
  */
 export function createReflectionRegistry(...files: DescFile[]): FileRegistry {
   // Dependencies first: the registry resolves each file's imports as it adds it.
-  const ordered = new Map<string, DescFile>();
-  const visit = (file: DescFile): void => {
-    if (ordered.has(file.proto.name)) return;
-    file.dependencies.forEach(visit);
-    ordered.set(file.proto.name, file);
-  };
-  files.forEach(visit);
-  const set = create(FileDescriptorSetSchema, { file: [...ordered.values()].map((f) => f.proto) });
+  const set = create(FileDescriptorSetSchema, { file: filesWithImports(files).map((f) => f.proto) });
   return createFileRegistry(set);
 }
 
