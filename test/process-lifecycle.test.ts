@@ -8,7 +8,7 @@ import { once } from "node:events";
 import net from "node:net";
 import { join } from "node:path";
 import pg from "pg";
-import { create, createFileRegistry, setExtension } from "@bufbuild/protobuf";
+import { create, createFileRegistry, setExtension, type DescService } from "@bufbuild/protobuf";
 import { file_google_protobuf_empty, FileDescriptorProtoSchema, MethodOptionsSchema } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
@@ -260,6 +260,36 @@ function serviceWith(rules: Record<string, { permission?: string; public?: boole
   return service;
 }
 
+/** Starts a server of `service` on a free port, as a binary would (the promise may reject: that is the point). */
+async function startGuarded(t: { teardown(fn: () => unknown): void }, service: DescService) {
+  const port = await freePort();
+  const telemetry = startTelemetry({ serviceName: "lifecycle-test" });
+  t.teardown(() => telemetry.shutdown());
+  const starting = startRpcServer({
+    name: "guarded",
+    host: "127.0.0.1",
+    port,
+    services: [{ service, register: () => {} }],
+    log: createLogger({ name: "lifecycle-test", level: "silent" }),
+    telemetry,
+    readiness: {},
+    interceptors: { identity: [] },
+    maxMessageBytes: 1 << 20,
+    shutdownGraceMs: 0,
+    server: loadConfig({}).server,
+  });
+  return { starting, port };
+}
+
+/** True when a connection to the port is refused. */
+function nothingListensOn(port: number): Promise<boolean> {
+  return new Promise<boolean>((resolve) => {
+    const socket = net.connect(port, "127.0.0.1");
+    socket.once("connect", () => (socket.destroy(), resolve(false)));
+    socket.once("error", () => resolve(true));
+  });
+}
+
 t.test("authz - every RPC of every contract has a rule", async (t) => {
   const services = [PipelineService, JobService, AuthService, AuditService, WebhookService];
   const rules = accessRulesOf(services);
@@ -283,31 +313,11 @@ t.test("authz - a method without a rule, or with a contradictory one, is refused
 });
 
 t.test("authz - startRpcServer refuses to start, and never listens, when a method has no rule", async (t) => {
-  const port = await freePort();
-  const telemetry = startTelemetry({ serviceName: "lifecycle-test" });
-  t.teardown(() => telemetry.shutdown());
   const service = serviceWith({ Read: { permission: "things.get" }, Forgotten: undefined });
-  const starting = startRpcServer({
-    name: "guarded",
-    host: "127.0.0.1",
-    port,
-    services: [{ service, register: () => {} }],
-    log: createLogger({ name: "lifecycle-test", level: "silent" }),
-    telemetry,
-    readiness: {},
-    interceptors: { identity: [] },
-    maxMessageBytes: 1 << 20,
-    shutdownGraceMs: 0,
-    server: loadConfig({}).server,
-  });
+  const { starting, port } = await startGuarded(t, service);
   await t.rejects(starting, MissingAuthzRuleError);
   await t.rejects(starting, { message: /lifecycle\.v1\.GuardedService\.Forgotten: no authz option/ });
-  const refused = await new Promise<boolean>((resolve) => {
-    const socket = net.connect(port, "127.0.0.1");
-    socket.once("connect", () => (socket.destroy(), resolve(false)));
-    socket.once("error", () => resolve(true));
-  });
-  t.ok(refused, "nothing listens on the port");
+  t.ok(await nothingListensOn(port), "nothing listens on the port");
 });
 
 t.test("http rules - every RPC of every contract is reachable over REST", async (t) => {
@@ -319,29 +329,9 @@ t.test("http rules - every RPC of every contract is reachable over REST", async 
 });
 
 t.test("http rules - startRpcServer refuses to start, and never listens, when a method has no http rule", async (t) => {
-  const port = await freePort();
-  const telemetry = startTelemetry({ serviceName: "lifecycle-test" });
-  t.teardown(() => telemetry.shutdown());
   const service = serviceWith({ Read: { permission: "things.get" }, Unrouted: { permission: "things.get" } }, ["Unrouted"]);
-  const starting = startRpcServer({
-    name: "guarded",
-    host: "127.0.0.1",
-    port,
-    services: [{ service, register: () => {} }],
-    log: createLogger({ name: "lifecycle-test", level: "silent" }),
-    telemetry,
-    readiness: {},
-    interceptors: { identity: [] },
-    maxMessageBytes: 1 << 20,
-    shutdownGraceMs: 0,
-    server: loadConfig({}).server,
-  });
+  const { starting, port } = await startGuarded(t, service);
   await t.rejects(starting, MissingHttpRuleError);
   await t.rejects(starting, { message: /lifecycle\.v1\.GuardedService\.Unrouted: no google\.api\.http option/ });
-  const refused = await new Promise<boolean>((resolve) => {
-    const socket = net.connect(port, "127.0.0.1");
-    socket.once("connect", () => (socket.destroy(), resolve(false)));
-    socket.once("error", () => resolve(true));
-  });
-  t.ok(refused, "nothing listens on the port");
+  t.ok(await nothingListensOn(port), "nothing listens on the port");
 });
