@@ -8,7 +8,7 @@
  */
 import t, { type Test } from "tap";
 import { Code } from "@connectrpc/connect";
-import { isStatusBody, startGatewayMesh, type GatewayMesh, type StatusBody } from "./support/gateway.ts";
+import { isStatusBody, startGatewayMesh, type GatewayMesh, type StatusBody, fetchAnswer, type GatewayAnswer } from "./support/gateway.ts";
 import type { TestUser } from "./support/auth.ts";
 
 // Two meshes and two Deno processes start here; a loaded machine needs more than the default.
@@ -30,23 +30,9 @@ const { mesh, url } = main;
 const admin = await mesh.auth!.headersFor("admin");
 const json = { "content-type": "application/json" };
 
-interface Answer {
-  status: number;
-  headers: Headers;
-  body: unknown;
-}
+type Answer = GatewayAnswer;
 
-async function call(base: string, path: string, init: RequestInit = {}): Promise<Answer> {
-  const res = await fetch(`${base}${path}`, init);
-  const text = await res.text();
-  let body: unknown = text;
-  try {
-    body = JSON.parse(text);
-  } catch {
-    // Not JSON: the assertions below say so.
-  }
-  return { status: res.status, headers: res.headers, body };
-}
+const call = (base: string, path: string, init: RequestInit = {}): Promise<Answer> => fetchAnswer(`${base}${path}`, init);
 
 /** Fields that carry a credential: never printed, even in a failing assertion's message. */
 const credentialFields = new Set(["accessToken", "refreshToken", "secret"]);

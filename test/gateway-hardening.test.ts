@@ -9,7 +9,7 @@
 import t, { type Test } from "tap";
 import { Code } from "@connectrpc/connect";
 import { createServer } from "node:net";
-import { isStatusBody, startGatewayMesh, type StatusBody } from "./support/gateway.ts";
+import { isStatusBody, startGatewayMesh, type StatusBody, fetchAnswer, type GatewayAnswer } from "./support/gateway.ts";
 
 // Two meshes and two Deno processes start here; a loaded machine needs more than the default.
 t.setTimeout(300_000);
@@ -33,24 +33,9 @@ const { mesh, url } = gateway;
 const admin = await mesh.auth!.headersFor("admin");
 const json = { "content-type": "application/json" };
 
-interface Answer {
-  status: number;
-  headers: Headers;
-  text: string;
-  body: unknown;
-}
+type Answer = GatewayAnswer;
 
-async function call(base: string, path: string, init: RequestInit & { duplex?: "half" } = {}): Promise<Answer> {
-  const res = await fetch(`${base}${path}`, init);
-  const text = await res.text();
-  let body: unknown = text;
-  try {
-    body = JSON.parse(text);
-  } catch {
-    // Not JSON: the assertions below say so.
-  }
-  return { status: res.status, headers: res.headers, text, body };
-}
+const call = (base: string, path: string, init: RequestInit & { duplex?: "half" } = {}): Promise<Answer> => fetchAnswer(`${base}${path}`, init);
 
 const shown = (answer: Answer) => `${answer.status} ${answer.headers.get("content-type") ?? ""} ${answer.text.slice(0, 300)}`;
 

@@ -8,7 +8,7 @@ import t, { type Test } from "tap";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { PipelineService } from "../gen/jobmesh/v1/pipelines_pb.js";
-import { isStatusBody, startGatewayMesh, type StatusBody } from "./support/gateway.ts";
+import { isStatusBody, startGatewayMesh, type StatusBody, fetchAnswer, type GatewayAnswer } from "./support/gateway.ts";
 
 // Two meshes and two Deno processes start here; a loaded machine needs more than the default.
 t.setTimeout(300_000);
@@ -24,23 +24,9 @@ const admin = await auth.headersFor("admin");
 const viewer = await auth.headersFor("viewer");
 const json = { "content-type": "application/json" };
 
-interface Answer {
-  status: number;
-  headers: Headers;
-  body: unknown;
-}
+type Answer = GatewayAnswer;
 
-async function call(path: string, init: RequestInit & { duplex?: "half" } = {}): Promise<Answer> {
-  const res = await fetch(`${url}${path}`, init);
-  const text = await res.text();
-  let body: unknown = text;
-  try {
-    body = JSON.parse(text);
-  } catch {
-    // Not JSON: the assertions below say so.
-  }
-  return { status: res.status, headers: res.headers, body };
-}
+const call = (path: string, init: RequestInit & { duplex?: "half" } = {}): Promise<Answer> => fetchAnswer(`${url}${path}`, init);
 
 /** Asserts the HTTP status and that the body is a Status carrying `code`; returns the body. */
 function expectStatus(t: Test, answer: Answer, status: number, code: Code): StatusBody {
@@ -215,7 +201,8 @@ t.test("429 - one credential hammering one route, with Retry-After and RateLimit
   }
   if (!refused) return t.fail(`30 calls in rounds of 10 were all allowed (burst 2, 1/s)`);
   t.ok(allowed >= 2, `the burst was allowed (${allowed} calls)`);
-  const answer: Answer = { status: refused.status, headers: refused.headers, body: await refused.json() };
+  const text = await refused.text();
+  const answer: Answer = { status: refused.status, headers: refused.headers, text, body: JSON.parse(text) };
   expectStatus(t, answer, 429, Code.ResourceExhausted);
   const retryAfter = answer.headers.get("retry-after");
   t.match(retryAfter, /^\d+$/, `Retry-After is whole seconds: ${retryAfter}`);

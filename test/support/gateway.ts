@@ -64,6 +64,27 @@ export async function startGatewayMesh(t: Teardown, options: GatewayMeshOptions 
   return { mesh, url: gateway.url, stdout: gateway.output, stop };
 }
 
+/** One answer of the gateway, its body read: parsed JSON when it is JSON, else the text. */
+export interface GatewayAnswer {
+  status: number;
+  headers: Headers;
+  text: string;
+  body: unknown;
+}
+
+/** fetch(url, init), with the body read whole and parsed when it is JSON (the tests' assertions say when it is not). */
+export async function fetchAnswer(url: string, init: RequestInit & { duplex?: "half" } = {}): Promise<GatewayAnswer> {
+  const res = await fetch(url, init);
+  const text = await res.text();
+  let body: unknown = text;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    // Not JSON: kept as text.
+  }
+  return { status: res.status, headers: res.headers, text, body };
+}
+
 /** The JSON body of every gateway error: google.rpc.Status (code is the numeric gRPC code). */
 export interface StatusBody {
   code: number;
