@@ -15,7 +15,8 @@ export default tseslint.config(
     },
   },
   {
-    // Domain code: no Connect. Only internal/rpc and the service handlers speak the transport.
+    // Domain code: no Connect. Only internal/rpc, the service handlers and the edge gateway
+    // (internal/gateway: a transport itself, translating REST to Connect) speak the transport.
     files: ["internal/**/*.ts"],
     ignores: ["internal/rpc/**", "internal/**/service.ts", "internal/mesh/**", "internal/gateway/**"],
     rules: {
