@@ -2,9 +2,9 @@
 // @generated from file jobmesh/v1/audit.proto (package jobmesh.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import type { PrincipalKind } from "./auth_pb.js";
 
 /**
@@ -97,12 +97,60 @@ export declare type AuditEvent = Message<"jobmesh.v1.AuditEvent"> & {
   prevHash: string;
 
   /**
-   * SHA-256 (64 lower-case hex digits) over prev_hash and every other field of this event
-   * except name; VerifyAuditChain recomputes it.
+   * SHA-256 (64 lower-case hex digits) of the 32 bytes of prev_hash followed by the canonical
+   * event: this message with prev_hash and hash empty, in protobuf binary with fields in
+   * number order (deterministic: it has no maps). VerifyAuditChain recomputes it.
    *
    * @generated from field: string hash = 12;
    */
   hash: string;
+
+  /**
+   * The type of the resource acted on, from its google.api.resource, such as
+   * "jobmesh.dev/Job"; empty when resource is.
+   *
+   * @generated from field: string resource_type = 13;
+   */
+  resourceType: string;
+
+  /**
+   * The client's address: the peer, or what a trusted proxy (JOBMESH_TRUSTED_PROXIES, the
+   * gateway) said in x-forwarded-for.
+   *
+   * @generated from field: string client_address = 14;
+   */
+  clientAddress: string;
+
+  /**
+   * The client's user-agent header, at most 256 characters.
+   *
+   * @generated from field: string user_agent = 15;
+   */
+  userAgent: string;
+
+  /**
+   * How long the call took, to the microsecond; for a stream, until it ended.
+   *
+   * @generated from field: google.protobuf.Duration duration = 16;
+   */
+  duration?: Duration | undefined;
+
+  /**
+   * The request in proto3 JSON, with every field marked (jobmesh.v1.redact) replaced by
+   * "[REDACTED]"; for a client stream, its first message. At most 8 KiB: a longer one is cut
+   * and says so.
+   *
+   * @generated from field: string request = 17;
+   */
+  request: string;
+
+  /**
+   * What recorded the event: "gateway" for a request refused at the edge, else the service
+   * process, such as "jobs".
+   *
+   * @generated from field: string recorder = 18;
+   */
+  recorder: string;
 };
 
 /**
@@ -131,6 +179,22 @@ export declare type Actor = Message<"jobmesh.v1.Actor"> & {
    * @generated from field: jobmesh.v1.PrincipalKind kind = 2;
    */
   kind: PrincipalKind;
+
+  /**
+   * The roles the caller acted with (after any cap); empty when it was not authenticated.
+   *
+   * @generated from field: repeated string roles = 3;
+   */
+  roles: string[];
+
+  /**
+   * Which credential it presented, never the secret: an API key's public prefix
+   * ("jmk_ab12cd34"), a token's id ("tokens/{jti}"), "unverified" or "malformed" for a
+   * credential that could not be checked, or "email:{address}" for a login.
+   *
+   * @generated from field: string credential_hint = 4;
+   */
+  credentialHint: string;
 };
 
 /**
@@ -189,9 +253,9 @@ export declare type ListAuditEventsRequest = Message<"jobmesh.v1.ListAuditEvents
 
   /**
    * Filter expression: conjunctions (AND) of `actor = "users/x"`,
-   * `actor_kind = USER|API_KEY|SYSTEM`, `action = "jobmesh.v1.JobService.CreateJob"`,
-   * `action:"jobmesh.v1.JobService.*"`, `resource = "jobs/x"`, `code = 0`, and `event_time`
-   * or `sequence` compared with <, <=, >, >=, such as
+   * `actor_kind = USER|API_KEY|SYSTEM|UNSPECIFIED`, `action = "jobmesh.v1.JobService.CreateJob"`,
+   * `action:"jobmesh.v1.JobService.*"`, `resource = "jobs/x"`, `resource_type = "jobmesh.dev/Job"`,
+   * `code = 0`, `code != 0`, and `event_time` or `sequence` compared with <, <=, >, >=, such as
    * `event_time >= "2025-01-01T00:00:00Z" AND event_time < "2025-02-01T00:00:00Z"`.
    *
    * @generated from field: string filter = 3;
@@ -199,7 +263,8 @@ export declare type ListAuditEventsRequest = Message<"jobmesh.v1.ListAuditEvents
   filter: string;
 
   /**
-   * "sequence" or "event_time", each optionally followed by " desc". Default "sequence".
+   * "sequence" or "event_time", each optionally followed by " desc". Default
+   * "sequence desc" (newest first).
    *
    * @generated from field: string order_by = 4;
    */
@@ -362,6 +427,28 @@ export declare type VerifyAuditChainResponse = Message<"jobmesh.v1.VerifyAuditCh
    * @generated from field: google.protobuf.Timestamp verify_time = 7;
    */
   verifyTime?: Timestamp | undefined;
+
+  /**
+   * What broke at first_broken_sequence; UNSPECIFIED when intact.
+   *
+   * @generated from field: jobmesh.v1.AuditChainBreak break_kind = 8;
+   */
+  breakKind: AuditChainBreak;
+
+  /**
+   * Signed checkpoints in the range whose signature and hashes were checked.
+   *
+   * @generated from field: int64 checkpoints_verified = 9;
+   */
+  checkpointsVerified: bigint;
+
+  /**
+   * Events after the last checkpoint: linked by the chain but not yet signed (checkpoints are
+   * made at least every 5 s while events arrive).
+   *
+   * @generated from field: int64 unsigned_count = 10;
+   */
+  unsignedCount: bigint;
 };
 
 /**
@@ -371,16 +458,313 @@ export declare type VerifyAuditChainResponse = Message<"jobmesh.v1.VerifyAuditCh
 export declare const VerifyAuditChainResponseSchema: GenMessage<VerifyAuditChainResponse>;
 
 /**
+ * AuditCheckpoint is a signed statement of a tenant's chain up to a sequence: the hash of each
+ * event since the previous checkpoint, and the head. Made at least every 5 s while events
+ * arrive (and every 1000 events), stored in Postgres and published to a JetStream stream of its
+ * own, so that a rewrite of the chain in Postgres no longer matches it.
+ *
+ * @generated from message jobmesh.v1.AuditCheckpoint
+ */
+export declare type AuditCheckpoint = Message<"jobmesh.v1.AuditCheckpoint"> & {
+  /**
+   * The tenant whose chain it covers.
+   *
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+
+  /**
+   * The first sequence it lists (the previous checkpoint's sequence + 1).
+   *
+   * @generated from field: int64 first_sequence = 2;
+   */
+  firstSequence: bigint;
+
+  /**
+   * The last sequence it covers: the head of the chain when it was made.
+   *
+   * @generated from field: int64 sequence = 3;
+   */
+  sequence: bigint;
+
+  /**
+   * The hash of the event at sequence.
+   *
+   * @generated from field: string hash = 4;
+   */
+  hash: string;
+
+  /**
+   * When it was signed.
+   *
+   * @generated from field: google.protobuf.Timestamp checkpoint_time = 5;
+   */
+  checkpointTime?: Timestamp | undefined;
+
+  /**
+   * The 32-byte SHA-256 hashes of the events first_sequence..sequence, concatenated in order.
+   *
+   * @generated from field: bytes event_hashes = 6;
+   */
+  eventHashes: Uint8Array;
+
+  /**
+   * Which key signed it (AuditSigningKey.key_id).
+   *
+   * @generated from field: string key_id = 7;
+   */
+  keyId: string;
+
+  /**
+   * Ed25519 signature over this message in protobuf binary with signature empty.
+   *
+   * @generated from field: bytes signature = 8;
+   */
+  signature: Uint8Array;
+};
+
+/**
+ * Describes the message jobmesh.v1.AuditCheckpoint.
+ * Use `create(AuditCheckpointSchema)` to create a new message.
+ */
+export declare const AuditCheckpointSchema: GenMessage<AuditCheckpoint>;
+
+/**
+ * AuditSigningKey is a public key that signs checkpoints.
+ *
+ * @generated from message jobmesh.v1.AuditSigningKey
+ */
+export declare type AuditSigningKey = Message<"jobmesh.v1.AuditSigningKey"> & {
+  /**
+   * The key's id: the first 16 hex digits of the SHA-256 of public_key.
+   *
+   * @generated from field: string key_id = 1;
+   */
+  keyId: string;
+
+  /**
+   * The raw 32-byte Ed25519 public key.
+   *
+   * @generated from field: bytes public_key = 2;
+   */
+  publicKey: Uint8Array;
+
+  /**
+   * When the key was made.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 3;
+   */
+  createTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message jobmesh.v1.AuditSigningKey.
+ * Use `create(AuditSigningKeySchema)` to create a new message.
+ */
+export declare const AuditSigningKeySchema: GenMessage<AuditSigningKey>;
+
+/**
+ * ExportAuditEventsRequest names the range to export.
+ *
+ * @generated from message jobmesh.v1.ExportAuditEventsRequest
+ */
+export declare type ExportAuditEventsRequest = Message<"jobmesh.v1.ExportAuditEventsRequest"> & {
+  /**
+   * First sequence; 0 means the first stored event.
+   *
+   * @generated from field: int64 start_sequence = 1;
+   */
+  startSequence: bigint;
+
+  /**
+   * Last sequence; 0 means the head. The export runs on to the first checkpoint at or after
+   * it, so that every exported event is covered by a signature when one exists.
+   *
+   * @generated from field: int64 end_sequence = 2;
+   */
+  endSequence: bigint;
+
+  /**
+   * Alternatively a time range: events with start_time <= event_time < end_time (converted to
+   * the sequences that bound them).
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 3;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * See start_time.
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 4;
+   */
+  endTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message jobmesh.v1.ExportAuditEventsRequest.
+ * Use `create(ExportAuditEventsRequestSchema)` to create a new message.
+ */
+export declare const ExportAuditEventsRequestSchema: GenMessage<ExportAuditEventsRequest>;
+
+/**
+ * ExportAuditEventsResponse is one item of an export.
+ *
+ * @generated from message jobmesh.v1.ExportAuditEventsResponse
+ */
+export declare type ExportAuditEventsResponse = Message<"jobmesh.v1.ExportAuditEventsResponse"> & {
+  /**
+   * One of the export's items.
+   *
+   * @generated from oneof jobmesh.v1.ExportAuditEventsResponse.item
+   */
+  item: {
+    /**
+     * A key that signed a checkpoint of the export.
+     *
+     * @generated from field: jobmesh.v1.AuditSigningKey signing_key = 1;
+     */
+    value: AuditSigningKey;
+    case: "signingKey";
+  } | {
+    /**
+     * An event, in sequence order.
+     *
+     * @generated from field: jobmesh.v1.AuditEvent audit_event = 2;
+     */
+    value: AuditEvent;
+    case: "auditEvent";
+  } | {
+    /**
+     * A checkpoint, right after the event at its sequence.
+     *
+     * @generated from field: jobmesh.v1.AuditCheckpoint checkpoint = 3;
+     */
+    value: AuditCheckpoint;
+    case: "checkpoint";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message jobmesh.v1.ExportAuditEventsResponse.
+ * Use `create(ExportAuditEventsResponseSchema)` to create a new message.
+ */
+export declare const ExportAuditEventsResponseSchema: GenMessage<ExportAuditEventsResponse>;
+
+/**
+ * ListAuditCheckpointsRequest lists checkpoints.
+ *
+ * @generated from message jobmesh.v1.ListAuditCheckpointsRequest
+ */
+export declare type ListAuditCheckpointsRequest = Message<"jobmesh.v1.ListAuditCheckpointsRequest"> & {
+  /**
+   * Page size, 1..1000; 0 means the default of 50.
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * The next_page_token of a previous response.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message jobmesh.v1.ListAuditCheckpointsRequest.
+ * Use `create(ListAuditCheckpointsRequestSchema)` to create a new message.
+ */
+export declare const ListAuditCheckpointsRequestSchema: GenMessage<ListAuditCheckpointsRequest>;
+
+/**
+ * ListAuditCheckpointsResponse is one page of checkpoints.
+ *
+ * @generated from message jobmesh.v1.ListAuditCheckpointsResponse
+ */
+export declare type ListAuditCheckpointsResponse = Message<"jobmesh.v1.ListAuditCheckpointsResponse"> & {
+  /**
+   * The checkpoints of this page, newest first.
+   *
+   * @generated from field: repeated jobmesh.v1.AuditCheckpoint checkpoints = 1;
+   */
+  checkpoints: AuditCheckpoint[];
+
+  /**
+   * Token for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message jobmesh.v1.ListAuditCheckpointsResponse.
+ * Use `create(ListAuditCheckpointsResponseSchema)` to create a new message.
+ */
+export declare const ListAuditCheckpointsResponseSchema: GenMessage<ListAuditCheckpointsResponse>;
+
+/**
+ * AuditChainBreak says how a chain is broken.
+ *
+ * @generated from enum jobmesh.v1.AuditChainBreak
+ */
+export enum AuditChainBreak {
+  /**
+   * Intact.
+   *
+   * @generated from enum value: AUDIT_CHAIN_BREAK_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The event's stored hash is not the hash of its content: it was changed after it was chained.
+   *
+   * @generated from enum value: AUDIT_CHAIN_BREAK_EDITED = 1;
+   */
+  EDITED = 1,
+
+  /**
+   * A sequence number is missing: an event was removed.
+   *
+   * @generated from enum value: AUDIT_CHAIN_BREAK_MISSING = 2;
+   */
+  MISSING = 2,
+
+  /**
+   * The event does not link to the one before it, or sits at another position than the one
+   * signed for it.
+   *
+   * @generated from enum value: AUDIT_CHAIN_BREAK_REORDERED = 3;
+   */
+  REORDERED = 3,
+
+  /**
+   * The chain is self-consistent but differs from a signed checkpoint (it was recomputed after
+   * an edit), or a checkpoint's signature or key is not valid.
+   *
+   * @generated from enum value: AUDIT_CHAIN_BREAK_CHECKPOINT_MISMATCH = 4;
+   */
+  CHECKPOINT_MISMATCH = 4,
+}
+
+/**
+ * Describes the enum jobmesh.v1.AuditChainBreak.
+ */
+export declare const AuditChainBreakSchema: GenEnum<AuditChainBreak>;
+
+/**
  * AuditService answers questions about the audit log: one event per RPC that a service
- * handled (reads included), stored append-only and hash-chained per tenant so that an
- * edited, removed or reordered event is detected. Every query is scoped to the caller's
- * tenant.
+ * handled (reads and refused calls included) and per request the gateway refused, stored
+ * append-only and hash-chained per tenant, with the chain's hashes signed (Ed25519) in
+ * checkpoints that are also published outside Postgres, so that an edited, removed, reordered
+ * or re-chained event is detected. Every query is scoped to the caller's tenant.
  *
  * @generated from service jobmesh.v1.AuditService
  */
 export declare const AuditService: GenService<{
   /**
-   * Lists audit events, oldest first unless order_by says otherwise.
+   * Lists audit events, newest first unless order_by says otherwise.
    *
    * @generated from rpc jobmesh.v1.AuditService.ListAuditEvents
    */
@@ -409,6 +793,29 @@ export declare const AuditService: GenService<{
     methodKind: "unary";
     input: typeof VerifyAuditChainRequestSchema;
     output: typeof VerifyAuditChainResponseSchema;
+  },
+  /**
+   * Streams a contiguous range of the tenant's chain with everything an offline verifier
+   * needs: the signing keys first, then the events in sequence order, each signed checkpoint
+   * right after the event it covers. Through the gateway it is NDJSON; `jobmesh audit verify
+   * <file>` checks it with nothing but the file.
+   *
+   * @generated from rpc jobmesh.v1.AuditService.ExportAuditEvents
+   */
+  exportAuditEvents: {
+    methodKind: "server_streaming";
+    input: typeof ExportAuditEventsRequestSchema;
+    output: typeof ExportAuditEventsResponseSchema;
+  },
+  /**
+   * Lists the tenant's signed checkpoints, newest first.
+   *
+   * @generated from rpc jobmesh.v1.AuditService.ListAuditCheckpoints
+   */
+  listAuditCheckpoints: {
+    methodKind: "unary";
+    input: typeof ListAuditCheckpointsRequestSchema;
+    output: typeof ListAuditCheckpointsResponseSchema;
   },
 }>;
 
