@@ -6,6 +6,8 @@
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { randomBytes } from "node:crypto";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import pg from "pg";
 import { loadConfig, type Config } from "../../internal/config/index.ts";
 
@@ -99,6 +101,8 @@ export async function isolate(overrides: Record<string, string> = {}): Promise<I
     JOBMESH_WEBHOOKS_PORT: "0",
     JOBMESH_GATEWAY_PORT: "0",
     JOBMESH_WORKER_METRICS_PORT: "0",
+    // Audit spools are per process on disk: a test's never meets another's.
+    JOBMESH_AUDIT_SPOOL_DIR: join(tmpdir(), `jobmesh-audit-spool-${id}`),
     // JetStream reserves every stream's max_bytes on the shared server: test namespaces keep theirs
     // small (the largest object a test stores is about 25 MiB).
     JOBMESH_STREAM_MAX_BYTES: String(64 * 1024 * 1024),
