@@ -137,7 +137,7 @@ export declare type AuditEvent = Message<"jobmesh.v1.AuditEvent"> & {
 
   /**
    * The request in proto3 JSON, with every field marked (jobmesh.v1.redact) replaced by
-   * "[REDACTED]"; for a client stream, its first message. At most 8 KiB: a longer one is cut
+   * "[redacted]"; for a client stream, its first message. At most 8 KiB: a longer one is cut
    * and says so.
    *
    * @generated from field: string request = 17;
