@@ -7,13 +7,14 @@
  * access-token lifetime (plus clock skew), so every token it signed verifies until it expires.
  */
 import { exportJWK, generateKeyPair, importJWK, type CryptoKey, type JWK } from "jose";
-import { createCipheriv, createDecipheriv, randomBytes, randomUUID } from "node:crypto";
-import { link, mkdir, readFile, unlink, writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import { randomUUID } from "node:crypto";
 import { inTransaction, type Pool, type Queryable } from "../db/index.ts";
+import { loadKeyEncryptionKey, seal, unseal } from "../sealing/index.ts";
 import { signingAlg } from "./token-verifier.ts";
 
 export { signingAlg };
+// Where the services have always found it; it lives in internal/sealing with seal/unseal.
+export { loadKeyEncryptionKey };
 /** Tolerated clock difference between the signer and a verifier. */
 export const clockSkewSeconds = 60;
 
@@ -31,45 +32,6 @@ export async function loadPublicJwks(db: Queryable, accessTokenTtlSeconds: numbe
     [accessTokenTtlSeconds + clockSkewSeconds],
   );
   return rows.map((r) => r.public_jwk);
-}
-
-/** Reads the key-encryption key from configuration, or from (creating) a key file. */
-export async function loadKeyEncryptionKey(configured: string, keyDir: string): Promise<Buffer> {
-  if (configured) return Buffer.from(configured, "base64");
-  const file = join(keyDir, "key-encryption-key");
-  try {
-    return Buffer.from((await readFile(file, "utf8")).trim(), "base64");
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
-  }
-  await mkdir(keyDir, { recursive: true, mode: 0o700 });
-  // Written aside and linked into place: a process starting at the same moment never reads a
-  // half-written file, and link() refuses to replace a key another process put there first.
-  const draft = `${file}.${process.pid}.${randomBytes(4).toString("hex")}`;
-  await writeFile(draft, randomBytes(32).toString("base64") + "\n", { mode: 0o600 });
-  try {
-    await link(draft, file);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
-  } finally {
-    await unlink(draft);
-  }
-  return Buffer.from((await readFile(file, "utf8")).trim(), "base64");
-}
-
-function seal(kek: Buffer, kid: string, plaintext: string): Buffer {
-  const iv = randomBytes(12);
-  const cipher = createCipheriv("aes-256-gcm", kek, iv);
-  cipher.setAAD(Buffer.from(kid));
-  const body = Buffer.concat([cipher.update(plaintext, "utf8"), cipher.final()]);
-  return Buffer.concat([iv, cipher.getAuthTag(), body]);
-}
-
-function unseal(kek: Buffer, kid: string, sealed: Buffer): string {
-  const decipher = createDecipheriv("aes-256-gcm", kek, sealed.subarray(0, 12));
-  decipher.setAAD(Buffer.from(kid));
-  decipher.setAuthTag(sealed.subarray(12, 28));
-  return Buffer.concat([decipher.update(sealed.subarray(28)), decipher.final()]).toString("utf8");
 }
 
 export interface SigningKeysDeps {
@@ -124,7 +86,7 @@ export function createSigningKeys(deps: SigningKeysDeps): SigningKeys {
       await lockedRotation(false);
       row = (await readCurrent())!;
     }
-    const privateKey = (await importJWK(JSON.parse(unseal(deps.keyEncryptionKey, row.kid, row.sealed)) as JWK, signingAlg)) as CryptoKey;
+    const privateKey = (await importJWK(JSON.parse(unseal(deps.keyEncryptionKey, row.kid, row.sealed).toString("utf8")) as JWK, signingAlg)) as CryptoKey;
     return { kid: row.kid, privateKey };
   }
 
