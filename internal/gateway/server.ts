@@ -16,6 +16,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { accessRulesOf, httpBindingsOfServices, meshServices, procedureOf, type AccessRule } from "../contract/index.ts";
 import { forwardedHeaders, deadlineOf, type BackendCall, type Backends } from "./backend.ts";
 import { createDocs, type DocsDeps } from "./docs.ts";
+import { isEdgeRefusal, type EdgeRefusal } from "./edge-audit.ts";
 import { downloadResponse, isDownloadMethod } from "./download.ts";
 import { authorizeAtEdge, type EdgeAuth, type EdgeCaller } from "./edge-auth.ts";
 import { BodyTooLargeError, errorResponse, httpStatusOf, statusBodyOf, toGatewayError } from "./http-errors.ts";
@@ -40,6 +41,11 @@ export interface GatewayDeps {
   clientAddressOf(peer: string | undefined, forwardedFor: string | null): string | undefined;
   /** Answers true when every backend answers its health check (for /readyz). */
   backendsReady(): Promise<Record<string, boolean>>;
+  /**
+   * Records a call refused at the edge (401, 403, 429 before any backend is called): that call's
+   * one audit event, since no service sees it. Absent when audit is off. Must not throw or block.
+   */
+  recordRefusal?(refusal: EdgeRefusal): void;
   settings: {
     corsOrigins: readonly string[];
     maxBodyBytes: number;
@@ -71,6 +77,16 @@ export interface Gateway {
 const knownMethods = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]);
 /** How long a /readyz answer is reused: each one asks every backend, and it is open to anyone. */
 const readinessReuseMs = 1_000;
+
+/** A call to one of the mesh's methods, as far as the edge got with it (for recording a refusal). */
+interface EdgeAttempt {
+  /** The method's full name: "jobmesh.v1.JobService.GetJob". */
+  action: string;
+  /** Set once the credential verified. */
+  caller: EdgeCaller | undefined;
+  /** Set once a backend is called: from then on the service records the call, not the edge. */
+  forwarded: boolean;
+}
 
 /** Connect and gRPC-Web requests name the procedure in the path: /jobmesh.v1.JobService/GetJob. */
 const procedurePath = /^\/([a-z0-9_.]+\.[A-Za-z0-9_]+)\/([A-Za-z0-9_]+)$/;
@@ -111,7 +127,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
   }
 
   /** Authenticates, authorizes and rate-limits one call; returns the caller and the headers the answer carries. */
-  async function admit(rule: AccessRule, req: Request, clientAddress: string | undefined): Promise<{ caller: EdgeCaller | undefined; limitHeaders: Headers }> {
+  async function admit(rule: AccessRule, req: Request, clientAddress: string | undefined, attempt: EdgeAttempt): Promise<{ caller: EdgeCaller | undefined; limitHeaders: Headers }> {
     let caller: EdgeCaller | undefined;
     // An address past its budget of refused credentials is refused before its next credential is
     // looked at: each guessed API key would otherwise still cost AuthService a lookup.
@@ -122,6 +138,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
     }
     try {
       caller = rule.kind === "public" ? undefined : await deps.auth.authenticate(req.headers);
+      attempt.caller = caller;
       authorizeAtEdge(rule, caller);
     } catch (refusal) {
       // A refused credential counts against the client's address like an anonymous call: guessing
@@ -205,6 +222,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
     let response: Response;
     // A Connect or gRPC-Web call is refused in its own protocol, for the client generated from our protos.
     let speaksProtocol = false;
+    let attempt: EdgeAttempt | undefined;
     // Ends the backend call once the answer is sent or the client went away.
     const abort = new AbortController();
     completed.then(() => abort.abort(), (reason: unknown) => abort.abort(reason));
@@ -227,7 +245,8 @@ export function createGateway(deps: GatewayDeps): Gateway {
             throw Object.assign(new ConnectError(`${req.method} is not allowed on ${url.pathname}: Connect and gRPC-Web calls are POSTs`, Code.Unimplemented), { httpStatus: 405 });
           }
           speaksProtocol = true;
-          const admitted = await admit(rules.get(url.pathname)!, req, clientAddress);
+          attempt = { action: actionOf(method), caller: undefined, forwarded: false };
+          const admitted = await admit(rules.get(url.pathname)!, req, clientAddress, attempt);
           tenant = admitted.caller?.tenantId;
           extraHeaders = admitted.limitHeaders;
           if (method.methodKind !== "unary") holdStream(admitted.caller?.credentialKey ?? `address:${clientAddress}`, abort, completed);
@@ -244,6 +263,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
           const forwarded = isConnectUnaryBinary(req, method)
             ? new Request(req.url, { method: "POST", headers: req.headers, body: checkedUnaryBody(method, await readBodyBytes(req, limit)) })
             : req;
+          attempt.forwarded = true;
           response = await deps.backends.passthrough(forwarded, method.parent as DescService, call, limit);
         } else {
           const match = routes.match(req.method, url.pathname);
@@ -258,7 +278,8 @@ export function createGateway(deps: GatewayDeps): Gateway {
           const { binding } = match;
           const method = binding.method;
           route = binding.path;
-          const admitted = await admit(rules.get(procedureOf(method))!, req, clientAddress);
+          attempt = { action: actionOf(method), caller: undefined, forwarded: false };
+          const admitted = await admit(rules.get(procedureOf(method))!, req, clientAddress, attempt);
           tenant = admitted.caller?.tenantId;
           extraHeaders = admitted.limitHeaders;
           const input = isUploadMethod(method)
@@ -270,6 +291,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
           const fallbackTimeoutMs = method.methodKind === "unary" ? settings.defaultTimeoutMs : method.methodKind === "client_streaming" ? settings.maxTimeoutMs : undefined;
           const timeoutMs = deadlineOf(req.headers, fallbackTimeoutMs, settings.maxTimeoutMs);
           const call: BackendCall = { headers: forwardedHeaders(req, requestId, clientAddress), signal: abort.signal, timeoutMs };
+          attempt.forwarded = true;
           response = await callRest(req, method, input, call, abort, binding);
         }
       }
@@ -280,6 +302,10 @@ export function createGateway(deps: GatewayDeps): Gateway {
       const status = (error as { httpStatus?: number }).httpStatus;
       response = speaksProtocol ? protocolErrorResponse(req, failure) : errorResponse(failure);
       if (status) response = new Response(response.body, { status, headers: response.headers });
+      if (attempt && !attempt.forwarded && deps.recordRefusal && isEdgeRefusal(status ?? httpStatusOf(failure))) {
+        const { action, caller } = attempt;
+        deps.recordRefusal({ action, caller, headers: req.headers, code: failure.code, message: failure.rawMessage, clientAddress, requestId, durationMs: performance.now() - started });
+      }
       if (response.status >= 500 && response.status !== 501) {
         log.error("request failed", { requestId, route, status: response.status, err: String((error as Error)?.stack ?? error), cause: String((failure.cause as Error | undefined)?.message ?? "") });
       }
@@ -328,6 +354,11 @@ function createRefusalBlocks(maxAddresses = 10_000) {
       return Math.max(0, left);
     },
   };
+}
+
+/** The audit action of a method: its full name, "jobmesh.v1.JobService.GetJob". */
+function actionOf(method: DescMethod): string {
+  return `${method.parent.typeName}.${method.name}`;
 }
 
 /** Room for the envelopes around an upload's chunks when it passes through as Connect or gRPC-Web. */

@@ -1,0 +1,161 @@
+/**
+ * What the gateway records of a call it refuses at the edge (401, 403, 429): the call never
+ * reaches a service, so no service's audit interceptor sees it, and the gateway writes its one
+ * audit event instead. A call the gateway admits is recorded by the service, never here, so
+ * every call has exactly one event.
+ *
+ * The event is built the way a service's recorder builds it: the full RPC name as the action,
+ * the actor as far as the edge learnt it (never the secret), the code and message the client
+ * got, and the request left empty (the body was not read).
+ */
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { Code } from "@connectrpc/connect";
+import { decodeJwt } from "jose";
+// @deno-types="../../gen/jobmesh/v1/audit_pb.d.ts"
+import { ActorSchema, AuditEventSchema, type Actor, type AuditEvent } from "../../gen/jobmesh/v1/audit_pb.js";
+// @deno-types="../../gen/jobmesh/v1/auth_pb.d.ts"
+import { PrincipalKind } from "../../gen/jobmesh/v1/auth_pb.js";
+import { apiKeyPattern, credentialOf } from "../auth/credentials.ts";
+import type { EdgeCaller } from "./edge-auth.ts";
+
+/** The recorder name of every event the gateway writes. */
+export const gatewayRecorder = "gateway";
+
+/**
+ * The answers the edge refuses with on its own, and records: 401, 403, 429. Not 413, though it
+ * shares RESOURCE_EXHAUSTED with 429: a body too large is a bad request, like a 400.
+ */
+const edgeRefusalStatuses = new Set([401, 403, 429]);
+
+/** True when a call answered `httpStatus` before any backend was called is the gateway's to record. */
+export function isEdgeRefusal(httpStatus: number): boolean {
+  return edgeRefusalStatuses.has(httpStatus);
+}
+
+/** One call refused at the edge, as server.ts knows it when it answers. */
+export interface EdgeRefusal {
+  /** The method's full name: "jobmesh.v1.PipelineService.GetPipeline". */
+  action: string;
+  /** The caller whose credential verified (refused for its roles or its rate); undefined when none did. */
+  caller: EdgeCaller | undefined;
+  /** The request's headers: what credential it presented, its user agent and trace context. */
+  headers: Headers;
+  code: Code;
+  /** The message the client got (ConnectError.rawMessage). */
+  message: string;
+  /** The client as the gateway sees it (socket peer, or x-forwarded-for from a trusted proxy). */
+  clientAddress: string | undefined;
+  /** The x-request-id the gateway set or echoed. */
+  requestId: string;
+  /** How long the gateway held the call before refusing it. */
+  durationMs: number;
+}
+
+/** What the event takes from outside the refusal: its id, the clock and the trace. */
+export interface EdgeAuditContext {
+  /** A UUID v4: the event is `auditEvents/<id>`, and its Nats-Msg-Id. */
+  id: string;
+  /** When the refusal was answered; the event's time is when the call arrived (now − duration). */
+  now: Date;
+  /** The gateway's own trace (Deno's server span) when it traces; else the client's traceparent is read. */
+  activeTraceId: string | undefined;
+}
+
+const maxUserAgentChars = 256;
+
+/** The audit event of one edge refusal. Pure: same refusal and context, same event. */
+export function edgeAuditEventOf(refusal: EdgeRefusal, context: EdgeAuditContext): AuditEvent {
+  const micros = Math.max(0, Math.round(refusal.durationMs * 1000));
+  return create(AuditEventSchema, {
+    name: `auditEvents/${context.id}`,
+    // "" is the unattributed chain (the consumer maps it to the operator's tenant).
+    tenant: refusal.caller?.tenantId ?? "",
+    actor: actorOf(refusal.caller, refusal.headers),
+    action: refusal.action,
+    outcome: { code: refusal.code, message: refusal.message },
+    requestId: refusal.requestId,
+    traceId: context.activeTraceId ?? traceIdOfHeaders(refusal.headers),
+    // Milliseconds, as every recorder makes it from a Date: the store re-reads the same Timestamp.
+    eventTime: timestampFromDate(new Date(context.now.getTime() - Math.floor(micros / 1000))),
+    clientAddress: refusal.clientAddress ?? "",
+    userAgent: (refusal.headers.get("user-agent") ?? "").slice(0, maxUserAgentChars),
+    // Microsecond precision, as the store keeps it (duration_us).
+    duration: { seconds: BigInt(Math.floor(micros / 1_000_000)), nanos: (micros % 1_000_000) * 1000 },
+    request: "",
+    recorder: gatewayRecorder,
+  });
+}
+
+/**
+ * The caller as the edge learnt it. A verified credential gives subject, tenant and roles; an
+ * unverified one only its hint, spelled as the services' identity interceptor spells it: an API
+ * key's public prefix, "unverified" for a token, "malformed" for what cannot be read.
+ */
+export function actorOf(caller: EdgeCaller | undefined, headers: Headers): Actor {
+  let presented;
+  try {
+    presented = credentialOf(headers);
+  } catch {
+    // An authorization header that is not "Bearer <one value>".
+    return create(ActorSchema, { credentialHint: "malformed" });
+  }
+  if (!presented) return create(ActorSchema, {});
+  const apiKeyHint = apiKeyPattern.test(presented.value) ? presented.value.slice(0, "jmk_".length + 8) : "malformed";
+  if (!caller) {
+    return create(ActorSchema, {
+      kind: presented.kind === "api_key" ? PrincipalKind.API_KEY : PrincipalKind.UNSPECIFIED,
+      credentialHint: presented.kind === "api_key" ? apiKeyHint : "unverified",
+    });
+  }
+  return create(ActorSchema, {
+    subject: caller.subject,
+    kind: caller.subject.startsWith("apiKeys/") ? PrincipalKind.API_KEY : PrincipalKind.USER,
+    roles: caller.roles,
+    credentialHint: presented.kind === "api_key" ? apiKeyHint : tokenHintOf(presented.value),
+  });
+}
+
+/**
+ * "tokens/<jti>" of a token edge-auth has verified (its signature checked, so its claims are the
+ * issuer's): the same hint the services write, naming the token and not holding it.
+ */
+function tokenHintOf(token: string): string {
+  try {
+    const { jti } = decodeJwt(token);
+    return typeof jti === "string" && jti !== "" ? `tokens/${jti}` : "unverified";
+  } catch {
+    return "unverified";
+  }
+}
+
+/** The trace id of a W3C traceparent ("00-<32 hex>-<16 hex>-<2 hex>"), or "" without a valid one. */
+export function traceIdOfHeaders(headers: Headers): string {
+  const match = /^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$/.exec(headers.get("traceparent")?.trim() ?? "");
+  return match && !/^0+$/.test(match[1]) ? match[1] : "";
+}
+
+/** Where the gateway's events go: the audit sink's record (internal/audit/sink.ts). */
+export interface EdgeAuditSink {
+  record(event: AuditEvent): void;
+}
+
+/**
+ * The `recordRefusal` dependency of createGateway: builds the event and hands it to the sink,
+ * which publishes it asynchronously (spooling to disk when NATS cannot take it). It never throws
+ * into the answer: a refusal is answered whatever becomes of its record.
+ */
+export function createRefusalRecorder(options: {
+  sink: EdgeAuditSink;
+  /** The active span's trace id, if the gateway traces (Deno's OpenTelemetry). */
+  activeTraceId?: () => string | undefined;
+  onFailure?: (error: unknown) => void;
+}): (refusal: EdgeRefusal) => void {
+  return (refusal) => {
+    try {
+      options.sink.record(edgeAuditEventOf(refusal, { id: crypto.randomUUID(), now: new Date(), activeTraceId: options.activeTraceId?.() }));
+    } catch (error) {
+      options.onFailure?.(error);
+    }
+  };
+}
