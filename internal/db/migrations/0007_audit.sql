@@ -52,6 +52,17 @@ CREATE TABLE audit_chain_heads (
   hash text NOT NULL
 );
 
+-- Where each tenant's stored chain starts after retention dropped its oldest partitions: the
+-- first sequence still kept and the hash of the event before it (gone with its partition).
+-- Verification starts here, so a row removed at the start of what is kept is MISSING, not
+-- mistaken for retention. Written only by internal/audit/retention.ts, with the DROP.
+CREATE TABLE audit_retention_horizons (
+  tenant_id uuid PRIMARY KEY,
+  first_sequence bigint NOT NULL,
+  prev_hash text NOT NULL DEFAULT '',
+  update_time timestamptz NOT NULL DEFAULT now()
+);
+
 -- Ed25519 keys that sign checkpoints. The private key (PKCS#8 DER) is sealed with AES-256-GCM
 -- under the key-encryption key, which is not in the database (as signing_keys for JWTs).
 CREATE TABLE audit_signing_keys (
@@ -143,6 +154,7 @@ GRANT INSERT, SELECT ON audit_events, audit_checkpoints TO jobmesh_audit_appende
 -- Down Migration
 DROP TABLE audit_checkpoints;
 DROP TABLE audit_signing_keys;
+DROP TABLE audit_retention_horizons;
 DROP TABLE audit_chain_heads;
 DROP TABLE audit_event_ids;
 DROP TABLE audit_events;
