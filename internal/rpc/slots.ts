@@ -7,7 +7,7 @@
  * identity, so a call identity refuses is still seen, with the caller it claimed to be
  * (attemptedCallerKey, recorded by identity before it decides).
  */
-import { ConnectError, type Interceptor, type StreamRequest, type UnaryRequest } from "@connectrpc/connect";
+import { Code, ConnectError, type Interceptor, type StreamRequest, type UnaryRequest } from "@connectrpc/connect";
 import { mapStream } from "./streams.ts";
 
 /** The slots a server fills. */
@@ -44,45 +44,88 @@ export function chainOf(slots: InterceptorSlots, builtIn: BuiltInInterceptors): 
   ];
 }
 
+/** What `onEnd` learns about a call besides its error. */
+export interface CallEnd {
+  /** The unary response message on success (a create names the created resource in it); undefined for a stream or an error. */
+  response: unknown;
+  /** When the call entered the interceptor: `Date.now()` and `performance.now()` read together. */
+  startTime: Date;
+  startMs: number;
+}
+
 /**
  * An interceptor that calls `onEnd` exactly once per call, when it is over: a unary answer or
  * error, or the end of a response stream (a server-streaming call is not over when its handler
- * returns). In the audit slot, `error` is already the ConnectError the caller gets, and
- * `req.contextValues` holds what identity recorded. `onEnd` cannot fail or delay the call: it is
- * not awaited, and what it throws is handed to `onFailure`.
+ * returns). A response stream the client abandons (the server stops reading it early, or the
+ * call's signal aborts: the client went away or its deadline passed) ends as CANCELED, or
+ * DEADLINE_EXCEEDED when that is why; a stream never read at all is caught by the signal. In the
+ * audit slot, `error` is already the ConnectError the caller gets, and `req.contextValues` holds
+ * what identity recorded. `onEnd` cannot fail or delay the call: it is not awaited, and what it
+ * throws is handed to `onFailure`.
  */
 export function createCallEndInterceptor(
-  onEnd: (req: UnaryRequest | StreamRequest, error: ConnectError | undefined) => void,
+  onEnd: (req: UnaryRequest | StreamRequest, error: ConnectError | undefined, end: CallEnd) => void,
   onFailure: (error: unknown) => void = () => {},
 ): Interceptor {
-  const end = (req: UnaryRequest | StreamRequest, error: unknown) => {
-    try {
-      onEnd(req, error === undefined ? undefined : ConnectError.from(error));
-    } catch (failure) {
-      onFailure(failure);
-    }
-  };
   return (next) => async (req) => {
+    const startTime = new Date();
+    const startMs = performance.now();
+    let ended = false;
+    const end = (error: unknown, response?: unknown) => {
+      if (ended) return;
+      ended = true;
+      req.signal.removeEventListener("abort", onAbort);
+      try {
+        onEnd(req, error === undefined ? undefined : ConnectError.from(error), { response, startTime, startMs });
+      } catch (failure) {
+        onFailure(failure);
+      }
+    };
+    // The backstop: whatever happens to the stream (never read, read and dropped), a call whose
+    // signal aborts before it ended is over, and the client did not get a complete answer.
+    const onAbort = () => end(abandonment(req.signal));
+    if (req.signal.aborted) {
+      // Connect checks the signal itself; record the call as the client's abandonment anyway.
+      queueMicrotask(onAbort);
+    } else {
+      req.signal.addEventListener("abort", onAbort, { once: true });
+    }
+
     let res;
     try {
       res = await next(req);
     } catch (error) {
-      end(req, error);
+      end(error);
       throw error;
     }
     if (!res.stream) {
-      end(req, undefined);
+      end(undefined, res.message);
       return res;
     }
     let failed: unknown;
+    let completed = false;
     return {
       ...res,
       message: mapStream(
-        res.message,
+        observeCompletion(res.message, () => (completed = true)),
         (m) => m,
         (e) => (failed = e),
-        () => end(req, failed),
+        // Not completed and not failed: the reader stopped early (iterator return()).
+        () => end(failed ?? (completed ? undefined : abandonment(req.signal))),
       ),
     };
   };
+}
+
+/** Why a call nobody finished reading ended: its deadline, or else the client went away. */
+function abandonment(signal: AbortSignal): ConnectError {
+  const reason: unknown = signal.aborted ? signal.reason : undefined;
+  if (reason instanceof ConnectError && reason.code === Code.DeadlineExceeded) return reason;
+  return new ConnectError("the client abandoned the call", Code.Canceled);
+}
+
+/** Passes `source` through and calls `onDone` when it ran to its end (not when it was stopped or failed). */
+async function* observeCompletion<T>(source: AsyncIterable<T>, onDone: () => void): AsyncGenerator<T> {
+  yield* source;
+  onDone();
 }

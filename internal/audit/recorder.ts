@@ -1,0 +1,290 @@
+/**
+ * The audit interceptor: one AuditEvent per RPC, refused calls included, handed to a sink that
+ * publishes it without making the caller wait (internal/audit/sink.ts). It sits in the audit slot
+ * (internal/rpc/slots.ts), outside identity, so it sees who a refused call claimed to be, and
+ * inside the error mapping, so the outcome is the code and message the client saw.
+ *
+ * The event is built by a pure function, `auditEventOf`, from the facts of the call; the
+ * interceptor only gathers them. Health and reflection calls are infrastructure, not operations:
+ * they are not recorded.
+ */
+import { create, getOption, hasOption, toJsonString, type DescMessage, type DescMethod, type Message } from "@bufbuild/protobuf";
+import { resource as resourceOption } from "../../gen/google/api/resource_pb.js";
+import { isSpanContextValid, trace } from "@opentelemetry/api";
+// An interceptor is transport code, like internal/rpc: the one file of internal/audit that speaks Connect.
+// eslint-disable-next-line no-restricted-imports
+import { createContextKey, type ConnectError, type Interceptor, type StreamRequest, type UnaryRequest } from "@connectrpc/connect";
+import { AuditEventSchema, type AuditEvent } from "../../gen/jobmesh/v1/audit_pb.js";
+import { PrincipalKind } from "../../gen/jobmesh/v1/auth_pb.js";
+import { clientAddressKey } from "../rpc/client-address.ts";
+import { attemptedCallerKey, callerKey, type AttemptedCaller, type Caller } from "../rpc/context.ts";
+import { createCallEndInterceptor, type CallEnd } from "../rpc/slots.ts";
+import { meshRegistry, redacted } from "../contract/index.ts";
+
+/**
+ * What a handler of a public method (Login, RefreshToken, ExchangeApiKey) knows about who is
+ * calling before its domain call decides: set early, so a refused attempt is still attributed to
+ * its tenant and to the credential it tried (never the secret).
+ */
+export interface AuditAttribution {
+  tenantId?: string;
+  subject?: string;
+  /** Such as "email:someone@example.com". */
+  credentialHint?: string;
+}
+
+/** Set by the handler of a public method; read by the audit interceptor after the call. */
+export const auditAttributionKey = createContextKey<AuditAttribution | undefined>(undefined, { description: "jobmesh audit attribution" });
+
+/** Longest user agent kept, in characters (the contract's bound). */
+export const maxUserAgentLength = 256;
+
+/** Everything an event is made of, gathered by the interceptor (or by the gateway for a refusal at the edge). */
+export interface CallFacts {
+  /** The event id (a v4 UUID). */
+  id: string;
+  /** "jobmesh.v1.JobService.CreateJob". */
+  action: string;
+  caller?: Caller;
+  attempted?: AttemptedCaller;
+  attribution?: AuditAttribution;
+  /** Undefined on success; else the error the client saw. */
+  error?: Pick<ConnectError, "code" | "rawMessage">;
+  resource: string;
+  resourceType: string;
+  requestId: string;
+  traceId: string;
+  startTime: Date;
+  /** Wall time of the call, in milliseconds (fractions kept: the event holds microseconds). */
+  durationMs: number;
+  clientAddress: string;
+  userAgent: string;
+  /** The redacted request in proto3 JSON (requestJsonOf). */
+  request: string;
+  recorder: string;
+}
+
+/** The AuditEvent of one call, as published: sequence, prev_hash and hash stay empty (the store assigns them). */
+export function auditEventOf(facts: CallFacts): AuditEvent {
+  const { actor, tenant } = actorOf(facts);
+  const micros = Math.max(0, Math.round(facts.durationMs * 1000));
+  return create(AuditEventSchema, {
+    name: `auditEvents/${facts.id}`,
+    tenant,
+    actor,
+    action: facts.action,
+    resource: facts.resource,
+    resourceType: facts.resource ? facts.resourceType : "",
+    outcome: facts.error ? { code: facts.error.code, message: facts.error.rawMessage } : { code: 0, message: "" },
+    requestId: facts.requestId,
+    traceId: facts.traceId,
+    // Milliseconds: a Date has no more, and the store's timestamptz gives back exactly this.
+    eventTime: { seconds: BigInt(Math.floor(facts.startTime.getTime() / 1000)), nanos: (((facts.startTime.getTime() % 1000) + 1000) % 1000) * 1_000_000 },
+    clientAddress: facts.clientAddress,
+    userAgent: [...facts.userAgent].slice(0, maxUserAgentLength).join(""),
+    duration: { seconds: BigInt(Math.floor(micros / 1_000_000)), nanos: (micros % 1_000_000) * 1000 },
+    request: facts.request,
+    recorder: facts.recorder,
+  });
+}
+
+/** USER for "users/…", API_KEY for "apiKeys/…", SYSTEM for "system/…". */
+export function principalKindOf(subject: string): PrincipalKind {
+  if (subject.startsWith("users/")) return PrincipalKind.USER;
+  if (subject.startsWith("apiKeys/")) return PrincipalKind.API_KEY;
+  if (subject.startsWith("system/")) return PrincipalKind.SYSTEM;
+  return PrincipalKind.UNSPECIFIED;
+}
+
+/**
+ * Who acted, best source first: the caller identity admitted; else what the call claimed as far
+ * as identity got; else what a public method's handler attributed it to; else anonymous.
+ */
+function actorOf(facts: CallFacts) {
+  const { caller, attempted, attribution } = facts;
+  const claimed = attempted && attempted.kind !== "anonymous" ? attempted : undefined;
+  if (caller) {
+    const actor = { subject: caller.subject, kind: principalKindOf(caller.subject), roles: [...caller.roles], credentialHint: claimed?.credentialHint ?? "" };
+    return { actor, tenant: caller.tenantId };
+  }
+  if (claimed) {
+    const subject = claimed.subject ?? "";
+    // A key is a key even before it verifies; a token could act for a user or a key.
+    const kind = subject ? principalKindOf(subject) : claimed.kind === "api_key" ? PrincipalKind.API_KEY : PrincipalKind.UNSPECIFIED;
+    return { actor: { subject, kind, roles: [...(claimed.roles ?? [])], credentialHint: claimed.credentialHint }, tenant: claimed.tenantId ?? "" };
+  }
+  if (attribution) {
+    const subject = attribution.subject ?? "";
+    return { actor: { subject, kind: principalKindOf(subject), roles: [], credentialHint: attribution.credentialHint ?? "" }, tenant: attribution.tenantId ?? "" };
+  }
+  return { actor: { subject: "", kind: PrincipalKind.UNSPECIFIED, roles: [], credentialHint: "" }, tenant: "" };
+}
+
+/** Services every server exposes that are not operations on the mesh. */
+const unauditedPrefixes = ["grpc.health.v1.", "grpc.reflection."];
+
+/** True for a method whose calls are recorded. */
+export function isAudited(method: DescMethod): boolean {
+  return !unauditedPrefixes.some((p) => method.parent.typeName.startsWith(p));
+}
+
+export interface AuditInterceptorOptions {
+  sink: { record(event: AuditEvent): void };
+  /** The process that records: "jobs", "pipelines", "auth". */
+  recorder: string;
+  /** What building or recording an event threw (it never reaches the caller). */
+  onFailure?: (error: unknown) => void;
+}
+
+/** The interceptor for the audit slot: one event per audited call, when the call is over. */
+export function createAuditInterceptor(options: AuditInterceptorOptions): Interceptor {
+  // The first message of each client stream, by the request object the inner interceptor sees.
+  const firstMessages = new WeakMap<object, { message?: unknown }>();
+  const traceIds = new WeakMap<object, string>();
+
+  const record = (req: UnaryRequest | StreamRequest, error: ConnectError | undefined, end: CallEnd) => {
+    const requestMessage = req.stream ? firstMessages.get(req)?.message : req.message;
+    const header = req.header;
+    options.sink.record(
+      auditEventOf({
+        id: crypto.randomUUID(),
+        action: `${req.method.parent.typeName}.${req.method.name}`,
+        caller: req.contextValues.get(callerKey),
+        attempted: req.contextValues.get(attemptedCallerKey),
+        attribution: req.contextValues.get(auditAttributionKey),
+        error,
+        ...resourceOf(req.method, requestMessage, error ? undefined : end.response),
+        requestId: stringField(req.method.input, requestMessage, "requestId") || (header.get("x-request-id") ?? ""),
+        traceId: traceIds.get(req) ?? "",
+        startTime: end.startTime,
+        durationMs: performance.now() - end.startMs,
+        clientAddress: req.contextValues.get(clientAddressKey) ?? "",
+        userAgent: header.get("user-agent") ?? "",
+        request: requestMessage === undefined ? "" : requestJsonOf(req.method.input, requestMessage),
+        recorder: options.recorder,
+      }),
+    );
+  };
+  const callEnd = createCallEndInterceptor(record, options.onFailure);
+
+  return (next) => {
+    const inner = callEnd(next);
+    return async (req) => {
+      if (!isAudited(req.method)) return next(req);
+      let call: UnaryRequest | StreamRequest = req;
+      if (req.stream) {
+        const seen: { message?: unknown } = {};
+        call = { ...req, message: watchFirst(req.message, seen) };
+        firstMessages.set(call, seen);
+      }
+      // Read now: the telemetry interceptor's span is the active one while the call starts.
+      const span = trace.getActiveSpan()?.spanContext();
+      if (span && isSpanContextValid(span)) traceIds.set(call, span.traceId);
+      return inner(call);
+    };
+  };
+}
+
+/** Passes a request stream through, keeping its first message (nothing more is held). */
+async function* watchFirst<T>(source: AsyncIterable<T>, seen: { message?: unknown }): AsyncGenerator<T> {
+  for await (const message of source) {
+    if (seen.message === undefined) seen.message = message;
+    yield message;
+  }
+}
+
+/** A string field of the request by its localName, or "" when it has none. */
+function stringField(schema: DescMessage, message: unknown, localName: string): string {
+  const field = schema.fields.find((f) => f.localName === localName);
+  if (!field || field.fieldKind !== "scalar" || message === undefined) return "";
+  const value = (message as Record<string, unknown>)[localName];
+  return typeof value === "string" ? value : "";
+}
+
+/** Longest request kept in an event, in UTF-8 bytes (the contract's 8 KiB). */
+export const maxRequestBytes = 8 * 1024;
+const cutMarker = "…[cut at 8 KiB]";
+
+/**
+ * The request as the event keeps it: proto3 JSON of its redacted copy, at most maxRequestBytes
+ * (a longer one is cut on a character boundary and ends with a marker that says so).
+ */
+export function requestJsonOf(schema: DescMessage, message: unknown): string {
+  let json: string;
+  try {
+    json = toJsonString(schema, redacted(schema, message as Message), { registry: meshRegistry });
+  } catch {
+    // An Any of an unknown type, say: the event still says what was called.
+    return "{}";
+  }
+  const bytes = new TextEncoder().encode(json);
+  if (bytes.length <= maxRequestBytes) return json;
+  let cut = maxRequestBytes - new TextEncoder().encode(cutMarker).length;
+  while (cut > 0 && (bytes[cut]! & 0xc0) === 0x80) cut--; // not inside a UTF-8 sequence
+  return new TextDecoder().decode(bytes.subarray(0, cut)) + cutMarker;
+}
+
+/** Where a method's resource name is found, worked out once per method. */
+interface ResourcePlan {
+  /** A string field of the request named `name`, or a resource message in it (UpdateUser's `user`). */
+  request?: { field: string; nested?: string };
+  /** A resource message in the response (CreateJob's `job`): what a create made. */
+  response?: string;
+}
+
+const plans = new WeakMap<DescMethod, ResourcePlan>();
+let patterns: { type: string; regex: RegExp }[] | undefined;
+
+/** The resource a call acted on and its type: the request's name, else what the answer names. */
+export function resourceOf(method: DescMethod, request: unknown, response: unknown): { resource: string; resourceType: string } {
+  let plan = plans.get(method);
+  if (!plan) plans.set(method, (plan = planOf(method)));
+  let resource = "";
+  if (plan.request && request !== undefined) resource = nameIn(request, plan.request.field, plan.request.nested);
+  if (!resource && plan.response && response !== undefined) resource = nameIn(response, plan.response, "name");
+  return { resource, resourceType: resource ? resourceTypeOf(resource) : "" };
+}
+
+/** The google.api.resource type whose pattern matches `name`, or "". */
+export function resourceTypeOf(name: string): string {
+  patterns ??= resourcePatterns();
+  return patterns.find((p) => p.regex.test(name))?.type ?? "";
+}
+
+function planOf(method: DescMethod): ResourcePlan {
+  const plan: ResourcePlan = {};
+  const name = method.input.fields.find((f) => f.name === "name" && f.fieldKind === "scalar");
+  if (name) plan.request = { field: name.localName };
+  else {
+    const nested = resourceField(method.input);
+    if (nested) plan.request = { field: nested, nested: "name" };
+  }
+  const made = resourceField(method.output);
+  if (made) plan.response = made;
+  return plan;
+}
+
+/** The localName of a singular message field whose type is a resource with a `name`. */
+function resourceField(schema: DescMessage): string | undefined {
+  return schema.fields.find((f) => f.fieldKind === "message" && hasOption(f.message, resourceOption) && f.message.fields.some((g) => g.name === "name"))?.localName;
+}
+
+function nameIn(message: unknown, field: string, nested?: string): string {
+  let value = (message as Record<string, unknown>)[field];
+  if (nested !== undefined) value = typeof value === "object" && value !== null ? (value as Record<string, unknown>)[nested] : undefined;
+  return typeof value === "string" ? value : "";
+}
+
+/** Every resource pattern of the mesh's messages, each anchored at both ends ("jobs/{job}" does not match "jobs/x/result"). */
+function resourcePatterns(): { type: string; regex: RegExp }[] {
+  const found: { type: string; pattern: string }[] = [];
+  for (const type of meshRegistry) {
+    if (type.kind !== "message" || !hasOption(type, resourceOption)) continue;
+    const descriptor = getOption(type, resourceOption);
+    for (const pattern of descriptor.pattern) found.push({ type: descriptor.type, pattern });
+  }
+  return found.map(({ type, pattern }) => ({
+    type,
+    regex: new RegExp(`^${pattern.split("/").map((s) => (/^\{[a-z_]+\}$/.test(s) ? "[^/]+" : s.replace(/[.*+?^$()|[\]\\]/g, "\\$&"))).join("/")}$`),
+  }));
+}
