@@ -5,7 +5,7 @@
  * caller the call claimed to be, refused or not, and the ConnectError the caller gets.
  */
 import t, { type Test } from "tap";
-import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, createContextValues, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
 import { AuthService, Role } from "../gen/jobmesh/v1/auth_pb.js";
@@ -27,15 +27,25 @@ interface Seen {
   thrown: unknown;
   /** The code createCallEndInterceptor reported; "ok" without an error. */
   code: Code | "ok";
+  /** The unary response message createCallEndInterceptor passed on. */
+  response: unknown;
+  /** The context values of the call: the same object for every record of one call. */
+  values: object;
 }
 
 const seen: Seen[] = [];
 const procedureOf = (req: { method: { name: string; parent: { typeName: string } } }) => `/${req.method.parent.typeName}/${req.method.name}`;
 
 // Inside the recorder, still in the audit slot: what the call looked like before identity, and the raw error.
-const entered = new WeakMap<object, { attemptedBefore: AttemptedCaller | undefined; thrown?: unknown }>();
+interface Entry {
+  attemptedBefore: AttemptedCaller | undefined;
+  thrown?: unknown;
+  /** Set when the response stream below the recorder has finished, however it ended. */
+  streamClosed?: boolean;
+}
+const entered = new WeakMap<object, Entry>();
 const probe: Interceptor = (next) => async (req) => {
-  const entry: { attemptedBefore: AttemptedCaller | undefined; thrown?: unknown } = { attemptedBefore: req.contextValues.get(attemptedCallerKey) };
+  const entry: Entry = { attemptedBefore: req.contextValues.get(attemptedCallerKey) };
   entered.set(req.contextValues, entry);
   try {
     const res = await next(req);
@@ -49,6 +59,8 @@ const probe: Interceptor = (next) => async (req) => {
         } catch (error) {
           entry.thrown = error;
           throw error;
+        } finally {
+          entry.streamClosed = true;
         }
       })(),
     };
@@ -57,7 +69,7 @@ const probe: Interceptor = (next) => async (req) => {
     throw error;
   }
 };
-const recorder = createCallEndInterceptor((req, error) => {
+const recorder = createCallEndInterceptor((req, error, end) => {
   const entry = entered.get(req.contextValues);
   seen.push({
     procedure: procedureOf(req),
@@ -66,6 +78,8 @@ const recorder = createCallEndInterceptor((req, error) => {
     caller: req.contextValues.get(callerKey),
     thrown: entry?.thrown,
     code: error === undefined ? "ok" : error.code,
+    response: end.response,
+    values: req.contextValues,
   });
 });
 const audit = [recorder, probe];
@@ -225,4 +239,105 @@ t.test("streaming - WatchJob is recorded once, when its stream ends, not while i
   });
   t.equal(missing.code, Code.NotFound, "a stream that fails is one record with its code");
   t.ok(missing.thrown instanceof ConnectError, "the stream's error is mapped before the audit slot sees it");
+});
+
+/** Waits for `condition`, polling; fails the test past a generous deadline. */
+async function until(t: Test, what: string, condition: () => boolean): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  while (!condition()) {
+    if (Date.now() > deadline) {
+      t.fail(`timed out waiting for ${what}`);
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+t.test("abandoned - a WatchJob the client stops reading is one CANCELED record, not OK", async (t) => {
+  const { job } = await jobs.createJob({ job: { document: { source: { case: "text", value: "abandoned by its watcher" } } } }, { headers: operatorHeaders });
+  const watch = "/jobmesh.v1.JobService/WatchJob";
+  const before = seen.length;
+  const client = new AbortController();
+  const first = await codeOf((async () => {
+    for await (const _ of jobs.watchJob({ name: job!.name }, { headers: viewerHeaders, signal: client.signal })) {
+      void _;
+      client.abort(); // the first event is enough: walk away with the stream open
+    }
+  })());
+  t.equal(first, Code.Canceled, "the client sees its own cancellation");
+  await until(t, "the record of the abandoned stream", () => seen.slice(before).some((s) => s.procedure === watch));
+  const mine = seen.slice(before).filter((s) => s.procedure === watch);
+  const entry = entered.get(mine[0]!.values)!;
+  // Once the stream below the recorder is closed, any second record would follow within the same turn.
+  await until(t, "the server to close the stream", () => entry.streamClosed === true && jobsServer.watcher.stats().streams === 0);
+  await new Promise((resolve) => setImmediate(resolve));
+  const all = seen.slice(before).filter((s) => s.procedure === watch);
+  t.equal(all.length, 1, "exactly one record");
+  t.equal(all[0]!.code, Code.Canceled, "abandoned, not OK");
+  t.match(all[0], { attempted: { kind: "token", subject: viewer.name }, caller: { subject: viewer.name } });
+  await jobs.cancelJob({ name: job!.name }, { headers: operatorHeaders });
+});
+
+t.test("unary - the response message is passed on (a create names what it made); a refused call has none", async (t) => {
+  const made = await recordOf(t, "/jobmesh.v1.PipelineService/CreatePipeline", () => pipelines.createPipeline({ pipelineId: "slots-made", pipeline: { config } }, { headers: admin }));
+  t.equal(made.code, "ok");
+  t.match(made.response, { pipeline: { name: "pipelines/slots-made" } });
+  const refused = await recordOf(t, "/jobmesh.v1.PipelineService/CreatePipeline", async () => {
+    t.equal(await codeOf(pipelines.createPipeline({ pipelineId: "slots-refused", pipeline: { config } }, { headers: viewerHeaders })), Code.PermissionDenied);
+  });
+  t.equal(refused.response, undefined);
+});
+
+/** A stream request as the server hands it to interceptors, with the signal under the test's control. */
+function fakeStreamCall(signal: AbortSignal) {
+  const request = { stream: true, method: JobService.method.watchJob, service: JobService, signal, header: new Headers(), contextValues: createContextValues(), message: (async function* () {})() };
+  return request as unknown as Parameters<ReturnType<Interceptor>>[0];
+}
+
+/** The codes createCallEndInterceptor reported for one call whose stream yields `n` messages and then waits forever. */
+function callEndOver(n: number) {
+  const ends: (Code | "ok")[] = [];
+  const interceptor = createCallEndInterceptor((_req, error) => ends.push(error === undefined ? "ok" : error.code));
+  const call = interceptor(async () => ({
+    stream: true,
+    message: (async function* () {
+      for (let i = 0; i < n; i++) yield i;
+      await new Promise(() => {}); // a live stream with nothing more to say
+    })(),
+  }) as never);
+  return { ends, call };
+}
+
+t.test("call end - a stream never read ends when the call's signal aborts: once, CANCELED or DEADLINE_EXCEEDED", async (t) => {
+  const client = new AbortController();
+  const cancelled = callEndOver(1);
+  await cancelled.call(fakeStreamCall(client.signal));
+  t.same(cancelled.ends, [], "nothing while the call is alive");
+  client.abort();
+  t.same(cancelled.ends, [Code.Canceled]);
+  client.signal.dispatchEvent(new Event("abort"));
+  t.same(cancelled.ends, [Code.Canceled], "still one");
+
+  const timer = new AbortController();
+  const late = callEndOver(0);
+  await late.call(fakeStreamCall(timer.signal));
+  timer.abort(new ConnectError("the operation timed out", Code.DeadlineExceeded));
+  t.same(late.ends, [Code.DeadlineExceeded]);
+});
+
+t.test("call end - a stream read partly and returned early is one CANCELED record, even when the signal aborts after", async (t) => {
+  const client = new AbortController();
+  const partly = callEndOver(3);
+  const res = (await partly.call(fakeStreamCall(client.signal))) as unknown as { message: AsyncGenerator<number> };
+  t.same((await res.message.next()).value, 0);
+  await res.message.return(undefined);
+  t.same(partly.ends, [Code.Canceled]);
+  client.abort();
+  t.same(partly.ends, [Code.Canceled], "the signal does not add a second record");
+
+  const whole = createCallEndInterceptor((_req, error) => ends.push(error === undefined ? "ok" : error.code));
+  const ends: (Code | "ok")[] = [];
+  const done = (await whole(async () => ({ stream: true, message: (async function* () { yield 1; })() }) as never)(fakeStreamCall(new AbortController().signal))) as unknown as { message: AsyncIterable<number> };
+  for await (const _ of done.message) void _;
+  t.same(ends, ["ok"], "a stream read to its end is OK, once");
 });
