@@ -1,0 +1,394 @@
+/**
+ * The audit sink: where the recorder (and the gateway) hand their audit events. `record()` only
+ * queues; a pump publishes the queue to JetStream in batches, many in flight, each event on its
+ * tenant's subject with `Nats-Msg-Id` = its event id. Acknowledgements come back on one shared
+ * subscription (as internal/bus/publisher.ts): `js.publish` would cost a request, a timer and
+ * two Error objects per event on the RPC path.
+ *
+ * When NATS does not take an event (the connection is down, a publish is refused or not
+ * acknowledged in time, or the queue outgrows `maxQueue` because NATS is slow), the event goes
+ * to the spool (spool.ts), and so does everything recorded after it: events reach the stream in
+ * the order they were recorded. While the spool holds events a replay loop publishes it, in
+ * order and with the same Nats-Msg-Id (JetStream drops the copy of an event whose first
+ * acknowledgement was lost), then empties it and publishing goes direct again. A spool left by
+ * a dead process at the same path (or at `<path>.<pid>`) is replayed at start.
+ *
+ * The window: an event is lost only if the process dies while the event is in memory, from
+ * `record()` until JetStream acknowledged it or the spool holds it fsynced. Normally that is the
+ * linger (2 ms) plus one publish round trip (under a millisecond to a local NATS). When the
+ * connection drops, the events in flight are spooled at once (one fsync, a few milliseconds);
+ * when NATS stops answering but the connection stays up, an event waits up to the
+ * acknowledgement timeout (5 s) before it is spooled.
+ *
+ * Runtime-neutral (node:fs, node:path, @nats-io/*): the Deno gateway imports it too.
+ */
+import { fromBinary, toBinary } from "@bufbuild/protobuf";
+import type { JetStreamClient } from "@nats-io/jetstream";
+import { createInbox, headers, type Msg, type NatsConnection } from "@nats-io/transport-node";
+// @deno-types="../../gen/jobmesh/v1/audit_pb.d.ts"
+import { AuditEventSchema, type AuditEvent } from "../../gen/jobmesh/v1/audit_pb.js";
+import { claimOrphanSpools, claimSpoolFile, openSpool, type Spool, type SpoolClaim } from "./spool.ts";
+import type { AuditTopology } from "./topology.ts";
+
+export interface AuditSink {
+  /** Queues the event; never throws, never waits. */
+  record(event: AuditEvent): void;
+  /** Resolves once every event recorded so far is acknowledged by JetStream or in the spool. */
+  flush(): Promise<void>;
+  /** Flushes, stops the loops and releases the spool (left on disk if it holds events). */
+  close(): Promise<void>;
+  /** Events in spool files, not yet replayed. */
+  readonly spooled: number;
+}
+
+/** What the sink logs through: pino's Logger fits; the gateway adapts its own. */
+export interface AuditSinkLog {
+  warn(fields: Record<string, unknown>, message: string): void;
+  error(fields: Record<string, unknown>, message: string): void;
+}
+
+/** Limits; the defaults suit a service, tests shrink them. */
+export interface AuditSinkTuning {
+  lingerMs: number;
+  batchSize: number;
+  /** Events published and not yet acknowledged, at most. */
+  maxInFlight: number;
+  /** Queued events beyond which the queue spills to the spool rather than grow. */
+  maxQueue: number;
+  ackTimeoutMs: number;
+  /** Pause before a failed replay (or spool write) is tried again. */
+  retryMs: number;
+  replayBatch: number;
+}
+
+const defaults: AuditSinkTuning = { lingerMs: 2, batchSize: 256, maxInFlight: 8192, maxQueue: 50_000, ackTimeoutMs: 5_000, retryMs: 1_000, replayBatch: 1_000 };
+
+interface Entry { seq: number; event: AuditEvent; bytes?: Uint8Array; token?: string; acked: boolean; batch?: Batch }
+interface Batch { entries: Entry[]; remaining: number; settled: boolean; sentAt: number; onSettled?: () => void }
+interface Source { claim: SpoolClaim; spool: Spool; offset: number; replayed: number }
+
+const eventIdOf = (event: AuditEvent) => event.name.slice(event.name.lastIndexOf("/") + 1);
+const unrefTimer = (timer: unknown) => (timer as { unref?: () => void }).unref?.();
+
+export async function createAuditSink(deps: {
+  nc: NatsConnection; js: JetStreamClient; topology: AuditTopology; spoolFile: string; log: AuditSinkLog; tuning?: Partial<AuditSinkTuning>;
+}): Promise<AuditSink> {
+  const { nc, topology, log } = deps;
+  const tune = { ...defaults, ...deps.tuning };
+  const claim = await claimSpoolFile(deps.spoolFile);
+  const own: Source = { claim, spool: await openSpool(claim.file).catch(async (error) => { await claim.release({ removeFile: false }); throw error; }), offset: 0, replayed: 0 };
+  const adopted: Source[] = [];
+  for (const orphan of await claimOrphanSpools(deps.spoolFile)) {
+    const spool = await openSpool(orphan.file).catch((error: unknown) => log.error({ err: error, file: orphan.file }, "audit sink: cannot open a dead process's spool"));
+    if (spool) adopted.push({ claim: orphan, spool, offset: 0, replayed: 0 });
+    else await orphan.release({ removeFile: false });
+  }
+  for (const { spool } of [own, ...adopted]) {
+    if (spool.tornBytes > 0) log.warn({ file: spool.path, bytes: spool.tornBytes }, "audit sink: dropped a torn last record of the spool");
+  }
+
+  const queue: Entry[] = [];
+  const inflight: Batch[] = [];
+  let toSpool: Entry[] = [];
+  const pending = new Map<string, Entry>();
+  const waiters: { target: number; resolve: () => void }[] = [];
+  // Once anything is spooled, newer events go behind it, so that replay keeps the order.
+  let spooling = own.spool.records > 0;
+  let connected = !nc.isClosed();
+  let inflightEvents = 0;
+  let nextSeq = 0;
+  let nextToken = 0;
+  let retryAt = 0;
+  let writeRetryAt = 0;
+  let dropped = 0;
+  let failures = 0;
+  let closing = false;
+  let replayBatch: Batch | undefined;
+  let lingerTimer: ReturnType<typeof setTimeout> | undefined;
+  let retryTimer: ReturnType<typeof setTimeout> | undefined;
+
+  const inbox = createInbox();
+  const sub = nc.subscribe(`${inbox}.*`, { callback: (error, msg) => (error ? undefined : onAck(msg)) });
+
+  function onAck(msg: Msg) {
+    const entry = pending.get(msg.subject.slice(inbox.length + 1));
+    if (!entry) return; // failed already (timed out, disconnected)
+    pending.delete(entry.token!);
+    const refusal = refusalOf(msg);
+    if (refusal) noteFailure(refusal);
+    settle(entry, refusal === undefined);
+  }
+
+  function settle(entry: Entry, acked: boolean) {
+    entry.acked = acked;
+    const batch = entry.batch!;
+    if (--batch.remaining > 0) return;
+    batch.settled = true;
+    batch.onSettled?.();
+    wake();
+  }
+
+  function fail(entries: Iterable<Entry>) {
+    for (const entry of entries) if (entry.token !== undefined && pending.delete(entry.token)) settle(entry, false);
+  }
+
+  function noteFailure(why: unknown) {
+    if (failures++ % 1000 === 0) log.warn({ err: why, failures }, "audit sink: JetStream did not take an event; spooling");
+    retryAt = Date.now() + tune.retryMs;
+  }
+
+  function send(entries: Entry[], onSettled?: () => void): Batch {
+    const batch: Batch = { entries, remaining: entries.length, settled: entries.length === 0, sentAt: Date.now(), onSettled };
+    if (batch.settled) onSettled?.();
+    for (const entry of entries) {
+      const token = (nextToken++).toString(36);
+      entry.token = token;
+      entry.batch = batch;
+      entry.acked = false;
+      pending.set(token, entry);
+      try {
+        entry.bytes ??= toBinary(AuditEventSchema, entry.event);
+        const h = headers();
+        h.set("Nats-Msg-Id", eventIdOf(entry.event));
+        nc.publish(topology.eventsSubject(entry.event.tenant), entry.bytes, { reply: `${inbox}.${token}`, headers: h });
+      } catch (error) {
+        noteFailure(error);
+        fail([entry]);
+      }
+    }
+    return batch;
+  }
+
+  /** Settled batches leave the head of the line in order; their unacknowledged events go to the spool. */
+  function retire() {
+    while (inflight.length > 0 && inflight[0].settled) {
+      const batch = inflight.shift()!;
+      inflightEvents -= batch.entries.length;
+      for (const entry of batch.entries) if (!entry.acked) toSpool.push(entry);
+      if (batch.entries.every((e) => e.acked)) failures = 0;
+    }
+    if (toSpool.length > 0) spooling = true;
+  }
+
+  async function writeSpool() {
+    const entries = toSpool;
+    try {
+      await own.spool.append(entries.map((e) => (e.bytes ??= toBinary(AuditEventSchema, e.event))));
+      toSpool = toSpool.slice(entries.length);
+      spooling = true;
+    } catch (error) {
+      log.error({ err: error, file: own.spool.path, events: entries.length }, "audit sink: cannot write the spool; holding the events in memory");
+      writeRetryAt = Date.now() + tune.retryMs;
+      retryLater();
+      return false;
+    }
+    return true;
+  }
+
+  /** Publishes the next chunk of the oldest spool and waits for it; false when it must wait. */
+  async function replayChunk(): Promise<boolean> {
+    const source = adopted[0] ?? own;
+    if (source.offset >= source.spool.bytes) {
+      if (source === own) {
+        await own.spool.truncate();
+        own.offset = own.replayed = 0;
+        spooling = false;
+      } else {
+        adopted.shift();
+        await source.spool.close();
+        await source.claim.release({ removeFile: true });
+      }
+      return true;
+    }
+    const { payloads, ends } = await source.spool.read(source.offset, tune.replayBatch);
+    if (payloads.length === 0) {
+      log.error({ file: source.spool.path, offset: source.offset }, "audit sink: unreadable spool record; the rest of the spool is skipped");
+      source.offset = source.spool.bytes;
+      return true;
+    }
+    const entries: Entry[] = [];
+    for (const bytes of payloads) {
+      try {
+        entries.push({ seq: -1, event: fromBinary(AuditEventSchema, bytes), bytes, acked: false });
+      } catch (error) {
+        log.error({ err: error, file: source.spool.path }, "audit sink: a spooled record is not an AuditEvent; skipped");
+        entries.push({ seq: -1, event: undefined as never, acked: true });
+      }
+    }
+    const publishable = entries.filter((e) => !e.acked);
+    await new Promise<void>((resolve) => (replayBatch = send(publishable, resolve)));
+    replayBatch = undefined;
+    let done = 0;
+    while (done < entries.length && entries[done].acked) done++;
+    if (done > 0) {
+      source.offset = ends[done - 1];
+      source.replayed += done;
+    }
+    if (done < entries.length) retryLater();
+    return done === entries.length;
+  }
+
+  function retryLater() {
+    retryAt = Date.now() + tune.retryMs;
+    if (retryTimer) return;
+    retryTimer = setTimeout(() => {
+      retryTimer = undefined;
+      wake();
+    }, tune.retryMs);
+    unrefTimer(retryTimer);
+  }
+
+  let pumping: Promise<void> | undefined;
+  let again = false;
+  let woken = false;
+  function wake() {
+    if (woken) return;
+    woken = true;
+    queueMicrotask(() => {
+      woken = false;
+      if (pumping) again = true;
+      else pumping = pump().finally(() => (pumping = undefined));
+    });
+  }
+
+  async function pump() {
+    do {
+      again = false;
+      retire();
+      if (connected && !spooling && queue.length <= tune.maxQueue) {
+        while (queue.length > 0 && inflightEvents < tune.maxInFlight) {
+          const batch = send(queue.splice(0, tune.batchSize));
+          inflight.push(batch);
+          inflightEvents += batch.entries.length;
+        }
+      } else {
+        if (queue.length > tune.maxQueue && inflight.length > 0) {
+          // NATS is slow: spool what is in flight rather than wait (a late copy is deduplicated).
+          for (const batch of inflight) fail(batch.entries);
+          retire();
+        }
+        // Behind what was in flight, so not before every batch before it has settled.
+        if (inflight.length === 0 && queue.length > 0) toSpool = toSpool.concat(queue.splice(0));
+        if (toSpool.length > 0 && Date.now() >= writeRetryAt && !(await writeSpool())) break;
+      }
+      const replayable = adopted.length > 0 || (spooling && inflight.length === 0 && toSpool.length === 0);
+      if (connected && !closing && replayable) {
+        if (Date.now() < retryAt) retryLater();
+        else if (await replayChunk()) again = true;
+      }
+      for (let i = waiters.length - 1; i >= 0; i--) {
+        if (lowWater() < waiters[i].target) continue;
+        waiters[i].resolve();
+        waiters.splice(i, 1);
+      }
+    } while (again);
+  }
+
+  /** The oldest event recorded that is neither acknowledged nor spooled. */
+  function lowWater(): number {
+    let low = nextSeq;
+    if (toSpool.length > 0) low = Math.min(low, toSpool[0].seq);
+    if (inflight.length > 0) low = Math.min(low, inflight[0].entries[0].seq);
+    if (queue.length > 0) low = Math.min(low, queue[0].seq);
+    return low;
+  }
+
+  // No acknowledgement in time: the event is treated as not taken (a late copy is deduplicated).
+  const sweeper = setInterval(() => {
+    const before = Date.now() - tune.ackTimeoutMs;
+    for (const batch of replayBatch ? [replayBatch, ...inflight] : inflight) {
+      if (batch.sentAt >= before) continue;
+      if (!batch.settled) noteFailure(new Error(`no JetStream acknowledgement within ${tune.ackTimeoutMs} ms`));
+      fail(batch.entries);
+    }
+  }, Math.min(1_000, tune.ackTimeoutMs));
+  unrefTimer(sweeper);
+
+  // The connection's state decides between publishing and spooling. A publish made while it is
+  // down would be sent after the reconnect, ahead of the spool's older events: it is spooled instead.
+  const statuses = nc.status();
+  let statusSeen = 0;
+  void (async () => {
+    for await (const status of statuses) {
+      if (status.type === "disconnect" || status.type === "close") {
+        connected = false;
+        fail([...pending.values()]);
+      } else if (status.type === "reconnect") {
+        connected = true;
+        retryAt = 0;
+      } else continue;
+      statusSeen++;
+      wake();
+    }
+  })();
+  // Connected as far as we know; a connection down at start answers no flush.
+  void nc.flush().catch(() => {
+    if (statusSeen > 0) return;
+    connected = false;
+    wake();
+  });
+  if (spooling || adopted.length > 0) wake();
+
+  let closed: Promise<void> | undefined;
+  const sink: AuditSink = {
+    record(event) {
+      if (closing || queue.length >= 4 * tune.maxQueue) {
+        // The last resort (closed sink, or NATS and the disk both failing): say so, never throw.
+        if (dropped++ % 1000 === 0) log.error({ dropped, closing }, "audit sink: event dropped");
+        return;
+      }
+      queue.push({ seq: nextSeq++, event, acked: false });
+      if (queue.length >= tune.batchSize) wake();
+      else if (!lingerTimer) {
+        lingerTimer = setTimeout(() => {
+          lingerTimer = undefined;
+          wake();
+        }, tune.lingerMs);
+      }
+    },
+    flush() {
+      const target = nextSeq;
+      if (lowWater() >= target) return Promise.resolve();
+      return new Promise<void>((resolve) => {
+        waiters.push({ target, resolve });
+        wake();
+      });
+    },
+    close() {
+      closed ??= (async () => {
+        // Calls that end while the sink closes still record: flush until nothing is left.
+        do await sink.flush();
+        while (lowWater() < nextSeq);
+        closing = true;
+        while (pumping) await pumping;
+        clearInterval(sweeper);
+        clearTimeout(retryTimer);
+        clearTimeout(lingerTimer);
+        (statuses as { stop?: () => void }).stop?.();
+        sub.unsubscribe();
+        for (const source of [own, ...adopted]) {
+          await source.spool.close();
+          // An empty spool is removed; one holding events stays for the next process on this path.
+          await source.claim.release({ removeFile: source.spool.bytes === source.offset && source === own });
+        }
+      })();
+      return closed;
+    },
+    get spooled() {
+      return [own, ...adopted].reduce((n, s) => n + s.spool.records - s.replayed, 0);
+    },
+  };
+  return sink;
+}
+
+/** Why JetStream refused a publish, from its reply; undefined for a PubAck. */
+function refusalOf(msg: Msg): string | undefined {
+  if (msg.headers?.code === 503) return "no stream stores this subject (no responders)";
+  try {
+    const reply = msg.json<{ error?: { description?: string }; stream?: string }>();
+    if (reply.error) return `JetStream refused the event: ${reply.error.description ?? "unknown error"}`;
+    return reply.stream ? undefined : "invalid JetStream acknowledgement";
+  } catch {
+    return "unreadable JetStream acknowledgement";
+  }
+}

@@ -1,0 +1,257 @@
+/**
+ * The audit spool: where a process keeps the audit events it could not hand to JetStream, on
+ * local disk, until NATS answers again. One append-only file of records, each
+ * `u32 length | u32 CRC-32 of the payload | payload` (big-endian; the payload is an AuditEvent
+ * in protobuf binary). A process that dies while appending leaves at most one torn record at the
+ * end: opening the file drops it (the CRC also catches a tail the file system extended but never
+ * filled), so appends go on after the last whole record.
+ *
+ * One live process per file: `<file>.lock` holds the owner's pid. A second live process on the
+ * same path spools to `<file>.<pid>` instead; a file whose owner is dead is adopted (replayed
+ * by whoever claims it next). Runtime-neutral: only node:fs, node:path and node:process, so the
+ * Deno gateway uses it as is.
+ */
+import { mkdir, open, readdir, readFile, stat, unlink, type FileHandle } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
+import process from "node:process";
+
+/** Larger than any event can be (NATS refuses payloads over 1 MiB): a larger length is garbage. */
+const maxRecordBytes = 4 * 1024 * 1024;
+const headerBytes = 8;
+const readBlockBytes = 1024 * 1024;
+
+/** An open spool file. Not safe for concurrent calls: the sink serialises them. */
+export interface Spool {
+  readonly path: string;
+  /** Whole records in the file. */
+  readonly records: number;
+  /** The file's length up to the end of its last whole record. */
+  readonly bytes: number;
+  /** Bytes of a torn last record dropped when the file was opened (0 normally). */
+  readonly tornBytes: number;
+  /** Appends the records in order and fsyncs: once it resolves they survive a crash. */
+  append(payloads: readonly Uint8Array[]): Promise<void>;
+  /** Up to `maxRecords` records from `offset` (a record boundary), with the offset after each. */
+  read(offset: number, maxRecords: number): Promise<{ payloads: Uint8Array[]; ends: number[] }>;
+  /** Empties the file (every record was replayed). */
+  truncate(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Opens (creating) a spool file, dropping a torn last record. */
+export async function openSpool(path: string): Promise<Spool> {
+  await mkdir(dirname(path), { recursive: true });
+  const fh = await open(path, "a+");
+  let records = 0;
+  let bytes = 0;
+  let tornBytes = 0;
+  try {
+    const size = (await fh.stat()).size;
+    for (;;) {
+      const chunk = await readRecords(fh, bytes, size, 10_000);
+      if (chunk.payloads.length === 0) break;
+      records += chunk.payloads.length;
+      bytes = chunk.ends[chunk.ends.length - 1];
+    }
+    if (bytes < size) {
+      tornBytes = size - bytes;
+      await fh.truncate(bytes);
+      await fh.datasync();
+    }
+  } catch (error) {
+    await fh.close();
+    throw error;
+  }
+  return {
+    path,
+    get records() { return records; },
+    get bytes() { return bytes; },
+    tornBytes,
+    async append(payloads) {
+      if (payloads.length === 0) return;
+      let length = 0;
+      for (const p of payloads) length += headerBytes + p.length;
+      const buffer = new Uint8Array(length);
+      const view = new DataView(buffer.buffer);
+      let at = 0;
+      for (const p of payloads) {
+        view.setUint32(at, p.length);
+        view.setUint32(at + 4, crc32(p));
+        buffer.set(p, at + headerBytes);
+        at += headerBytes + p.length;
+      }
+      try {
+        // The file is opened for appending: every write goes to its end whatever the position.
+        for (let written = 0; written < length;) written += (await fh.write(buffer, written, length - written)).bytesWritten;
+        await fh.datasync();
+      } catch (error) {
+        // A half-written batch would hide every later record behind a bad one: cut it off.
+        await fh.truncate(bytes).catch(() => {});
+        throw error;
+      }
+      records += payloads.length;
+      bytes += length;
+    },
+    read: (offset, maxRecords) => readRecords(fh, offset, bytes, maxRecords),
+    async truncate() {
+      await fh.truncate(0);
+      await fh.datasync();
+      records = 0;
+      bytes = 0;
+    },
+    close: () => fh.close(),
+  };
+}
+
+/** Whole, intact records in [offset, end); stops at the first short or corrupt one. */
+async function readRecords(fh: FileHandle, offset: number, end: number, maxRecords: number) {
+  const payloads: Uint8Array[] = [];
+  const ends: number[] = [];
+  let at = offset;
+  while (payloads.length < maxRecords && at + headerBytes <= end) {
+    const block = new Uint8Array(Math.min(readBlockBytes, end - at));
+    const { bytesRead } = await fh.read(block, 0, block.length, at);
+    const view = new DataView(block.buffer, 0, bytesRead);
+    let i = 0;
+    while (payloads.length < maxRecords && i + headerBytes <= bytesRead) {
+      const length = view.getUint32(i);
+      if (length > maxRecordBytes) return { payloads, ends };
+      if (i + headerBytes + length > bytesRead) break;
+      const payload = block.slice(i + headerBytes, i + headerBytes + length);
+      if (crc32(payload) !== view.getUint32(i + 4)) return { payloads, ends };
+      payloads.push(payload);
+      i += headerBytes + length;
+      ends.push(at + i);
+    }
+    if (i === 0) {
+      // One record larger than what was read: read exactly it (or the file ends inside it).
+      const header = new DataView(block.buffer, 0, bytesRead);
+      if (bytesRead < headerBytes) break;
+      const length = header.getUint32(0);
+      if (length > maxRecordBytes || at + headerBytes + length > end) break;
+      const payload = new Uint8Array(length);
+      const got = (await fh.read(payload, 0, length, at + headerBytes)).bytesRead;
+      if (got < length || crc32(payload) !== header.getUint32(4)) break;
+      payloads.push(payload);
+      i = headerBytes + length;
+      ends.push(at + i);
+    }
+    at += i;
+  }
+  return { payloads, ends };
+}
+
+const crcTable = (() => {
+  const table = new Uint32Array(256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    table[n] = c >>> 0;
+  }
+  return table;
+})();
+
+/** CRC-32 (IEEE), as zlib; written out because node:zlib is not runtime-neutral. */
+export function crc32(bytes: Uint8Array): number {
+  let c = 0xffffffff;
+  for (let i = 0; i < bytes.length; i++) c = crcTable[(c ^ bytes[i]) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+/** A spool file this process holds the lock of. */
+export interface SpoolClaim {
+  file: string;
+  /** Removes the lock; removes the file too when `removeFile` (it holds nothing). */
+  release(options: { removeFile: boolean }): Promise<void>;
+}
+
+// Locks this process holds. A pid in a lock file tells processes apart, not two sinks of one
+// process on one path: this set does (it is the process's, as the pid is).
+const heldHere = new Set<string>();
+
+/**
+ * Claims `file`, or `<file>.<pid>` when a live process holds `file`. A lock left by a dead
+ * process is taken over: its spool is replayed by the new owner.
+ */
+export async function claimSpoolFile(file: string): Promise<SpoolClaim> {
+  await mkdir(dirname(file), { recursive: true });
+  for (const candidate of [file, `${file}.${process.pid}`]) {
+    const claim = await tryClaim(candidate);
+    if (claim) return claim;
+  }
+  throw new Error(`audit spool: ${file} and ${file}.${process.pid} are both held by live processes`);
+}
+
+/**
+ * Claims every `<file>.<pid>` spool whose owner is dead and that holds records, so that its
+ * events are replayed by this process.
+ */
+export async function claimOrphanSpools(file: string): Promise<SpoolClaim[]> {
+  const base = basename(file);
+  const pattern = /^\.(\d+)$/;
+  const claims: SpoolClaim[] = [];
+  for (const name of await readdir(dirname(file)).catch(() => [] as string[])) {
+    if (!name.startsWith(base)) continue;
+    const pid = Number(pattern.exec(name.slice(base.length))?.[1] ?? NaN);
+    if (!Number.isInteger(pid) || pid === process.pid || isAlive(pid)) continue;
+    const path = join(dirname(file), name);
+    if ((await stat(path).catch(() => undefined))?.size === 0) {
+      const emptyClaim = await tryClaim(path);
+      await emptyClaim?.release({ removeFile: true });
+      continue;
+    }
+    const claim = await tryClaim(path);
+    if (claim) claims.push(claim);
+  }
+  return claims;
+}
+
+async function tryClaim(file: string): Promise<SpoolClaim | undefined> {
+  const lock = `${file}.lock`;
+  if (heldHere.has(lock)) return undefined;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      const fh = await open(lock, "wx");
+      try {
+        await fh.writeFile(`${process.pid}\n`);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      heldHere.add(lock);
+      return {
+        file,
+        async release({ removeFile }) {
+          if (removeFile) await unlink(file).catch(() => {});
+          await unlink(lock).catch(() => {});
+          heldHere.delete(lock);
+        },
+      };
+    } catch (error) {
+      if ((error as { code?: string }).code !== "EEXIST") throw error;
+    }
+    const content = await readFile(lock, "utf8").catch(() => undefined);
+    if (content === undefined) continue; // removed meanwhile: try again
+    const holder = Number.parseInt(content, 10);
+    if (Number.isInteger(holder) && holder !== process.pid && isAlive(holder)) return undefined;
+    if (!Number.isInteger(holder)) {
+      // Empty: a claimer between creating the lock and writing its pid, or one that died there.
+      const age = Date.now() - ((await stat(lock).catch(() => undefined))?.mtimeMs ?? 0);
+      if (age < 10_000) return undefined;
+    }
+    // Dead holder (our pid here means a dead process that had it before us). Remove the lock
+    // only if it still names that holder: another process may have taken it over meanwhile.
+    if ((await readFile(lock, "utf8").catch(() => undefined)) === content) await unlink(lock).catch(() => {});
+  }
+  return undefined;
+}
+
+/** Whether a process with this pid exists (EPERM: it does, under another user). */
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as { code?: string }).code === "EPERM";
+  }
+}
