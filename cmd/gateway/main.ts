@@ -1,22 +1,32 @@
 /**
  * The edge gateway (Deno): REST/JSON, SSE and uploads in front of the services, with
  * authentication, RBAC and rate limits at the edge, and the OpenAPI document. Wiring only:
- * config → Redis, HTTP client, backends, verifier → createGateway → Deno.serve → drain on SIGTERM.
+ * config → Redis, HTTP client, backends, verifier, audit sink → createGateway → Deno.serve → drain
+ * on SIGTERM.
  *
  *   deno run --unstable-no-legacy-abort --allow-net --allow-env --allow-read=. --allow-sys cmd/gateway/main.ts   (from the repository root)
+ *
+ * With JOBMESH_GATEWAY_NATS_URL it records the calls it refuses at the edge on the namespace's
+ * audit stream, and also needs --allow-read and --allow-write of JOBMESH_GATEWAY_AUDIT_SPOOL_DIR.
  */
 import { Redis } from "ioredis";
+import { isSpanContextValid, trace } from "@opentelemetry/api";
+import type { Logger } from "pino";
 import { fileURLToPath } from "node:url";
 // @deno-types="../../gen/jobmesh/v1/auth_pb.d.ts"
 import { AuthService, GetCurrentIdentityRequestSchema, GetJwksRequestSchema, type GetCurrentIdentityResponse, type GetJwksResponse } from "../../gen/jobmesh/v1/auth_pb.js";
 import { create } from "@bufbuild/protobuf";
+import { createAuditSink, type AuditSink } from "../../internal/audit/sink.ts";
+import { createAuditTopology } from "../../internal/audit/topology.ts";
 import { createTokenVerifier, jwksOf } from "../../internal/auth/token-verifier.ts";
+import { connectBus, type Bus } from "../../internal/bus/index.ts";
 import { ConfigError } from "../../internal/config/readers.ts";
 import { loadGatewayConfig } from "../../internal/config/gateway.ts";
 import { roleName } from "../../internal/contract/index.ts";
 import { createBackends } from "../../internal/gateway/backend.ts";
+import { createRefusalRecorder } from "../../internal/gateway/edge-audit.ts";
 import { createEdgeAuth } from "../../internal/gateway/edge-auth.ts";
-import { createGatewayLog, createGatewayMetrics, createLineBatcher } from "../../internal/gateway/observability.ts";
+import { createGatewayLog, createGatewayMetrics, createLineBatcher, type GatewayLog } from "../../internal/gateway/observability.ts";
 import { createEdgeRateLimiter } from "../../internal/gateway/rate-limit.ts";
 import { createGateway } from "../../internal/gateway/server.ts";
 import { createClientAddressResolver } from "../../internal/rpc/client-address.ts";
@@ -70,6 +80,14 @@ async function main() {
     },
   });
 
+  // The gateway provisions no stream (the services do): until one exists, the sink spools.
+  let audit: { bus: Bus; sink: AuditSink } | undefined;
+  if (config.audit) {
+    const bus = await connectBus({ url: config.audit.natsUrl, name: "jobmesh-gateway", log: pinoShaped(log) });
+    const sink = await createAuditSink({ nc: bus.nc, js: bus.js, topology: createAuditTopology(config.namespace), spoolFile: `${config.audit.spoolDir}/gateway.spool`, log: pinoShaped(log) });
+    audit = { bus, sink };
+  }
+
   const metrics = createGatewayMetrics();
   const clientAddressOf = createClientAddressResolver(config.trustedProxies);
   const gateway = createGateway({
@@ -101,6 +119,14 @@ async function main() {
       }));
       return Object.fromEntries(answers);
     },
+    recordRefusal: audit && createRefusalRecorder({
+      sink: audit.sink,
+      activeTraceId() {
+        const span = trace.getActiveSpan()?.spanContext();
+        return span && isSpanContextValid(span) ? span.traceId : undefined;
+      },
+      onFailure: (error) => log.error("an edge refusal was not recorded", { err: String(error) }),
+    }),
     settings: { ...config, version },
   });
 
@@ -128,6 +154,9 @@ async function main() {
     clearTimeout(grace);
     await rateLimiter.close();
     redis.disconnect();
+    // Every refusal answered is published, or spooled to be published by the next start.
+    await audit?.sink.close();
+    await audit?.bus.close();
     await metrics.shutdown();
     client.close();
     log.info("stopped");
@@ -136,6 +165,15 @@ async function main() {
   };
   Deno.addSignalListener("SIGTERM", () => void stop());
   Deno.addSignalListener("SIGINT", () => void stop());
+}
+
+/** The gateway's log in the shape the shared NATS and audit code log in (pino's: fields first, then the message). */
+function pinoShaped(log: GatewayLog): Logger {
+  const level = (emit: GatewayLog["info"]) => (first: unknown, msg?: string) =>
+    typeof first === "string" ? emit(first) : emit(msg ?? "", first instanceof Error ? { err: String(first) } : (first as Record<string, unknown>));
+  const shaped = { info: level(log.info), warn: level(log.warn), error: level(log.error), fatal: level(log.error), debug: () => {}, trace: () => {}, child: () => shaped };
+  // Only the methods above are called; pino's full interface is not needed by those modules.
+  return shaped as unknown as Logger;
 }
 
 main().catch((error) => {

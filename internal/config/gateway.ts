@@ -41,6 +41,22 @@ export interface GatewayConfig {
   logLevel: "debug" | "info" | "warn" | "error" | "silent";
   /** How long SIGTERM lets in-flight requests finish. */
   shutdownGraceMs: number;
+  /** Where the calls refused at the edge are recorded; undefined (audit off at the edge) without JOBMESH_GATEWAY_NATS_URL. */
+  audit: GatewayAuditConfig | undefined;
+}
+
+/**
+ * The gateway's audit events go to the namespace's audit stream (`<JOBMESH_NAMESPACE>_audit`,
+ * which the services provision), and to a spool on disk while NATS cannot take them.
+ */
+export interface GatewayAuditConfig {
+  /** JOBMESH_GATEWAY_NATS_URL. */
+  natsUrl: string;
+  /**
+   * JOBMESH_GATEWAY_AUDIT_SPOOL_DIR, required with the NATS URL: the gateway may write only there
+   * (--allow-write), so whoever starts it must name it. One directory per gateway process.
+   */
+  spoolDir: string;
 }
 
 const logLevels = ["debug", "info", "warn", "error", "silent"] as const;
@@ -96,5 +112,14 @@ export function loadGatewayConfig(env: Env): GatewayConfig {
     maxStreamsPerCaller: readInt(env, "JOBMESH_GATEWAY_MAX_STREAMS_PER_CALLER", 100, 1, 1_000_000),
     logLevel: logLevel as GatewayConfig["logLevel"],
     shutdownGraceMs: readInt(env, "JOBMESH_SHUTDOWN_GRACE_MS", 10_000, 0, 300_000),
+    audit: readAuditConfig(env),
   };
+}
+
+function readAuditConfig(env: Env): GatewayAuditConfig | undefined {
+  const natsUrl = readUrl(env, "JOBMESH_GATEWAY_NATS_URL", "", ["nats:", "tls:"]);
+  const spoolDir = env.JOBMESH_GATEWAY_AUDIT_SPOOL_DIR ?? "";
+  if (natsUrl === "") return undefined;
+  if (spoolDir === "") throw new ConfigError("JOBMESH_GATEWAY_AUDIT_SPOOL_DIR", "must name the directory the gateway spools audit events to when JOBMESH_GATEWAY_NATS_URL is set");
+  return { natsUrl, spoolDir };
 }

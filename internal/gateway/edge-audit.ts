@@ -79,7 +79,8 @@ export function edgeAuditEventOf(refusal: EdgeRefusal, context: EdgeAuditContext
     // Milliseconds, as every recorder makes it from a Date: the store re-reads the same Timestamp.
     eventTime: timestampFromDate(new Date(context.now.getTime() - Math.floor(micros / 1000))),
     clientAddress: refusal.clientAddress ?? "",
-    userAgent: (refusal.headers.get("user-agent") ?? "").slice(0, maxUserAgentChars),
+    // By code points, as the services' recorder cuts it (never half a surrogate pair).
+    userAgent: [...(refusal.headers.get("user-agent") ?? "")].slice(0, maxUserAgentChars).join(""),
     // Microsecond precision, as the store keeps it (duration_us).
     duration: { seconds: BigInt(Math.floor(micros / 1_000_000)), nanos: (micros % 1_000_000) * 1000 },
     request: "",

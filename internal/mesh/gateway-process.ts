@@ -5,15 +5,24 @@
  */
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { createProcessGuard } from "../devstack/process-guard.ts";
 
 const repoRoot = join(import.meta.dirname, "../..");
 /** The Deno binary the `deno` npm package installs; no network access at run time (nodeModulesDir "manual"). */
 export const denoBinary = join(repoRoot, "node_modules/.bin/deno");
 const denoCacheDir = join(repoRoot, ".jobmesh/deno");
-/** What the gateway may touch: the network, its environment, the repo's files only (its code, gen/, the swagger-ui assets), the OS (ioredis asks for the hostname). */
-const permissions = ["--allow-net", "--allow-env", `--allow-read=${repoRoot}`, "--allow-sys"];
+/**
+ * What the gateway may touch: the network, its environment, the repo's files only (its code, gen/,
+ * the swagger-ui assets), the OS (ioredis asks for the hostname); and, when it records its
+ * refusals (JOBMESH_GATEWAY_AUDIT_SPOOL_DIR), its audit spool directory and nothing else on disk.
+ */
+function permissionsOf(env: Record<string, string>): string[] {
+  const spoolDir = env.JOBMESH_GATEWAY_AUDIT_SPOOL_DIR ? resolve(repoRoot, env.JOBMESH_GATEWAY_AUDIT_SPOOL_DIR) : undefined;
+  if (spoolDir?.includes(",")) throw new Error(`JOBMESH_GATEWAY_AUDIT_SPOOL_DIR cannot hold a comma (Deno's permission lists are comma-separated): ${spoolDir}`);
+  const readable = spoolDir ? `${repoRoot},${spoolDir}` : repoRoot;
+  return ["--allow-net", "--allow-env", `--allow-read=${readable}`, ...(spoolDir ? [`--allow-write=${spoolDir}`] : []), "--allow-sys"];
+}
 /**
  * Deno.serve's request.signal then fires only when the client goes away (the legacy behaviour,
  * which Deno warns about, also fires it after every answer): how the gateway stops a backend call
@@ -59,7 +68,7 @@ function otelEnvironment(otlpEndpoint: string): Record<string, string> {
 
 /** Starts the gateway with `env` (JOBMESH_* and REDIS_URL; PATH and HOME are added) and waits until it serves. */
 export async function startGatewayProcess(env: Record<string, string>, options: GatewayProcessOptions = {}): Promise<GatewayProcess> {
-  const child = spawn(denoBinary, ["run", ...runtimeFlags, ...permissions, join(repoRoot, "cmd/gateway/main.ts")], {
+  const child = spawn(denoBinary, ["run", ...runtimeFlags, ...permissionsOf(env), join(repoRoot, "cmd/gateway/main.ts")], {
     cwd: repoRoot,
     // Nothing of this process's environment is inherited: the gateway's settings are `env` (so no
     // OTEL_* of ours reaches it either: without otlpEndpoint it exports nothing). The binary is

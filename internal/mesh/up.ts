@@ -109,6 +109,9 @@ export async function meshUp(config: Config, log: Logger, telemetry: Telemetry) 
         JOBMESH_TOKEN_AUDIENCE: config.auth.audience,
         JOBMESH_GATEWAY_SOURCE_ADDRESS: localGatewaySourceAddress,
         JOBMESH_LOG_LEVEL: config.logLevel === "trace" ? "debug" : config.logLevel === "fatal" ? "error" : config.logLevel,
+        // The gateway records the calls it refuses at the edge, as the services record theirs,
+        // spooling in a directory of its own beside theirs.
+        ...(config.audit.enabled ? { JOBMESH_GATEWAY_NATS_URL: stack.natsUrl, JOBMESH_GATEWAY_AUDIT_SPOOL_DIR: join(resolve(config.audit.spoolDir), "gateway") } : {}),
         ...config.gatewayEnv,
       },
       // Its spans go where the services' go; its warnings and errors reach the console; its access log stays in its own output.

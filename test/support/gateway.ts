@@ -4,6 +4,7 @@
  * as their proxy and the gateway connects to them from 127.0.0.2, so the client address the
  * gateway forwards is believed, as in production.
  */
+import { join } from "node:path";
 import { startGatewayProcess } from "../../internal/mesh/gateway-process.ts";
 import { startTestMesh, type TestMesh } from "./mesh.ts";
 
@@ -56,6 +57,8 @@ export async function startGatewayMesh(t: Teardown, options: GatewayMeshOptions 
     JOBMESH_NAMESPACE: mesh.isolated.namespace,
     JOBMESH_GATEWAY_SOURCE_ADDRESS: "127.0.0.2",
     JOBMESH_LOG_LEVEL: "info",
+    // It records what it refuses at the edge on the namespace's audit stream, as `jobmesh up` runs it.
+    ...(mesh.isolated.config.audit.enabled ? { JOBMESH_GATEWAY_NATS_URL: mesh.isolated.env.NATS_URL!, JOBMESH_GATEWAY_AUDIT_SPOOL_DIR: join(mesh.isolated.config.audit.spoolDir, "gateway") } : {}),
     ...options.env,
   }, { otlpEndpoint: options.otlpEndpoint }).catch(async (error: unknown) => {
     await stop();
