@@ -1,0 +1,305 @@
+/**
+ * The audit store: the one process of a deployment that holds a Postgres advisory lock reads the
+ * audit stream's durable consumer and appends the events to each tenant's chain, in batches,
+ * one transaction per batch; the others wait for the lock and take over when its holder dies.
+ *
+ * Nothing lost, nothing twice: a batch is committed before its messages are acknowledged, so a
+ * crash in between redelivers them, and the event ids already in audit_event_ids are skipped.
+ * Committed events go to the checkpointer, which signs each tenant's new hashes at least every
+ * checkpointIntervalMs and every 1000 events.
+ */
+import { fromBinary } from "@bufbuild/protobuf";
+import type { JetStreamClient, JetStreamManager, JsMsg } from "@nats-io/jetstream";
+import { createHash } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
+import type pg from "pg";
+import { AuditEventSchema, type AuditEvent } from "../../gen/jobmesh/v1/audit_pb.js";
+import type { Pool } from "../db/index.ts";
+import type { Logger } from "../telemetry/index.ts";
+import { chainHashOf, genesisHash } from "./chain.ts";
+import { createCheckpointer, loadAuditSigningKey } from "./checkpoints.ts";
+import { dropExpiredPartitions } from "./retention.ts";
+import { eventOfRow, insertAuditEventRows, isoOfMicros, isUuid, rowOfEvent, type AuditEventRow } from "./store.ts";
+import type { AuditTopology } from "./topology.ts";
+
+export interface AuditStoreDeps {
+  db: Pool;
+  js: JetStreamClient;
+  jsm: JetStreamManager;
+  topology: AuditTopology;
+  keyEncryptionKey: Buffer;
+  log: Logger;
+  /** The chain of events whose tenant is not known (the bootstrap tenant's). */
+  unattributedTenantId: string;
+  checkpointIntervalMs: number;
+  /** Days a month partition is kept after its end; 0 keeps everything. */
+  retentionDays: number;
+  batchSize?: number;
+}
+
+export interface AuditStore {
+  /** Stops reading, finishes the batch in hand, signs what is pending, releases the lock. */
+  stop(): Promise<void>;
+  /** Events this process stored (duplicates not counted). */
+  stored(): bigint;
+  /** Messages of the store consumer not yet acknowledged (pending + in flight). */
+  lag(): Promise<number>;
+}
+
+// One storer per database: the key is the same for every process of a deployment.
+const lockName = "jobmesh.audit_store";
+const lockRetryMs = 2_000;
+const retentionEveryMs = 3_600_000;
+
+/** The storing of one lock holder: its connection, checkpointer and partition cache. */
+type Session = Awaited<ReturnType<typeof openSession>>;
+
+async function openSession(deps: AuditStoreDeps, client: pg.PoolClient) {
+  const key = await loadAuditSigningKey({ db: deps.db, keyEncryptionKey: deps.keyEncryptionKey });
+  const checkpointer = createCheckpointer({ db: deps.db, js: deps.js, topology: deps.topology, key, log: deps.log });
+  // Events stored after a tenant's last checkpoint by the previous holder are signed by this one.
+  const { rows } = await client.query<{ tenant_id: string }>("SELECT tenant_id FROM audit_chain_heads ORDER BY tenant_id");
+  for (const { tenant_id } of rows) await checkpointer.resume(tenant_id);
+  return { client, checkpointer, partitions: new Set<string>() };
+}
+
+/** The event id of a message: the uuid of its name, or (a malformed name) one derived from its stream position. */
+function eventIdOf(event: AuditEvent, msg: JsMsg, stream: string): string {
+  const id = event.name.startsWith("auditEvents/") ? event.name.slice("auditEvents/".length) : "";
+  if (isUuid(id)) return id.toLowerCase();
+  const h = createHash("sha256").update(`${stream}:${msg.seq}`).digest("hex");
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20, 32)}`;
+}
+
+interface Arrived {
+  msg: JsMsg;
+  row: AuditEventRow;
+}
+
+/**
+ * Stores one batch in one transaction and returns the rows it appended (in chain order per
+ * tenant). Duplicates (by event id) are skipped; the caller acknowledges every message after.
+ */
+async function storeBatch(deps: AuditStoreDeps, session: Session, batch: Arrived[]): Promise<AuditEventRow[]> {
+  const { client } = session;
+  const byId = new Map<string, AuditEventRow>();
+  for (const { row } of batch) if (!byId.has(row.event_id)) byId.set(row.event_id, row);
+  const rows = [...byId.values()];
+  // Partitions are DDL: made before the transaction, so the insert never waits on a catalog lock.
+  for (const row of rows) {
+    const us = BigInt(row.event_time_us);
+    const month = `${row.tenant_id}:${isoOfMicros(us).slice(0, 7)}`;
+    if (session.partitions.has(month)) continue;
+    await client.query("SELECT audit_events_partition($1::uuid, $2::timestamptz)", [row.tenant_id, isoOfMicros(us)]);
+    session.partitions.add(month);
+  }
+  const tenants = [...new Set(rows.map((r) => r.tenant_id))].sort();
+  await client.query("BEGIN");
+  try {
+    await client.query(
+      "INSERT INTO audit_chain_heads (tenant_id, sequence, hash) SELECT unnest($1::uuid[]), 0, $2 ON CONFLICT DO NOTHING",
+      [tenants, genesisHash],
+    );
+    // In tenant order: two holders (a stale one and its successor) never deadlock.
+    const heads = await client.query<{ tenant_id: string; sequence: string; hash: string }>(
+      "SELECT tenant_id, sequence::text AS sequence, hash FROM audit_chain_heads WHERE tenant_id = ANY($1::uuid[]) ORDER BY tenant_id FOR UPDATE",
+      [tenants],
+    );
+    const head = new Map(heads.rows.map((h) => [h.tenant_id, { sequence: BigInt(h.sequence), hash: h.hash }]));
+    // Under the heads' locks no other holder can add these ids: the check cannot race.
+    const known = await client.query<{ event_id: string }>("SELECT event_id FROM audit_event_ids WHERE event_id = ANY($1::uuid[])", [rows.map((r) => r.event_id)]);
+    const seen = new Set(known.rows.map((r) => r.event_id));
+    const fresh = rows.filter((r) => !seen.has(r.event_id));
+    if (fresh.length === 0) {
+      await client.query("COMMIT");
+      return [];
+    }
+    for (const row of fresh) {
+      const h = head.get(row.tenant_id)!;
+      row.sequence = (h.sequence + 1n).toString();
+      row.prev_hash = h.hash;
+      row.hash = "";
+      // The hash of the event as it will be read back from this row, byte for byte.
+      row.hash = chainHashOf(h.hash, eventOfRow(row));
+      h.sequence += 1n;
+      h.hash = row.hash;
+    }
+    const ids = await client.query(
+      "INSERT INTO audit_event_ids (event_id, tenant_id, sequence) SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[]) ON CONFLICT DO NOTHING RETURNING event_id",
+      [fresh.map((r) => r.event_id), fresh.map((r) => r.tenant_id), fresh.map((r) => r.sequence)],
+    );
+    if (ids.rowCount !== fresh.length) throw new Error("audit event ids stored concurrently by another holder; retrying the batch");
+    const moved = tenants.filter((t) => head.get(t)!.sequence > 0n);
+    await client.query(
+      "UPDATE audit_chain_heads h SET sequence = v.s, hash = v.h FROM unnest($1::uuid[], $2::bigint[], $3::text[]) AS v(t, s, h) WHERE h.tenant_id = v.t",
+      [moved, moved.map((t) => head.get(t)!.sequence.toString()), moved.map((t) => head.get(t)!.hash)],
+    );
+    await client.query("SET LOCAL ROLE jobmesh_audit_appender");
+    await insertAuditEventRows(client, fresh);
+    await client.query("COMMIT");
+    return fresh;
+  } catch (error) {
+    await client.query("ROLLBACK").catch(() => {});
+    throw error;
+  }
+}
+
+/** Starts storing (or waiting for the lock to store); resolves once the loop runs. */
+export async function startAuditStore(deps: AuditStoreDeps): Promise<AuditStore> {
+  const batchSize = deps.batchSize ?? 500;
+  const { topology, log } = deps;
+  const stopping = new AbortController();
+  let storedCount = 0n;
+  let wake: (() => void) | undefined;
+  stopping.signal.addEventListener("abort", () => wake?.());
+
+  function decode(msg: JsMsg): Arrived | undefined {
+    let event: AuditEvent;
+    try {
+      event = fromBinary(AuditEventSchema, msg.data);
+    } catch (error) {
+      // Not an event at all: it can never be stored, and must not stop the ones behind it.
+      log.error({ err: error, stream_sequence: msg.seq }, "audit message is not an AuditEvent; dropped");
+      msg.term();
+      return undefined;
+    }
+    const tenantId = isUuid(event.tenant) ? event.tenant.toLowerCase() : deps.unattributedTenantId;
+    const arrivalUs = BigInt(msg.time.getTime()) * 1000n;
+    return { msg, row: rowOfEvent(event, { tenantId, eventId: eventIdOf(event, msg, topology.eventsStream), arrivalUs }) };
+  }
+
+  /** Signs the due checkpoints; one run at a time, another run queued when asked meanwhile. */
+  let signing: Promise<void> | undefined;
+  let signAgain = false;
+  function signDue(session: Session, intervalMs: number): Promise<void> {
+    if (signing) {
+      signAgain = true;
+      return signing;
+    }
+    signing = (async () => {
+      do {
+        signAgain = false;
+        for (const tenant of session.checkpointer.due(Date.now(), intervalMs, 1000)) {
+          await session.checkpointer.sign(tenant).catch((error: unknown) => log.error({ err: error, tenant }, "audit checkpoint not signed; retried on the next tick"));
+        }
+      } while (signAgain && intervalMs > 0);
+    })().finally(() => (signing = undefined));
+    return signing;
+  }
+
+  /** Stores a batch; a batch whose data Postgres refuses is stored event by event, refusing only the bad one. */
+  async function store(session: Session, batch: Arrived[]): Promise<void> {
+    let appended: AuditEventRow[];
+    try {
+      appended = await storeBatch(deps, session, batch);
+    } catch (error) {
+      const code = (error as { code?: string }).code ?? "";
+      if (!code.startsWith("22")) throw error;
+      if (batch.length > 1) {
+        for (const one of batch) await store(session, [one]);
+        return;
+      }
+      log.error({ err: error, stream_sequence: batch[0].msg.seq }, "audit event refused by Postgres; dropped");
+      batch[0].msg.term();
+      return;
+    }
+    for (const { msg } of batch) msg.ack();
+    for (const row of appended) session.checkpointer.append(row.tenant_id, BigInt(row.sequence), row.hash);
+    storedCount += BigInt(appended.length);
+    void signDue(session, deps.checkpointIntervalMs);
+  }
+
+  /** Holds the lock on `client` and stores until stopped or an error ends the session. */
+  async function run(client: pg.PoolClient): Promise<void> {
+    const session = await openSession(deps, client);
+    const consumer = await deps.js.consumers.get(topology.eventsStream, topology.storeConsumer);
+    const messages = await consumer.consume({ max_messages: batchSize * 2 });
+    const queue: Arrived[] = [];
+    let space: (() => void) | undefined;
+    let closing = false;
+    const reader = (async () => {
+      for await (const msg of messages) {
+        const arrived = decode(msg);
+        if (arrived) queue.push(arrived);
+        wake?.();
+        // Back-pressure: the consume() buffer fills and stops pulling while a batch is stored.
+        if (queue.length >= batchSize * 2 && !closing) await new Promise<void>((resolve) => (space = resolve));
+      }
+    })();
+    const tick = setInterval(() => void signDue(session, deps.checkpointIntervalMs), Math.min(250, deps.checkpointIntervalMs / 4));
+    let lastRetention = 0;
+    try {
+      while (!stopping.signal.aborted) {
+        if (deps.retentionDays > 0 && Date.now() - lastRetention >= retentionEveryMs) {
+          lastRetention = Date.now();
+          const dropped = await dropExpiredPartitions(deps.db, new Date(), deps.retentionDays);
+          if (dropped.length > 0) {
+            session.partitions.clear();
+            log.info({ partitions: dropped.map((d) => d.name) }, "audit partitions past retention dropped");
+          }
+        }
+        if (queue.length === 0) {
+          await new Promise<void>((resolve) => {
+            wake = resolve;
+            setTimeout(resolve, 1_000).unref();
+          });
+          wake = undefined;
+          continue;
+        }
+        const batch = queue.splice(0, batchSize);
+        space?.();
+        space = undefined;
+        await store(session, batch);
+      }
+    } finally {
+      clearInterval(tick);
+      closing = true;
+      await messages.close().catch(() => {});
+      space?.();
+      await reader.catch(() => {});
+      // Not stored: redelivered now to whoever holds the lock next.
+      for (const { msg } of queue.splice(0)) msg.nak();
+      await signing;
+      await signDue(session, 0).catch(() => {});
+    }
+  }
+
+  const loop = (async () => {
+    while (!stopping.signal.aborted) {
+      let client: pg.PoolClient | undefined;
+      let broken: Error | undefined;
+      const onError = (error: Error) => (broken = error);
+      try {
+        client = await deps.db.connect();
+        client.on("error", onError);
+        const { rows } = await client.query<{ locked: boolean }>("SELECT pg_try_advisory_lock(hashtext($1)) AS locked", [lockName]);
+        if (rows[0].locked) {
+          log.info({}, "audit store: holding the store lock");
+          await run(client);
+          await client.query("SELECT pg_advisory_unlock(hashtext($1))", [lockName]);
+          continue;
+        }
+      } catch (error) {
+        broken ??= error as Error;
+        log.error({ err: error }, "audit store stopped storing; retrying");
+      } finally {
+        client?.removeListener("error", onError);
+        // A connection that failed is dropped, which releases the lock with its session.
+        client?.release(broken);
+      }
+      await sleep(lockRetryMs, undefined, { signal: stopping.signal }).catch(() => {});
+    }
+  })();
+
+  return {
+    async stop() {
+      stopping.abort();
+      await loop;
+    },
+    stored: () => storedCount,
+    async lag() {
+      const info = await deps.jsm.consumers.info(topology.eventsStream, topology.storeConsumer);
+      return info.num_pending + info.num_ack_pending;
+    },
+  };
+}
