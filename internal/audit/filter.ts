@@ -94,6 +94,7 @@ export function auditFilterConditions(filter: string, param: Param): string[] {
       const joined = and.exec(filter);
       if (!joined) throw new InvalidAuditFilterError(filter.slice(at).trim(), "terms are joined by AND (OR and NOT are not supported)");
       at = and.lastIndex;
+      if (at >= filter.length) throw new InvalidAuditFilterError("AND", "a term must follow AND");
     }
     if (conditions.length === 0 && filter.slice(at).trim() === "") break;
     term.lastIndex = at;
