@@ -1,8 +1,8 @@
 /**
  * The audit spool: where a process keeps the audit events it could not hand to JetStream, on
  * local disk, until NATS answers again. One append-only file of records, each
- * `u32 length | u32 CRC-32 of the payload | payload` (big-endian; the payload is an AuditEvent
- * in protobuf binary). A process that dies while appending leaves at most one torn record at the
+ * `u32 length | u32 CRC-32 of length and payload | payload` (big-endian; the payload is an
+ * AuditEvent in protobuf binary). A process that dies while appending leaves at most one torn record at the
  * end: opening the file drops it (the CRC also catches a tail the file system extended but never
  * filled), so appends go on after the last whole record.
  *
@@ -76,7 +76,7 @@ export async function openSpool(path: string): Promise<Spool> {
       let at = 0;
       for (const p of payloads) {
         view.setUint32(at, p.length);
-        view.setUint32(at + 4, crc32(p));
+        view.setUint32(at + 4, crc32(p, crc32(buffer.subarray(at, at + 4))));
         buffer.set(p, at + headerBytes);
         at += headerBytes + p.length;
       }
@@ -118,7 +118,7 @@ async function readRecords(fh: FileHandle, offset: number, end: number, maxRecor
       if (length > maxRecordBytes) return { payloads, ends };
       if (i + headerBytes + length > bytesRead) break;
       const payload = block.slice(i + headerBytes, i + headerBytes + length);
-      if (crc32(payload) !== view.getUint32(i + 4)) return { payloads, ends };
+      if (crc32(payload, crc32(block.subarray(i, i + 4))) !== view.getUint32(i + 4)) return { payloads, ends };
       payloads.push(payload);
       i += headerBytes + length;
       ends.push(at + i);
@@ -131,7 +131,7 @@ async function readRecords(fh: FileHandle, offset: number, end: number, maxRecor
       if (length > maxRecordBytes || at + headerBytes + length > end) break;
       const payload = new Uint8Array(length);
       const got = (await fh.read(payload, 0, length, at + headerBytes)).bytesRead;
-      if (got < length || crc32(payload) !== header.getUint32(4)) break;
+      if (got < length || crc32(payload, crc32(block.subarray(0, 4))) !== header.getUint32(4)) break;
       payloads.push(payload);
       i = headerBytes + length;
       ends.push(at + i);
@@ -151,9 +151,13 @@ const crcTable = (() => {
   return table;
 })();
 
-/** CRC-32 (IEEE), as zlib; written out because node:zlib is not runtime-neutral. */
-export function crc32(bytes: Uint8Array): number {
-  let c = 0xffffffff;
+/**
+ * CRC-32 (IEEE), as zlib's crc32(bytes, previous); written out because node:zlib is not
+ * runtime-neutral. A record's covers its length too: a run of zeros (a tail the file system
+ * grew but never wrote) is then no valid empty record.
+ */
+export function crc32(bytes: Uint8Array, previous = 0): number {
+  let c = (previous ^ 0xffffffff) >>> 0;
   for (let i = 0; i < bytes.length; i++) c = crcTable[(c ^ bytes[i]) & 0xff] ^ (c >>> 8);
   return (c ^ 0xffffffff) >>> 0;
 }
