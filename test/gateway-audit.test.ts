@@ -86,6 +86,14 @@ async function gatewayEventsOf(requestId: string, timeoutMs = 60_000) {
   return eventsOf(requestId);
 }
 
+/** Waits until an event of `requestId` recorded by a service (not the gateway) has arrived; answers every event of it. */
+async function serviceEventsOf(requestId: string, timeoutMs = 60_000) {
+  const deadline = Date.now() + timeoutMs;
+  const byService = () => eventsOf(requestId).filter((s) => s.event.recorder !== "gateway");
+  while (byService().length === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
+  return eventsOf(requestId);
+}
+
 /** The event is the one the gateway published, on the subject of its tenant, keyed by its own id, holding none of `secrets`. */
 function checkPublished(t: Test, found: (typeof seen)[number], secrets: string[]) {
   const { event } = found;
@@ -100,13 +108,18 @@ function checkPublished(t: Test, found: (typeof seen)[number], secrets: string[]
   for (const secret of secrets) t.notOk(text.includes(secret), "the credential appears nowhere in the event");
 }
 
-t.test("a call refused before the audit stream exists is answered all the same, and the gateway keeps serving", async (t) => {
-  const early = await call("/v1/pipelines/document-default", { clientAddress: "198.51.100.1", requestId: requestIdOf("early") });
+t.test("no audit stream: a refusal is answered all the same, spooled, and published once the stream is back", async (t) => {
+  // The services provisioned the stream when they started; the gateway never does. Without it:
+  await jsm.streams.delete(topology.eventsStream);
+  const requestId = requestIdOf("no-stream");
+  const early = await call("/v1/pipelines/document-default", { clientAddress: "198.51.100.1", requestId });
   t.equal(early.status, 401);
   t.equal((await fetchAnswer(`${url}/healthz`)).status, 200, "the gateway did not stop");
-  // From here on the stream exists (the services provision it; the gateway never does).
   await provisionAuditTopology(topology, mesh.infra.bus.jsm, { streamMaxBytes: mesh.isolated.config.streamMaxBytes });
   await startReading();
+  const events = await gatewayEventsOf(requestId);
+  t.equal(events.length, 1, "the spooled event was replayed, once");
+  t.equal(events[0]?.event.outcome?.code, 16);
 });
 
 t.test("401 - a REST call without a credential: one event, anonymous, unattributed, UNAUTHENTICATED with the client's message", async (t) => {
@@ -209,5 +222,9 @@ t.test("429 - a signed-in caller past its credential's burst: attributed to it; 
   checkPublished(t, events[0]!, [accessToken]);
   // The 429 was recorded after every admitted call of the burst, and one gateway publishes in
   // order: had it recorded an admitted call, that event would be here by now.
-  for (const { requestId } of admitted) t.equal(byGateway(requestId).length, 0, "no gateway event for an admitted call");
+  for (const { requestId } of admitted) {
+    t.equal(byGateway(requestId).length, 0, "no gateway event for an admitted call");
+    const recorded = await serviceEventsOf(requestId);
+    t.same(recorded.map((s) => [s.event.recorder, s.event.action, s.event.outcome?.code]), [["pipelines", "jobmesh.v1.PipelineService.ListPipelines", 0]], "its one event is the service's");
+  }
 });
