@@ -6,12 +6,13 @@
 import { availableParallelism, loadavg } from "node:os";
 import { parseArgs } from "node:util";
 import { startLoadGenerator, type BenchContext, type BenchEntry } from "./harness.ts";
+import { auditEntry } from "./audit.ts";
 import { authEntry } from "./auth.ts";
 import { gatewayEntry } from "./gateway.ts";
 import { jobsEntry } from "./jobs.ts";
 import { pipelinesEntry } from "./pipelines.ts";
 
-const entries: BenchEntry[] = [pipelinesEntry, authEntry, jobsEntry, gatewayEntry];
+const entries: BenchEntry[] = [pipelinesEntry, authEntry, jobsEntry, gatewayEntry, auditEntry];
 
 const { values } = parseArgs({
   options: {
