@@ -19,7 +19,7 @@ import { keysetSql, pageSizeOf, parseOrderBy, splitPage, type KeysetPosition, ty
 import type { Logger } from "../telemetry/index.ts";
 import { createChainVerifier, type ChainVerdict } from "./chain.ts";
 import { chainRangeOf, checkpointsInRange, eventsInRange, type ChainRange } from "./chain-reader.ts";
-import { trustedPublicKeys } from "./checkpoints.ts";
+import { trustedPublicKeys, trustedSigningKeys } from "./checkpoints.ts";
 import { AuditEventNotFoundError } from "./errors.ts";
 import { auditFilterConditions } from "./filter.ts";
 import { auditEventColumns, checkpointColumns, checkpointOfRow, eventOfRow, isUuid, type AuditCheckpointRow, type AuditEventRow } from "./store.ts";
@@ -158,10 +158,8 @@ export function createAuditDomain(deps: AuditDomainDeps) {
      */
     async *export(tenantId: string, q: AuditRangeQuery): AsyncGenerator<ExportAuditEventsResponse> {
       const bounds = await sequencesOfTimes(tenantId, q);
-      const keys = await trustedPublicKeys(db, deps.keyEncryptionKey);
-      const { rows } = await db.query<{ key_id: string; create_time: Date }>("SELECT key_id, create_time FROM audit_signing_keys WHERE key_id = ANY($1) ORDER BY create_time", [[...keys.keys()]]);
-      for (const { key_id, create_time } of rows) {
-        const signingKey = create(AuditSigningKeySchema, { keyId: key_id, publicKey: keys.get(key_id), createTime: timestampFromDate(create_time) });
+      for (const key of await trustedSigningKeys(db, deps.keyEncryptionKey)) {
+        const signingKey = create(AuditSigningKeySchema, { keyId: key.keyId, publicKey: key.publicKey, createTime: timestampFromDate(key.createTime) });
         yield create(ExportAuditEventsResponseSchema, { item: { case: "signingKey", value: signingKey } });
       }
       if (!bounds) return;
