@@ -1,0 +1,291 @@
+/**
+ * Signed checkpoints of the tenants' audit chains, and the Ed25519 key that signs them.
+ *
+ * The key's private half is sealed (AES-256-GCM under the key-encryption key, internal/sealing)
+ * and never stored in clear; a key row whose sealed half does not unseal under our key-encryption
+ * key to the private key of its public key is not trusted (a superuser can insert a row, not
+ * seal under a key Postgres never sees).
+ *
+ * A checkpoint lists the hash of every event since the tenant's previous checkpoint. It is
+ * INSERTed into audit_checkpoints (the source) and published on the checkpoints stream (the
+ * outside copy: a rewrite of Postgres no longer matches it). A publish that fails is retried,
+ * and after a restart the checkpoints the stream lacks are republished from the table.
+ *
+ * The window: events the previous store committed but did not sign before it died are signed by
+ * the next one from audit_events (resume), after it re-verified their links and hashes; a change
+ * made in Postgres in between, recomputed consistently, would be signed as it stands.
+ */
+import { fromBinary, toBinary } from "@bufbuild/protobuf";
+import type { JetStreamClient } from "@nats-io/jetstream";
+import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from "node:crypto";
+import { AuditCheckpointSchema, type AuditCheckpoint } from "../../gen/jobmesh/v1/audit_pb.js";
+import { inTransaction, type Pool, type Queryable } from "../db/index.ts";
+import { seal, unseal } from "../sealing/index.ts";
+import type { Logger } from "../telemetry/index.ts";
+import { auditKeyIdOf, createChainVerifier, genesisHash, signCheckpoint } from "./chain.ts";
+import { auditEventColumns, checkpointColumns, checkpointOfRow, eventOfRow, type AuditCheckpointRow, type AuditEventRow } from "./store.ts";
+import type { AuditTopology } from "./topology.ts";
+
+/** The key that signs checkpoints. */
+export interface AuditKey {
+  keyId: string;
+  /** Raw 32-byte Ed25519 public key. */
+  publicKey: Uint8Array;
+  privateKey: KeyObject;
+  createTime: Date;
+}
+
+interface KeyRow {
+  key_id: string;
+  public_key: Buffer;
+  private_key_sealed: Buffer;
+  create_time: Date;
+}
+
+const rawPublicOf = (key: KeyObject) => new Uint8Array(Buffer.from(createPublicKey(key).export({ format: "jwk" }).x!, "base64url"));
+
+/** The key a row holds, when its sealed private key unseals under `kek` and matches its public key and id. */
+function trustedKeyOf(row: KeyRow, kek: Buffer): AuditKey | undefined {
+  try {
+    const privateKey = createPrivateKey({ key: unseal(kek, row.key_id, row.private_key_sealed), format: "der", type: "pkcs8" });
+    const publicKey = rawPublicOf(privateKey);
+    if (!Buffer.from(publicKey).equals(row.public_key) || auditKeyIdOf(publicKey) !== row.key_id) return undefined;
+    return { keyId: row.key_id, publicKey, privateKey, createTime: row.create_time };
+  } catch {
+    return undefined;
+  }
+}
+
+async function trustedKeys(db: Queryable, keyEncryptionKey: Buffer): Promise<AuditKey[]> {
+  const { rows } = await db.query<KeyRow>("SELECT key_id, public_key, private_key_sealed, create_time FROM audit_signing_keys ORDER BY create_time DESC, key_id");
+  return rows.flatMap((row) => trustedKeyOf(row, keyEncryptionKey) ?? []);
+}
+
+/** The public keys (raw Ed25519, by key id) of the key rows that are trusted under `keyEncryptionKey`. */
+export async function trustedPublicKeys(db: Queryable, keyEncryptionKey: Buffer): Promise<Map<string, Uint8Array>> {
+  return new Map((await trustedKeys(db, keyEncryptionKey)).map((k) => [k.keyId, k.publicKey]));
+}
+
+/** The trusted keys with their creation times, newest first (what an export lists). */
+export async function trustedSigningKeys(db: Queryable, keyEncryptionKey: Buffer): Promise<Omit<AuditKey, "privateKey">[]> {
+  return (await trustedKeys(db, keyEncryptionKey)).map(({ keyId, publicKey, createTime }) => ({ keyId, publicKey, createTime }));
+}
+
+/** The newest trusted signing key, made (and its private half sealed) when there is none. */
+export async function loadAuditSigningKey(deps: { db: Pool; keyEncryptionKey: Buffer }): Promise<AuditKey> {
+  return inTransaction(deps.db, async (tx) => {
+    // Two stores starting at once make one key between them.
+    await tx.query("SELECT pg_advisory_xact_lock(hashtext('jobmesh.audit_signing_keys'))");
+    const [current] = await trustedKeys(tx, deps.keyEncryptionKey);
+    if (current) return current;
+    const { privateKey } = generateKeyPairSync("ed25519");
+    const publicKey = rawPublicOf(privateKey);
+    const keyId = auditKeyIdOf(publicKey);
+    const sealed = seal(deps.keyEncryptionKey, keyId, privateKey.export({ format: "der", type: "pkcs8" }));
+    const { rows } = await tx.query<{ create_time: Date }>(
+      "INSERT INTO audit_signing_keys (key_id, public_key, private_key_sealed) VALUES ($1, $2, $3) RETURNING create_time",
+      [keyId, Buffer.from(publicKey), sealed],
+    );
+    return { keyId, publicKey, privateKey, createTime: rows[0].create_time };
+  });
+}
+
+export interface CheckpointerDeps {
+  db: Pool;
+  js: JetStreamClient;
+  topology: AuditTopology;
+  key: AuditKey;
+  log: Logger;
+}
+
+export interface Checkpointer {
+  /** Called after each committed event, in sequence order per tenant. */
+  append(tenantId: string, sequence: bigint, hash: string): void;
+  /** Tenants whose oldest unsigned hash is intervalMs old, or with maxEvents unsigned, or with a checkpoint to republish. */
+  due(now: number, intervalMs: number, maxEvents?: number): string[];
+  /** Signs the tenant's pending hashes (in checkpoints of at most 1000), stores and publishes them; returns the last. */
+  sign(tenantId: string): Promise<AuditCheckpoint>;
+  /** After a restart: pending = the events after the tenant's last checkpoint, and the checkpoints the stream lacks are republished. */
+  resume(tenantId: string): Promise<void>;
+}
+
+// A checkpoint of 1000 hashes is 32 KB: far below the NATS payload limit, whatever the backlog.
+const maxHashesPerCheckpoint = 1000;
+
+interface Pending {
+  firstSequence: bigint;
+  hashes: string[];
+  /** When the oldest pending hash arrived (ms). */
+  since: number;
+}
+
+interface TenantState {
+  /** The sequence of the last checkpoint stored, when known. */
+  signedUpTo?: bigint;
+  pending?: Pending;
+  /** The hashes in memory cannot be trusted to be contiguous: re-read them from the table. */
+  reload: boolean;
+  unpublished: AuditCheckpoint[];
+  lastRetry: number;
+  /** sign() and resume() of one tenant run one at a time. */
+  busy: Promise<unknown>;
+}
+
+const insertCheckpoint = `INSERT INTO audit_checkpoints (tenant_id, sequence, first_sequence, hash, checkpoint_time, event_hashes, key_id, signature)
+  VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (tenant_id, sequence) DO NOTHING`;
+
+/** Keeps each tenant's unsigned hashes and turns them into signed, stored, published checkpoints. */
+export function createCheckpointer(deps: CheckpointerDeps): Checkpointer {
+  const { db, js, topology, key, log } = deps;
+  const tenants = new Map<string, TenantState>();
+  const stateOf = (tenantId: string): TenantState => {
+    let state = tenants.get(tenantId);
+    if (!state) tenants.set(tenantId, (state = { reload: false, unpublished: [], lastRetry: 0, busy: Promise.resolve() }));
+    return state;
+  };
+  const serially = <T>(state: TenantState, work: () => Promise<T>): Promise<T> => {
+    const run = state.busy.then(work, work);
+    state.busy = run.catch(() => {});
+    return run;
+  };
+
+  async function publish(state: TenantState, cp: AuditCheckpoint): Promise<void> {
+    try {
+      await js.publish(topology.checkpointsSubject(cp.tenant), toBinary(AuditCheckpointSchema, cp), { msgID: `${cp.tenant}:${cp.sequence}` });
+    } catch (error) {
+      log.warn({ err: error, tenant: cp.tenant, sequence: cp.sequence.toString() }, "audit checkpoint stored but not published; retried");
+      state.unpublished.push(cp);
+    }
+  }
+
+  async function republish(state: TenantState): Promise<void> {
+    state.lastRetry = Date.now();
+    for (const cp of state.unpublished.splice(0)) await publish(state, cp);
+  }
+
+  /** The tenant's last stored checkpoint. */
+  async function lastStored(tenantId: string): Promise<AuditCheckpoint | undefined> {
+    const { rows } = await db.query<AuditCheckpointRow>(`SELECT ${checkpointColumns} FROM audit_checkpoints WHERE tenant_id = $1 ORDER BY sequence DESC LIMIT 1`, [tenantId]);
+    return rows[0] && checkpointOfRow(rows[0]);
+  }
+
+  /** Re-reads the unsigned events from the table, keeping the verified prefix (a broken link is not signed). */
+  async function reloadPending(tenantId: string, state: TenantState): Promise<void> {
+    const last = await lastStored(tenantId);
+    const after = last?.sequence ?? 0n;
+    const { rows } = await db.query<AuditEventRow>(`SELECT ${auditEventColumns} FROM audit_events WHERE tenant_id = $1 AND sequence > $2 ORDER BY sequence`, [tenantId, after.toString()]);
+    const verifier = createChainVerifier({ keys: new Map(), startSequence: after + 1n, firstPrevHash: last?.hash ?? genesisHash });
+    const hashes: string[] = [];
+    for (const row of rows) {
+      verifier.addEvent(eventOfRow(row));
+      if (verifier.finish().verifiedCount === BigInt(hashes.length)) break;
+      hashes.push(row.hash);
+    }
+    const verdict = verifier.finish();
+    if (!verdict.intact) log.error({ tenant: tenantId, reason: verdict.reason }, "audit chain broken in the unsigned tail; the events after the break are not signed");
+    state.signedUpTo = after;
+    state.pending = hashes.length > 0 ? { firstSequence: after + 1n, hashes, since: 0 } : undefined;
+    state.reload = false;
+  }
+
+  /** Republishes the stored checkpoints after the last one the stream holds for the tenant. */
+  async function republishMissing(tenantId: string, state: TenantState): Promise<void> {
+    const stream = await js.streams.get(topology.checkpointsStream);
+    const latest = await stream.getMessage({ last_by_subj: topology.checkpointsSubject(tenantId) }).catch(() => null);
+    const onStream = latest ? fromBinary(AuditCheckpointSchema, latest.data).sequence : 0n;
+    const { rows } = await db.query<AuditCheckpointRow>(`SELECT ${checkpointColumns} FROM audit_checkpoints WHERE tenant_id = $1 AND sequence > $2 ORDER BY sequence`, [tenantId, onStream.toString()]);
+    for (const row of rows) await publish(state, checkpointOfRow(row));
+  }
+
+  async function signChunk(tenantId: string, state: TenantState, pending: Pending): Promise<AuditCheckpoint> {
+    const hashes = pending.hashes.slice(0, maxHashesPerCheckpoint);
+    const time = new Date();
+    const cp = signCheckpoint({ tenant: tenantId, firstSequence: pending.firstSequence, hashes, time }, key);
+    const stored = await inTransaction(db, async (tx) => {
+      await tx.query("SET LOCAL ROLE jobmesh_audit_appender");
+      const { rowCount } = await tx.query(insertCheckpoint, [
+        tenantId, cp.sequence.toString(), cp.firstSequence.toString(), cp.hash, time,
+        Buffer.from(cp.eventHashes), cp.keyId, Buffer.from(cp.signature),
+      ]);
+      return rowCount === 1;
+    });
+    // Another holder stored this sequence first (a takeover race): the table's checkpoint stands.
+    const result = stored ? cp : (await lastStored(tenantId))!;
+    if (!stored) log.warn({ tenant: tenantId, sequence: cp.sequence.toString() }, "audit checkpoint existed already; the stored one is kept");
+    pending.hashes.splice(0, hashes.length);
+    pending.firstSequence += BigInt(hashes.length);
+    if (pending.hashes.length === 0) state.pending = undefined;
+    state.signedUpTo = cp.sequence;
+    await publish(state, result);
+    return result;
+  }
+
+  return {
+    append(tenantId, sequence, hash) {
+      const state = stateOf(tenantId);
+      const next = state.pending ? state.pending.firstSequence + BigInt(state.pending.hashes.length) : (state.signedUpTo ?? 0n) + 1n;
+      if (sequence < next) return; // already pending (appended again after a reload)
+      if (sequence > next) {
+        // Not contiguous with what is held (a tenant never resumed, or a reload in flight): the
+        // table is read again before the next signing.
+        state.reload = true;
+        return;
+      }
+      if (state.pending) state.pending.hashes.push(hash);
+      else state.pending = { firstSequence: sequence, hashes: [hash], since: Date.now() };
+    },
+    due(now, intervalMs, maxEvents = maxHashesPerCheckpoint) {
+      const due: string[] = [];
+      for (const [tenantId, state] of tenants) {
+        const p = state.pending;
+        if (state.reload || (p && (now - p.since >= intervalMs || p.hashes.length >= maxEvents))) due.push(tenantId);
+        else if (state.unpublished.length > 0 && now - state.lastRetry >= intervalMs) due.push(tenantId);
+      }
+      return due;
+    },
+    sign(tenantId) {
+      const state = stateOf(tenantId);
+      return serially(state, async () => {
+        if (state.unpublished.length > 0) await republish(state);
+        if (state.reload) await reloadPending(tenantId, state);
+        let last: AuditCheckpoint | undefined;
+        while (state.pending) last = await signChunk(tenantId, state, state.pending);
+        last ??= await lastStored(tenantId);
+        if (!last) throw new Error(`tenant ${tenantId} has no audit events to sign`);
+        return last;
+      });
+    },
+    resume(tenantId) {
+      const state = stateOf(tenantId);
+      return serially(state, async () => {
+        await reloadPending(tenantId, state);
+        await republishMissing(tenantId, state).catch((error: unknown) => {
+          log.warn({ err: error, tenant: tenantId }, "audit checkpoints not compared with the stream; retried");
+        });
+      });
+    },
+  };
+}
+
+/**
+ * The checkpoints published on the stream for a tenant, in stream order (an ordered consumer
+ * filtered on the tenant's subject), for comparison with the table. Ends at the last one.
+ */
+export async function* publishedCheckpoints(js: JetStreamClient, topology: AuditTopology, tenantId: string): AsyncGenerator<AuditCheckpoint> {
+  const consumer = await js.consumers.get(topology.checkpointsStream, { filter_subjects: topology.checkpointsSubject(tenantId) });
+  try {
+    let left = (await consumer.info()).num_pending;
+    while (left > 0) {
+      const batch = await consumer.fetch({ max_messages: Math.min(left, 256), expires: 10_000 });
+      let got = 0;
+      for await (const msg of batch) {
+        got++;
+        left = msg.info.pending;
+        yield fromBinary(AuditCheckpointSchema, msg.data);
+      }
+      if (got === 0) throw new Error(`the checkpoints stream stopped answering with ${left} checkpoints of tenant ${tenantId} unread`);
+    }
+  } finally {
+    await consumer.delete().catch(() => {});
+  }
+}
