@@ -14,14 +14,9 @@ import {
   VerifyAuditChainResponseSchema,
 } from "../../gen/jobmesh/v1/audit_pb.js";
 import { callerOf } from "../rpc/context.ts";
-import type { createAuditDomain } from "./audit.ts";
+import type { AuditDomain } from "./audit.ts";
 
 export { AuditService };
-
-/** What the service needs of the store's query side (internal/audit/audit.ts). */
-export type AuditDomain = Awaited<ReturnType<typeof createAuditDomain>>;
-
-const eventNamePrefix = "auditEvents/";
 
 /** AuditService over `domain`: thin handlers, the tenant always the caller's. */
 export function createAuditService(domain: AuditDomain): ServiceImpl<typeof AuditService> {
@@ -32,8 +27,7 @@ export function createAuditService(domain: AuditDomain): ServiceImpl<typeof Audi
       return create(ListAuditEventsResponseSchema, { auditEvents: page.events, nextPageToken: page.nextPageToken });
     },
     async getAuditEvent(req, ctx) {
-      // The request's pattern (validated) guarantees the prefix.
-      const auditEvent = await domain.get(callerOf(ctx.values).tenantId, req.name.slice(eventNamePrefix.length));
+      const auditEvent = await domain.get(callerOf(ctx.values).tenantId, req.name);
       return create(GetAuditEventResponseSchema, { auditEvent });
     },
     async verifyAuditChain(req, ctx) {
