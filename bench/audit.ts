@@ -133,6 +133,8 @@ export const auditEntry: BenchEntry = {
             `each round after ${ctx.timing.warmupMs / 1000}s warm-up on a new connection; the store is not running in these rows`,
           `identity: ${mesh.auth ? "enforced, an admin's JWT on every call" : "bootstrap (no credentials)"}; ` +
             `the audited server published ${recorded} events (warm-ups included) for ${rows.reduce((n, r) => n + r.subject.requests, 0)} measured calls`,
+          // On a busy machine req/s swings with the neighbours; CPU per call much less.
+          `server CPU per call, on/off: ${rows.map((r) => `${cpuRatio(r)} at c=${r.concurrency}`).join(", ")}`,
         ],
       });
       const storeTable = formatTable(
@@ -271,3 +273,8 @@ async function until(condition: () => boolean | Promise<boolean>, timeoutMs: num
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const seconds = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
 const mib = (bytes: number) => `${(bytes / 1024 / 1024).toFixed(0)} MiB`;
+const cpuRatio = (r: ComparisonRow) => {
+  const perCall = (l: LoadResult) => (l.serverCpu === undefined || l.rps === 0 ? NaN : l.serverCpu / l.rps);
+  const ratio = perCall(r.subject) / perCall(r.baseline);
+  return Number.isFinite(ratio) ? `${ratio.toFixed(2)}x` : "-";
+};
