@@ -124,7 +124,8 @@ t.test("no audit stream: a refusal is answered all the same, spooled, and publis
 
 t.test("401 - a REST call without a credential: one event, anonymous, unattributed, UNAUTHENTICATED with the client's message", async (t) => {
   const requestId = requestIdOf("anonymous");
-  const answer = await call("/v1/pipelines/document-default", { clientAddress: "198.51.100.2", requestId });
+  const traceId = "4bf92f3577b34da6a3ce929d0e0e4736";
+  const answer = await call("/v1/pipelines/document-default", { clientAddress: "198.51.100.2", requestId, headers: { traceparent: `00-${traceId}-00f067aa0ba902b7-01` } });
   t.equal(answer.status, 401);
   const events = await gatewayEventsOf(requestId);
   t.equal(events.length, 1, "exactly one event for the call");
@@ -137,6 +138,8 @@ t.test("401 - a REST call without a credential: one event, anonymous, unattribut
   t.equal(event.outcome?.code, 16);
   t.equal(event.outcome?.message, (answer.body as { message: string }).message, "the message the client got");
   t.equal(event.clientAddress, "198.51.100.2", "the client as the gateway sees it (from its trusted proxy)");
+  t.equal(event.requestId, answer.headers.get("x-request-id"), "the request id the gateway answered with");
+  t.equal(event.traceId, traceId, "the client's trace (this gateway opens no span of its own)");
   checkPublished(t, found!, []);
 });
 
