@@ -36,10 +36,14 @@ export interface AuditEventRow {
   hash: string;
 }
 
-/** The select list that yields an AuditEventRow (from audit_events, unaliased). */
-export const auditEventColumns = `tenant_id, sequence::text AS sequence, event_id, (extract(epoch FROM event_time) * 1000000)::bigint::text AS event_time_us,
+/**
+ * The select list that yields an AuditEventRow (from audit_events). Columns keep their names and
+ * types (pg gives a bigint as a string): an alias named like a column but of another type would
+ * be what a bare ORDER BY sequence sorts by.
+ */
+export const auditEventColumns = `tenant_id, sequence, event_id, (extract(epoch FROM event_time) * 1000000)::bigint::text AS event_time_us,
   actor_subject, actor_kind, actor_roles, credential_hint, action, resource, resource_type, code, message, request_id, trace_id,
-  client_address, user_agent, duration_us::text AS duration_us, request, recorder, prev_hash, hash`;
+  client_address, user_agent, duration_us, request, recorder, prev_hash, hash`;
 
 const micro = 1_000_000n;
 
@@ -198,7 +202,7 @@ export interface AuditCheckpointRow {
 }
 
 /** The select list that yields an AuditCheckpointRow (checkpoint_time exact to the microsecond). */
-export const checkpointColumns = `tenant_id, sequence::text AS sequence, first_sequence::text AS first_sequence, hash,
+export const checkpointColumns = `tenant_id, sequence, first_sequence, hash,
   (extract(epoch FROM checkpoint_time) * 1000000)::bigint::text AS checkpoint_time_us, event_hashes, key_id, signature`;
 
 /** The AuditCheckpoint a row stands for (its signature covers these exact bytes). */
