@@ -169,8 +169,10 @@ async function main() {
 
 /** The gateway's log in the shape the shared NATS and audit code log in (pino's: fields first, then the message). */
 function pinoShaped(log: GatewayLog): Logger {
-  const level = (emit: GatewayLog["info"]) => (first: unknown, msg?: string) =>
-    typeof first === "string" ? emit(first) : emit(msg ?? "", first instanceof Error ? { err: String(first) } : (first as Record<string, unknown>));
+  // An Error becomes its message: JSON.stringify would write it as {}.
+  const fieldsOf = (value: unknown): Record<string, unknown> =>
+    value instanceof Error ? { err: String(value) } : Object.fromEntries(Object.entries(value as object).map(([k, v]) => [k, v instanceof Error ? String(v) : v]));
+  const level = (emit: GatewayLog["info"]) => (first: unknown, msg?: string) => (typeof first === "string" ? emit(first) : emit(msg ?? "", fieldsOf(first)));
   const shaped = { info: level(log.info), warn: level(log.warn), error: level(log.error), fatal: level(log.error), debug: () => {}, trace: () => {}, child: () => shaped };
   // Only the methods above are called; pino's full interface is not needed by those modules.
   return shaped as unknown as Logger;
