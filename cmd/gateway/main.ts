@@ -83,7 +83,10 @@ async function main() {
   // The gateway provisions no stream (the services do): until one exists, the sink spools.
   let audit: { bus: Bus; sink: AuditSink } | undefined;
   if (config.audit) {
-    const bus = await connectBus({ url: config.audit.natsUrl, name: "jobmesh-gateway", log: pinoShaped(log) });
+    const bus = await connectBus({ url: config.audit.natsUrl, name: "jobmesh-gateway", log: pinoShaped(log) }).catch((error: unknown) => {
+      // Named by its variable, not its URL: the URL may hold a password.
+      throw new Error(`NATS (JOBMESH_GATEWAY_NATS_URL, where refusals are recorded) is unreachable: ${error instanceof Error ? error.message : String(error)}`);
+    });
     const sink = await createAuditSink({ nc: bus.nc, js: bus.js, topology: createAuditTopology(config.namespace), spoolFile: `${config.audit.spoolDir}/gateway.spool`, log: pinoShaped(log) });
     audit = { bus, sink };
   }
