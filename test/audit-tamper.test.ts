@@ -1,0 +1,135 @@
+// A database superuser plays the attacker: with the append-only triggers off (as any superuser
+// can), it edits, deletes, reorders and re-chains stored events. VerifyAuditChain names the exact
+// sequence each time. Every case has a tenant of its own, chained and signed beforehand.
+import t, { type Test } from "tap";
+import { randomUUID } from "node:crypto";
+import type pg from "pg";
+import { AuditChainBreak } from "../gen/jobmesh/v1/audit_pb.js";
+import { chainHashOf } from "../internal/audit/chain.ts";
+import { auditEventColumns, eventOfRow, type AuditEventRow } from "../internal/audit/store.ts";
+import { auditEvent, createAuditStoreWorld } from "./support/audit-store.ts";
+
+t.setTimeout(300_000);
+const world = await createAuditStoreWorld(t);
+const { domain, db, sink } = world;
+await world.startStore({ batchSize: 50 });
+const eventsPerTenant = 20;
+
+/** A tenant with a stored chain of 20 events, all covered by signed checkpoints. */
+async function signedTenant(): Promise<string> {
+  const tenant = randomUUID();
+  for (let i = 0; i < eventsPerTenant; i++) sink.record(auditEvent(tenant, { action: `jobmesh.v1.JobService.GetJob`, resource: `jobs/j${i}` }));
+  await sink.flush();
+  await world.until("the tenant's events stored", async () => (await world.count(tenant)) === eventsPerTenant);
+  await world.until("the tenant's chain signed", async () => (await domain.listCheckpoints(tenant, { pageSize: 1, pageToken: "" })).checkpoints[0]?.sequence === BigInt(eventsPerTenant));
+  const before = await domain.verify(tenant, { startSequence: 0n, endSequence: 0n });
+  if (!before.intact || before.unsignedCount !== 0n) throw new Error(`the chain is not intact and signed before the attack: ${before.reason}`);
+  return tenant;
+}
+
+/** Runs `attack` as the superuser with triggers off (session_replication_role = replica). */
+async function asAttacker(attack: (c: pg.PoolClient) => Promise<unknown>): Promise<void> {
+  const client = await db.connect();
+  try {
+    await client.query("SET session_replication_role = replica");
+    await attack(client);
+  } finally {
+    await client.query("RESET session_replication_role");
+    client.release();
+  }
+}
+
+async function expectBreak(t: Test, tenant: string, sequence: bigint, kind: AuditChainBreak) {
+  const verdict = await domain.verify(tenant, { startSequence: 0n, endSequence: 0n });
+  t.equal(verdict.intact, false, "the chain is reported broken");
+  t.equal(verdict.firstBrokenSequence, sequence, `at sequence ${sequence}: ${verdict.reason}`);
+  t.equal(verdict.breakKind, kind, AuditChainBreak[kind]);
+  t.match(verdict.reason, `sequence ${sequence}`, "the reason names it");
+}
+
+void t.test("tamper - an UPDATE of one row's action is EDITED at exactly that sequence", async (t) => {
+  const tenant = await signedTenant();
+  await asAttacker((c) => c.query("UPDATE audit_events SET action = 'jobmesh.v1.JobService.DeleteJob' WHERE tenant_id = $1 AND sequence = 7", [tenant]));
+  await expectBreak(t, tenant, 7n, AuditChainBreak.EDITED);
+});
+
+void t.test("tamper - a DELETE of one row is MISSING at it", async (t) => {
+  const tenant = await signedTenant();
+  await asAttacker((c) => c.query("DELETE FROM audit_events WHERE tenant_id = $1 AND sequence = 12", [tenant]));
+  await expectBreak(t, tenant, 12n, AuditChainBreak.MISSING);
+});
+
+void t.test("tamper - removing the tail is MISSING where it starts (the signed chain is longer)", async (t) => {
+  const tenant = await signedTenant();
+  await asAttacker((c) => c.query("DELETE FROM audit_events WHERE tenant_id = $1 AND sequence > 17", [tenant]));
+  await expectBreak(t, tenant, 18n, AuditChainBreak.MISSING);
+});
+
+void t.test("tamper - swapping two rows' sequences is REORDERED at the lower", async (t) => {
+  const tenant = await signedTenant();
+  await asAttacker(async (c) => {
+    await c.query("UPDATE audit_events SET sequence = -1 WHERE tenant_id = $1 AND sequence = 9", [tenant]);
+    await c.query("UPDATE audit_events SET sequence = 9 WHERE tenant_id = $1 AND sequence = 10", [tenant]);
+    await c.query("UPDATE audit_events SET sequence = 10 WHERE tenant_id = $1 AND sequence = -1", [tenant]);
+  });
+  await expectBreak(t, tenant, 9n, AuditChainBreak.REORDERED);
+});
+
+void t.test("tamper - an edit with every later hash and prev_hash recomputed is CHECKPOINT_MISMATCH at the edited sequence", async (t) => {
+  const tenant = await signedTenant();
+  await asAttacker(async (c) => {
+    await c.query("UPDATE audit_events SET resource = 'jobs/innocent' WHERE tenant_id = $1 AND sequence = 5", [tenant]);
+    const { rows } = await c.query<AuditEventRow>(`SELECT ${auditEventColumns} FROM audit_events WHERE tenant_id = $1 AND sequence >= 5 ORDER BY sequence`, [tenant]);
+    const before = await c.query<{ hash: string }>("SELECT hash FROM audit_events WHERE tenant_id = $1 AND sequence = 4", [tenant]);
+    let prev = before.rows[0].hash;
+    for (const row of rows) {
+      const hash = chainHashOf(prev, eventOfRow({ ...row, prev_hash: prev }));
+      await c.query("UPDATE audit_events SET prev_hash = $3, hash = $4 WHERE tenant_id = $1 AND sequence = $2", [tenant, row.sequence, prev, hash]);
+      prev = hash;
+    }
+  });
+  // The rewritten chain is self-consistent: only the signed checkpoints can tell.
+  const { rows } = await db.query<AuditEventRow>(`SELECT ${auditEventColumns} FROM audit_events WHERE tenant_id = $1 ORDER BY sequence`, [tenant]);
+  t.ok(rows.every((r) => chainHashOf(r.prev_hash, eventOfRow(r)) === r.hash), "every row's hash matches its content again");
+  await expectBreak(t, tenant, 5n, AuditChainBreak.CHECKPOINT_MISMATCH);
+});
+
+void t.test("tamper - checkpoints removed from Postgres are still compared with the published ones", async (t) => {
+  const tenant = await signedTenant();
+  await asAttacker((c) => c.query("DELETE FROM audit_checkpoints WHERE tenant_id = $1", [tenant]));
+  await expectBreak(t, tenant, 1n, AuditChainBreak.CHECKPOINT_MISMATCH);
+});
+
+void t.test("append-only - the appender role cannot UPDATE or DELETE; the triggers stop even the owner", async (t) => {
+  const tenant = await signedTenant();
+  const client = await db.connect();
+  const attempt = async (sql: string, role?: string) => {
+    await client.query("BEGIN");
+    try {
+      if (role) await client.query(`SET LOCAL ROLE ${role}`);
+      await client.query(sql, sql.includes("$1") ? [tenant] : []);
+      return "allowed";
+    } catch (error) {
+      return (error as Error).message;
+    } finally {
+      await client.query("ROLLBACK");
+    }
+  };
+  try {
+    for (const table of ["audit_events", "audit_checkpoints"]) {
+      t.match(await attempt(`UPDATE ${table} SET hash = 'x' WHERE tenant_id = $1`, "jobmesh_audit_appender"), /permission denied/, `appender: UPDATE ${table}`);
+      t.match(await attempt(`DELETE FROM ${table} WHERE tenant_id = $1`, "jobmesh_audit_appender"), /permission denied/, `appender: DELETE ${table}`);
+      t.match(await attempt(`TRUNCATE ${table}`, "jobmesh_audit_appender"), /permission denied/, `appender: TRUNCATE ${table}`);
+      t.match(await attempt(`UPDATE ${table} SET hash = 'x' WHERE tenant_id = $1`), `${table} is append-only`, `owner: UPDATE ${table}`);
+      t.match(await attempt(`DELETE FROM ${table} WHERE tenant_id = $1`), `${table} is append-only`, `owner: DELETE ${table}`);
+      t.match(await attempt(`TRUNCATE ${table}`), `${table} is append-only`, `owner: TRUNCATE ${table}`);
+    }
+    const { rows } = await client.query<{ name: string }>("SELECT c.relname AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'audit_events'::regclass LIMIT 1");
+    t.match(await attempt(`TRUNCATE ${rows[0].name}`), "audit_events is append-only", "owner: TRUNCATE of one partition");
+    t.match(await attempt(`UPDATE ${rows[0].name} SET hash = 'x'`), "audit_events is append-only", "owner: UPDATE of one partition");
+  } finally {
+    client.release();
+  }
+  const verdict = await domain.verify(tenant, { startSequence: 0n, endSequence: 0n });
+  t.equal(verdict.intact, true, "nothing changed");
+});
