@@ -174,7 +174,10 @@ export function createAuditInterceptor(options: AuditInterceptorOptions): Interc
       let call: UnaryRequest | StreamRequest = req;
       if (req.stream) {
         const seen: { message?: unknown } = {};
-        call = { ...req, message: watchFirst(req.message, seen) };
+        // A server-streaming call has one request message: read it now, so a call identity
+        // refuses still names its resource. A client stream is only watched as it is read.
+        const message = req.method.methodKind === "server_streaming" ? await readAhead(req.message, seen) : watchFirst(req.message, seen);
+        call = { ...req, message };
         firstMessages.set(call, seen);
       }
       // Read now: the telemetry interceptor's span is the active one while the call starts.
@@ -191,6 +194,26 @@ async function* watchFirst<T>(source: AsyncIterable<T>, seen: { message?: unknow
     if (seen.message === undefined) seen.message = message;
     yield message;
   }
+}
+
+/** Reads the first message of `source` now (a failure is kept for whoever reads on) and replays it, then the rest. */
+async function readAhead<T>(source: AsyncIterable<T>, seen: { message?: unknown }): Promise<AsyncIterable<T>> {
+  const it = source[Symbol.asyncIterator]();
+  let first: IteratorResult<T>;
+  try {
+    first = await it.next();
+  } catch (error) {
+    return (async function* () {
+      yield* [];
+      throw error;
+    })();
+  }
+  if (!first.done) seen.message = first.value;
+  return (async function* () {
+    if (first.done) return;
+    yield first.value;
+    yield* { [Symbol.asyncIterator]: () => it };
+  })();
 }
 
 /** A string field of the request by its localName, or "" when it has none. */

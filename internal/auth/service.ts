@@ -29,10 +29,13 @@ import {
   RevokeApiKeyResponseSchema,
   UpdateUserResponseSchema,
 } from "../../gen/jobmesh/v1/auth_pb.js";
+import { decodeJwt } from "jose";
+import { auditAttributionKey, type AuditAttribution } from "../audit/recorder.ts";
 import { clientAddressKey } from "../rpc/client-address.ts";
 import { callerOf } from "../rpc/context.ts";
 import { credentialKey } from "../rpc/identity.ts";
 import { toApiKey } from "./api-keys.ts";
+import { apiKeyPattern } from "./credentials.ts";
 import { NotAUserError, RolesExceedCreatorError, TooManyLoginAttemptsError } from "./errors.ts";
 import type { AuthDomain } from "./index.ts";
 import { permissionsOf, roleEnum, rolesOrViewer, rolesWithin } from "../contract/roles.ts";
@@ -51,12 +54,38 @@ const sessionResponse = (t: SessionTokens) => ({
 
 const userIdOfSubject = (subject: string) => (subject.startsWith("users/") ? subject.slice("users/".length) : undefined);
 
+/**
+ * Public methods have no caller for the audit log to name, so their handlers say who the call
+ * was for: set before the domain call decides (a refused login still lands in its tenant's log,
+ * with the email it tried), completed from the token it issued when it succeeds.
+ */
+function attribute(values: { set<T>(key: { id: symbol; defaultValue: T }, value: T): unknown }, attribution: AuditAttribution): AuditAttribution {
+  values.set(auditAttributionKey, attribution);
+  return attribution;
+}
+
+/** The subject and tenant of an access token this service just signed (read, not verified: it is ours). */
+function issuedTo(attribution: AuditAttribution, accessToken: string): void {
+  const claims = decodeJwt(accessToken);
+  if (typeof claims.sub === "string") attribution.subject = claims.sub;
+  if (typeof claims.tenant === "string") attribution.tenantId = claims.tenant;
+}
+
+/** How a login's tenant is found for the audit log before the login decides (see servers.ts). */
+export interface AuthServiceOptions {
+  /** The tenant a login for `email` in `tenant` (an id, a slug, or "") counts against, as the login resolves it. */
+  loginTenantOf?: (email: string, tenant: string) => Promise<string | undefined>;
+}
+
 /** Needs every permission the mesh's protos name, to list the caller's in GetCurrentIdentity. */
-export function createAuthService(auth: AuthDomain, knownPermissions: readonly string[]): ServiceImpl<typeof AuthService> {
+export function createAuthService(auth: AuthDomain, knownPermissions: readonly string[], options: AuthServiceOptions = {}): ServiceImpl<typeof AuthService> {
   return {
     async login(req, ctx) {
+      // The email, never the password; the tenant as the login will resolve it.
+      const attribution = attribute(ctx.values, { credentialHint: `email:${req.email}`, tenantId: await options.loginTenantOf?.(req.email, req.tenant) });
       try {
         const tokens = await auth.login(req.email, req.password, req.tenant, ctx.values.get(clientAddressKey));
+        issuedTo(attribution, tokens.accessToken);
         return create(LoginResponseSchema, sessionResponse(tokens));
       } catch (error) {
         if (!(error instanceof TooManyLoginAttemptsError)) throw error;
@@ -64,8 +93,12 @@ export function createAuthService(auth: AuthDomain, knownPermissions: readonly s
         throw new ConnectError(error.message, Code.ResourceExhausted, undefined, [{ desc: RetryInfoSchema, value: create(RetryInfoSchema, { retryDelay }) }], error);
       }
     },
-    async refreshToken(req) {
-      return create(RefreshTokenResponseSchema, sessionResponse(await auth.sessions.refresh(req.refreshToken)));
+    async refreshToken(req, ctx) {
+      // Whose refresh token it was is known only once it is accepted.
+      const attribution = attribute(ctx.values, {});
+      const tokens = await auth.sessions.refresh(req.refreshToken);
+      issuedTo(attribution, tokens.accessToken);
+      return create(RefreshTokenResponseSchema, sessionResponse(tokens));
     },
     async logout(req, ctx) {
       const caller = callerOf(ctx.values);
@@ -165,8 +198,11 @@ export function createAuthService(auth: AuthDomain, knownPermissions: readonly s
     async resetUserPassword(req, ctx) {
       return create(ResetUserPasswordResponseSchema, { user: toUser(await auth.passwordChanges.reset(callerOf(ctx.values).tenantId, req.name, req.newPassword)) });
     },
-    async exchangeApiKey(req) {
+    async exchangeApiKey(req, ctx) {
+      // The key's public prefix, as ListApiKeys shows it; never the secret part.
+      const attribution = attribute(ctx.values, { credentialHint: apiKeyPattern.test(req.secret) ? req.secret.slice(0, "jmk_".length + 8) : "malformed" });
       const token = await auth.exchangeApiKey(req.secret);
+      issuedTo(attribution, token.token);
       return create(ExchangeApiKeyResponseSchema, { accessToken: token.token, tokenType: "Bearer", expireTime: timestampFromDate(token.expireTime) });
     },
   };

@@ -3,6 +3,9 @@
  * Redis cache, NATS, the bootstrap tenant, and the readiness checks over all three.
  */
 import { createValidator } from "@bufbuild/protovalidate";
+import { join } from "node:path";
+import { createAuditSink, type AuditSink } from "../audit/sink.ts";
+import { createAuditTopology, provisionAuditTopology } from "../audit/topology.ts";
 import { connectBus, type Bus } from "../bus/index.ts";
 import { createCache, type Cache } from "../cache/index.ts";
 import type { Config } from "../config/index.ts";
@@ -23,6 +26,13 @@ export interface Infra {
   /** Id of the bootstrap tenant (the caller's tenant until identity lands). */
   bootstrapTenantId: string;
   readiness: ReadinessChecks;
+  /**
+   * The process's one audit sink, made on first use (the audit streams are provisioned then,
+   * once): every server of the process records into it. Spools to
+   * `<JOBMESH_AUDIT_SPOOL_DIR>/<process name>.spool` while NATS is away.
+   */
+  auditSink(): Promise<AuditSink>;
+  /** Flushes and closes the audit sink (if made), then closes the bus, cache and pool. */
   close(): Promise<void>;
 }
 
@@ -33,6 +43,7 @@ export async function createInfra(config: Config, log: Logger, telemetry: Teleme
   const bus = await connectBus({ url: config.natsUrl, name: `jobmesh-${processName}`, log });
   const bootstrapTenantId = await ensureTenant(db, config.bootstrapTenant);
   const pageTokens = createPageTokens(await readSetting(db, "page_token_secret"));
+  let auditSink: Promise<AuditSink> | undefined;
   return {
     config,
     log,
@@ -44,7 +55,28 @@ export async function createInfra(config: Config, log: Logger, telemetry: Teleme
     validator: createValidator(),
     bootstrapTenantId,
     readiness: { postgres: () => pingDb(db), nats: () => bus.ping(), redis: () => cache.ping() },
+    auditSink() {
+      if (!auditSink) {
+        const made = (async () => {
+          const topology = createAuditTopology(config.namespace);
+          await provisionAuditTopology(topology, bus.jsm, { streamMaxBytes: config.streamMaxBytes });
+          return createAuditSink({ nc: bus.nc, js: bus.js, topology, spoolFile: join(config.audit.spoolDir, `${processName}.spool`), log });
+        })();
+        auditSink = made;
+        // A failed start is not kept: the next server to ask tries again.
+        made.catch(() => {
+          if (auditSink === made) auditSink = undefined;
+        });
+      }
+      return auditSink;
+    },
     async close() {
+      // Before the bus: what the sink holds is published (or spooled) while NATS is still there.
+      const sink = await auditSink?.catch(() => undefined);
+      if (sink) {
+        await sink.flush().catch((error: unknown) => log.warn({ err: error }, "audit sink flush failed at close; events stay spooled"));
+        await sink.close().catch((error: unknown) => log.warn({ err: error }, "audit sink close failed"));
+      }
       await Promise.allSettled([bus.close(), cache.close(), db.end()]);
     },
   };

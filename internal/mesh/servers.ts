@@ -4,8 +4,10 @@
  */
 import type { DescService } from "@bufbuild/protobuf";
 import type { Interceptor } from "@connectrpc/connect";
+import { createAuditInterceptor } from "../audit/recorder.ts";
 import { createApiKeys, createAuthDomain, createTokenVerifier, createUserStatus, ensureAdmin, loadPublicJwks, type BootstrapAdmin, type TokenVerifier } from "../auth/index.ts";
 import { AuthService, createAuthService } from "../auth/service.ts";
+import { selectUsersByEmail } from "../auth/users.ts";
 import { createPipelineDomain } from "../pipelines/pipelines.ts";
 import { createPipelineService, PipelineService } from "../pipelines/service.ts";
 import { accessRulesOf, meshServices, permissionsNamedBy } from "../contract/index.ts";
@@ -62,8 +64,19 @@ export function identityFor(infra: Infra, services: DescService[], mode: Identit
 
 /** What every served service may be given beyond its defaults. */
 export interface ServeOptions {
-  /** Interceptors for the audit slot (outside identity: they see refused calls too); none by default. */
+  /**
+   * Interceptors for the audit slot (outside identity: they see refused calls too). Undefined:
+   * the audit recorder into the process's sink when JOBMESH_AUDIT is on; [] turns auditing off.
+   */
   audit?: Interceptor[];
+}
+
+/** The audit slot of a server named `recorder` ("jobs"): what `options` says, else the recorder when auditing is on. */
+export async function auditSlotOf(infra: Infra, recorder: string, options: ServeOptions): Promise<Interceptor[]> {
+  if (options.audit !== undefined) return options.audit;
+  if (!infra.config.audit.enabled) return [];
+  const sink = await infra.auditSink();
+  return [createAuditInterceptor({ sink, recorder, onFailure: (error) => infra.log.error({ err: error, recorder }, "audit event not recorded") })];
 }
 
 export async function servePipelines(infra: Infra, port = infra.config.ports.pipelines, mode: IdentityMode = defaultIdentityMode, options: ServeOptions = {}): Promise<RpcServer> {
@@ -83,7 +96,7 @@ export async function servePipelines(infra: Infra, port = infra.config.ports.pip
     log: infra.log,
     telemetry: infra.telemetry,
     readiness: infra.readiness,
-    interceptors: { audit: options.audit, identity: identityFor(infra, [PipelineService], mode) },
+    interceptors: { audit: await auditSlotOf(infra, "pipelines", options), identity: identityFor(infra, [PipelineService], mode) },
     maxMessageBytes: infra.config.maxMessageBytes,
     shutdownGraceMs: infra.config.shutdownGraceMs,
     server: infra.config.server,
@@ -149,7 +162,7 @@ export async function serveJobs(infra: Infra, port = infra.config.ports.jobs, op
     log: infra.log,
     telemetry: infra.telemetry,
     readiness: infra.readiness,
-    interceptors: { audit: options.audit, identity: identityFor(infra, [JobService], options.identityMode) },
+    interceptors: { audit: await auditSlotOf(infra, "jobs", options), identity: identityFor(infra, [JobService], options.identityMode) },
     maxMessageBytes: config.maxMessageBytes,
     shutdownGraceMs: config.shutdownGraceMs,
     server: config.server,
@@ -212,15 +225,33 @@ export async function serveAuth(infra: Infra, port = infra.config.ports.auth, op
     name: "auth",
     host: infra.config.host,
     port,
-    services: [bindService(AuthService, createAuthService(auth, permissionsNamedBy(meshServices)))],
+    services: [bindService(AuthService, createAuthService(auth, permissionsNamedBy(meshServices), { loginTenantOf: (email, tenant) => loginTenantOf(infra, email, tenant) }))],
     log: infra.log,
     telemetry: infra.telemetry,
     readiness: infra.readiness,
-    interceptors: { audit: options.audit, identity: identityFor(infra, [AuthService], "enforce") },
+    interceptors: { audit: await auditSlotOf(infra, "auth", options), identity: identityFor(infra, [AuthService], "enforce") },
     maxMessageBytes: infra.config.maxMessageBytes,
     shutdownGraceMs: infra.config.shutdownGraceMs,
     server: infra.config.server,
   });
+}
+
+/**
+ * The tenant a login attempt is audited under, before it is decided: the tenant of the only
+ * account with that email (resolved as the login resolves it), else the tenant the request
+ * named, else the bootstrap tenant. Never fails the login: unknown is "" (the unattributed chain).
+ */
+async function loginTenantOf(infra: Infra, email: string, tenant: string): Promise<string | undefined> {
+  try {
+    const found = await selectUsersByEmail(infra.db, email, tenant);
+    if (found.length === 1) return found[0]!.tenant_id;
+    if (tenant === "") return infra.bootstrapTenantId;
+    const { rows } = await infra.db.query<{ id: string }>("SELECT id FROM tenants WHERE slug = $1 OR id::text = $1", [tenant]);
+    return rows[0]?.id;
+  } catch (error) {
+    infra.log.warn({ err: error }, "login tenant for the audit log not resolved");
+    return undefined;
+  }
 }
 
 /**

@@ -46,7 +46,7 @@ export function chainOf(slots: InterceptorSlots, builtIn: BuiltInInterceptors): 
 
 /** What `onEnd` learns about a call besides its error. */
 export interface CallEnd {
-  /** The unary response message on success (a create names the created resource in it); undefined for a stream or an error. */
+  /** The response message on success of a unary or client-streaming call (a create names what it made); undefined for a server stream or an error. */
   response: unknown;
   /** When the call entered the interceptor: `Date.now()` and `performance.now()` read together. */
   startTime: Date;
@@ -104,14 +104,20 @@ export function createCallEndInterceptor(
     }
     let failed: unknown;
     let completed = false;
+    // A client-streaming call answers with one message, sent as a stream: it is the response.
+    const answersOnce = req.method.methodKind === "client_streaming";
+    let response: unknown;
     return {
       ...res,
       message: mapStream(
         observeCompletion(res.message, () => (completed = true)),
-        (m) => m,
+        (m) => (answersOnce ? (response = m) : m) as typeof m,
         (e) => (failed = e),
         // Not completed and not failed: the reader stopped early (iterator return()).
-        () => end(failed ?? (completed ? undefined : abandonment(req.signal))),
+        () => {
+          const error = failed ?? (completed ? undefined : abandonment(req.signal));
+          end(error, error === undefined ? response : undefined);
+        },
       ),
     };
   };
