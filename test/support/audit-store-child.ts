@@ -17,9 +17,11 @@ const config = JSON.parse(process.argv[2]) as {
   checkpointIntervalMs: number;
   retentionDays: number;
   batchSize?: number;
+  /** The Postgres application_name, so a test can see which process holds the store lock. */
+  name: string;
 };
 const log = createLogger({ name: "audit-store-child", level: "warn" });
-const db = createPool({ url: config.databaseUrl });
+const db = createPool({ url: config.databaseUrl, applicationName: config.name });
 const bus = await connectBus({ url: config.natsUrl, name: "audit-store-child", log });
 const store = await startAuditStore({
   db,

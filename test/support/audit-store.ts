@@ -37,8 +37,10 @@ export interface AuditStoreWorld {
   domain: AuditDomain;
   /** Starts a store in this process (stopped at teardown). */
   startStore(options?: { batchSize?: number; checkpointIntervalMs?: number }): Promise<AuditStore>;
-  /** Starts a store as a child process (SIGKILLed at teardown if still running). */
-  startStoreProcess(options?: { batchSize?: number }): ChildProcess;
+  /** Starts a store as a child process named `name` in Postgres (SIGKILLed at teardown if still running). */
+  startStoreProcess(name: string, options?: { batchSize?: number }): ChildProcess;
+  /** The application_name of the process holding the store lock, if any. */
+  lockHolder(): Promise<string | undefined>;
   /** Rows in audit_events. */
   count(tenantId?: string): Promise<number>;
   /** Polls until `check` holds; fails with `what` after `timeoutMs`. */
@@ -100,8 +102,9 @@ export async function createAuditStoreWorld(t: Teardown): Promise<AuditStoreWorl
       stores.push(store);
       return store;
     },
-    startStoreProcess(options = {}) {
+    startStoreProcess(name, options = {}) {
       const config = {
+        name,
         databaseUrl: isolated.databaseUrl, natsUrl: isolated.config.natsUrl, namespace: isolated.namespace,
         keyEncryptionKey: keyEncryptionKey.toString("base64"), unattributedTenantId, ...settings, ...options,
       };
@@ -110,6 +113,14 @@ export async function createAuditStoreWorld(t: Teardown): Promise<AuditStoreWorl
         if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
       });
       return child;
+    },
+    async lockHolder() {
+      const { rows } = await db.query<{ name: string }>(
+        `SELECT a.application_name AS name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+         WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+           AND l.objid::text::bigint = (hashtext('jobmesh.audit_store')::bigint & 4294967295)`,
+      );
+      return rows[0]?.name;
     },
     async count(tenantId) {
       const { rows } = await db.query<{ n: number }>("SELECT count(*)::int AS n FROM audit_events WHERE $1::uuid IS NULL OR tenant_id = $1", [tenantId ?? null]);
