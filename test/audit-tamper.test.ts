@@ -100,6 +100,16 @@ void t.test("tamper - checkpoints removed from Postgres are still compared with 
   await expectBreak(t, tenant, 1n, AuditChainBreak.CHECKPOINT_MISMATCH);
 });
 
+void t.test("tamper - a checkpoint changed in Postgres differs from the published one, at its first sequence", async (t) => {
+  const tenant = await signedTenant();
+  const { rows } = await db.query<{ first: string; last: string }>(
+    "SELECT first_sequence AS first, sequence AS last FROM audit_checkpoints WHERE tenant_id = $1 ORDER BY sequence DESC LIMIT 1",
+    [tenant],
+  );
+  await asAttacker((c) => c.query("UPDATE audit_checkpoints SET checkpoint_time = checkpoint_time - interval '1 day' WHERE tenant_id = $1 AND sequence = $2", [tenant, rows[0].last]));
+  await expectBreak(t, tenant, BigInt(rows[0].first), AuditChainBreak.CHECKPOINT_MISMATCH);
+});
+
 void t.test("append-only - the appender role cannot UPDATE or DELETE; the triggers stop even the owner", async (t) => {
   const tenant = await signedTenant();
   const client = await db.connect();

@@ -14,6 +14,8 @@ import type { AuditTopology } from "./topology.ts";
 const pageRows = 1000;
 // A checkpoint signed this recently may not be on the stream yet (its publish in flight or retried).
 const publishGraceMs = 60_000;
+// The checkpoints stream's max_age (topology.ts: 400 days), less a margin.
+const streamKeepsMs = 390 * 86_400_000;
 
 export interface ChainRange {
   /** First sequence read. */
@@ -108,9 +110,15 @@ export interface CheckpointMismatch {
  */
 export async function checkpointsInRange(db: Pool, js: JetStreamClient, topology: AuditTopology, tenantId: string, range: ChainRange) {
   const published = new Map<bigint, AuditCheckpoint>();
+  let firstPublished: bigint | undefined;
   for await (const cp of publishedCheckpoints(js, topology, tenantId)) {
+    if (firstPublished === undefined || cp.sequence < firstPublished) firstPublished = cp.sequence;
     if (cp.sequence >= range.start && cp.sequence <= range.end && !published.has(cp.sequence)) published.set(cp.sequence, cp);
   }
+  // Stored but not on the stream: suspect, unless it is too recent to have been published yet,
+  // or older than what the stream still keeps (its max_age or max_bytes let old ones go).
+  const shouldBePublished = (cp: AuditCheckpoint, ageMs: number) =>
+    ageMs > publishGraceMs && (firstPublished === undefined ? ageMs < streamKeepsMs : cp.sequence > firstPublished);
   let mismatch: CheckpointMismatch | undefined;
   const note = (cp: AuditCheckpoint, why: string) => {
     const sequence = cp.firstSequence > range.start ? cp.firstSequence : range.start;
@@ -132,7 +140,7 @@ export async function checkpointsInRange(db: Pool, js: JetStreamClient, topology
         if (!equals(AuditCheckpointSchema, outside, cp)) note(cp, "in Postgres differs from the one published");
         yield outside;
       } else {
-        if (ageMs > publishGraceMs) note(cp, "in Postgres was never published (it may have been made in Postgres)");
+        if (shouldBePublished(cp, ageMs)) note(cp, "in Postgres was never published (it may have been made in Postgres)");
         yield cp;
       }
     }
