@@ -7,6 +7,11 @@ import type { Interceptor } from "@connectrpc/connect";
 import { createAuditInterceptor } from "../audit/recorder.ts";
 import { createApiKeys, createAuthDomain, createTokenVerifier, createUserStatus, ensureAdmin, loadPublicJwks, type BootstrapAdmin, type TokenVerifier } from "../auth/index.ts";
 import { AuthService, createAuthService } from "../auth/service.ts";
+import { createAuditDomain } from "../audit/audit.ts";
+import { startAuditStore, type AuditStore } from "../audit/consumer.ts";
+import { AuditService, createAuditService } from "../audit/service.ts";
+import { createAuditTopology, provisionAuditTopology, type AuditTopology } from "../audit/topology.ts";
+import { loadKeyEncryptionKey } from "../sealing/index.ts";
 import { selectUsersByEmail } from "../auth/users.ts";
 import { createPipelineDomain } from "../pipelines/pipelines.ts";
 import { createPipelineService, PipelineService } from "../pipelines/service.ts";
@@ -252,6 +257,61 @@ async function loginTenantOf(infra: Infra, email: string, tenant: string): Promi
     infra.log.warn({ err: error }, "login tenant for the audit log not resolved");
     return undefined;
   }
+}
+
+/** AuditService with the store: the consumer that chains, stores and signs what every process records. */
+export interface AuditServer extends RpcServer {
+  store: AuditStore;
+  topology: AuditTopology;
+}
+
+/**
+ * AuditService always enforces identity (the audit log is admin-only), and runs the audit store
+ * beside it: a replica that does not hold the store's lock answers queries and takes over when
+ * the one that does dies. close() stops the server, then the store (its batch in hand committed).
+ */
+export async function serveAudit(infra: Infra, port = infra.config.ports.audit, options: ServeOptions = {}): Promise<AuditServer> {
+  const { config } = infra;
+  const topology = createAuditTopology(config.namespace);
+  await provisionAuditTopology(topology, infra.bus.jsm, { streamMaxBytes: config.streamMaxBytes });
+  const keyEncryptionKey = await loadKeyEncryptionKey(config.auth.keyEncryptionKey, config.auth.signingKeyDir);
+  const deps = { db: infra.db, js: infra.bus.js, jsm: infra.bus.jsm, topology, keyEncryptionKey, log: infra.log };
+  const domain = createAuditDomain({ ...deps, pageTokens: infra.pageTokens });
+  // Events recorded before a tenant was known (a bad credential) join the deployment operator's chain.
+  const store = await startAuditStore({
+    ...deps,
+    unattributedTenantId: infra.bootstrapTenantId,
+    checkpointIntervalMs: config.audit.checkpointIntervalMs,
+    retentionDays: config.audit.retentionDays,
+  });
+  let server: RpcServer;
+  try {
+    server = await startRpcServer({
+      name: "audit",
+      host: config.host,
+      port,
+      services: [bindService(AuditService, createAuditService(domain))],
+      log: infra.log,
+      telemetry: infra.telemetry,
+      readiness: infra.readiness,
+      interceptors: { audit: await auditSlotOf(infra, "audit", options), identity: identityFor(infra, [AuditService], "enforce") },
+      maxMessageBytes: config.maxMessageBytes,
+      shutdownGraceMs: config.shutdownGraceMs,
+      server: config.server,
+    });
+  } catch (error) {
+    await store.stop();
+    throw error;
+  }
+  return {
+    ...server,
+    store,
+    topology,
+    async close() {
+      await server.close();
+      await store.stop();
+    },
+  };
 }
 
 /**

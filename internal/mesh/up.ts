@@ -12,7 +12,7 @@ import type { RpcServer } from "../rpc/server.ts";
 import type { Logger, Telemetry } from "../telemetry/index.ts";
 import { createInfra } from "./infra.ts";
 import type { BootstrapAdmin } from "../auth/bootstrap.ts";
-import { ensureBootstrapAdmin, serveAuth, serveJobs, servePipelines, startWorkers } from "./servers.ts";
+import { ensureBootstrapAdmin, serveAudit, serveAuth, serveJobs, servePipelines, startWorkers } from "./servers.ts";
 import { startGatewayProcess, type GatewayProcess } from "./gateway-process.ts";
 
 export interface MeshDescription {
@@ -92,6 +92,7 @@ export async function meshUp(config: Config, log: Logger, telemetry: Telemetry) 
     const resolved = { ...config, databaseUrl: stack.databaseUrl, redisUrl: stack.redisUrl, natsUrl: stack.natsUrl, server };
     infra = await createInfra(resolved, log, telemetry, "mesh");
     servers.auth = await serveAuth(infra);
+    servers.audit = await serveAudit(infra);
     servers.pipelines = await servePipelines(infra);
     servers.jobs = await serveJobs(infra);
     worker = await startWorkers(infra);
@@ -103,6 +104,7 @@ export async function meshUp(config: Config, log: Logger, telemetry: Telemetry) 
         JOBMESH_JOBS_URL: servers.jobs.url,
         JOBMESH_PIPELINES_URL: servers.pipelines.url,
         JOBMESH_AUTH_URL: servers.auth.url,
+        JOBMESH_AUDIT_URL: servers.audit.url,
         REDIS_URL: stack.redisUrl,
         JOBMESH_NAMESPACE: config.namespace,
         JOBMESH_TOKEN_ISSUER: config.auth.issuer,
@@ -127,7 +129,7 @@ export async function meshUp(config: Config, log: Logger, telemetry: Telemetry) 
       natsUrl: splitPassword(stack.natsUrl).withoutPassword,
       namespace: config.namespace,
       startedLocally: stack.started,
-      notYetBuilt: ["audit", "webhooks"],
+      notYetBuilt: ["webhooks"],
       authentication: "JWT (AuthService Login) or API key on every service",
       admin: { email: admin.email, created: admin.created },
       trustedProxies: server.trustedProxies,

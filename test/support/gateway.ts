@@ -19,6 +19,8 @@ export interface GatewayMeshOptions {
   meshEnv?: Record<string, string>;
   /** Also serve JobService and start a stage worker. */
   jobs?: boolean;
+  /** Also serve AuditService and the audit store (otherwise its routes answer 501, as for a mesh without it). */
+  audit?: boolean;
   /** OTLP/HTTP base URL the gateway exports its spans to (startGatewayProcess's option). */
   otlpEndpoint?: string;
 }
@@ -38,7 +40,7 @@ const unservedUrl = "http://127.0.0.1:1";
 
 /** Starts a test mesh whose services trust 127.0.0.2 as their proxy, and a real Deno gateway process in front of it. */
 export async function startGatewayMesh(t: Teardown, options: GatewayMeshOptions = {}): Promise<GatewayMesh> {
-  const mesh = await startTestMesh({ JOBMESH_TRUSTED_PROXIES: "127.0.0.2", ...options.meshEnv }, { auth: true, jobs: options.jobs });
+  const mesh = await startTestMesh({ JOBMESH_TRUSTED_PROXIES: "127.0.0.2", ...options.meshEnv }, { auth: true, jobs: options.jobs, audit: options.audit });
   let stopped: Promise<void> | undefined;
   let gateway: Awaited<ReturnType<typeof startGatewayProcess>> | undefined;
   const stop = () =>
@@ -53,6 +55,7 @@ export async function startGatewayMesh(t: Teardown, options: GatewayMeshOptions 
     JOBMESH_JOBS_URL: mesh.jobs?.url ?? unservedUrl,
     JOBMESH_PIPELINES_URL: mesh.pipelines.url,
     JOBMESH_AUTH_URL: mesh.auth!.server.url,
+    ...(mesh.audit ? { JOBMESH_AUDIT_URL: mesh.audit.url } : {}),
     REDIS_URL: mesh.isolated.env.REDIS_URL!,
     JOBMESH_NAMESPACE: mesh.isolated.namespace,
     JOBMESH_GATEWAY_SOURCE_ADDRESS: "127.0.0.2",

@@ -6,7 +6,7 @@ import { InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-tr
 import { createInfra, type Infra } from "../../internal/mesh/infra.ts";
 import { removeTopology } from "../../internal/jobs/topology.ts";
 import { createAuditTopology } from "../../internal/audit/topology.ts";
-import { defaultIdentityMode, serveAuth, serveJobs, servePipelines, startWorkers, type JobsServer } from "../../internal/mesh/servers.ts";
+import { defaultIdentityMode, serveAudit, serveAuth, serveJobs, servePipelines, startWorkers, type AuditServer, type JobsServer } from "../../internal/mesh/servers.ts";
 import type { DestinationStream } from "pino";
 import { createTestAuth, type TestAuth } from "./auth.ts";
 import type { Worker } from "../../internal/worker/worker.ts";
@@ -26,6 +26,8 @@ export interface TestMesh {
   workers: Worker[];
   /** Set with `{ auth: true }`: AuthService, and every served service enforcing identity. */
   auth?: TestAuth;
+  /** Set with `{ audit: true }`: AuditService and the audit store (admin-only, so with auth). */
+  audit?: AuditServer;
   close(): Promise<void>;
 }
 
@@ -38,6 +40,8 @@ export interface TestMeshOptions {
   relay?: boolean;
   /** Serve AuthService and make every served service require credentials (see test/support/auth.ts); defaults to whether services enforce by default. */
   auth?: boolean;
+  /** Also serve AuditService with the audit store (the consumer that chains and stores events). */
+  audit?: boolean;
   /** Where the mesh's logs go (e.g. a stream a test reads), at `logLevel`. */
   logDestination?: DestinationStream;
   logLevel?: string;
@@ -61,6 +65,7 @@ export async function startTestMesh(overrides: Record<string, string> = {}, opti
   const jobs = options.jobs ? await serveJobs(infra, 0, { relay: options.relay, identityMode }) : undefined;
   const authServer = withAuth ? await serveAuth(infra, 0) : undefined;
   const auth = authServer ? await createTestAuth(infra, authServer) : undefined;
+  const audit = options.audit ? await serveAudit(infra, 0) : undefined;
   const workers: Worker[] = [];
   for (let i = 0; options.jobs && i < (options.workers ?? 1); i++) workers.push(await startWorkers(infra));
   return {
@@ -72,12 +77,14 @@ export async function startTestMesh(overrides: Record<string, string> = {}, opti
     jobs,
     workers,
     auth,
+    audit,
     async close() {
       await authServer?.close();
       await Promise.all(workers.map((w) => w.stop(1000)));
       await jobs?.close();
       if (jobs) await removeTopology(jobs.topology, infra.bus.jsm);
       await pipelines.close();
+      await audit?.close();
       if (isolated.config.audit.enabled) {
         // Every event the servers recorded reaches the stream first; then the namespace's audit streams go.
         await (await infra.auditSink()).flush();
