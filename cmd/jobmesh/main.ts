@@ -2,15 +2,24 @@
  * The jobmesh CLI.
  *   jobmesh up       run the whole mesh on this machine (what `npm start` does)
  *   jobmesh status   ask every service of a running mesh (.jobmesh/mesh.json) whether it is ready
+ *   jobmesh audit verify <export.ndjson> [--key <key_id>]
+ *                    check an audit export offline (the chain and its signed checkpoints)
  */
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { loadConfigOrExit, runUntilSignal } from "../../internal/mesh/lifecycle.ts";
-import { meshUp, type MeshDescription } from "../../internal/mesh/up.ts";
-import { createLogger, startTelemetry } from "../../internal/telemetry/index.ts";
+import type { MeshDescription } from "../../internal/mesh/up.ts";
 
-const usage = "usage: jobmesh <up|status>";
+const usage = "usage: jobmesh <up|status|audit verify <export>>";
 const command = process.argv[2];
+// The offline verifier needs nothing but its file: no configuration, no environment, and not
+// the seconds it takes to load the whole mesh (hence the imports below are dynamic).
+if (command === "audit") {
+  const { auditCommand } = await import("../../internal/audit/offline-verify.ts");
+  process.exit(await auditCommand(process.argv.slice(3), { stdout: (l) => console.log(l), stderr: (l) => console.error(l) }));
+}
+const { loadConfigOrExit, runUntilSignal } = await import("../../internal/mesh/lifecycle.ts");
+const { meshUp } = await import("../../internal/mesh/up.ts");
+const { createLogger, startTelemetry } = await import("../../internal/telemetry/index.ts");
 const config = loadConfigOrExit();
 
 if (command === "up") {
