@@ -4,7 +4,8 @@
  * covered without touching this file. Each method is called as an admin (with a minimal request,
  * or a valid one where it is cheap to build), anonymously, and, where the viewer may not call it,
  * as a viewer. The events are read back from the real audit stream on JetStream, where the
- * services' sink published them; each call is told apart by its x-request-id.
+ * services' sink published them (each call told apart by its x-request-id), and the secrets the
+ * calls carried are searched for in every event and in every column of the stored table.
  */
 import t, { type Test } from "tap";
 import { create, fromBinary, getOption, hasOption, toJsonString, type DescMethod, type DescService } from "@bufbuild/protobuf";
@@ -12,7 +13,7 @@ import { resource } from "../gen/google/api/resource_pb.js";
 import { createValidator } from "@bufbuild/protovalidate";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import { AuditEventSchema, type AuditEvent } from "../gen/jobmesh/v1/audit_pb.js";
+import { AuditEventSchema, AuditService, type AuditEvent } from "../gen/jobmesh/v1/audit_pb.js";
 import { AuthService, PrincipalKind, Role } from "../gen/jobmesh/v1/auth_pb.js";
 import { JobService } from "../gen/jobmesh/v1/jobs_pb.js";
 import { PipelineService, Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
@@ -21,18 +22,17 @@ import { accessRulesOf, decide, meshRegistry } from "../internal/contract/index.
 import { startTestMesh } from "./support/mesh.ts";
 import { testPassword } from "./support/auth.ts";
 
-const mesh = await startTestMesh({ JOBMESH_LOG_LEVEL: "fatal" }, { auth: true, jobs: true, workers: 0 });
+const mesh = await startTestMesh({ JOBMESH_LOG_LEVEL: "fatal" }, { auth: true, jobs: true, workers: 0, audit: true });
 t.teardown(() => mesh.close());
 const auth = mesh.auth!;
 const tenant = mesh.infra.bootstrapTenantId;
 
 // The services this mesh serves, each with where it listens.
-// TODO(AuditService): once serveAudit lands in internal/mesh/servers.ts, serve AuditService in
-// this mesh and add { service: AuditService, url } here: its methods are then covered like the rest.
 const served: { service: DescService; url: string }[] = [
   { service: PipelineService, url: mesh.pipelines.url },
   { service: JobService, url: mesh.jobs!.url },
   { service: AuthService, url: auth.server.url },
+  { service: AuditService, url: mesh.audit!.url },
 ];
 const rules = accessRulesOf(served.map((s) => s.service));
 const ruleOf = (m: DescMethod) => rules.get(`/${m.parent.typeName}/${m.name}`)!;
@@ -173,7 +173,7 @@ function checkEvent(t: Test, c: Call, events: AuditEvent[] | undefined) {
   t.equal(e.outcome?.message, c.message, `${what}: the message the client saw`);
   t.equal(e.resource, c.resource, `${what}: resource "${c.resource}"`);
   if (c.resource) t.not(e.resourceType, "", `${what}: a resource type`);
-  t.equal(e.recorder, { "jobmesh.v1.PipelineService": "pipelines", "jobmesh.v1.JobService": "jobs", "jobmesh.v1.AuthService": "auth" }[c.method.parent.typeName], `${what}: recorder`);
+  t.equal(e.recorder, { "jobmesh.v1.PipelineService": "pipelines", "jobmesh.v1.JobService": "jobs", "jobmesh.v1.AuthService": "auth", "jobmesh.v1.AuditService": "audit" }[c.method.parent.typeName], `${what}: recorder`);
   t.match(e.name, /^auditEvents\/[0-9a-f-]{36}$/);
   t.ok(e.eventTime && e.duration, `${what}: time and duration`);
   const isPublic = ruleOf(c.method).kind === "public";
@@ -247,4 +247,16 @@ t.test("no password, token or key secret appears in any recorded event", async (
   const key = [...secrets].find((s) => s.startsWith("jmk_"));
   t.ok(key, "the API key secret was among them");
   t.notOk(everything.includes(key!.slice("jmk_".length + 9)), "not even the key's secret part");
+
+  // And in Postgres, once the audit store has stored them: every column of every row, as text.
+  const deadline = Date.now() + 60_000;
+  let rows: string[] = [];
+  for (;;) {
+    rows = (await mesh.infra.db.query<{ row: string }>("SELECT e::text AS row FROM audit_events e")).rows.map((r) => r.row);
+    if (rows.length >= events.length || Date.now() > deadline) break;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  t.ok(rows.length >= events.length, `${rows.length} rows stored`);
+  const table = rows.join("\n");
+  for (const secret of secrets) t.notOk(table.includes(secret), `secret ${secret.slice(0, 6)}… is in no column`);
 });
