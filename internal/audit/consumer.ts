@@ -19,7 +19,7 @@ import type { Logger } from "../telemetry/index.ts";
 import { chainHashOf, genesisHash } from "./chain.ts";
 import { createCheckpointer, loadAuditSigningKey } from "./checkpoints.ts";
 import { dropExpiredPartitions } from "./retention.ts";
-import { eventOfRow, insertAuditEventRows, isoOfMicros, isUuid, rowOfEvent, type AuditEventRow } from "./store.ts";
+import { appendAuditEventRows, eventOfRow, isoOfMicros, isUuid, rowOfEvent, type AuditEventRow } from "./store.ts";
 import type { AuditTopology } from "./topology.ts";
 
 export interface AuditStoreDeps {
@@ -94,18 +94,17 @@ async function storeBatch(deps: AuditStoreDeps, session: Session, batch: Arrived
     session.partitions.add(month);
   }
   const tenants = [...new Set(rows.map((r) => r.tenant_id))].sort();
-  await client.query("BEGIN");
+  // The whole transaction runs as the appender role: it can insert and read, never change.
+  await client.query("BEGIN; SET LOCAL ROLE jobmesh_audit_appender");
   try {
-    await client.query(
-      "INSERT INTO audit_chain_heads (tenant_id, sequence, hash) SELECT unnest($1::uuid[]), 0, $2 ON CONFLICT DO NOTHING",
+    // Creates missing heads and locks them all, in tenant order: two holders (a stale one and its
+    // successor) queue on the same rows and never deadlock.
+    const heads = await client.query<{ tenant_id: string; sequence: string; hash: string }>(
+      `INSERT INTO audit_chain_heads AS h (tenant_id, sequence, hash) SELECT unnest($1::uuid[]), 0, $2
+       ON CONFLICT (tenant_id) DO UPDATE SET sequence = h.sequence RETURNING tenant_id, sequence, hash`,
       [tenants, genesisHash],
     );
-    // In tenant order: two holders (a stale one and its successor) never deadlock.
-    const heads = await client.query<{ tenant_id: string; sequence: string; hash: string }>(
-      "SELECT tenant_id, sequence::text AS sequence, hash FROM audit_chain_heads WHERE tenant_id = ANY($1::uuid[]) ORDER BY tenant_id FOR UPDATE",
-      [tenants],
-    );
-    const head = new Map(heads.rows.map((h) => [h.tenant_id, { sequence: BigInt(h.sequence), hash: h.hash }]));
+    const head = new Map(heads.rows.map((h) => [h.tenant_id, { tenantId: h.tenant_id, sequence: BigInt(h.sequence), hash: h.hash }]));
     // Under the heads' locks no other holder can add these ids: the check cannot race.
     const known = await client.query<{ event_id: string }>("SELECT event_id FROM audit_event_ids WHERE event_id = ANY($1::uuid[])", [rows.map((r) => r.event_id)]);
     const seen = new Set(known.rows.map((r) => r.event_id));
@@ -118,24 +117,13 @@ async function storeBatch(deps: AuditStoreDeps, session: Session, batch: Arrived
       const h = head.get(row.tenant_id)!;
       row.sequence = (h.sequence + 1n).toString();
       row.prev_hash = h.hash;
-      row.hash = "";
       // The hash of the event as it will be read back from this row, byte for byte.
       row.hash = chainHashOf(h.hash, eventOfRow(row));
       h.sequence += 1n;
       h.hash = row.hash;
     }
-    const ids = await client.query(
-      "INSERT INTO audit_event_ids (event_id, tenant_id, sequence) SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[]) ON CONFLICT DO NOTHING RETURNING event_id",
-      [fresh.map((r) => r.event_id), fresh.map((r) => r.tenant_id), fresh.map((r) => r.sequence)],
-    );
-    if (ids.rowCount !== fresh.length) throw new Error("audit event ids stored concurrently by another holder; retrying the batch");
-    const moved = tenants.filter((t) => head.get(t)!.sequence > 0n);
-    await client.query(
-      "UPDATE audit_chain_heads h SET sequence = v.s, hash = v.h FROM unnest($1::uuid[], $2::bigint[], $3::text[]) AS v(t, s, h) WHERE h.tenant_id = v.t",
-      [moved, moved.map((t) => head.get(t)!.sequence.toString()), moved.map((t) => head.get(t)!.hash)],
-    );
-    await client.query("SET LOCAL ROLE jobmesh_audit_appender");
-    await insertAuditEventRows(client, fresh);
+    const moved = [...head.values()].filter((h) => h.sequence > 0n);
+    await appendAuditEventRows(client, fresh, moved);
     await client.query("COMMIT");
     return fresh;
   } catch (error) {

@@ -150,6 +150,10 @@ END $$;
 
 REVOKE ALL ON audit_events, audit_checkpoints FROM PUBLIC;
 GRANT INSERT, SELECT ON audit_events, audit_checkpoints TO jobmesh_audit_appender;
+-- The store's whole append transaction runs as the appender (one role switch per batch): it
+-- also records the event ids and moves the chain heads (bookkeeping, not evidence).
+GRANT INSERT, SELECT ON audit_event_ids TO jobmesh_audit_appender;
+GRANT INSERT, SELECT, UPDATE ON audit_chain_heads TO jobmesh_audit_appender;
 
 -- Down Migration
 DROP TABLE audit_checkpoints;
