@@ -171,6 +171,31 @@ void t.test("checkpointer - after a restart it signs, from audit_events, what th
   t.same([next.firstSequence, next.sequence], [10n, 11n]);
 });
 
+void t.test("checkpointer - a row removed from the unsigned tail before a restart is signed as missing, and reported so", async (t) => {
+  const tenant = randomUUID();
+  const key = await loadAuditSigningKey({ db, keyEncryptionKey: kek });
+  const hashes = await storeEvents(tenant, 6);
+  const before = createCheckpointer({ db, js, topology, key, log });
+  hashes.slice(0, 2).forEach((h, i) => before.append(tenant, BigInt(i + 1), h));
+  await before.sign(tenant);
+  // A superuser, while no store runs, removes sequence 4 (the triggers disabled for the session).
+  const client = await db.connect();
+  try {
+    await client.query("SET session_replication_role = replica");
+    await client.query("DELETE FROM audit_events WHERE tenant_id = $1 AND sequence = 4", [tenant]);
+  } finally {
+    await client.query("RESET session_replication_role");
+    client.release();
+  }
+  const after = createCheckpointer({ db, js, topology, key, log });
+  await after.resume(tenant);
+  const cp = await after.sign(tenant);
+  t.same([cp.firstSequence, cp.sequence], [3n, 6n], "signed through the gap: sequence 4 by the hash sequence 5 links to");
+  t.equal(Buffer.from(cp.eventHashes.subarray(32, 64)).toString("hex"), hashes[3]);
+  const verdict = await verifyStored(tenant, await trustedPublicKeys(db, kek));
+  t.same([verdict.intact, verdict.firstBrokenSequence, verdict.breakKind], [false, 4n, AuditChainBreak.MISSING]);
+});
+
 void t.test("checkpointer - a checkpoint the stream missed is published when the stream is back", async (t) => {
   const tenant = randomUUID();
   const key = await loadAuditSigningKey({ db, keyEncryptionKey: kek });

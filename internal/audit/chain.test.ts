@@ -184,3 +184,16 @@ void t.test("property - with a recomputed edit and a later deletion, the recompu
     return v.firstBrokenSequence === BigInt(i + 1) && v.breakKind === AuditChainBreak.CHECKPOINT_MISMATCH;
   }), { numRuns: 300 });
 });
+
+void t.test("verify - a checkpoint missing before a later edit is the (smaller) break", async (t) => {
+  const { events, checkpoints } = chainOf(30, 10);
+  events[14].request = "{}";
+  t.same(broke(verify(events, checkpoints.toSpliced(0, 1))), { intact: false, at: 1n, kind: "CHECKPOINT_MISMATCH" });
+  t.same(broke(verify(events, checkpoints.toSpliced(1, 1))), { intact: false, at: 11n, kind: "CHECKPOINT_MISMATCH" }, "the checkpoint of 11..20 removed: 11 is unsigned before 15 is edited");
+  t.same(broke(verify(events, checkpoints.toSpliced(2, 1))), { intact: false, at: 15n, kind: "EDITED" }, "a checkpoint removed after the edit does not hide it");
+  const gap = chainOf(30, 10);
+  t.same(broke(verify(gap.events.toSpliced(14, 1), gap.checkpoints.toSpliced(0, 1))), { intact: false, at: 1n, kind: "CHECKPOINT_MISMATCH" });
+  const swapped = chainOf(30, 10);
+  const order = swapped.events.with(13, swapped.events[14]).with(14, swapped.events[13]);
+  t.same(broke(verify(order, swapped.checkpoints)), { intact: false, at: 14n, kind: "REORDERED" }, "a checkpoint read after the gap does not close it");
+});

@@ -239,19 +239,33 @@ export function createChainVerifier(options: ChainVerifierOptions): ChainVerifie
     }
   }
 
-  /** After a break at B: an authentic checkpoint may show a difference before B, the smaller break. */
+  /**
+   * After a break at B, authentic checkpoints are still read for the verified events before B:
+   * one missing among them, or a signed hash that differs, is a smaller break. `lookFrom` is the
+   * first of those events no checkpoint has covered yet.
+   */
+  let lookFrom = start;
+  let lookFromStart = true;
   function lookForEarlier(cp: AuditCheckpoint): void {
-    if (!broken || authenticity(cp) !== undefined) return;
-    const difference = firstDifference(cp, broken.sequence - 1n);
-    if (difference) {
-      broken = difference;
-      gapOpen = false;
+    if (!broken || cp.sequence < lookFrom || authenticity(cp) !== undefined) return;
+    const end = broken.sequence - 1n;
+    const earlier = (b: Break | undefined) => {
+      if (b) broken = b;
+      if (b) gapOpen = false;
+      if (b || cp.sequence >= end) earlierStillPossible = false;
+    };
+    if (lookFromStart ? cp.firstSequence > lookFrom : cp.firstSequence !== lookFrom) {
+      return earlier({ sequence: lookFrom, kind: AuditChainBreak.CHECKPOINT_MISMATCH, reason: `sequence ${lookFrom}: no checkpoint signs sequences ${lookFrom}..${cp.firstSequence - 1n} (a checkpoint is missing)` });
     }
-    if (cp.sequence >= broken.sequence - 1n) earlierStillPossible = false;
+    earlier(firstDifference(cp, end));
+    lookFrom = cp.sequence + 1n;
+    lookFromStart = false;
   }
 
   function onEventBreak(): void {
     earlierStillPossible = hashes.length > 0;
+    lookFrom = firstUnsigned();
+    lookFromStart = lastCheckpoint === undefined;
     for (const cp of waiting.splice(0)) if (earlierStillPossible) lookForEarlier(cp);
   }
 

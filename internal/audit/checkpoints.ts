@@ -125,6 +125,8 @@ interface TenantState {
   pending?: Pending;
   /** The hashes in memory cannot be trusted to be contiguous: re-read them from the table. */
   reload: boolean;
+  /** When the table was last re-read (a reload that could not close a gap waits an interval). */
+  reloadTime: number;
   unpublished: AuditCheckpoint[];
   lastRetry: number;
   /** sign() and resume() of one tenant run one at a time. */
@@ -140,7 +142,7 @@ export function createCheckpointer(deps: CheckpointerDeps): Checkpointer {
   const tenants = new Map<string, TenantState>();
   const stateOf = (tenantId: string): TenantState => {
     let state = tenants.get(tenantId);
-    if (!state) tenants.set(tenantId, (state = { reload: false, unpublished: [], lastRetry: 0, busy: Promise.resolve() }));
+    if (!state) tenants.set(tenantId, (state = { reload: false, reloadTime: 0, unpublished: [], lastRetry: 0, busy: Promise.resolve() }));
     return state;
   };
   const serially = <T>(state: TenantState, work: () => Promise<T>): Promise<T> => {
@@ -169,23 +171,34 @@ export function createCheckpointer(deps: CheckpointerDeps): Checkpointer {
     return rows[0] && checkpointOfRow(rows[0]);
   }
 
-  /** Re-reads the unsigned events from the table, keeping the verified prefix (a broken link is not signed). */
+  /**
+   * Re-reads the unsigned events' hashes from the table. They are signed as stored, even where
+   * a row does not verify (logged): a verifier still reports that row, as it would unsigned. A
+   * row missing between two present ones is signed by the hash the next one links to, so the
+   * verifier reports it MISSING rather than the signing stop there for good.
+   */
   async function reloadPending(tenantId: string, state: TenantState): Promise<void> {
     const last = await lastStored(tenantId);
     const after = last?.sequence ?? 0n;
     const { rows } = await db.query<AuditEventRow>(`SELECT ${auditEventColumns} FROM audit_events WHERE tenant_id = $1 AND sequence > $2 ORDER BY sequence`, [tenantId, after.toString()]);
     const verifier = createChainVerifier({ keys: new Map(), startSequence: after + 1n, firstPrevHash: last?.hash ?? genesisHash });
     const hashes: string[] = [];
+    let next = after + 1n;
     for (const row of rows) {
       verifier.addEvent(eventOfRow(row));
-      if (verifier.finish().verifiedCount === BigInt(hashes.length)) break;
+      const sequence = BigInt(row.sequence);
+      if (sequence === next + 1n && /^[0-9a-f]{64}$/.test(row.prev_hash)) hashes.push(row.prev_hash);
+      else if (sequence !== next) break;
       hashes.push(row.hash);
+      next = sequence + 1n;
     }
     const verdict = verifier.finish();
-    if (!verdict.intact) log.error({ tenant: tenantId, reason: verdict.reason }, "audit chain broken in the unsigned tail; the events after the break are not signed");
+    if (!verdict.intact) log.error({ tenant: tenantId, reason: verdict.reason }, "audit chain broken in the unsigned events a previous store left; signed as stored");
+    if (next <= BigInt(rows.at(-1)?.sequence ?? 0)) log.error({ tenant: tenantId, from: next.toString() }, "audit events missing in the unsigned tail; the events after them are not signed");
     state.signedUpTo = after;
     state.pending = hashes.length > 0 ? { firstSequence: after + 1n, hashes, since: 0 } : undefined;
     state.reload = false;
+    state.reloadTime = Date.now();
   }
 
   /** Republishes the stored checkpoints after the last one the stream holds for the tenant. */
@@ -238,7 +251,7 @@ export function createCheckpointer(deps: CheckpointerDeps): Checkpointer {
       const due: string[] = [];
       for (const [tenantId, state] of tenants) {
         const p = state.pending;
-        if (state.reload || (p && (now - p.since >= intervalMs || p.hashes.length >= maxEvents))) due.push(tenantId);
+        if (state.reload ? now - state.reloadTime >= intervalMs : p && (now - p.since >= intervalMs || p.hashes.length >= maxEvents)) due.push(tenantId);
         else if (state.unpublished.length > 0 && now - state.lastRetry >= intervalMs) due.push(tenantId);
       }
       return due;
