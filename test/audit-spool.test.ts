@@ -79,9 +79,9 @@ const eventOf = (id: string, tenant: string, requestId: string) =>
   create(AuditEventSchema, { name: `auditEvents/${id}`, tenant, action: "jobmesh.v1.JobService.GetJob", requestId, eventTime: timestampFromDate(new Date()) });
 
 /** Every message of the audit stream, in stream order: the event id, the Nats-Msg-Id and the subject. */
-async function readStream(): Promise<{ id: string; msgId: string; subject: string }[]> {
-  const total = (await bus.jsm.streams.info(topology.eventsStream)).state.messages;
-  const consumer = await bus.js.consumers.get(topology.eventsStream);
+async function readStream(stream: string): Promise<{ id: string; msgId: string; subject: string }[]> {
+  const total = (await bus.jsm.streams.info(stream)).state.messages;
+  const consumer = await bus.js.consumers.get(stream);
   const out: { id: string; msgId: string; subject: string }[] = [];
   const deadline = Date.now() + 60_000;
   while (out.length < total && Date.now() < deadline) {
@@ -110,7 +110,7 @@ void t.test("publish - 1000 events are in the stream, each with its event id as 
   recordedA.push(...recordEvents(sinkA, 1000, "first"));
   await sinkA.flush();
   t.equal(sinkA.spooled, 0, "nothing spooled while NATS takes every event");
-  const stream = await readStream();
+  const stream = await readStream(topology.eventsStream);
   t.same(stream.map((m) => m.id), recordedA);
   t.ok(stream.every((m) => m.msgId === m.id), "Nats-Msg-Id = the event id");
   t.same(new Set(stream.map((m) => m.subject)), new Set(tenants.map((tenant) => topology.eventsSubject(tenant))), "each on its tenant's subject");
@@ -189,7 +189,7 @@ void t.test("NATS back - every event is in the stream exactly once, in the order
   await waitFor("every spool replayed", () => sinkA.spooled + sinkB2.spooled + sinkC2.spooled === 0);
   for (const sink of [sinkA, sinkB2, sinkC2]) await sink.flush();
 
-  const stream = await readStream();
+  const stream = await readStream(topology.eventsStream);
   const ids = stream.map((m) => m.id);
   t.equal(ids.length, new Set(ids).size, "no event twice");
   t.same(new Set(ids), new Set([...recordedA, ...recordedB, ...recordedChild]), "every event recorded, nothing else");
@@ -200,4 +200,29 @@ void t.test("NATS back - every event is in the stream exactly once, in the order
   await sinkC2.close();
   await t.rejects(readFile(join(dir, "c.spool")), "an empty spool is removed at close");
   await t.rejects(readFile(join(dir, "c.spool.lock")), "and its lock released");
+});
+
+void t.test("refused and overloaded - a stream that is missing, or a queue past maxQueue, sends events to the spool; they arrive in order", async (t) => {
+  // No stream for these subjects yet: JetStream answers "no responders" and the events are spooled.
+  const missing = createAuditTopology(`jm_spoolmissing${Date.now().toString(36)}`);
+  const refused = await createAuditSink({ nc: bus.nc, js: bus.js, topology: missing, spoolFile: join(dir, "refused.spool"), log });
+  sinks.push(refused);
+  const refusedIds = recordEvents(refused, 300, "refused");
+  await refused.flush();
+  t.equal(refused.spooled, 300, "refused events are in the spool");
+  await provisionAuditTopology(missing, bus.jsm, { streamMaxBytes: 16 * 1024 * 1024 });
+  await waitFor("the refused events replayed", () => refused.spooled === 0);
+  await refused.flush();
+  const inMissing = await readStream(missing.eventsStream);
+  t.same(inMissing.map((m) => m.id), refusedIds, "once each, in the order recorded, once the stream exists");
+
+  // More queued than maxQueue (NATS too slow to keep up): the queue spills to the spool rather than grow.
+  const spilling = await createAuditSink({ nc: bus.nc, js: bus.js, topology, spoolFile: join(dir, "spill.spool"), log, tuning: { maxQueue: 100 } });
+  sinks.push(spilling);
+  // 350: past maxQueue, within the hard bound (4 × maxQueue) where record() starts dropping.
+  const spilledIds = recordEvents(spilling, 350, "spilled");
+  await spilling.flush();
+  t.equal(spilling.spooled, 350, "the queue past maxQueue went to the spool");
+  await waitFor("the spilled events replayed", () => spilling.spooled === 0);
+  t.same(orderIn(await readStream(topology.eventsStream), spilledIds), spilledIds, "replayed in the order recorded");
 });

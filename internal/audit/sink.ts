@@ -61,7 +61,7 @@ export interface AuditSinkTuning {
   replayBatch: number;
 }
 
-const defaults: AuditSinkTuning = { lingerMs: 2, batchSize: 256, maxInFlight: 8192, maxQueue: 50_000, ackTimeoutMs: 5_000, retryMs: 1_000, replayBatch: 1_000 };
+const defaults: AuditSinkTuning = { lingerMs: 2, batchSize: 256, maxInFlight: 8192, maxQueue: 50_000, ackTimeoutMs: 5_000, retryMs: 1_000, replayBatch: 4_096 };
 
 interface Entry { seq: number; event: AuditEvent; bytes?: Uint8Array; token?: string; acked: boolean; batch?: Batch }
 interface Batch { entries: Entry[]; remaining: number; settled: boolean; sentAt: number; onSettled?: () => void }
@@ -179,7 +179,7 @@ export async function createAuditSink(deps: {
     } catch (error) {
       log.error({ err: error, file: own.spool.path, events: entries.length }, "audit sink: cannot write the spool; holding the events in memory");
       writeRetryAt = Date.now() + tune.retryMs;
-      retryLater();
+      wakeAt(writeRetryAt);
       return false;
     }
     return true;
@@ -224,17 +224,17 @@ export async function createAuditSink(deps: {
       source.offset = ends[done - 1];
       source.replayed += done;
     }
-    if (done < entries.length) retryLater();
+    if (done < entries.length) wakeAt((retryAt = Date.now() + tune.retryMs));
     return done === entries.length;
   }
 
-  function retryLater() {
-    retryAt = Date.now() + tune.retryMs;
+  /** One timer for every retry: they all come a retryMs after a failure. */
+  function wakeAt(at: number) {
     if (retryTimer) return;
     retryTimer = setTimeout(() => {
       retryTimer = undefined;
       wake();
-    }, tune.retryMs);
+    }, Math.max(0, at - Date.now()));
     unrefTimer(retryTimer);
   }
 
@@ -271,17 +271,22 @@ export async function createAuditSink(deps: {
         if (inflight.length === 0 && queue.length > 0) toSpool = toSpool.concat(queue.splice(0));
         if (toSpool.length > 0 && Date.now() >= writeRetryAt && !(await writeSpool())) break;
       }
+      // Before the replay: a flush waits for the spool's fsync, not for a replay round trip.
+      notifyWaiters();
       const replayable = adopted.length > 0 || (spooling && inflight.length === 0 && toSpool.length === 0);
       if (connected && !closing && replayable) {
-        if (Date.now() < retryAt) retryLater();
+        if (Date.now() < retryAt) wakeAt(retryAt);
         else if (await replayChunk()) again = true;
       }
-      for (let i = waiters.length - 1; i >= 0; i--) {
-        if (lowWater() < waiters[i].target) continue;
-        waiters[i].resolve();
-        waiters.splice(i, 1);
-      }
     } while (again);
+  }
+
+  function notifyWaiters() {
+    for (let i = waiters.length - 1; i >= 0; i--) {
+      if (lowWater() < waiters[i].target) continue;
+      waiters[i].resolve();
+      waiters.splice(i, 1);
+    }
   }
 
   /** The oldest event recorded that is neither acknowledged nor spooled. */
@@ -381,9 +386,14 @@ export async function createAuditSink(deps: {
   return sink;
 }
 
+// A PubAck starts with its stream name; a refusal with its error (JSPubAckResponse puts it first).
+const pubAckStart = new TextEncoder().encode('{"stream":');
+
 /** Why JetStream refused a publish, from its reply; undefined for a PubAck. */
 function refusalOf(msg: Msg): string | undefined {
   if (msg.headers?.code === 503) return "no stream stores this subject (no responders)";
+  // Most replies are PubAcks: known by their first bytes, without decoding and parsing them.
+  if (msg.data.length > pubAckStart.length && pubAckStart.every((b, i) => msg.data[i] === b)) return undefined;
   try {
     const reply = msg.json<{ error?: { description?: string }; stream?: string }>();
     if (reply.error) return `JetStream refused the event: ${reply.error.description ?? "unknown error"}`;
