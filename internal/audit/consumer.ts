@@ -50,6 +50,8 @@ export interface AuditStore {
 const lockName = "jobmesh.audit_store";
 const lockRetryMs = 2_000;
 const retentionEveryMs = 3_600_000;
+// Checked a few times per interval, so a checkpoint is never much later than the interval.
+const tickMs = (intervalMs: number) => Math.max(50, Math.min(250, intervalMs / 4));
 
 /** The storing of one lock holder: its connection, checkpointer and partition cache. */
 type Session = Awaited<ReturnType<typeof openSession>>;
@@ -214,7 +216,7 @@ export async function startAuditStore(deps: AuditStoreDeps): Promise<AuditStore>
         if (queue.length >= batchSize * 2 && !closing) await new Promise<void>((resolve) => (space = resolve));
       }
     })();
-    const tick = setInterval(() => void signDue(session, deps.checkpointIntervalMs), Math.min(250, deps.checkpointIntervalMs / 4));
+    const tick = setInterval(() => void signDue(session, deps.checkpointIntervalMs), tickMs(deps.checkpointIntervalMs));
     let lastRetention = 0;
     try {
       while (!stopping.signal.aborted) {
