@@ -176,6 +176,9 @@ function checkEvent(t: Test, c: Call, events: AuditEvent[] | undefined) {
   t.equal(e.recorder, { "jobmesh.v1.PipelineService": "pipelines", "jobmesh.v1.JobService": "jobs", "jobmesh.v1.AuthService": "auth", "jobmesh.v1.AuditService": "audit" }[c.method.parent.typeName], `${what}: recorder`);
   t.match(e.name, /^auditEvents\/[0-9a-f-]{36}$/);
   t.ok(e.eventTime && e.duration, `${what}: time and duration`);
+  t.match(e.traceId, /^[0-9a-f]{32}$/, `${what}: the call's trace id`);
+  t.equal(e.clientAddress, "127.0.0.1", `${what}: the client's address`);
+  if (c.method.methodKind !== "client_streaming") t.not(e.request, "", `${what}: the request`);
   const isPublic = ruleOf(c.method).kind === "public";
   if (isPublic) {
     // No credentials are read: only a successful login (or exchange) says who it was for.
