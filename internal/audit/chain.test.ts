@@ -185,6 +185,15 @@ void t.test("property - with a recomputed edit and a later deletion, the recompu
   }), { numRuns: 300 });
 });
 
+void t.test("verify - a sequence that appears twice is broken at that sequence", async (t) => {
+  const { events, checkpoints } = chainOf(20, 10);
+  const forged = { ...events[6], request: "{\"forged\":true}" };
+  const v = verify(events.toSpliced(7, 0, forged), checkpoints);
+  t.same(broke(v), { intact: false, at: 7n, kind: "REORDERED" });
+  t.equal(v.reason, "sequence 7: appears twice (duplicated)");
+  t.same(broke(verify(events.toSpliced(9, 0, events[3]), checkpoints)), { intact: false, at: 4n, kind: "REORDERED" }, "an earlier one again, further on");
+});
+
 void t.test("verify - a checkpoint missing before a later edit is the (smaller) break", async (t) => {
   const { events, checkpoints } = chainOf(30, 10);
   events[14].request = "{}";

@@ -283,7 +283,8 @@ export function createChainVerifier(options: ChainVerifierOptions): ChainVerifie
           breakAt(expected, AuditChainBreak.MISSING, `missing (the event after sequence ${expected - 1n} is sequence ${event.sequence})`);
           gapOpen = true;
         } else {
-          breakAt(expected, AuditChainBreak.REORDERED, `sequence ${event.sequence} appears where sequence ${expected} belongs (reordered or duplicated)`);
+          // Two events claim this (already verified) position: the position is what is broken.
+          breakAt(event.sequence, AuditChainBreak.REORDERED, event.sequence === expected - 1n ? "appears twice (duplicated)" : `appears again after sequence ${expected - 1n} (out of place)`);
         }
         return onEventBreak();
       }
