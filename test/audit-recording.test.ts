@@ -12,7 +12,7 @@ import { create, fromBinary, getOption, hasOption, toJsonString, type DescMethod
 import { resource } from "../gen/google/api/resource_pb.js";
 import { createValidator } from "@bufbuild/protovalidate";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
-import { createConnectTransport } from "@connectrpc/connect-node";
+import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { AuditEventSchema, AuditService, type AuditEvent } from "../gen/jobmesh/v1/audit_pb.js";
 import { AuthService, PrincipalKind, Role } from "../gen/jobmesh/v1/auth_pb.js";
 import { JobService } from "../gen/jobmesh/v1/jobs_pb.js";
@@ -262,4 +262,31 @@ t.test("no password, token or key secret appears in any recorded event", async (
   t.ok(rows.length >= events.length, `${rows.length} rows stored`);
   const table = rows.join("\n");
   for (const secret of secrets) t.notOk(table.includes(secret), `secret ${secret.slice(0, 6)}… is in no column`);
+});
+
+t.test("gRPC over HTTP/2: a unary call and a stream read to its end are recorded as the client saw them, not as cancelled", async (t) => {
+  const grpc = (url: string) => createGrpcTransport({ baseUrl: url });
+  const pipelines = createClient(PipelineService, grpc(mesh.pipelines.url));
+  const jobs = createClient(JobService, grpc(mesh.jobs!.url));
+  const headersOf = (requestId: string) => ({ ...adminHeaders, "x-request-id": requestId });
+  const listed = `audit-grpc-list-${crypto.randomUUID()}`;
+  await pipelines.listPipelines({}, { headers: headersOf(listed) });
+  const { job } = await jobs.createJob({ job: { document: { source: { case: "text", value: "watched over gRPC" } } } }, { headers: adminHeaders });
+  const watched = `audit-grpc-watch-${crypto.randomUUID()}`;
+  let n = 0;
+  // No workers: the job waits until it is cancelled, which ends the stream.
+  for await (const _ of jobs.watchJob({ name: job!.name }, { headers: headersOf(watched) })) {
+    void _;
+    if (n++ === 0) await jobs.cancelJob({ name: job!.name }, { headers: adminHeaders });
+  }
+  const deadline = Date.now() + 60_000;
+  let events = await eventsByRequestId();
+  while (!(events.has(listed) && events.has(watched)) && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    events = await eventsByRequestId();
+  }
+  t.match(events.get(listed), [{ action: "jobmesh.v1.PipelineService.ListPipelines", outcome: { code: 0 }, actor: { subject: admin.name } }]);
+  t.equal(events.get(listed)?.length, 1);
+  t.match(events.get(watched), [{ action: "jobmesh.v1.JobService.WatchJob", resource: job!.name, outcome: { code: 0 } }]);
+  t.equal(events.get(watched)?.length, 1);
 });
