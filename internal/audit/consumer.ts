@@ -239,7 +239,11 @@ export async function startAuditStore(deps: AuditStoreDeps): Promise<AuditStore>
         const batch = queue.splice(0, batchSize);
         space?.();
         space = undefined;
-        await store(session, batch);
+        await store(session, batch).catch((error: unknown) => {
+          // Not stored: back to the stream at once, for whoever holds the lock next.
+          for (const { msg } of batch) msg.nak();
+          throw error;
+        });
       }
     } finally {
       clearInterval(tick);

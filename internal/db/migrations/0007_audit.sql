@@ -144,6 +144,9 @@ BEGIN
       EXECUTE format('GRANT jobmesh_audit_appender TO %I', current_user);
     EXCEPTION WHEN duplicate_object OR unique_violation THEN
       NULL;
+    WHEN insufficient_privilege THEN
+      -- The role was made by someone else: its owner must grant it (the store says so when it cannot SET ROLE).
+      RAISE WARNING 'grant jobmesh_audit_appender to % so that the audit store can append', current_user;
     END;
   END IF;
 END $$;
