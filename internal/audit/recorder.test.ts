@@ -4,8 +4,8 @@ import t from "tap";
 import { create, fromJsonString, toBinary } from "@bufbuild/protobuf";
 import { AuditEventSchema } from "../../gen/jobmesh/v1/audit_pb.js";
 import { AuthService, LoginRequestSchema, PrincipalKind } from "../../gen/jobmesh/v1/auth_pb.js";
-import { CreateJobResponseSchema, GetJobRequestSchema, JobService, UploadDocumentRequestSchema } from "../../gen/jobmesh/v1/jobs_pb.js";
-import { auditEventOf, isAudited, maxRequestBytes, requestJsonOf, resourceOf, resourceTypeOf, type CallFacts } from "./recorder.ts";
+import { CreateJobRequestSchema, CreateJobResponseSchema, CreateJobsRequestSchema, GetJobRequestSchema, JobService, UploadDocumentRequestSchema } from "../../gen/jobmesh/v1/jobs_pb.js";
+import { auditEventOf, isAudited, mayHoldRedacted, maxRequestBytes, requestJsonOf, resourceOf, resourceTypeOf, type CallFacts } from "./recorder.ts";
 
 const base: CallFacts = {
   id: "0b5e0a4e-6a53-4c8e-9d1f-3f7c2a1b9e01",
@@ -113,4 +113,14 @@ void t.test("audited - health and reflection are not; every mesh service is", as
   t.ok(isAudited(JobService.method.getJob));
   t.notOk(isAudited({ parent: { typeName: "grpc.health.v1.Health" } } as never));
   t.notOk(isAudited({ parent: { typeName: "grpc.reflection.v1.ServerReflection" } } as never));
+});
+
+void t.test("request - only a type that can hold a marked field is copied; a nested secret is still redacted", async (t) => {
+  t.notOk(mayHoldRedacted(GetJobRequestSchema), "GetJob holds nothing secret");
+  t.ok(mayHoldRedacted(LoginRequestSchema), "a password");
+  t.ok(mayHoldRedacted(CreateJobRequestSchema), "a document's text, two levels down");
+  t.ok(mayHoldRedacted(CreateJobsRequestSchema), "the same inside a list");
+  t.ok(mayHoldRedacted(UploadDocumentRequestSchema), "a chunk in a oneof");
+  const job = create(CreateJobsRequestSchema, { requests: [{ job: { document: { source: { case: "text", value: "the secret document" } } } }] });
+  t.notOk(requestJsonOf(CreateJobsRequestSchema, job).includes("the secret document"));
 });

@@ -19,7 +19,7 @@ import { PrincipalKind } from "../../gen/jobmesh/v1/auth_pb.js";
 import { clientAddressKey } from "../rpc/client-address.ts";
 import { attemptedCallerKey, callerKey, type AttemptedCaller, type Caller } from "../rpc/context.ts";
 import { createCallEndInterceptor, type CallEnd } from "../rpc/slots.ts";
-import { meshRegistry, redacted } from "../contract/index.ts";
+import { isRedacted, meshRegistry, redacted } from "../contract/index.ts";
 
 /**
  * What a handler of a public method (Login, RefreshToken, ExchangeApiKey) knows about who is
@@ -235,7 +235,10 @@ const cutMarker = "…[cut at 8 KiB]";
 export function requestJsonOf(schema: DescMessage, message: unknown): string {
   let json: string;
   try {
-    json = toJsonString(schema, redacted(schema, message as Message), { registry: meshRegistry });
+    // A copy is made only for a type that can hold a marked field: most requests (a Get, a List)
+    // cannot, and the copy costs far more than the JSON. JSON never carries unknown fields.
+    const safe = mayHoldRedacted(schema) ? redacted(schema, message as Message) : (message as Message);
+    json = toJsonString(schema, safe, { registry: meshRegistry });
   } catch {
     // An Any of an unknown type, say: the event still says what was called.
     return "{}";
@@ -245,6 +248,26 @@ export function requestJsonOf(schema: DescMessage, message: unknown): string {
   let cut = maxRequestBytes - new TextEncoder().encode(cutMarker).length;
   while (cut > 0 && (bytes[cut]! & 0xc0) === 0x80) cut--; // not inside a UTF-8 sequence
   return new TextDecoder().decode(bytes.subarray(0, cut)) + cutMarker;
+}
+
+const holdsRedacted = new WeakMap<DescMessage, boolean>();
+
+/** True when a field marked (jobmesh.v1.redact) is in this type or any type it holds, at any depth. */
+export function mayHoldRedacted(schema: DescMessage): boolean {
+  let known = holdsRedacted.get(schema);
+  if (known === undefined) holdsRedacted.set(schema, (known = searchRedacted(schema, new Set())));
+  return known;
+}
+
+// Not cached per nested type: a type met again while it is being searched (a recursive type)
+// counts as clean only for this search, whose root still sees every field of the cycle.
+function searchRedacted(schema: DescMessage, visiting: Set<DescMessage>): boolean {
+  visiting.add(schema);
+  return schema.fields.some((field) => {
+    if (isRedacted(field)) return true;
+    const nested = field.fieldKind === "message" ? field.message : (field.fieldKind === "list" || field.fieldKind === "map") && field.message ? field.message : undefined;
+    return nested !== undefined && !visiting.has(nested) && searchRedacted(nested, visiting);
+  });
 }
 
 /** Where a method's resource name is found, worked out once per method. */
