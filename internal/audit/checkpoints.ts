@@ -151,18 +151,28 @@ export function createCheckpointer(deps: CheckpointerDeps): Checkpointer {
     return run;
   };
 
-  async function publish(state: TenantState, cp: AuditCheckpoint): Promise<void> {
+  /** Publishes the checkpoint; false (and kept for a retry) when the stream did not take it. */
+  async function publish(state: TenantState, cp: AuditCheckpoint): Promise<boolean> {
     try {
       await js.publish(topology.checkpointsSubject(cp.tenant), toBinary(AuditCheckpointSchema, cp), { msgID: `${cp.tenant}:${cp.sequence}` });
+      return true;
     } catch (error) {
       log.warn({ err: error, tenant: cp.tenant, sequence: cp.sequence.toString() }, "audit checkpoint stored but not published; retried");
       state.unpublished.push(cp);
+      return false;
     }
   }
 
   async function republish(state: TenantState): Promise<void> {
     state.lastRetry = Date.now();
-    for (const cp of state.unpublished.splice(0)) await publish(state, cp);
+    const queued = state.unpublished.splice(0);
+    // In order; after the first failure the rest wait for the next retry rather than each time out.
+    while (queued.length > 0) {
+      if (!(await publish(state, queued.shift()!))) {
+        state.unpublished.push(...queued);
+        return;
+      }
+    }
   }
 
   /** The tenant's last stored checkpoint. */
@@ -207,7 +217,9 @@ export function createCheckpointer(deps: CheckpointerDeps): Checkpointer {
     const latest = await stream.getMessage({ last_by_subj: topology.checkpointsSubject(tenantId) }).catch(() => null);
     const onStream = latest ? fromBinary(AuditCheckpointSchema, latest.data).sequence : 0n;
     const { rows } = await db.query<AuditCheckpointRow>(`SELECT ${checkpointColumns} FROM audit_checkpoints WHERE tenant_id = $1 AND sequence > $2 ORDER BY sequence`, [tenantId, onStream.toString()]);
-    for (const row of rows) await publish(state, checkpointOfRow(row));
+    const missing = rows.map(checkpointOfRow);
+    state.unpublished.push(...missing);
+    await republish(state);
   }
 
   async function signChunk(tenantId: string, state: TenantState, pending: Pending): Promise<AuditCheckpoint> {
