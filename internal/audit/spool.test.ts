@@ -4,7 +4,7 @@
 import t from "tap";
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { appendFile, mkdtemp, readFile, rm, stat, truncate, writeFile } from "node:fs/promises";
+import { appendFile, mkdtemp, readFile, rm, stat, truncate, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { claimOrphanSpools, claimSpoolFile, crc32, openSpool } from "./spool.ts";
@@ -143,7 +143,21 @@ void t.test("lock - a live holder sends a second claimer to <file>.<pid>; a dead
   await t.rejects(stat(`${file}.lock`), "released: no lock left");
 });
 
-void t.test("orphans - <file>.<pid> spools of dead processes are claimed, live ones and empty ones are not", async (t) => {
+void t.test("lock - where the holder cannot be asked, the heartbeat decides: a fresh lock is held, one untouched for long is stale", async (t) => {
+  const file = join(dir, "heartbeat.spool");
+  // No pid: what a claimer leaves between creating the lock and writing it, or a runtime that
+  // cannot signal (Deno without --allow-run) sees for every holder.
+  await writeFile(`${file}.lock`, "");
+  t.equal((await claimSpoolFile(file)).file, `${file}.${process.pid}`, "a lock touched just now is held");
+  await rm(`${file}.${process.pid}.lock`);
+  const longAgo = new Date(Date.now() - 60_000);
+  await utimes(`${file}.lock`, longAgo, longAgo);
+  const claim = await claimSpoolFile(file);
+  t.equal(claim.file, file, "a lock untouched for a minute is taken over");
+  await claim.release({ removeFile: true });
+});
+
+void t.test("orphans - <file>.<pid> spools no live process holds are claimed; live ones are not, empty ones are removed", async (t) => {
   const file = join(dir, "orphans.spool");
   const dead = await deadPid();
   const holding = await openSpool(`${file}.${dead}`);
@@ -157,8 +171,13 @@ void t.test("orphans - <file>.<pid> spools of dead processes are claimed, live o
   await live.close();
   await writeFile(`${file}.${process.ppid}.lock`, `${process.ppid}\n`);
 
+  const closed = await deadPid(); // closed with events left: its file stays, its lock is gone
+  const left = await openSpool(`${file}.${closed}`);
+  await left.append([payload(3)]);
+  await left.close();
+
   const claims = await claimOrphanSpools(file);
-  t.same(claims.map((c) => c.file), [`${file}.${dead}`]);
+  t.same(claims.map((c) => c.file).sort(), [`${file}.${dead}`, `${file}.${closed}`].sort());
   await t.rejects(stat(`${file}.${deadEmpty}`), "an empty orphan is removed");
   t.equal(await readFile(`${file}.${dead}.lock`, "utf8"), `${process.pid}\n`, "the orphan's lock is ours now");
   t.same(await claimOrphanSpools(file), [], "claimed once");

@@ -9,9 +9,9 @@
  * One live process per file: `<file>.lock` holds the owner's pid. A second live process on the
  * same path spools to `<file>.<pid>` instead; a file whose owner is dead is adopted (replayed
  * by whoever claims it next). Runtime-neutral: only node:fs, node:path and node:process, so the
- * Deno gateway uses it as is.
+ * Deno gateway uses it as is (with --allow-read and --allow-write on the spool directory).
  */
-import { mkdir, open, readdir, readFile, stat, unlink, type FileHandle } from "node:fs/promises";
+import { mkdir, open, readdir, readFile, stat, unlink, utimes, type FileHandle } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import process from "node:process";
 
@@ -173,9 +173,15 @@ export interface SpoolClaim {
 // process on one path: this set does (it is the process's, as the pid is).
 const heldHere = new Set<string>();
 
+/** How often an owner touches its lock, and how old an untouched one must be to count as stale. */
+const heartbeatMs = 5_000;
+const staleAfterMs = 30_000;
+
 /**
  * Claims `file`, or `<file>.<pid>` when a live process holds `file`. A lock left by a dead
- * process is taken over: its spool is replayed by the new owner.
+ * process is taken over: its spool is replayed by the new owner. The holder is dead when
+ * signal 0 says so; where that cannot be asked (Deno without --allow-run), when its lock has
+ * not been touched for 30 s (an owner touches it every 5 s).
  */
 export async function claimSpoolFile(file: string): Promise<SpoolClaim> {
   await mkdir(dirname(file), { recursive: true });
@@ -187,25 +193,20 @@ export async function claimSpoolFile(file: string): Promise<SpoolClaim> {
 }
 
 /**
- * Claims every `<file>.<pid>` spool whose owner is dead and that holds records, so that its
- * events are replayed by this process.
+ * Claims every other process's `<file>.<pid>` spool that no live process holds and that holds
+ * records, so that its events are replayed by this process; empty ones are removed. A live
+ * owner always holds the lock (it takes it before it creates the file), so the lock decides.
  */
 export async function claimOrphanSpools(file: string): Promise<SpoolClaim[]> {
   const base = basename(file);
-  const pattern = /^\.(\d+)$/;
   const claims: SpoolClaim[] = [];
   for (const name of await readdir(dirname(file)).catch(() => [] as string[])) {
-    if (!name.startsWith(base)) continue;
-    const pid = Number(pattern.exec(name.slice(base.length))?.[1] ?? NaN);
-    if (!Number.isInteger(pid) || pid === process.pid || isAlive(pid)) continue;
-    const path = join(dirname(file), name);
-    if ((await stat(path).catch(() => undefined))?.size === 0) {
-      const emptyClaim = await tryClaim(path);
-      await emptyClaim?.release({ removeFile: true });
-      continue;
-    }
-    const claim = await tryClaim(path);
-    if (claim) claims.push(claim);
+    const pid = /^\.(\d+)$/.exec(name.startsWith(base) ? name.slice(base.length) : "")?.[1];
+    if (pid === undefined || Number(pid) === process.pid) continue;
+    const claim = await tryClaim(join(dirname(file), name));
+    if (!claim) continue;
+    if ((await stat(claim.file).catch(() => undefined))?.size) claims.push(claim);
+    else await claim.release({ removeFile: true });
   }
   return claims;
 }
@@ -222,40 +223,53 @@ async function tryClaim(file: string): Promise<SpoolClaim | undefined> {
       } finally {
         await fh.close();
       }
-      heldHere.add(lock);
-      return {
-        file,
-        async release({ removeFile }) {
-          if (removeFile) await unlink(file).catch(() => {});
-          await unlink(lock).catch(() => {});
-          heldHere.delete(lock);
-        },
-      };
+      return held(file, lock);
     } catch (error) {
       if ((error as { code?: string }).code !== "EEXIST") throw error;
     }
     const content = await readFile(lock, "utf8").catch(() => undefined);
     if (content === undefined) continue; // removed meanwhile: try again
     const holder = Number.parseInt(content, 10);
-    if (Number.isInteger(holder) && holder !== process.pid && isAlive(holder)) return undefined;
-    if (!Number.isInteger(holder)) {
-      // Empty: a claimer between creating the lock and writing its pid, or one that died there.
+    // Our own pid in a lock this process does not hold: a dead process that had the pid before us.
+    const alive = holder === process.pid ? false : isAlive(holder);
+    if (alive) return undefined;
+    if (alive === undefined) {
+      // Cannot ask (or no pid yet: a claimer between creating the lock and writing it): the heartbeat decides.
       const age = Date.now() - ((await stat(lock).catch(() => undefined))?.mtimeMs ?? 0);
-      if (age < 10_000) return undefined;
+      if (age < staleAfterMs) return undefined;
     }
-    // Dead holder (our pid here means a dead process that had it before us). Remove the lock
-    // only if it still names that holder: another process may have taken it over meanwhile.
+    // Remove the stale lock only if it still names that holder: another process may have taken it over meanwhile.
     if ((await readFile(lock, "utf8").catch(() => undefined)) === content) await unlink(lock).catch(() => {});
   }
   return undefined;
 }
 
-/** Whether a process with this pid exists (EPERM: it does, under another user). */
-function isAlive(pid: number): boolean {
+function held(file: string, lock: string): SpoolClaim {
+  heldHere.add(lock);
+  const heartbeat = setInterval(() => {
+    const now = new Date();
+    utimes(lock, now, now).catch(() => {});
+  }, heartbeatMs);
+  (heartbeat as { unref?: () => void }).unref?.();
+  return {
+    file,
+    async release({ removeFile }) {
+      clearInterval(heartbeat);
+      if (removeFile) await unlink(file).catch(() => {});
+      await unlink(lock).catch(() => {});
+      heldHere.delete(lock);
+    },
+  };
+}
+
+/** Whether a process with this pid exists (EPERM: it does, under another user); undefined when the runtime cannot tell. */
+function isAlive(pid: number): boolean | undefined {
+  if (!Number.isInteger(pid) || pid <= 0) return undefined;
   try {
     process.kill(pid, 0);
     return true;
   } catch (error) {
-    return (error as { code?: string }).code === "EPERM";
+    const code = (error as { code?: string }).code;
+    return code === "ESRCH" ? false : code === "EPERM" ? true : undefined;
   }
 }
