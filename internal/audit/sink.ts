@@ -75,6 +75,7 @@ export async function createAuditSink(deps: {
 }): Promise<AuditSink> {
   const { nc, topology, log } = deps;
   const tune = { ...defaults, ...deps.tuning };
+  if (nc.isClosed()) throw new Error("audit sink: the NATS connection is closed");
   const claim = await claimSpoolFile(deps.spoolFile);
   const own: Source = { claim, spool: await openSpool(claim.file).catch(async (error) => { await claim.release({ removeFile: false }); throw error; }), offset: 0, replayed: 0 };
   const adopted: Source[] = [];
