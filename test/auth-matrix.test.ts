@@ -57,6 +57,8 @@ const expected: Record<string, Needs> = {
   "jobmesh.v1.AuditService.ListAuditEvents": "admin",
   "jobmesh.v1.AuditService.GetAuditEvent": "admin",
   "jobmesh.v1.AuditService.VerifyAuditChain": "admin",
+  "jobmesh.v1.AuditService.ExportAuditEvents": "admin",
+  "jobmesh.v1.AuditService.ListAuditCheckpoints": "admin",
   "jobmesh.v1.WebhookService.CreateWebhook": "admin",
   "jobmesh.v1.WebhookService.GetWebhook": "admin",
   "jobmesh.v1.WebhookService.ListWebhooks": "admin",
