@@ -15,10 +15,13 @@
  *
  * The window: an event is lost only if the process dies while the event is in memory, from
  * `record()` until JetStream acknowledged it or the spool holds it fsynced. Normally that is the
- * linger (2 ms) plus one publish round trip (under a millisecond to a local NATS). When the
- * connection drops, the events in flight are spooled at once (one fsync, a few milliseconds);
- * when NATS stops answering but the connection stays up, an event waits up to the
- * acknowledgement timeout (5 s) before it is spooled.
+ * linger (2 ms) plus one JetStream publish round trip (a few milliseconds; with NATS's
+ * `sync_interval: always` it includes NATS's own fsync). While NATS is unreachable it is the
+ * linger plus one spool write and fsync (milliseconds). When the connection drops, the events
+ * in flight are spooled at once; when NATS stops answering but the connection stays up, an
+ * event waits up to the acknowledgement timeout (5 s) before it is spooled. The spool is kept
+ * per process and path; a copy JetStream already had is dropped by Nats-Msg-Id within the
+ * stream's duplicate window (2 min), and after it by the store's de-duplication by event id.
  *
  * Runtime-neutral (node:fs, node:path, @nats-io/*): the Deno gateway imports it too.
  */
