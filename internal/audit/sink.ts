@@ -176,8 +176,17 @@ export async function createAuditSink(deps: {
 
   async function writeSpool() {
     const entries = toSpool;
+    const payloads: Uint8Array[] = [];
+    for (const entry of entries) {
+      try {
+        payloads.push((entry.bytes ??= toBinary(AuditEventSchema, entry.event)));
+      } catch (error) {
+        // Not an AuditEvent the codec can write: it must not hold back every event behind it.
+        log.error({ err: error }, "audit sink: an event that cannot be serialised was dropped");
+      }
+    }
     try {
-      await own.spool.append(entries.map((e) => (e.bytes ??= toBinary(AuditEventSchema, e.event))));
+      await own.spool.append(payloads);
       toSpool = toSpool.slice(entries.length);
       spooling = true;
     } catch (error) {
