@@ -69,6 +69,7 @@ const expected: Record<string, Needs> = {
   "jobmesh.v1.WebhookService.GetWebhookDelivery": "admin",
   "jobmesh.v1.WebhookService.ReplayWebhookDelivery": "admin",
   "jobmesh.v1.WebhookService.TestWebhook": "admin",
+  "jobmesh.v1.WebhookService.RecoverWebhookDeliveries": "admin",
 };
 
 const callers = ["none", "viewer", "operator", "admin"] as const;

@@ -101,6 +101,28 @@ export declare type Webhook = Message<"jobmesh.v1.Webhook"> & {
    * @generated from field: string etag = 12;
    */
   etag: string;
+
+  /**
+   * Only events of jobs that match: a pipeline and/or job labels. Unset delivers events of
+   * every job.
+   *
+   * @generated from field: jobmesh.v1.WebhookJobFilter job_filter = 13;
+   */
+  jobFilter?: WebhookJobFilter | undefined;
+
+  /**
+   * Deliveries in flight to this subscription at once (1..100); 0 means the default of 10.
+   *
+   * @generated from field: int32 max_concurrency = 14;
+   */
+  maxConcurrency: number;
+
+  /**
+   * Deliveries started per second (0..1000); 0 means the default of 50.
+   *
+   * @generated from field: int32 max_rate_per_second = 15;
+   */
+  maxRatePerSecond: number;
 };
 
 /**
@@ -108,6 +130,33 @@ export declare type Webhook = Message<"jobmesh.v1.Webhook"> & {
  * Use `create(WebhookSchema)` to create a new message.
  */
 export declare const WebhookSchema: GenMessage<Webhook>;
+
+/**
+ * WebhookJobFilter selects the jobs whose events a subscription receives.
+ *
+ * @generated from message jobmesh.v1.WebhookJobFilter
+ */
+export declare type WebhookJobFilter = Message<"jobmesh.v1.WebhookJobFilter"> & {
+  /**
+   * "pipelines/{pipeline_id}": only jobs of this pipeline; empty for any.
+   *
+   * @generated from field: string pipeline = 1;
+   */
+  pipeline: string;
+
+  /**
+   * Only jobs carrying every one of these labels with these values.
+   *
+   * @generated from field: map<string, string> job_labels = 2;
+   */
+  jobLabels: { [key: string]: string };
+};
+
+/**
+ * Describes the message jobmesh.v1.WebhookJobFilter.
+ * Use `create(WebhookJobFilterSchema)` to create a new message.
+ */
+export declare const WebhookJobFilterSchema: GenMessage<WebhookJobFilter>;
 
 /**
  * WebhookDelivery is the delivery of one event to one subscription, with every attempt.
@@ -776,6 +825,53 @@ export declare type TestWebhookResponse = Message<"jobmesh.v1.TestWebhookRespons
 export declare const TestWebhookResponseSchema: GenMessage<TestWebhookResponse>;
 
 /**
+ * RecoverWebhookDeliveriesRequest names the subscription and the time to recover from.
+ *
+ * @generated from message jobmesh.v1.RecoverWebhookDeliveriesRequest
+ */
+export declare type RecoverWebhookDeliveriesRequest = Message<"jobmesh.v1.RecoverWebhookDeliveriesRequest"> & {
+  /**
+   * "webhooks/{webhook_id}".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Deliveries created at or after this time that FAILED are sent again.
+   *
+   * @generated from field: google.protobuf.Timestamp since = 2;
+   */
+  since?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message jobmesh.v1.RecoverWebhookDeliveriesRequest.
+ * Use `create(RecoverWebhookDeliveriesRequestSchema)` to create a new message.
+ */
+export declare const RecoverWebhookDeliveriesRequestSchema: GenMessage<RecoverWebhookDeliveriesRequest>;
+
+/**
+ * RecoverWebhookDeliveriesResponse says how many deliveries were queued again.
+ *
+ * @generated from message jobmesh.v1.RecoverWebhookDeliveriesResponse
+ */
+export declare type RecoverWebhookDeliveriesResponse = Message<"jobmesh.v1.RecoverWebhookDeliveriesResponse"> & {
+  /**
+   * Deliveries set PENDING with an attempt due now.
+   *
+   * @generated from field: int32 queued_count = 1;
+   */
+  queuedCount: number;
+};
+
+/**
+ * Describes the message jobmesh.v1.RecoverWebhookDeliveriesResponse.
+ * Use `create(RecoverWebhookDeliveriesResponseSchema)` to create a new message.
+ */
+export declare const RecoverWebhookDeliveriesResponseSchema: GenMessage<RecoverWebhookDeliveriesResponse>;
+
+/**
  * WebhookState is whether a subscription receives deliveries.
  *
  * @generated from enum jobmesh.v1.WebhookState
@@ -1052,6 +1148,17 @@ export declare const WebhookService: GenService<{
     methodKind: "unary";
     input: typeof ReplayWebhookDeliveryRequestSchema;
     output: typeof ReplayWebhookDeliveryResponseSchema;
+  },
+  /**
+   * Sends every delivery of the subscription that FAILED since a time again, as replays: the
+   * recovery after an outage of the receiver. Returns how many were queued.
+   *
+   * @generated from rpc jobmesh.v1.WebhookService.RecoverWebhookDeliveries
+   */
+  recoverWebhookDeliveries: {
+    methodKind: "unary";
+    input: typeof RecoverWebhookDeliveriesRequestSchema;
+    output: typeof RecoverWebhookDeliveriesResponseSchema;
   },
   /**
    * Sends a signed ping (type "webhook.test") to the subscription's URL now and returns the
