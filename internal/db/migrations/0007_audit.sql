@@ -1,5 +1,20 @@
 -- Up Migration
 
+-- The interface of this migration to internal/audit (agreed with retention.ts and consumer.ts):
+-- the audit tables and these functions are owned by the NOLOGIN role jobmesh_audit_owner, which
+-- the service's role is NOT a member of; the functions are SECURITY DEFINER with a fixed
+-- search_path, and the service may only EXECUTE them (through jobmesh_audit_appender).
+--   audit_events_partition(tenant uuid, at timestamptz) RETURNS text
+--     the month partition of the tenant holding `at`, created if missing; returns its name.
+--   audit_drop_expired_partitions(retention_days integer, per_tenant jsonb DEFAULT '{}')
+--     RETURNS TABLE (tenant_id uuid, month text, name text)
+--     drops each partition whose month ended more than its tenant's retention before now()
+--     (the database's clock, never the caller's): per_tenant is {"<tenant uuid>": days}, else
+--     retention_days; fewer than 1 day keeps everything. A partition goes only when its highest
+--     sequence is below the lowest sequence that remains (an event filed in an older month
+--     holds its month back). Writes audit_retention_horizons (first_sequence, prev_hash) in the
+--     same transaction; returns what it dropped, month as 'YYYY-MM'.
+
 -- The audit log (issue 12). One row per audited RPC, hash-chained per tenant: sequence from 1,
 -- hash = SHA-256(prev_hash || canonical event) as internal/audit/chain.ts computes it over the
 -- event read back from the row (eventOfRow in internal/audit/store.ts), so every column that
