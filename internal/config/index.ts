@@ -78,6 +78,7 @@ export interface Config {
   /** Identity: tokens, keys, the first admin, login rate limits. */
   auth: AuthConfig;
   audit: AuditConfig;
+  webhooks: WebhooksConfig;
   /**
    * The JOBMESH_GATEWAY_* settings as given, for `jobmesh up` to pass to the gateway process,
    * which validates them itself (internal/config/gateway.ts).
@@ -190,7 +191,9 @@ export function loadConfig(env: Env = process.env): Config {
       spoolDir: env.JOBMESH_AUDIT_SPOOL_DIR || `${dataDir}/audit-spool`,
       checkpointIntervalMs: readInt(env, "JOBMESH_AUDIT_CHECKPOINT_INTERVAL_MS", 2_000, 50, 5_000),
       retentionDays: readInt(env, "JOBMESH_AUDIT_RETENTION_DAYS", 400, 1, 36_500),
+      checkpointStreamMaxBytes: readInt(env, "JOBMESH_AUDIT_CHECKPOINT_STREAM_MAX_BYTES", 10 * 1024 ** 3, 0, Number.MAX_SAFE_INTEGER),
     },
+    webhooks: loadWebhooksConfig(env),
     gatewayEnv: Object.fromEntries(Object.entries(env).filter((e): e is [string, string] => e[0].startsWith("JOBMESH_GATEWAY_") && e[1] !== undefined)),
     server: {
       maxConcurrentStreams: readInt(env, "JOBMESH_MAX_CONCURRENT_STREAMS", 100, 1, 10_000),
@@ -211,6 +214,71 @@ export interface AuditConfig {
   checkpointIntervalMs: number;
   /** Default retention of a tenant's audit events, in days; whole monthly partitions are dropped. */
   retentionDays: number;
+  /**
+   * max_bytes of the audit checkpoints stream (JOBMESH_AUDIT_CHECKPOINT_STREAM_MAX_BYTES, default
+   * 10 GiB, 0 = none; it also keeps at most 400 days). Each tenant's latest checkpoint is kept
+   * apart, without limit, whatever this lets go.
+   */
+  checkpointStreamMaxBytes: number;
+}
+
+/** Who may be subscribed (internal/netpolicy's NetPolicy) and how deliveries are retried (cmd/webhooks). */
+export interface WebhooksConfig {
+  /** JOBMESH_WEBHOOKS_ALLOW_HTTP (default false): http:// receivers. `jobmesh up` turns it on unless set. */
+  allowHttp: boolean;
+  /** JOBMESH_WEBHOOKS_ALLOW_LOOPBACK (default false): receivers on 127.0.0.0/8 and ::1. `jobmesh up` turns it on unless set. */
+  allowLoopback: boolean;
+  /** TEST ONLY: exact "host:port" receivers allowed whatever their address (JOBMESH_WEBHOOKS_ALLOW_HOSTS, comma list). */
+  allowHosts: string[];
+  /** Which of allowHttp/allowLoopback the environment set, so `jobmesh up` changes only the defaults. */
+  explicitPolicy: { allowHttp?: boolean; allowLoopback?: boolean };
+  /** Delay before each attempt, from the first (JOBMESH_WEBHOOKS_RETRY_SCHEDULE; default Svix's 0,5s,5m,30m,2h,5h,10h,10h). */
+  retryScheduleMs: number[];
+  /** An attempt without a complete answer in this long fails (JOBMESH_WEBHOOKS_TIMEOUT_MS, default 15 s). */
+  timeoutMs: number;
+  /** A subscription failing without a success for this long is disabled (JOBMESH_WEBHOOKS_DISABLE_AFTER_MS, default 5 days). */
+  disableAfterMs: number;
+  /** Base of the result links in deliveries (JOBMESH_PUBLIC_URL, default the local gateway). */
+  publicUrl: string;
+}
+
+const durationUnitsMs: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** "0,5s,5m,30m,2h" → milliseconds; a bare number is milliseconds. At most 50 entries of at most 7 days each. */
+function readDurationList(env: Env, name: string, fallback: string): number[] {
+  const raw = env[name] || fallback;
+  const entries = raw.split(",").map((s) => s.trim());
+  const values = entries.map((entry) => {
+    const match = /^(\d{1,12})(ms|s|m|h|d)?$/.exec(entry);
+    const ms = match ? Number(match[1]) * durationUnitsMs[match[2] ?? "ms"] : NaN;
+    if (!Number.isSafeInteger(ms) || ms > 7 * 86_400_000) {
+      throw new ConfigError(name, `must be a comma list of durations such as 0,5s,5m,2h (each at most 7d), got "${raw}"`);
+    }
+    return ms;
+  });
+  if (values.length === 0 || values.length > 50) throw new ConfigError(name, `must hold 1..50 durations, got ${values.length}`);
+  return values;
+}
+
+function loadWebhooksConfig(env: Env): WebhooksConfig {
+  const explicit = (name: string) => (env[name] === undefined || env[name] === "" ? undefined : readBool(env, name));
+  const allowHosts = (env.JOBMESH_WEBHOOKS_ALLOW_HOSTS ?? "").split(",").map((s) => s.trim()).filter(Boolean);
+  for (const host of allowHosts) {
+    if (!/^(\[[0-9a-fA-F:.]+\]|[0-9A-Za-z.-]+):\d{1,5}$/.test(host)) {
+      throw new ConfigError("JOBMESH_WEBHOOKS_ALLOW_HOSTS", `must be a comma list of exact host:port, got "${host}"`);
+    }
+  }
+  const explicitPolicy = { allowHttp: explicit("JOBMESH_WEBHOOKS_ALLOW_HTTP"), allowLoopback: explicit("JOBMESH_WEBHOOKS_ALLOW_LOOPBACK") };
+  return {
+    allowHttp: explicitPolicy.allowHttp ?? false,
+    allowLoopback: explicitPolicy.allowLoopback ?? false,
+    allowHosts,
+    explicitPolicy,
+    retryScheduleMs: readDurationList(env, "JOBMESH_WEBHOOKS_RETRY_SCHEDULE", "0,5s,5m,30m,2h,5h,10h,10h"),
+    timeoutMs: readInt(env, "JOBMESH_WEBHOOKS_TIMEOUT_MS", 15_000, 100, 300_000),
+    disableAfterMs: readInt(env, "JOBMESH_WEBHOOKS_DISABLE_AFTER_MS", 5 * 86_400_000, 1000, 365 * 86_400_000),
+    publicUrl: readUrl(env, "JOBMESH_PUBLIC_URL", "http://127.0.0.1:8080", ["http:", "https:"]).replace(/\/+$/, ""),
+  };
 }
 
 function loadAuthConfig(env: Env, dataDir: string): AuthConfig {
