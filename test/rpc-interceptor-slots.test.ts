@@ -4,17 +4,20 @@
  * runs outside identity, sees every call once (a streaming call when its stream ends), with the
  * caller the call claimed to be, refused or not, and the ConnectError the caller gets.
  */
+import http2 from "node:http2";
 import t, { type Test } from "tap";
-import { Code, ConnectError, createClient, createContextValues, type Interceptor } from "@connectrpc/connect";
-import { createConnectTransport } from "@connectrpc/connect-node";
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError, createClient, createContextValues, type HandlerContext, type Interceptor } from "@connectrpc/connect";
+import { connectNodeAdapter, createConnectTransport } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
 import { AuthService, Role } from "../gen/jobmesh/v1/auth_pb.js";
 import { JobService } from "../gen/jobmesh/v1/jobs_pb.js";
-import { PipelineService, Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
+import { GetPipelineResponseSchema, PipelineService, Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
 import { serveAuth, serveJobs, servePipelines } from "../internal/mesh/servers.ts";
 import { attemptedCallerKey, callerKey, type AttemptedCaller, type Caller } from "../internal/rpc/context.ts";
 import { chainOf, createCallEndInterceptor } from "../internal/rpc/slots.ts";
 import { startTestMesh } from "./support/mesh.ts";
+import { until } from "./support/wait.ts";
 
 /** What the audit slot saw of one call. */
 interface Seen {
@@ -241,18 +244,6 @@ t.test("streaming - WatchJob is recorded once, when its stream ends, not while i
   t.ok(missing.thrown instanceof ConnectError, "the stream's error is mapped before the audit slot sees it");
 });
 
-/** Waits for `condition`, polling; fails the test past a generous deadline. */
-async function until(t: Test, what: string, condition: () => boolean): Promise<void> {
-  const deadline = Date.now() + 30_000;
-  while (!condition()) {
-    if (Date.now() > deadline) {
-      t.fail(`timed out waiting for ${what}`);
-      return;
-    }
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
-
 t.test("abandoned - a WatchJob the client stops reading is one CANCELED record, not OK", async (t) => {
   const { job } = await jobs.createJob({ job: { document: { source: { case: "text", value: "abandoned by its watcher" } } } }, { headers: operatorHeaders });
   const watch = "/jobmesh.v1.JobService/WatchJob";
@@ -340,4 +331,77 @@ t.test("call end - a stream read partly and returned early is one CANCELED recor
   const done = (await whole(async () => ({ stream: true, message: (async function* () { yield 1; })() }) as never)(fakeStreamCall(new AbortController().signal))) as unknown as { message: AsyncIterable<number> };
   for await (const _ of done.message) void _;
   t.same(ends, ["ok"], "a stream read to its end is OK, once");
+});
+
+/** A call as the server hands it to interceptors: `method` of JobService, the signal under the test's control. */
+function fakeCall(method: "createJob" | "uploadDocument", signal: AbortSignal) {
+  const stream = method === "uploadDocument";
+  const message = stream ? (async function* () {})() : {};
+  const request = { stream, method: JobService.method[method], service: JobService, signal, header: new Headers(), contextValues: createContextValues(), message };
+  return request as unknown as Parameters<ReturnType<Interceptor>>[0];
+}
+
+t.test("call end - a unary or client-streaming handler that finishes after the client left is recorded with what it did, once", async (t) => {
+  for (const method of ["createJob", "uploadDocument"] as const) {
+    const ends: { code: Code | "ok"; response: unknown }[] = [];
+    const interceptor = createCallEndInterceptor((_req, error, end) => ends.push({ code: error === undefined ? "ok" : error.code, response: end.response }));
+    let finish = () => {};
+    const answered = new Promise<void>((resolve) => (finish = resolve));
+    const made = { job: { name: "jobs/committed" } };
+    const client = new AbortController();
+    const call = interceptor(async () => {
+      await answered; // the handler is still committing when the client goes
+      return (method === "createJob" ? { stream: false, message: made } : { stream: true, message: (async function* () { yield made; })() }) as never;
+    })(fakeCall(method, client.signal));
+    client.abort(new ConnectError("the operation timed out", Code.DeadlineExceeded));
+    await new Promise((resolve) => setImmediate(resolve));
+    t.same(ends, [], `${method}: nothing while its handler runs`);
+    finish();
+    const res = (await call) as unknown as { stream: boolean; message: unknown };
+    t.same(ends, [{ code: "ok", response: made }], `${method}: OK, with the response that names what it made`);
+    if (res.stream) {
+      const answers: unknown[] = [];
+      for await (const m of res.message as AsyncIterable<unknown>) answers.push(m);
+      t.same(answers, [made], `${method}: the one answer still reaches the client`);
+    }
+    t.same(ends.length, 1, `${method}: still one record`);
+  }
+
+  const failing = createCallEndInterceptor((_req, error) => ends.push(error === undefined ? "ok" : error.code));
+  const ends: (Code | "ok")[] = [];
+  const client = new AbortController();
+  const call = failing(async () => {
+    client.abort();
+    throw new ConnectError("no such pipeline", Code.NotFound);
+  })(fakeCall("createJob", client.signal));
+  await t.rejects(call);
+  t.same(ends, [Code.NotFound], "a handler's own error after the client left is its error, not CANCELED");
+});
+
+t.test("call end - over HTTP/2, a unary call whose deadline passes while its handler completes is recorded OK", async (t) => {
+  const ends: string[] = [];
+  let handlerDone = false;
+  const interceptor = createCallEndInterceptor((req, error) => ends.push(`${req.method.name} ${error === undefined ? "ok" : error.code}`));
+  const handler = connectNodeAdapter({
+    interceptors: [interceptor],
+    routes: (router) => {
+      router.service(PipelineService, {
+        async getPipeline(_req: unknown, ctx: HandlerContext) {
+          // Outlives the client's deadline on purpose; settles as soon as the client has given up.
+          await new Promise<void>((resolve) => (ctx.signal.aborted ? resolve() : ctx.signal.addEventListener("abort", () => resolve(), { once: true })));
+          handlerDone = true;
+          return create(GetPipelineResponseSchema, {});
+        },
+      } as never);
+    },
+  });
+  const server = http2.createServer(handler).listen(0, "127.0.0.1");
+  await new Promise((resolve) => server.once("listening", resolve));
+  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  const port = (server.address() as { port: number }).port;
+  const client = createClient(PipelineService, createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "2" }));
+  t.equal(await codeOf(client.getPipeline({ name: "pipelines/p1" }, { timeoutMs: 200 })), Code.DeadlineExceeded, "the client gave up");
+  await until(t, "the handler finished", () => handlerDone);
+  await until(t, "the call's record", () => ends.length > 0);
+  t.same(ends, ["GetPipeline ok"], "what the handler did, not the client's abandonment");
 });

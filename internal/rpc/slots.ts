@@ -54,11 +54,13 @@ export interface CallEnd {
 }
 
 /**
- * An interceptor that calls `onEnd` exactly once per call, when it is over: a unary answer or
- * error, or the end of a response stream (a server-streaming call is not over when its handler
- * returns). A response stream the client abandons (the server stops reading it early, or the
- * call's signal aborts: the client went away or its deadline passed) ends as CANCELED, or
- * DEADLINE_EXCEEDED when that is why; a stream never read at all is caught by the signal. In the
+ * An interceptor that calls `onEnd` exactly once per call, when it is over: a unary or
+ * client-streaming call when its handler settles, with what the handler answered (a create the
+ * client stopped waiting for still committed, and its record says so); a call with a response
+ * stream at the end of that stream (it is not over when its handler returns). A response stream
+ * the client abandons (the server stops reading it early, or the call's signal aborts: the client
+ * went away or its deadline passed) ends as CANCELED, or DEADLINE_EXCEEDED when that is why; a
+ * stream never read at all is caught by the signal. In the
  * audit slot, `error` is already the ConnectError the caller gets, and `req.contextValues` holds
  * what identity recorded. `onEnd` cannot fail or delay the call: it is not awaited, and what it
  * throws is handed to `onFailure`.
@@ -81,13 +83,16 @@ export function createCallEndInterceptor(
         onFailure(failure);
       }
     };
-    // The backstop: whatever happens to the stream (never read, read and dropped), a call whose
-    // signal aborts before it ended is over, and the client did not get a complete answer.
+    // The backstop, for a response stream only: whatever happens to it (never read, read and
+    // dropped), a call whose signal aborts before it ended is over, and the client did not get a
+    // complete answer. A unary or client-streaming handler runs to its end whether or not the
+    // client is still there, and what it did is what the record says.
     const onAbort = () => end(abandonment(req.signal));
-    if (req.signal.aborted) {
+    const streamsResponse = req.method.methodKind === "server_streaming" || req.method.methodKind === "bidi_streaming";
+    if (streamsResponse && req.signal.aborted) {
       // Connect checks the signal itself; record the call as the client's abandonment anyway.
       queueMicrotask(onAbort);
-    } else {
+    } else if (streamsResponse) {
       req.signal.addEventListener("abort", onAbort, { once: true });
     }
 
@@ -102,22 +107,27 @@ export function createCallEndInterceptor(
       end(undefined, res.message);
       return res;
     }
+    if (!streamsResponse) {
+      // A client-streaming call's one answer, already made (Connect runs the handler inside
+      // next): taken now, so the call is recorded as settled even if nobody reads it.
+      const answer = await firstOf(res.message).catch((error: unknown) => ({ error }));
+      if ("error" in answer) {
+        end(answer.error);
+        throw answer.error;
+      }
+      end(undefined, answer.value);
+      return { ...res, message: replay(answer.value) };
+    }
     let failed: unknown;
     let completed = false;
-    // A client-streaming call answers with one message, sent as a stream: it is the response.
-    const answersOnce = req.method.methodKind === "client_streaming";
-    let response: unknown;
     return {
       ...res,
       message: mapStream(
         observeCompletion(res.message, () => (completed = true)),
-        (m) => (answersOnce ? (response = m) : m) as typeof m,
+        (m) => m,
         (e) => (failed = e),
         // Not completed and not failed: the reader stopped early (iterator return()).
-        () => {
-          const error = failed ?? (completed ? undefined : abandonment(req.signal));
-          end(error, error === undefined ? response : undefined);
-        },
+        () => end(failed ?? (completed ? undefined : abandonment(req.signal))),
       ),
     };
   };
@@ -134,4 +144,15 @@ function abandonment(signal: AbortSignal): ConnectError {
 async function* observeCompletion<T>(source: AsyncIterable<T>, onDone: () => void): AsyncGenerator<T> {
   yield* source;
   onDone();
+}
+
+/** The first message of a stream (a client-streaming answer has exactly one; none is undefined). */
+async function firstOf<T>(source: AsyncIterable<T>): Promise<{ value: T | undefined }> {
+  for await (const value of source) return { value };
+  return { value: undefined };
+}
+
+/** A stream of the one answer again (nothing when there was none). */
+async function* replay<T>(value: T | undefined): AsyncGenerator<T> {
+  if (value !== undefined) yield value;
 }
