@@ -28,7 +28,7 @@ const topology = createAuditTopology(isolated.namespace);
 const limits = { streamMaxBytes: 8 * 1024 * 1024 };
 await provisionAuditTopology(topology, jsm, limits);
 t.teardown(async () => {
-  for (const name of [topology.eventsStream, topology.checkpointsStream]) await jsm.streams.delete(name).catch(() => false);
+  for (const name of [topology.eventsStream, topology.checkpointsStream, topology.headsStream]) await jsm.streams.delete(name).catch(() => false);
   await nc.close();
   await db.end();
   await isolated.drop();

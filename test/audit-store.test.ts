@@ -105,6 +105,9 @@ void t.test("list - newest first by default, every event once across pages, filt
   t.equal((await listAll(tenantA, `event_time < "${hourAgo}"`)).length, 0);
   await t.rejects(domain.list(tenantA, { pageSize: 5, pageToken: "", filter: 'actor = "x" AND colour = red', orderBy: "" }), InvalidAuditFilterError);
   await t.rejects(domain.list(tenantA, { pageSize: 5, pageToken: newest.nextPageToken, filter: "code = 0", orderBy: "" }), { message: /page_token/ }, "a token is bound to its filter");
+  await t.rejects(domain.list(tenantB, { pageSize: 5, pageToken: newest.nextPageToken, filter: "", orderBy: "" }), { message: /page_token/ }, "and to its tenant");
+  const cps = await domain.listCheckpoints(tenantA, { pageSize: 1, pageToken: "" });
+  if (cps.nextPageToken) await t.rejects(domain.listCheckpoints(tenantB, { pageSize: 1, pageToken: cps.nextPageToken }), { message: /page_token/ }, "a checkpoints token too");
 });
 
 void t.test("cross-tenant - list, get, verify and export of A show nothing of B", async (t) => {

@@ -5,7 +5,9 @@ import t, { type Test } from "tap";
 import { randomUUID } from "node:crypto";
 import type pg from "pg";
 import { AuditChainBreak } from "../gen/jobmesh/v1/audit_pb.js";
+import { createAuditDomain } from "../internal/audit/audit.ts";
 import { chainHashOf } from "../internal/audit/chain.ts";
+import { createPageTokens } from "../internal/paging/index.ts";
 import { auditEventColumns, eventOfRow, type AuditEventRow } from "../internal/audit/store.ts";
 import { auditEvent, createAuditStoreWorld } from "./support/audit-store.ts";
 
@@ -63,6 +65,56 @@ void t.test("tamper - removing the tail is MISSING where it starts (the signed c
   const tenant = await signedTenant();
   await asAttacker((c) => c.query("DELETE FROM audit_events WHERE tenant_id = $1 AND sequence > 17", [tenant]));
   await expectBreak(t, tenant, 18n, AuditChainBreak.MISSING);
+});
+
+void t.test("tamper - removing the tail AND its checkpoints from Postgres is still MISSING where it starts (published outside)", async (t) => {
+  const tenant = await signedTenant();
+  await asAttacker(async (c) => {
+    await c.query("DELETE FROM audit_events WHERE tenant_id = $1 AND sequence > 17", [tenant]);
+    await c.query("DELETE FROM audit_checkpoints WHERE tenant_id = $1 AND sequence > 17", [tenant]);
+  });
+  await expectBreak(t, tenant, 18n, AuditChainBreak.MISSING);
+});
+
+/** Removes every checkpoint of the tenant from the checkpoints stream (as if it had let them go). */
+async function purgeCheckpointsStream(tenant: string) {
+  await world.bus.jsm.streams.purge(world.topology.checkpointsStream, { filter: world.topology.checkpointsSubject(tenant) });
+}
+
+void t.test("tamper - checkpoints gone from Postgres and from the checkpoints stream, chain re-chained: the kept head still catches it", async (t) => {
+  const tenant = await signedTenant();
+  await purgeCheckpointsStream(tenant);
+  await asAttacker(async (c) => {
+    await c.query("DELETE FROM audit_checkpoints WHERE tenant_id = $1", [tenant]);
+    await c.query("UPDATE audit_events SET resource = 'jobs/innocent' WHERE tenant_id = $1 AND sequence = 5", [tenant]);
+    const { rows } = await c.query<AuditEventRow>(`SELECT ${auditEventColumns} FROM audit_events WHERE tenant_id = $1 AND sequence >= 5 ORDER BY sequence`, [tenant]);
+    let prev = (await c.query<{ hash: string }>("SELECT hash FROM audit_events WHERE tenant_id = $1 AND sequence = 4", [tenant])).rows[0].hash;
+    for (const row of rows) {
+      const hash = chainHashOf(prev, eventOfRow({ ...row, prev_hash: prev }));
+      await c.query("UPDATE audit_events SET prev_hash = $3, hash = $4 WHERE tenant_id = $1 AND sequence = $2", [tenant, row.sequence, prev, hash]);
+      prev = hash;
+    }
+  });
+  const verdict = await domain.verify(tenant, { startSequence: 0n, endSequence: 0n });
+  t.equal(verdict.intact, false, `not intact: ${verdict.reason}`);
+  t.ok(verdict.firstBrokenSequence >= 1n && verdict.firstBrokenSequence <= 5n, `broken at or before the edit (${verdict.firstBrokenSequence})`);
+  t.equal(verdict.breakKind, AuditChainBreak.CHECKPOINT_MISMATCH);
+});
+
+void t.test("unsigned - events unsigned much longer than the checkpoint interval are not intact", async (t) => {
+  const tenant = await signedTenant();
+  await purgeCheckpointsStream(tenant);
+  await world.bus.jsm.streams.purge(world.topology.headsStream, { filter: world.topology.headsSubject(tenant) });
+  await asAttacker((c) => c.query("DELETE FROM audit_checkpoints WHERE tenant_id = $1", [tenant]));
+  const strict = createAuditDomain({ db, js: world.bus.js, jsm: world.bus.jsm, topology: world.topology, pageTokens: createPageTokens("test"), keyEncryptionKey: world.keyEncryptionKey, log: world.log, unsignedGraceMs: 1_000 });
+  const lenient = createAuditDomain({ db, js: world.bus.js, jsm: world.bus.jsm, topology: world.topology, pageTokens: createPageTokens("test"), keyEncryptionKey: world.keyEncryptionKey, log: world.log, unsignedGraceMs: 3_600_000 });
+  const young = await lenient.verify(tenant, { startSequence: 0n, endSequence: 0n });
+  t.same([young.intact, young.unsignedCount], [true, 20n], "within the grace: intact, 20 unsigned");
+  await world.until("the events older than 1 s", async () => (await db.query("SELECT 1 FROM audit_events WHERE tenant_id = $1 AND stored_time < now() - interval '2 seconds' LIMIT 1", [tenant])).rowCount === 1);
+  const verdict = await strict.verify(tenant, { startSequence: 0n, endSequence: 0n });
+  t.equal(verdict.intact, false, verdict.reason);
+  t.equal(verdict.firstBrokenSequence, 1n);
+  t.match(verdict.reason, /still signed by no checkpoint/);
 });
 
 void t.test("tamper - swapping two rows' sequences is REORDERED at the lower", async (t) => {

@@ -33,6 +33,12 @@ export interface AuditDomainDeps {
   pageTokens: PageTokens;
   keyEncryptionKey: Buffer;
   log: Logger;
+  /**
+   * How long a stored event may stay unsigned and the chain still be called intact (default
+   * 60 s: many checkpoint intervals, which are at most 5 s, and a store's takeover). Past it the
+   * signatures are not keeping up, or were removed: the first unsigned event is the break.
+   */
+  unsignedGraceMs?: number;
 }
 
 export interface ListAuditEventsQuery {
@@ -94,6 +100,26 @@ export function createAuditDomain(deps: AuditDomainDeps) {
     return { start, end };
   }
 
+  const unsignedGraceMs = deps.unsignedGraceMs ?? 60_000;
+
+  /** An intact verdict, or a break at its first unsigned event when that was stored longer ago than the grace. */
+  async function unsignedTooLong(tenantId: string, verdict: ChainVerdict): Promise<ChainVerdict> {
+    const first = verdict.lastSequence - verdict.unsignedCount + 1n;
+    const { rows } = await db.query<{ age_ms: number }>(
+      "SELECT (extract(epoch FROM now() - min(stored_time)) * 1000)::float8 AS age_ms FROM audit_events WHERE tenant_id = $1 AND sequence = $2",
+      [tenantId, first.toString()],
+    );
+    const ageMs = rows[0]?.age_ms ?? 0;
+    if (ageMs <= unsignedGraceMs) return verdict;
+    return {
+      ...verdict,
+      intact: false,
+      firstBrokenSequence: first,
+      breakKind: AuditChainBreak.CHECKPOINT_MISMATCH,
+      reason: `sequence ${first}: stored ${Math.round(ageMs / 1000)} s ago and still signed by no checkpoint (${verdict.unsignedCount} events unsigned; a checkpoint is missing or the store is not signing)`,
+    };
+  }
+
   return {
     /** Events of the tenant matching the filter, newest first unless order_by says otherwise. */
     async list(tenantId: string, q: ListAuditEventsQuery): Promise<{ events: AuditEvent[]; nextPageToken: string }> {
@@ -102,7 +128,8 @@ export function createAuditDomain(deps: AuditDomainDeps) {
       const where = ["tenant_id = $1", ...auditFilterConditions(q.filter, param)];
       const orderBy = parseOrderBy(q.orderBy, Object.keys(sortColumns), { field: "sequence", descending: true });
       const sort = sortColumns[orderBy.field];
-      const queryKey = JSON.stringify(["auditEvents", q.filter, q.orderBy]);
+      // The tenant is part of the key: a token is never a position in another tenant's list.
+      const queryKey = JSON.stringify(["auditEvents", tenantId, q.filter, q.orderBy]);
       const after = q.pageToken ? deps.pageTokens.decode<KeysetPosition>(q.pageToken, queryKey) : undefined;
       const keyset = keysetSql({ sort: sort.sql, sortType: sort.type, id: "event_id", idType: "uuid", descending: orderBy.descending, after, param });
       if (keyset.resume) where.push(keyset.resume);
@@ -135,7 +162,7 @@ export function createAuditDomain(deps: AuditDomainDeps) {
      * compares Postgres's checkpoints with the published ones. The first break of either wins.
      */
     async verify(tenantId: string, q: { startSequence: bigint; endSequence: bigint }): Promise<ChainVerdict> {
-      const range = await chainRangeOf(db, tenantId, q.startSequence, q.endSequence);
+      const range = await chainRangeOf(db, deps.js, deps.topology, tenantId, q.startSequence, q.endSequence);
       const keys = await trustedPublicKeys(db, deps.keyEncryptionKey);
       const verifier = createChainVerifier({ keys, startSequence: range.start, firstPrevHash: range.firstPrevHash, tenant: tenantId });
       const items = interleaved(tenantId, range);
@@ -149,6 +176,7 @@ export function createAuditDomain(deps: AuditDomainDeps) {
       if (mismatch && (verdict.intact || mismatch.sequence < verdict.firstBrokenSequence)) {
         return { ...verdict, intact: false, firstBrokenSequence: mismatch.sequence, breakKind: AuditChainBreak.CHECKPOINT_MISMATCH, reason: mismatch.reason };
       }
+      if (verdict.intact && verdict.unsignedCount > 0n) return unsignedTooLong(tenantId, verdict);
       return verdict;
     },
 
@@ -163,7 +191,7 @@ export function createAuditDomain(deps: AuditDomainDeps) {
         yield create(ExportAuditEventsResponseSchema, { item: { case: "signingKey", value: signingKey } });
       }
       if (!bounds) return;
-      const range = await chainRangeOf(db, tenantId, bounds.start, bounds.end);
+      const range = await chainRangeOf(db, deps.js, deps.topology, tenantId, bounds.start, bounds.end);
       for await (const { event, checkpoint } of interleaved(tenantId, range)) {
         if (event) yield create(ExportAuditEventsResponseSchema, { item: { case: "auditEvent", value: event } });
         else if (checkpoint) yield create(ExportAuditEventsResponseSchema, { item: { case: "checkpoint", value: checkpoint } });
@@ -172,7 +200,7 @@ export function createAuditDomain(deps: AuditDomainDeps) {
 
     /** The tenant's checkpoints in Postgres, newest first. */
     async listCheckpoints(tenantId: string, q: { pageSize: number; pageToken: string }): Promise<{ checkpoints: AuditCheckpoint[]; nextPageToken: string }> {
-      const queryKey = "auditCheckpoints";
+      const queryKey = JSON.stringify(["auditCheckpoints", tenantId]);
       const after = q.pageToken ? deps.pageTokens.decode<KeysetPosition>(q.pageToken, queryKey) : undefined;
       const limit = pageSizeOf(q.pageSize);
       const params: unknown[] = [tenantId, after ? after[0] : null, limit + 1];

@@ -7,7 +7,7 @@ import { equals } from "@bufbuild/protobuf";
 import type { JetStreamClient } from "@nats-io/jetstream";
 import { AuditChainBreak, AuditCheckpointSchema, type AuditCheckpoint, type AuditEvent } from "../../gen/jobmesh/v1/audit_pb.js";
 import type { Pool } from "../db/index.ts";
-import { publishedCheckpoints } from "./checkpoints.ts";
+import { publishedCheckpoints, publishedHead } from "./checkpoints.ts";
 import { auditEventColumns, checkpointColumns, checkpointOfRow, eventOfRow, type AuditCheckpointRow, type AuditEventRow } from "./store.ts";
 import type { AuditTopology } from "./topology.ts";
 
@@ -24,14 +24,20 @@ export interface ChainRange {
   end: bigint;
   /** The trusted hash before `start`; undefined from sequence 1 (genesis). */
   firstPrevHash?: string;
+  /** The highest sequence stored in Postgres (0 when none). */
+  storedHead: bigint;
+  /** The tenant's highest published checkpoint (it may be on the heads stream only). */
+  publishedHead?: AuditCheckpoint;
 }
 
 /**
- * The range to read: start 0 is where the kept chain starts (after retention), end 0 the head;
- * the end runs on to the next checkpoint so every event read is covered by a signature when one
- * exists (a checkpoint beyond the last row, after a tail was removed, is included: MISSING).
+ * The range to read: start 0 is where the kept chain starts (after retention), end 0 the head:
+ * the highest of Postgres's last row, its last checkpoint and the last checkpoint PUBLISHED (a
+ * tail removed together with its checkpoints in Postgres is still signed outside: MISSING at its
+ * first absent sequence). The end runs on to the next checkpoint so every event read is covered
+ * by a signature when one exists.
  */
-export async function chainRangeOf(db: Pool, tenantId: string, startSequence: bigint, endSequence: bigint): Promise<ChainRange> {
+export async function chainRangeOf(db: Pool, js: JetStreamClient, topology: AuditTopology, tenantId: string, startSequence: bigint, endSequence: bigint): Promise<ChainRange> {
   const { rows } = await db.query<{ horizon: string | null; horizon_prev: string | null; head: string | null; last_cp: string | null }>(
     `SELECT (SELECT first_sequence FROM audit_retention_horizons WHERE tenant_id = $1)::text AS horizon,
             (SELECT prev_hash FROM audit_retention_horizons WHERE tenant_id = $1) AS horizon_prev,
@@ -43,7 +49,10 @@ export async function chainRangeOf(db: Pool, tenantId: string, startSequence: bi
   const start = startSequence > horizon ? startSequence : horizon;
   const head = BigInt(rows[0].head ?? "0");
   const lastCheckpoint = BigInt(rows[0].last_cp ?? "0");
-  let end = endSequence > 0n ? endSequence : head > lastCheckpoint ? head : lastCheckpoint;
+  const outside = await publishedHead(js, topology, tenantId);
+  let end = head > lastCheckpoint ? head : lastCheckpoint;
+  if (outside && outside.sequence > end) end = outside.sequence;
+  if (endSequence > 0n) end = endSequence;
   const next = await db.query<{ s: string | null }>("SELECT min(sequence)::text AS s FROM audit_checkpoints WHERE tenant_id = $1 AND sequence >= $2", [tenantId, end.toString()]);
   if (next.rows[0].s !== null) end = BigInt(next.rows[0].s);
   let firstPrevHash: string | undefined;
@@ -57,7 +66,7 @@ export async function chainRangeOf(db: Pool, tenantId: string, startSequence: bi
     );
     firstPrevHash = before.rows[0]?.hash;
   }
-  return { start, end, firstPrevHash };
+  return { start, end, firstPrevHash, storedHead: head, publishedHead: outside };
 }
 
 /** The tenant's events start..end in sequence order (ties by id, so a duplicated sequence shows). */
@@ -115,13 +124,19 @@ export async function checkpointsInRange(db: Pool, js: JetStreamClient, topology
     if (firstPublished === undefined || cp.sequence < firstPublished) firstPublished = cp.sequence;
     if (cp.sequence >= range.start && cp.sequence <= range.end && !published.has(cp.sequence)) published.set(cp.sequence, cp);
   }
+  // The head is kept when the checkpoints stream has let it go.
+  const head = range.publishedHead;
+  if (head && head.sequence >= range.start && head.sequence <= range.end && !published.has(head.sequence)) published.set(head.sequence, head);
   // Stored but not on the stream: suspect, unless it is too recent to have been published yet,
   // or older than what the stream still keeps (its max_age or max_bytes let old ones go).
   const shouldBePublished = (cp: AuditCheckpoint, ageMs: number) =>
     ageMs > publishGraceMs && (firstPublished === undefined ? ageMs < streamKeepsMs : cp.sequence > firstPublished);
   let mismatch: CheckpointMismatch | undefined;
   const note = (cp: AuditCheckpoint, why: string) => {
-    const sequence = cp.firstSequence > range.start ? cp.firstSequence : range.start;
+    let sequence = cp.firstSequence > range.start ? cp.firstSequence : range.start;
+    // A checkpoint of events beyond the stored ones: what it puts in doubt starts where the rows
+    // end (the verifier reports those MISSING there), not at its first sequence.
+    if (cp.sequence > range.storedHead && range.storedHead + 1n > sequence) sequence = range.storedHead + 1n;
     if (!mismatch || sequence < mismatch.sequence) {
       mismatch = { sequence, breakKind: AuditChainBreak.CHECKPOINT_MISMATCH, reason: `sequence ${sequence}: the checkpoint at sequence ${cp.sequence} ${why}` };
     }

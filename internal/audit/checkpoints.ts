@@ -92,6 +92,13 @@ export async function loadAuditSigningKey(deps: { db: Pool; keyEncryptionKey: Bu
 
 export interface CheckpointerDeps {
   db: Pool;
+  /**
+   * Runs a checkpoint's insert on the store's lock connection (the consumer passes its lock
+   * session, and runs the work between its batches, never inside one): a store that lost the
+   * lock (its connection gone) can no longer store a checkpoint. `work` opens and ends its own
+   * transaction. Not given: a transaction on a pool connection.
+   */
+  session?: <T>(work: (q: Queryable) => Promise<T>) => Promise<T>;
   js: JetStreamClient;
   topology: AuditTopology;
   key: AuditKey;
@@ -133,12 +140,44 @@ interface TenantState {
   busy: Promise<unknown>;
 }
 
+// Continuity is enforced here, not only in memory: a checkpoint is stored only when it starts
+// right after the tenant's last one (a stale holder cannot sign an overlapping range), under a
+// per-tenant transaction lock so that two holders cannot both see the same "last".
+const lockTenantCheckpoints = "SELECT pg_advisory_xact_lock(hashtext('jobmesh.audit_checkpoints:' || $1::text))";
 const insertCheckpoint = `INSERT INTO audit_checkpoints (tenant_id, sequence, first_sequence, hash, checkpoint_time, event_hashes, key_id, signature)
-  VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (tenant_id, sequence) DO NOTHING`;
+  SELECT $1, $2, $3, $4, $5, $6, $7, $8
+  WHERE $3::bigint = coalesce((SELECT max(sequence) FROM audit_checkpoints WHERE tenant_id = $1), 0) + 1
+  ON CONFLICT (tenant_id, sequence) DO NOTHING`;
+
+/** Inserts a signed checkpoint in a transaction of its own on `q`, as the appender; false when refused (not contiguous). */
+async function storeCheckpoint(q: Queryable, cp: AuditCheckpoint, time: Date): Promise<boolean> {
+  await q.query("BEGIN");
+  try {
+    await q.query("SET LOCAL ROLE jobmesh_audit_appender");
+    await q.query(lockTenantCheckpoints, [cp.tenant]);
+    const { rowCount } = await q.query(insertCheckpoint, [
+      cp.tenant, cp.sequence.toString(), cp.firstSequence.toString(), cp.hash, time,
+      Buffer.from(cp.eventHashes), cp.keyId, Buffer.from(cp.signature),
+    ]);
+    await q.query("COMMIT");
+    return rowCount === 1;
+  } catch (error) {
+    await q.query("ROLLBACK").catch(() => {});
+    throw error;
+  }
+}
 
 /** Keeps each tenant's unsigned hashes and turns them into signed, stored, published checkpoints. */
 export function createCheckpointer(deps: CheckpointerDeps): Checkpointer {
   const { db, js, topology, key, log } = deps;
+  const session = deps.session ?? (async <T>(work: (q: Queryable) => Promise<T>): Promise<T> => {
+    const client = await db.connect();
+    try {
+      return await work(client);
+    } finally {
+      client.release();
+    }
+  });
   const tenants = new Map<string, TenantState>();
   const stateOf = (tenantId: string): TenantState => {
     let state = tenants.get(tenantId);
@@ -154,7 +193,10 @@ export function createCheckpointer(deps: CheckpointerDeps): Checkpointer {
   /** Publishes the checkpoint; false (and kept for a retry) when the stream did not take it. */
   async function publish(state: TenantState, cp: AuditCheckpoint): Promise<boolean> {
     try {
-      await js.publish(topology.checkpointsSubject(cp.tenant), toBinary(AuditCheckpointSchema, cp), { msgID: `${cp.tenant}:${cp.sequence}` });
+      const bytes = toBinary(AuditCheckpointSchema, cp);
+      await js.publish(topology.checkpointsSubject(cp.tenant), bytes, { msgID: `${cp.tenant}:${cp.sequence}` });
+      // The tenant's head: published after the checkpoint, in order, so the last one stands.
+      await js.publish(topology.headsSubject(cp.tenant), bytes, { msgID: `head:${cp.tenant}:${cp.sequence}` });
       return true;
     } catch (error) {
       log.warn({ err: error, tenant: cp.tenant, sequence: cp.sequence.toString() }, "audit checkpoint stored but not published; retried");
@@ -226,17 +268,19 @@ export function createCheckpointer(deps: CheckpointerDeps): Checkpointer {
     const hashes = pending.hashes.slice(0, maxHashesPerCheckpoint);
     const time = new Date();
     const cp = signCheckpoint({ tenant: tenantId, firstSequence: pending.firstSequence, hashes, time }, key);
-    const stored = await inTransaction(db, async (tx) => {
-      await tx.query("SET LOCAL ROLE jobmesh_audit_appender");
-      const { rowCount } = await tx.query(insertCheckpoint, [
-        tenantId, cp.sequence.toString(), cp.firstSequence.toString(), cp.hash, time,
-        Buffer.from(cp.eventHashes), cp.keyId, Buffer.from(cp.signature),
-      ]);
-      return rowCount === 1;
-    });
-    // Another holder stored this sequence first (a takeover race): the table's checkpoint stands.
-    const result = stored ? cp : (await lastStored(tenantId))!;
-    if (!stored) log.warn({ tenant: tenantId, sequence: cp.sequence.toString() }, "audit checkpoint existed already; the stored one is kept");
+    const stored = await session((q) => storeCheckpoint(q, cp, time));
+    if (!stored) {
+      // Not right after the tenant's last stored checkpoint (another holder signed meanwhile):
+      // the table stands; what is unsigned is re-read from it before the next signing.
+      log.warn({ tenant: tenantId, first: cp.firstSequence.toString(), sequence: cp.sequence.toString() }, "audit checkpoint refused: not contiguous with the stored ones; the table's are kept");
+      state.pending = undefined;
+      state.reload = true;
+      state.reloadTime = 0;
+      const last = await lastStored(tenantId);
+      if (!last) throw new Error(`audit checkpoint ${tenantId}:${cp.sequence} refused and the tenant has none stored`);
+      return last;
+    }
+    const result = cp;
     pending.hashes.splice(0, hashes.length);
     pending.firstSequence += BigInt(hashes.length);
     if (pending.hashes.length === 0) state.pending = undefined;
@@ -274,7 +318,7 @@ export function createCheckpointer(deps: CheckpointerDeps): Checkpointer {
         if (state.unpublished.length > 0) await republish(state);
         if (state.reload) await reloadPending(tenantId, state);
         let last: AuditCheckpoint | undefined;
-        while (state.pending) last = await signChunk(tenantId, state, state.pending);
+        while (state.pending && !state.reload) last = await signChunk(tenantId, state, state.pending);
         last ??= await lastStored(tenantId);
         if (!last) throw new Error(`tenant ${tenantId} has no audit events to sign`);
         return last;
@@ -313,4 +357,17 @@ export async function* publishedCheckpoints(js: JetStreamClient, topology: Audit
   } finally {
     await consumer.delete().catch(() => {});
   }
+}
+
+/**
+ * The highest checkpoint published for a tenant: its head (kept for good on the heads stream) or
+ * the checkpoints stream's last, whichever signs further; undefined when neither holds one.
+ */
+export async function publishedHead(js: JetStreamClient, topology: AuditTopology, tenantId: string): Promise<AuditCheckpoint | undefined> {
+  const [head, last] = await Promise.all([
+    js.streams.get(topology.headsStream).then((s) => s.getMessage({ last_by_subj: topology.headsSubject(tenantId) })),
+    js.streams.get(topology.checkpointsStream).then((s) => s.getMessage({ last_by_subj: topology.checkpointsSubject(tenantId) })),
+  ]);
+  const cps = [head, last].flatMap((m) => (m ? [fromBinary(AuditCheckpointSchema, m.data)] : []));
+  return cps.sort((a, b) => (a.sequence > b.sequence ? -1 : a.sequence < b.sequence ? 1 : 0))[0];
 }

@@ -17,6 +17,14 @@ export interface AuditTopology {
   checkpointsStream: string;
   /** `<ns>.audit.checkpoints.<tenant>` */
   checkpointsSubject(tenantId: string): string;
+  /**
+   * `<ns>_audit_heads`: each tenant's latest signed checkpoint, one message per subject, never
+   * evicted by age or size: the permanent outside anchor (O(tenants)) when the checkpoints stream
+   * has let old checkpoints go.
+   */
+  headsStream: string;
+  /** `<ns>.audit.heads.<tenant>` */
+  headsSubject(tenantId: string): string;
   /** The durable consumer that stores events in Postgres (cmd/audit). */
   storeConsumer: string;
 }
@@ -31,6 +39,8 @@ export function createAuditTopology(namespace: string): AuditTopology {
     eventsSubject: (tenantId) => `${namespace}.audit.events.${tenantId || unattributedToken}`,
     checkpointsStream: `${namespace}_audit_checkpoints`,
     checkpointsSubject: (tenantId) => `${namespace}.audit.checkpoints.${tenantId}`,
+    headsStream: `${namespace}_audit_heads`,
+    headsSubject: (tenantId) => `${namespace}.audit.heads.${tenantId}`,
     storeConsumer: "audit_store",
   };
 }
@@ -38,8 +48,13 @@ export function createAuditTopology(namespace: string): AuditTopology {
 const day = 86_400 * 1_000_000_000;
 
 export interface AuditStreamLimits {
-  /** max_bytes of each stream (JOBMESH_STREAM_MAX_BYTES); 0 means no limit. */
+  /** max_bytes of the events stream (JOBMESH_STREAM_MAX_BYTES); 0 means no limit. */
   streamMaxBytes: number;
+  /**
+   * max_bytes of the checkpoints stream (JOBMESH_AUDIT_CHECKPOINT_STREAM_MAX_BYTES); 0 means no
+   * limit (its 400 days bound it). Not given: no limit. The heads stream has none.
+   */
+  checkpointStreamMaxBytes?: number;
 }
 
 /**
@@ -49,6 +64,7 @@ export interface AuditStreamLimits {
 export async function provisionAuditTopology(topology: AuditTopology, jsm: JetStreamManager, limits: AuditStreamLimits): Promise<void> {
   const ns = topology.namespace;
   const maxBytes = limits.streamMaxBytes > 0 ? limits.streamMaxBytes : -1;
+  const checkpointMaxBytes = (limits.checkpointStreamMaxBytes ?? 0) > 0 ? limits.checkpointStreamMaxBytes! : -1;
   await ensureStream(jsm, {
     name: topology.eventsStream,
     subjects: [`${ns}.audit.events.>`],
@@ -68,10 +84,24 @@ export async function provisionAuditTopology(topology: AuditTopology, jsm: JetSt
     subjects: [`${ns}.audit.checkpoints.>`],
     retention: RetentionPolicy.Limits,
     storage: StorageType.File,
-    max_bytes: maxBytes,
+    // Its own size: at ~32 bytes per event, the events stream's limit would keep hours, not days.
+    max_bytes: checkpointMaxBytes,
     discard: DiscardPolicy.Old,
     // Checkpoints are the outside anchor of the chain: kept as long as the events' retention.
     max_age: 400 * day,
+    duplicate_window: 2 * 60 * 1_000_000_000,
+  });
+  await ensureStream(jsm, {
+    name: topology.headsStream,
+    subjects: [`${ns}.audit.heads.>`],
+    retention: RetentionPolicy.Limits,
+    storage: StorageType.File,
+    // One message per tenant (its latest checkpoint replaces the previous), no age or size
+    // eviction: whatever happens to the checkpoints stream, the signed end of each chain stays.
+    max_msgs_per_subject: 1,
+    max_bytes: -1,
+    max_age: 0,
+    discard: DiscardPolicy.Old,
     duplicate_window: 2 * 60 * 1_000_000_000,
   });
   const consumer = {

@@ -89,6 +89,7 @@ export async function createAuditStoreWorld(t: Teardown): Promise<AuditStoreWorl
     await sink.close();
     await bus.jsm.streams.delete(topology.eventsStream).catch(() => false);
     await bus.jsm.streams.delete(topology.checkpointsStream).catch(() => false);
+    await bus.jsm.streams.delete(topology.headsStream).catch(() => false);
     await bus.close();
     await db.end();
     await isolated.drop();
