@@ -119,59 +119,195 @@ CREATE TRIGGER audit_checkpoints_append_only BEFORE UPDATE OR DELETE ON audit_ch
 CREATE TRIGGER audit_checkpoints_no_truncate BEFORE TRUNCATE ON audit_checkpoints
   FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only('audit_checkpoints');
 
+-- Roles are cluster-wide: every database of the cluster (each test's among them) shares them, so
+-- each is created only when missing, and a concurrent creator's win is not an error.
+-- jobmesh_audit_owner owns the audit tables and functions and logs in never; the service's role
+-- is not made a member of it, so it cannot ALTER, DISABLE TRIGGER, DROP or TRUNCATE them (an
+-- owner can, whatever is revoked). jobmesh_audit_appender holds what storing needs.
+DO $$
+DECLARE
+  name text;
+BEGIN
+  FOREACH name IN ARRAY ARRAY['jobmesh_audit_owner', 'jobmesh_audit_appender'] LOOP
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = name) THEN
+      BEGIN
+        EXECUTE format('CREATE ROLE %I NOLOGIN', name);
+      EXCEPTION WHEN duplicate_object OR unique_violation THEN
+        NULL;
+      END;
+    END IF;
+  END LOOP;
+END $$;
+
+-- The owner creates month partitions in this schema (through audit_events_partition). The
+-- service's role must not own the schema: a schema's owner can drop any table in it, and since
+-- Postgres 15 the database's owner owns public. Give it CREATE on the schema WITH GRANT OPTION.
+DO $$
+BEGIN
+  EXECUTE format('GRANT USAGE, CREATE ON SCHEMA %I TO jobmesh_audit_owner', current_schema());
+EXCEPTION WHEN insufficient_privilege THEN
+  RAISE WARNING 'grant CREATE on schema % to jobmesh_audit_owner: the audit partitions are made there', current_schema();
+END $$;
+
 -- The month partition of a tenant: audit_events_<tenant hex>_<yyyymm>, months in UTC. Row
 -- triggers are cloned to partitions by Postgres; a statement trigger is not, so the TRUNCATE
 -- guard is added to each partition here. Idempotent; a concurrent creator loses harmlessly.
-CREATE FUNCTION audit_events_partition(tenant uuid, at timestamptz) RETURNS text LANGUAGE plpgsql AS $$
+-- SECURITY DEFINER: only the owner of audit_events can attach a partition, and the partition is
+-- the owner's too. The search_path is fixed (pg_catalog first, pg_temp last) so no object the
+-- caller makes can stand in for one named here.
+CREATE FUNCTION audit_events_partition(tenant uuid, at timestamptz) RETURNS text LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
   month_start timestamptz := date_trunc('month', at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
   month_end timestamptz := (date_trunc('month', at AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC';
   part text := format('audit_events_%s_%s', replace(tenant::text, '-', ''), to_char(at AT TIME ZONE 'UTC', 'YYYYMM'));
+  schema text := (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = 'audit_events'::regclass);
 BEGIN
-  IF to_regclass(part) IS NOT NULL THEN
+  IF to_regclass(format('%I.%I', schema, part)) IS NOT NULL THEN
     RETURN part;
   END IF;
   BEGIN
-    EXECUTE format('CREATE TABLE IF NOT EXISTS %I PARTITION OF audit_events FOR VALUES FROM (%L, %L) TO (%L, %L)',
-      part, tenant, month_start, tenant, month_end);
-    EXECUTE format('CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON %I FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only(%L)',
-      part, 'audit_events');
+    EXECUTE format('CREATE TABLE IF NOT EXISTS %I.%I PARTITION OF %I.audit_events FOR VALUES FROM (%L, %L) TO (%L, %L)',
+      schema, part, schema, tenant, month_start, tenant, month_end);
+    EXECUTE format('CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON %I.%I FOR EACH STATEMENT EXECUTE FUNCTION %I.audit_append_only(%L)',
+      schema, part, schema, 'audit_events');
   EXCEPTION WHEN duplicate_table OR duplicate_object OR unique_violation THEN
     NULL;
   END;
   RETURN part;
 END $$;
 
--- Roles are cluster-wide: every database of the cluster (each test's among them) shares this
--- one, so it is created only when missing, and a concurrent creator's win is not an error.
-DO $$
+-- Retention (the interface is at the top of this file). The rules live here, not in the
+-- caller, because only the owner can drop a partition: the service asks, the database's clock
+-- and these rules decide. An expired partition stays while it holds a sequence at or above the
+-- lowest sequence kept (an event filed in an older month, a recorder's clock behind), so the
+-- kept chain never has a hole that retention made. The horizon is written with the drop.
+CREATE FUNCTION audit_drop_expired_partitions(retention_days integer, per_tenant jsonb DEFAULT '{}'::jsonb)
+RETURNS TABLE (tenant_id uuid, month text, name text) LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+DECLARE
+  tenant uuid;
+  days integer;
+  candidates oid[];
+  still oid[];
+  min_kept bigint;
+  max_dropped bigint;
+  before_hash text;
+  part oid;
+  part_name text;
 BEGIN
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'jobmesh_audit_appender') THEN
-    BEGIN
-      CREATE ROLE jobmesh_audit_appender NOLOGIN;
-    EXCEPTION WHEN duplicate_object OR unique_violation THEN
-      NULL;
-    END;
-  END IF;
-  -- The service's own role must be a member to SET ROLE to it (a superuser is implicitly).
-  IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
-    BEGIN
-      EXECUTE format('GRANT jobmesh_audit_appender TO %I', current_user);
-    EXCEPTION WHEN duplicate_object OR unique_violation THEN
-      NULL;
-    WHEN insufficient_privilege THEN
-      -- The role was made by someone else: its owner must grant it (the store says so when it cannot SET ROLE).
-      RAISE WARNING 'grant jobmesh_audit_appender to % so that the audit store can append', current_user;
-    END;
-  END IF;
+  -- One retention run at a time (two stores overlapping in a takeover).
+  PERFORM pg_advisory_xact_lock(hashtext('jobmesh.audit_retention'));
+  FOR tenant IN
+    SELECT DISTINCT substr(c.relname, 14, 32)::uuid
+    FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+    WHERE i.inhparent = 'audit_events'::regclass AND c.relname ~ '^audit_events_[0-9a-f]{32}_[0-9]{6}$'
+  LOOP
+    days := coalesce((per_tenant ->> tenant::text)::integer, retention_days);
+    CONTINUE WHEN days IS NULL OR days < 1;
+    SELECT coalesce(array_agg(c.oid ORDER BY c.relname), '{}') INTO candidates
+    FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+    WHERE i.inhparent = 'audit_events'::regclass
+      AND c.relname ~ ('^audit_events_' || replace(tenant::text, '-', '') || '_[0-9]{6}$')
+      AND make_timestamptz(substr(c.relname, 47, 4)::integer, substr(c.relname, 51, 2)::integer, 1, 0, 0, 0, 'UTC')
+          + interval '1 month' + days * interval '1 day' <= now();
+    CONTINUE WHEN cardinality(candidates) = 0;
+    -- A candidate holding a sequence at or above the lowest kept one stays; keeping it can lower
+    -- the lowest kept, so again until nothing changes.
+    LOOP
+      SELECT min(e.sequence) INTO min_kept FROM audit_events e WHERE e.tenant_id = tenant AND NOT (e.tableoid = ANY (candidates));
+      SELECT coalesce(array_agg(x), '{}') INTO still FROM unnest(candidates) x
+      WHERE min_kept IS NULL OR NOT EXISTS (SELECT FROM audit_events e WHERE e.tenant_id = tenant AND e.tableoid = x AND e.sequence >= min_kept);
+      EXIT WHEN cardinality(still) = cardinality(candidates);
+      candidates := still;
+    END LOOP;
+    CONTINUE WHEN cardinality(candidates) = 0;
+    SELECT max(e.sequence) INTO max_dropped FROM audit_events e WHERE e.tenant_id = tenant AND e.tableoid = ANY (candidates);
+    IF max_dropped IS NOT NULL THEN
+      SELECT e.hash INTO before_hash FROM audit_events e WHERE e.tenant_id = tenant AND e.sequence = max_dropped;
+      INSERT INTO audit_retention_horizons AS h (tenant_id, first_sequence, prev_hash)
+      VALUES (tenant, max_dropped + 1, coalesce(before_hash, ''))
+      ON CONFLICT ON CONSTRAINT audit_retention_horizons_pkey DO UPDATE
+        SET first_sequence = EXCLUDED.first_sequence, prev_hash = EXCLUDED.prev_hash, update_time = now()
+        WHERE EXCLUDED.first_sequence > h.first_sequence;
+    END IF;
+    FOREACH part IN ARRAY candidates LOOP
+      SELECT c.relname::text INTO part_name FROM pg_class c WHERE c.oid = part;
+      EXECUTE format('DROP TABLE %s', part::regclass);
+      tenant_id := tenant;
+      month := substr(part_name, 47, 4) || '-' || substr(part_name, 51, 2);
+      name := part_name;
+      RETURN NEXT;
+    END LOOP;
+  END LOOP;
 END $$;
 
-REVOKE ALL ON audit_events, audit_checkpoints FROM PUBLIC;
+REVOKE ALL ON audit_events, audit_checkpoints, audit_event_ids, audit_chain_heads, audit_retention_horizons, audit_signing_keys FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit_events_partition(uuid, timestamptz), audit_drop_expired_partitions(integer, jsonb) FROM PUBLIC;
 GRANT INSERT, SELECT ON audit_events, audit_checkpoints TO jobmesh_audit_appender;
 -- The store's whole append transaction runs as the appender (one role switch per batch): it
 -- also records the event ids and moves the chain heads (bookkeeping, not evidence).
 GRANT INSERT, SELECT ON audit_event_ids TO jobmesh_audit_appender;
 GRANT INSERT, SELECT, UPDATE ON audit_chain_heads TO jobmesh_audit_appender;
+GRANT EXECUTE ON FUNCTION audit_events_partition(uuid, timestamptz), audit_drop_expired_partitions(integer, jsonb) TO jobmesh_audit_appender;
+
+-- What the service's role is given: reading every audit table, adding signing keys, and
+-- membership of the appender (for SET ROLE, and the two functions). Never ownership, never
+-- UPDATE/DELETE/TRUNCATE. A function so that an administrator who migrates as a superuser
+-- gives a separate service role the same: SELECT audit_grant_service('jobmesh').
+CREATE FUNCTION audit_grant_service(service name) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+  EXECUTE format('GRANT SELECT ON audit_events, audit_checkpoints, audit_event_ids, audit_chain_heads, audit_retention_horizons, audit_signing_keys TO %I', service);
+  EXECUTE format('GRANT INSERT ON audit_signing_keys TO %I', service);
+  BEGIN
+    EXECUTE format('GRANT jobmesh_audit_appender TO %I', service);
+  EXCEPTION WHEN duplicate_object OR unique_violation THEN
+    NULL;
+  WHEN insufficient_privilege THEN
+    -- The role was made by someone else: its owner must grant it (the store says so when it cannot SET ROLE).
+    RAISE WARNING 'grant jobmesh_audit_appender to % so that the audit store can append', service;
+  END;
+END $$;
+REVOKE ALL ON FUNCTION audit_grant_service(name) FROM PUBLIC;
+
+-- The role migrating is the service's own (every process migrates at start) unless it is a
+-- superuser, which needs no grant. Everything goes to jobmesh_audit_owner, then the grants are
+-- made. A role that is neither a superuser nor able to
+-- become the owner for a moment (CREATEROLE, or ADMIN on the owner role) cannot hand the
+-- tables over: it is warned, and keeps owning them until an administrator runs the ALTERs.
+-- A role that can do it could also take the ownership back: the service's role should have
+-- neither at run time.
+DO $$
+DECLARE
+  is_super boolean := (SELECT rolsuper FROM pg_roles WHERE rolname = current_user);
+  borrowed boolean := false;
+  object text;
+BEGIN
+  IF NOT is_super THEN
+    IF NOT pg_has_role(current_user, 'jobmesh_audit_owner', 'USAGE') THEN
+      BEGIN
+        EXECUTE format('GRANT jobmesh_audit_owner TO %I', current_user);
+        borrowed := true;
+      EXCEPTION WHEN insufficient_privilege THEN
+        RAISE WARNING 'the audit tables stay owned by % (which can therefore alter them): as a superuser, ALTER each audit table and function OWNER TO jobmesh_audit_owner', current_user;
+        RETURN;
+      END;
+    END IF;
+  END IF;
+  FOREACH object IN ARRAY ARRAY['audit_events', 'audit_event_ids', 'audit_chain_heads', 'audit_retention_horizons', 'audit_signing_keys', 'audit_checkpoints'] LOOP
+    EXECUTE format('ALTER TABLE %I OWNER TO jobmesh_audit_owner', object);
+  END LOOP;
+  FOREACH object IN ARRAY ARRAY['audit_append_only()', 'audit_events_partition(uuid, timestamptz)', 'audit_drop_expired_partitions(integer, jsonb)', 'audit_grant_service(name)'] LOOP
+    EXECUTE format('ALTER FUNCTION %s OWNER TO jobmesh_audit_owner', object);
+  END LOOP;
+  -- Granted as the new owner: what an owner grants itself goes with the ownership.
+  IF NOT is_super THEN
+    PERFORM audit_grant_service(current_user);
+  END IF;
+  IF borrowed THEN
+    EXECUTE format('REVOKE jobmesh_audit_owner FROM %I', current_user);
+  END IF;
+END $$;
 
 -- Down Migration
 DROP TABLE audit_checkpoints;
@@ -180,5 +316,7 @@ DROP TABLE audit_retention_horizons;
 DROP TABLE audit_chain_heads;
 DROP TABLE audit_event_ids;
 DROP TABLE audit_events;
+DROP FUNCTION audit_grant_service(name);
+DROP FUNCTION audit_drop_expired_partitions(integer, jsonb);
 DROP FUNCTION audit_events_partition(uuid, timestamptz);
 DROP FUNCTION audit_append_only();
