@@ -145,6 +145,33 @@ void t.test("checkpointer - checkpoints are signed, stored, published, and verif
   await t.rejects(db.query("UPDATE audit_checkpoints SET hash = 'x' WHERE tenant_id = $1", [tenant]), /append-only/);
 });
 
+void t.test("checkpointer - a stale holder's overlapping checkpoint is refused (first_sequence must follow the last stored); signing goes through the session given", async (t) => {
+  const tenant = randomUUID();
+  const key = await loadAuditSigningKey({ db, keyEncryptionKey: kek });
+  const hashes = await storeEvents(tenant, 7);
+  let sessionUses = 0;
+  const lockConnection = await db.connect();
+  t.teardown(() => lockConnection.release());
+  const session = async <T>(work: (q: typeof lockConnection) => Promise<T>) => {
+    sessionUses++;
+    return work(lockConnection);
+  };
+  const current = createCheckpointer({ db, js, topology, key, log, session });
+  const stale = createCheckpointer({ db, js, topology, key, log });
+  hashes.slice(0, 5).forEach((h, i) => current.append(tenant, BigInt(i + 1), h));
+  hashes.forEach((h, i) => stale.append(tenant, BigInt(i + 1), h));
+  const first = await current.sign(tenant);
+  t.same([first.firstSequence, first.sequence], [1n, 5n]);
+  t.equal(sessionUses, 1, "the insert ran on the session the store passed");
+  const refused = await stale.sign(tenant);
+  t.same([refused.firstSequence, refused.sequence], [1n, 5n], "the stale 1..7 is refused; the stored checkpoint stands");
+  t.same((await storedCheckpoints(tenant)).map((cp) => [cp.firstSequence, cp.sequence]), [[1n, 5n]], "no overlapping checkpoint stored");
+  const resumed = await stale.sign(tenant);
+  t.same([resumed.firstSequence, resumed.sequence], [6n, 7n], "it re-reads the table and signs what follows");
+  const verdict = await verifyStored(tenant, await trustedPublicKeys(db, kek));
+  t.same([verdict.intact, verdict.checkpointsVerified, verdict.unsignedCount], [true, 2n, 0n], verdict.reason);
+});
+
 void t.test("checkpointer - after a restart it signs, from audit_events, what the previous one left unsigned", async (t) => {
   const tenant = randomUUID();
   const key = await loadAuditSigningKey({ db, keyEncryptionKey: kek });
