@@ -9,7 +9,7 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { once } from "node:events";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm, symlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -229,4 +229,28 @@ void t.test("refused and overloaded - a stream that is missing, or a queue past 
   t.equal(spilling.spooled, 350, "the queue past maxQueue went to the spool");
   await waitFor("the spilled events replayed", () => spilling.spooled === 0);
   t.same(orderIn(await readStream(topology.eventsStream), spilledIds), spilledIds, "replayed in the order recorded");
+});
+
+void t.test("disk full and no stream - memory stays bounded (drops counted and logged) and close() gives up at its deadline", async (t) => {
+  // The spool file is /dev/full: every write fails with ENOSPC. No stream takes these subjects.
+  const missing = createAuditTopology(`jm_spoolfull${Date.now().toString(36)}`);
+  await symlink("/dev/full", join(dir, "full.spool"));
+  const full = await createAuditSink({
+    nc: bus.nc, js: bus.js, topology: missing, spoolFile: join(dir, "full.spool"), log, tuning: { maxQueue: 50, maxHeld: 200, retryMs: 100, closeTimeoutMs: 1_000 },
+  });
+  sinks.push(full);
+  recordEvents(full, 10, "before");
+  await waitFor("a failed spool write", () => logged.includes("audit sink: cannot write the spool; holding the events in memory"));
+  // In bursts, each taken by the pump before the next: the events pile up waiting for the spool.
+  for (let burst = 0; burst < 20; burst++) {
+    recordEvents(full, 50, `full ${burst}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  t.ok(full.dropped >= 1010 - 200, `at most maxHeld events held, the rest dropped (dropped ${full.dropped})`);
+  t.ok(logged.includes("audit sink: event dropped"), "a drop is logged");
+  const closing = full.close().then(() => "closed");
+  const stuck = new Promise((r) => setTimeout(r, 60_000, "still closing after 60 s").unref());
+  t.equal(await Promise.race([closing, stuck]), "closed", "close() ends although nothing can be published or spooled");
+  t.equal(full.dropped, 1010, "what close() gave up on is counted as dropped");
+  t.ok(logged.includes("audit sink: closed with events neither published nor spooled; they are lost"), "and logged");
 });

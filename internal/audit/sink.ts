@@ -42,6 +42,8 @@ export interface AuditSink {
   close(): Promise<void>;
   /** Events in spool files, not yet replayed. */
   readonly spooled: number;
+  /** Events dropped by this sink: recorded past the memory bound or after close(), or still held when close() gave up. */
+  readonly dropped: number;
 }
 
 /** What the sink logs through: pino's Logger fits; the gateway adapts its own. */
@@ -58,13 +60,20 @@ export interface AuditSinkTuning {
   maxInFlight: number;
   /** Queued events beyond which the queue spills to the spool rather than grow. */
   maxQueue: number;
+  /**
+   * Events held in memory (queued, or waiting for a spool write), at most; record() drops beyond
+   * it. Reached only when NATS and the spool's disk both fail: the memory stays bounded.
+   */
+  maxHeld: number;
   ackTimeoutMs: number;
   /** Pause before a failed replay (or spool write) is tried again. */
   retryMs: number;
   replayBatch: number;
+  /** How long close() tries to publish or spool what it holds before it gives up on it (and says so). */
+  closeTimeoutMs: number;
 }
 
-const defaults: AuditSinkTuning = { lingerMs: 2, batchSize: 256, maxInFlight: 8192, maxQueue: 50_000, ackTimeoutMs: 5_000, retryMs: 1_000, replayBatch: 4_096 };
+const defaults: AuditSinkTuning = { lingerMs: 2, batchSize: 256, maxInFlight: 8192, maxQueue: 50_000, maxHeld: 200_000, ackTimeoutMs: 5_000, retryMs: 1_000, replayBatch: 4_096, closeTimeoutMs: 10_000 };
 
 interface Entry { seq: number; event: AuditEvent; bytes?: Uint8Array; token?: string; acked: boolean; batch?: Batch }
 interface Batch { entries: Entry[]; remaining: number; settled: boolean; sentAt: number; onSettled?: () => void }
@@ -175,7 +184,8 @@ export async function createAuditSink(deps: {
   }
 
   async function writeSpool() {
-    const entries = toSpool;
+    // In chunks: one write buffer stays small however much waits for the spool.
+    const entries = toSpool.slice(0, tune.replayBatch);
     const payloads: Uint8Array[] = [];
     for (const entry of entries) {
       try {
@@ -195,6 +205,12 @@ export async function createAuditSink(deps: {
       wakeAt(writeRetryAt);
       return false;
     }
+    return true;
+  }
+
+  /** Writes what waits for the spool, chunk by chunk; false when a write failed (retried after retryMs). */
+  async function drainToSpool(): Promise<boolean> {
+    while (toSpool.length > 0 && Date.now() >= writeRetryAt) if (!(await writeSpool())) return false;
     return true;
   }
 
@@ -281,8 +297,8 @@ export async function createAuditSink(deps: {
           retire();
         }
         // Behind what was in flight, so not before every batch before it has settled.
-        if (inflight.length === 0 && queue.length > 0) toSpool = toSpool.concat(queue.splice(0));
-        if (toSpool.length > 0 && Date.now() >= writeRetryAt && !(await writeSpool())) break;
+        if (inflight.length === 0 && queue.length > 0) for (const entry of queue.splice(0)) toSpool.push(entry);
+        if (!(await drainToSpool())) break;
       }
       // Before the replay: a flush waits for the spool's fsync, not for a replay round trip.
       notifyWaiters();
@@ -350,7 +366,8 @@ export async function createAuditSink(deps: {
   let closed: Promise<void> | undefined;
   const sink: AuditSink = {
     record(event) {
-      if (closing || queue.length >= 4 * tune.maxQueue) {
+      // Everything held in memory counts, the events waiting for a failing spool write too.
+      if (closing || queue.length + toSpool.length >= tune.maxHeld) {
         // The last resort (closed sink, or NATS and the disk both failing): say so, never throw.
         if (dropped++ % 1000 === 0) log.error({ dropped, closing }, "audit sink: event dropped");
         return;
@@ -374,11 +391,19 @@ export async function createAuditSink(deps: {
     },
     close() {
       closed ??= (async () => {
-        // Calls that end while the sink closes still record: flush until nothing is left.
-        do await sink.flush();
-        while (lowWater() < nextSeq);
+        // Calls that end while the sink closes still record: flush until nothing is left, or
+        // until the deadline (NATS and the disk both failing would make this wait forever).
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const expired = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), tune.closeTimeoutMs)));
+        while (lowWater() < nextSeq && (await Promise.race([sink.flush().then(() => true), expired])));
+        clearTimeout(timer);
         closing = true;
         while (pumping) await pumping;
+        const lost = queue.length + toSpool.length + inflight.reduce((n, b) => n + b.entries.filter((e) => !e.acked).length, 0);
+        if (lost > 0) {
+          dropped += lost;
+          log.error({ lost, dropped, timeoutMs: tune.closeTimeoutMs }, "audit sink: closed with events neither published nor spooled; they are lost");
+        }
         clearInterval(sweeper);
         clearTimeout(retryTimer);
         clearTimeout(lingerTimer);
@@ -394,6 +419,9 @@ export async function createAuditSink(deps: {
     },
     get spooled() {
       return [own, ...adopted].reduce((n, s) => n + s.spool.records - s.replayed, 0);
+    },
+    get dropped() {
+      return dropped;
     },
   };
   return sink;
