@@ -1,0 +1,338 @@
+/**
+ * The dispatcher: claims due deliveries and sends them, within each subscription's limits.
+ *
+ * A claim round locks the ACTIVE subscriptions that have due deliveries (FOR NO KEY UPDATE SKIP
+ * LOCKED: one claimer per subscription at a time, so its in-flight count cannot be raced), reads
+ * how many of their deliveries are in flight (leased, lease_until in the future: across every
+ * webhooks process), and takes at most `max_concurrency - in flight` and the tokens of its rate
+ * bucket from EACH subscription (a LATERAL LIMIT per webhook_id), so one subscription's backlog
+ * never fills the batch. Claimed rows get lease_until; a process that dies mid-send leaves them
+ * leased, and they come back when the lease runs out. Every outcome moves the delivery and inserts
+ * its attempt in one transaction, fenced by the lease it was claimed with (a delivery reclaimed
+ * after its lease expired is not moved twice).
+ *
+ * Woken by NOTIFY (fan-out inserts, replays), by a send finishing and by a rate bucket refilling,
+ * with a poll behind them (as the outbox relay, internal/jobs/relay.ts).
+ */
+import type { Dispatcher } from "undici";
+import type { AuditEvent } from "../../gen/jobmesh/v1/audit_pb.js";
+import { WebhookAttemptOutcome, WebhookDisabledReason } from "../../gen/jobmesh/v1/webhooks_pb.js";
+import { fromBinary } from "@bufbuild/protobuf";
+import { JobEventSchema } from "../../gen/jobmesh/v1/events_pb.js";
+import type { Pool } from "../db/index.ts";
+import type { NetPolicy } from "../netpolicy/index.ts";
+import type { Logger } from "../telemetry/index.ts";
+import { deliveryBody } from "./payload.ts";
+import { signingSecretsOf } from "./secrets.ts";
+import { sendAttempt, type AttemptResult } from "./send.ts";
+import { recordFailure, recordSuccesses, type ClaimedDelivery } from "./outcomes.ts";
+
+/** Defaults of a subscription that left its limits at 0 (the contract's). */
+export const defaultMaxConcurrency = 10;
+export const defaultMaxRatePerSecond = 50;
+
+export interface DispatcherDeps {
+  db: Pool;
+  log: Logger;
+  keyEncryptionKey: Buffer;
+  dispatcher: Dispatcher;
+  policy: NetPolicy;
+  retryScheduleMs: readonly number[];
+  timeoutMs: number;
+  disableAfterMs: number;
+  publicUrl: string;
+  /** Where the audit event of an automatic disable goes. */
+  record: (event: AuditEvent) => void;
+  /** The channel that wakes the dispatcher; webhooks_changed is sent on disabling. */
+  changedChannel: string;
+  /** Deliveries in flight in this process at most (default 256). */
+  maxInFlight?: number;
+  /** Poll interval behind NOTIFY (default 500 ms). */
+  pollMs?: number;
+}
+
+export interface DeliveryDispatcher {
+  /** A NOTIFY arrived: claim now. */
+  wake(): void;
+  /** Stops claiming and waits for the sends in flight to be recorded. */
+  stop(): Promise<void>;
+}
+
+interface Candidate {
+  id: string;
+  tenant_id: string;
+  url: string;
+  max_concurrency: number;
+  max_rate_per_second: number;
+  secret_sealed: Buffer;
+  previous_secret_sealed: Buffer | null;
+  previous_secret_expire_time: Date | null;
+  in_flight: number;
+}
+
+interface ClaimedRow {
+  id: string;
+  webhook_id: string;
+  event_id: string;
+  event: Buffer;
+  attempt_count: number;
+  replay_pending: boolean;
+  lease: string;
+}
+
+/** A token bucket per subscription: `rate` starts per second, bursts of at most one second's worth. */
+class RateBucket {
+  readonly rate: number;
+  tokens: number;
+  at = performance.now();
+  constructor(rate: number) {
+    this.rate = rate;
+    this.tokens = rate;
+  }
+  available(now: number): number {
+    this.tokens = Math.min(this.rate, this.tokens + ((now - this.at) / 1000) * this.rate);
+    this.at = now;
+    return Math.floor(this.tokens);
+  }
+  /** Milliseconds until one more token. */
+  untilNext(): number {
+    return Math.max(1, Math.ceil(((1 - (this.tokens % 1)) / this.rate) * 1000));
+  }
+}
+
+/** Starts the claim loop. */
+export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
+  const { db, log } = deps;
+  const maxInFlight = deps.maxInFlight ?? 256;
+  // Long enough for the send (bounded by the timeout) and its recording; a dead process's claims return after it.
+  const leaseMs = deps.timeoutMs + 10_000;
+  const buckets = new Map<string, RateBucket>();
+  const sends = new Set<Promise<void>>();
+  let inFlight = 0;
+  let stopped = false;
+  let wakeLoop: (() => void) | undefined;
+  let woken = false;
+  let refillTimer: NodeJS.Timeout | undefined;
+  const wake = () => {
+    woken = true;
+    wakeLoop?.();
+  };
+
+  /** Locks the subscriptions with due work, claims within their limits, and starts the sends. */
+  async function claimRound(budget: number): Promise<number> {
+    const client = await db.connect();
+    let lost: Error | undefined;
+    const onError = (error: Error) => (lost = error);
+    client.on("error", onError);
+    let claimed: ClaimedRow[] = [];
+    const byId = new Map<string, Candidate>();
+    try {
+      await client.query("BEGIN");
+      // Due rows include the leased ones (claimed when due): in flight is counted among them.
+      const { rows: candidates } = await client.query<Candidate>(
+        `SELECT w.id, w.tenant_id, w.url, w.max_concurrency, w.max_rate_per_second, w.secret_sealed,
+                w.previous_secret_sealed, w.previous_secret_expire_time, p.in_flight::int AS in_flight
+         FROM (
+           SELECT webhook_id,
+                  count(*) FILTER (WHERE lease_until > now()) AS in_flight,
+                  count(*) FILTER (WHERE lease_until IS NULL OR lease_until <= now()) AS ready
+           FROM webhook_deliveries WHERE status = 1 AND next_attempt_time <= now()
+           GROUP BY webhook_id
+         ) p JOIN webhooks w ON w.id = p.webhook_id
+         WHERE p.ready > 0 AND w.state = 1
+         FOR NO KEY UPDATE OF w SKIP LOCKED`,
+      );
+      const now = performance.now();
+      const wants: { id: string; n: number }[] = [];
+      let refillIn = Infinity;
+      for (const c of candidates) {
+        byId.set(c.id, c);
+        const rate = c.max_rate_per_second || defaultMaxRatePerSecond;
+        let bucket = buckets.get(c.id);
+        if (!bucket || bucket.rate !== rate) buckets.set(c.id, (bucket = new RateBucket(rate)));
+        const tokens = bucket.available(now);
+        const free = (c.max_concurrency || defaultMaxConcurrency) - c.in_flight;
+        if (tokens === 0 && free > 0) refillIn = Math.min(refillIn, bucket.untilNext());
+        const n = Math.min(free, tokens);
+        if (n > 0) wants.push({ id: c.id, n });
+      }
+      if (refillIn !== Infinity) scheduleRefill(refillIn);
+      // The process's budget shared fairly: every subscription gets its share before any gets more.
+      shareBudget(wants, budget);
+      const take = wants.filter((w) => w.n > 0);
+      if (take.length > 0) {
+        ({ rows: claimed } = await client.query<ClaimedRow>(
+          `UPDATE webhook_deliveries d SET lease_until = now() + $3::int * interval '1 millisecond'
+           FROM (
+             SELECT x.id FROM unnest($1::uuid[], $2::int[]) AS l (webhook_id, n)
+             CROSS JOIN LATERAL (
+               SELECT id FROM webhook_deliveries
+               WHERE webhook_id = l.webhook_id AND status = 1 AND next_attempt_time <= now()
+                 AND (lease_until IS NULL OR lease_until <= now())
+               ORDER BY next_attempt_time LIMIT l.n FOR UPDATE SKIP LOCKED
+             ) x
+           ) c
+           WHERE d.id = c.id
+           RETURNING d.id, d.webhook_id, d.event_id, d.event, d.attempt_count, d.replay_pending, d.lease_until::text AS lease`,
+          [take.map((w) => w.id), take.map((w) => w.n), leaseMs],
+        ));
+      }
+      await client.query("COMMIT");
+    } catch (error) {
+      await client.query("ROLLBACK").catch(() => {});
+      throw error;
+    } finally {
+      client.removeListener("error", onError);
+      client.release(lost);
+    }
+    const now = performance.now();
+    for (const row of claimed) {
+      buckets.get(row.webhook_id)!.tokens -= 1;
+      buckets.get(row.webhook_id)!.at = now;
+    }
+    const secrets = new Map<string, string[]>();
+    for (const row of claimed) {
+      const webhook = byId.get(row.webhook_id)!;
+      let signing = secrets.get(webhook.id);
+      if (!signing) secrets.set(webhook.id, (signing = signingSecretsOf(deps.keyEncryptionKey, webhook)));
+      start(row, webhook, signing);
+    }
+    return claimed.length;
+  }
+
+  function start(row: ClaimedRow, webhook: Candidate, secrets: string[]): void {
+    inFlight++;
+    const delivery: ClaimedDelivery = {
+      id: row.id,
+      webhookId: webhook.id,
+      tenantId: webhook.tenant_id,
+      lease: row.lease,
+      attempt: row.attempt_count + 1,
+      replay: row.replay_pending,
+    };
+    const send = (async () => {
+      let result: AttemptResult;
+      try {
+        const body = deliveryBody(fromBinary(JobEventSchema, row.event), deps.publicUrl);
+        result = await sendAttempt({ url: webhook.url, id: row.event_id, body, secrets }, deps);
+      } catch (error) {
+        // Only a stored event that no longer decodes gets here: recorded as failed, retried on schedule.
+        result = { outcome: WebhookAttemptOutcome.CONNECTION_ERROR, statusCode: 0, latencyUs: 0, responseExcerpt: "", errorMessage: `not sent: ${(error as Error).message}`, attemptTime: new Date() };
+      }
+      await finish(delivery, result);
+    })().finally(() => {
+      inFlight--;
+      sends.delete(send);
+      wake();
+    });
+    sends.add(send);
+  }
+
+  // Successes are recorded in groups (one statement for all that finished meanwhile): the hot path.
+  let successes: { delivery: ClaimedDelivery; result: AttemptResult; done: () => void }[] = [];
+  let flushing: Promise<void> | undefined;
+  function flushSuccesses(): Promise<void> {
+    flushing ??= (async () => {
+      while (successes.length > 0) {
+        const group = successes;
+        successes = [];
+        try {
+          await recordSuccesses(db, group);
+        } catch (error) {
+          // Left leased: the lease runs out and they are sent again (at least once).
+          log.error({ err: error, deliveries: group.length }, "webhooks: successful attempts not recorded");
+        }
+        for (const s of group) s.done();
+      }
+    })().finally(() => (flushing = undefined));
+    return flushing;
+  }
+
+  async function finish(delivery: ClaimedDelivery, result: AttemptResult): Promise<void> {
+    if (result.outcome === WebhookAttemptOutcome.SUCCEEDED) {
+      await new Promise<void>((done) => {
+        successes.push({ delivery, result, done });
+        void flushSuccesses();
+      });
+      return;
+    }
+    try {
+      const disabled = await recordFailure(db, delivery, result, deps);
+      if (disabled) {
+        log.warn({ webhook: delivery.webhookId, reason: WebhookDisabledReason[disabled.reason] }, "webhook subscription disabled");
+        deps.record(disabled.auditEvent);
+      }
+    } catch (error) {
+      log.error({ err: error, delivery: delivery.id }, "webhooks: failed attempt not recorded; the lease returns it");
+    }
+  }
+
+  function scheduleRefill(ms: number): void {
+    if (refillTimer) return;
+    refillTimer = setTimeout(() => {
+      refillTimer = undefined;
+      wake();
+    }, ms);
+  }
+
+  const loop = (async () => {
+    let failures = 0;
+    while (!stopped) {
+      woken = false;
+      let claimed = 0;
+      const budget = maxInFlight - inFlight;
+      if (budget > 0) {
+        try {
+          claimed = await claimRound(budget);
+          failures = 0;
+        } catch (error) {
+          failures++;
+          if (failures === 1 || failures % 50 === 0) log.warn({ err: error }, "webhooks dispatcher: claim failed; retrying");
+        }
+      }
+      if (stopped) break;
+      if ((woken || (claimed > 0 && claimed === budget)) && failures === 0 && inFlight < maxInFlight) continue;
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, failures > 0 ? Math.min(2_000, 100 * failures) : (deps.pollMs ?? 500));
+        wakeLoop = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+        if (woken && failures === 0 && inFlight < maxInFlight) wakeLoop();
+      });
+      wakeLoop = undefined;
+    }
+  })();
+
+  return {
+    wake,
+    async stop() {
+      stopped = true;
+      wakeLoop?.();
+      clearTimeout(refillTimer);
+      await loop;
+      await Promise.allSettled([...sends]);
+      await flushing;
+    },
+  };
+}
+
+/** Cuts each want down so their sum fits `budget`, round-robin one at a time (every subscription gets a turn). */
+export function shareBudget(wants: { n: number }[], budget: number): void {
+  const total = wants.reduce((sum, w) => sum + w.n, 0);
+  if (total <= budget) return;
+  const granted = wants.map(() => 0);
+  let left = budget;
+  while (left > 0) {
+    let gave = false;
+    for (let i = 0; i < wants.length && left > 0; i++) {
+      if (granted[i] < wants[i].n) {
+        granted[i]++;
+        left--;
+        gave = true;
+      }
+    }
+    if (!gave) break;
+  }
+  wants.forEach((w, i) => (w.n = granted[i]));
+}

@@ -1,0 +1,245 @@
+/**
+ * The fan-out: a durable JetStream consumer ("webhooks_fanout") on the events stream turns each
+ * JobEvent into one delivery row per matching ACTIVE subscription of its tenant. A batch of
+ * events becomes one INSERT … ON CONFLICT (webhook_id, event_id) DO NOTHING (which also wakes
+ * the dispatcher with NOTIFY, at commit), and only then are its messages acknowledged: a crash
+ * in between redelivers them and the conflict clause drops what was already inserted. At least
+ * once from the stream, exactly one row per (event, subscription).
+ *
+ * Subscriptions are cached per tenant. The cache is invalidated by the NOTIFY webhooks_changed
+ * (tenant id as payload) that every writer of `webhooks` sends, and entries expire after
+ * cacheTtlMs anyway, which bounds the damage of a notification missed while the LISTEN
+ * connection was down; while it is down the cache is not used at all.
+ */
+import { fromBinary } from "@bufbuild/protobuf";
+import { timestampMs } from "@bufbuild/protobuf/wkt";
+import { AckPolicy, DeliverPolicy, type JetStreamClient, type JetStreamManager, type JsMsg } from "@nats-io/jetstream";
+import { JobEventSchema, type JobEvent } from "../../gen/jobmesh/v1/events_pb.js";
+import type { Pool } from "../db/index.ts";
+import type { Logger } from "../telemetry/index.ts";
+
+/** The durable consumer's name. */
+export const fanoutConsumer = "webhooks_fanout";
+/** How long a tenant's cached subscriptions are trusted without a notification. */
+export const cacheTtlMs = 10_000;
+const ackWaitMs = 30_000;
+const uuidPattern = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** What the fan-out needs of a subscription to match an event. */
+export interface SubscriptionMatch {
+  id: string;
+  tenantId: string;
+  /** JobEventType numbers; empty = every type. */
+  eventTypes: number[];
+  /** "pipelines/{id}", or "" for any. */
+  filterPipeline: string;
+  filterJobLabels: Record<string, string>;
+  /** Events that happened before the subscription existed are not delivered to it. */
+  createTimeMs: number;
+}
+
+/** True when `event` is for `sub`: its type, pipeline and labels match, and it is not older than the subscription. */
+export function matchesEvent(sub: SubscriptionMatch, event: JobEvent): boolean {
+  if (sub.eventTypes.length > 0 && !sub.eventTypes.includes(event.type)) return false;
+  if (sub.filterPipeline !== "" && sub.filterPipeline !== event.pipeline) return false;
+  for (const [key, value] of Object.entries(sub.filterJobLabels)) {
+    if (event.labels[key] !== value) return false;
+  }
+  const eventMs = event.eventTime ? timestampMs(event.eventTime) : Date.now();
+  return eventMs >= sub.createTimeMs;
+}
+
+/** Creates the durable consumer when missing; every webhooks process calls it at start. */
+export async function provisionFanoutConsumer(jsm: JetStreamManager, eventsStream: string, namespace: string): Promise<void> {
+  try {
+    await jsm.consumers.info(eventsStream, fanoutConsumer);
+  } catch {
+    await jsm.consumers.add(eventsStream, {
+      durable_name: fanoutConsumer,
+      ack_policy: AckPolicy.Explicit,
+      // From the start of the stream: events published before the first webhooks process ran are
+      // still fanned out (to subscriptions older than them; see matchesEvent).
+      deliver_policy: DeliverPolicy.All,
+      filter_subject: `${namespace}.events.>`,
+      ack_wait: ackWaitMs * 1_000_000,
+      max_ack_pending: 20_000,
+    }).catch(async (error: unknown) => {
+      // Another process created it meanwhile.
+      await jsm.consumers.info(eventsStream, fanoutConsumer).catch(() => Promise.reject(error));
+    });
+  }
+}
+
+export interface FanoutDeps {
+  db: Pool;
+  js: JetStreamClient;
+  eventsStream: string;
+  log: Logger;
+  /** Delay before the first attempt (the schedule's first entry). */
+  firstDelayMs: number;
+  /** The channel the dispatcher LISTENs on; NOTIFYed when rows were inserted. */
+  dueChannel: string;
+  /** Whether cached subscriptions may be used (false while the LISTEN connection is down). */
+  cacheUsable: () => boolean;
+  batchSize?: number;
+}
+
+export interface Fanout {
+  /** Drops a tenant's cached subscriptions (a webhooks_changed notification); no tenant drops all. */
+  invalidate(tenantId?: string): void;
+  stop(): Promise<void>;
+}
+
+interface SubscriptionRow {
+  id: string;
+  tenant_id: string;
+  event_types: number[];
+  filter_pipeline: string;
+  filter_job_labels: Record<string, string>;
+  create_time: Date;
+}
+
+/** Starts reading the events stream; resolves once the consumer is open. */
+export async function startFanout(deps: FanoutDeps): Promise<Fanout> {
+  const { db, log } = deps;
+  const batchSize = deps.batchSize ?? 500;
+  const cache = new Map<string, { subs: SubscriptionMatch[]; loadedAt: number }>();
+
+  async function subscriptionsOf(tenants: string[]): Promise<Map<string, SubscriptionMatch[]>> {
+    const now = Date.now();
+    const found = new Map<string, SubscriptionMatch[]>();
+    const missing: string[] = [];
+    for (const tenant of tenants) {
+      const hit = deps.cacheUsable() ? cache.get(tenant) : undefined;
+      if (hit && now - hit.loadedAt < cacheTtlMs) found.set(tenant, hit.subs);
+      else missing.push(tenant);
+    }
+    if (missing.length === 0) return found;
+    const { rows } = await db.query<SubscriptionRow>(
+      `SELECT id, tenant_id, event_types, filter_pipeline, filter_job_labels, create_time
+       FROM webhooks WHERE tenant_id = ANY($1::uuid[]) AND state = 1`,
+      [missing],
+    );
+    for (const tenant of missing) found.set(tenant, []);
+    for (const row of rows) {
+      found.get(row.tenant_id)!.push({
+        id: row.id,
+        tenantId: row.tenant_id,
+        eventTypes: row.event_types,
+        filterPipeline: row.filter_pipeline,
+        filterJobLabels: row.filter_job_labels,
+        createTimeMs: row.create_time.getTime(),
+      });
+    }
+    for (const tenant of missing) cache.set(tenant, { subs: found.get(tenant)!, loadedAt: now });
+    return found;
+  }
+
+  /** Inserts the deliveries of a batch of events in one statement; the NOTIFY goes out with its commit. */
+  async function fanOut(events: JobEvent[], payloads: Uint8Array[]): Promise<number> {
+    const tenants = [...new Set(events.map((e) => e.tenant.toLowerCase()).filter((t) => uuidPattern.test(t)))];
+    if (tenants.length === 0) return 0;
+    const subs = await subscriptionsOf(tenants);
+    const cols = { tenant: [] as string[], webhook: [] as string[], eventId: [] as string[], type: [] as number[], job: [] as string[], event: [] as Buffer[] };
+    events.forEach((event, i) => {
+      for (const sub of subs.get(event.tenant.toLowerCase()) ?? []) {
+        if (!event.eventId || !matchesEvent(sub, event)) continue;
+        cols.tenant.push(sub.tenantId);
+        cols.webhook.push(sub.id);
+        cols.eventId.push(event.eventId);
+        cols.type.push(event.type);
+        cols.job.push(event.job);
+        cols.event.push(Buffer.from(payloads[i]));
+      }
+    });
+    if (cols.webhook.length === 0) return 0;
+    const { rows } = await db.query<{ inserted: number }>(
+      `WITH inserted AS (
+         INSERT INTO webhook_deliveries (tenant_id, webhook_id, event_id, event_type, job, event, status, next_attempt_time)
+         SELECT t, w, e, ty, j, ev, 1, now() + $7::int * interval '1 millisecond'
+         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::smallint[], $5::text[], $6::bytea[]) AS x (t, w, e, ty, j, ev)
+         ON CONFLICT (webhook_id, event_id) DO NOTHING
+         RETURNING 1
+       ), woken AS (
+         SELECT pg_notify($8, '') FROM (SELECT 1 FROM inserted LIMIT 1) one
+       )
+       SELECT (SELECT count(*) FROM inserted)::int AS inserted, (SELECT count(*) FROM woken) AS woken`,
+      [cols.tenant, cols.webhook, cols.eventId, cols.type, cols.job, cols.event, deps.firstDelayMs, deps.dueChannel],
+    );
+    return rows[0].inserted;
+  }
+
+  const consumer = await deps.js.consumers.get(deps.eventsStream, fanoutConsumer);
+  const messages = await consumer.consume({ max_messages: batchSize * 2 });
+  const queue: JsMsg[] = [];
+  let wake: (() => void) | undefined;
+  let space: (() => void) | undefined;
+  let stopping = false;
+
+  const reader = (async () => {
+    for await (const msg of messages) {
+      queue.push(msg);
+      wake?.();
+      // Back-pressure: consume() stops pulling while a full queue is written.
+      if (queue.length >= batchSize * 2 && !stopping) await new Promise<void>((resolve) => (space = resolve));
+    }
+  })();
+
+  const loop = (async () => {
+    let failures = 0;
+    while (!stopping) {
+      if (queue.length === 0) {
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+          setTimeout(resolve, 1_000).unref();
+        });
+        wake = undefined;
+        continue;
+      }
+      const batch = queue.splice(0, batchSize);
+      space?.();
+      space = undefined;
+      const events: JobEvent[] = [];
+      const payloads: Uint8Array[] = [];
+      const kept: JsMsg[] = [];
+      for (const msg of batch) {
+        try {
+          events.push(fromBinary(JobEventSchema, msg.data));
+          payloads.push(msg.data);
+          kept.push(msg);
+        } catch (error) {
+          // Not a JobEvent: it can never be delivered, and must not hold back the ones behind it.
+          log.error({ err: error, stream_sequence: msg.seq }, "webhooks fan-out: message is not a JobEvent; dropped");
+          msg.term();
+        }
+      }
+      try {
+        await fanOut(events, payloads);
+        failures = 0;
+        for (const msg of kept) msg.ack();
+      } catch (error) {
+        failures++;
+        if (failures === 1 || failures % 50 === 0) log.warn({ err: error }, "webhooks fan-out: batch not stored; redelivered");
+        // Back to the stream after a pause, so a Postgres outage does not spin.
+        for (const msg of kept) msg.nak(Math.min(5_000, 200 * failures));
+      }
+    }
+  })();
+
+  return {
+    invalidate(tenantId) {
+      if (tenantId) cache.delete(tenantId.toLowerCase());
+      else cache.clear();
+    },
+    async stop() {
+      stopping = true;
+      wake?.();
+      await loop;
+      await messages.close().catch(() => {});
+      space?.();
+      await reader.catch(() => {});
+      // Not stored: redelivered now to another webhooks process.
+      for (const msg of queue.splice(0)) msg.nak();
+    },
+  };
+}
