@@ -1,0 +1,41 @@
+import t from "tap";
+import { create } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { JobEventSchema, JobEventType } from "../../gen/jobmesh/v1/events_pb.js";
+import { shareBudget } from "./dispatcher.ts";
+import { matchesEvent, type SubscriptionMatch } from "./fanout.ts";
+import { excerptOf } from "./send.ts";
+
+const sub = (over: Partial<SubscriptionMatch> = {}): SubscriptionMatch => ({ id: "w", tenantId: "t", eventTypes: [], filterPipeline: "", filterJobLabels: {}, createTimeMs: 1000, ...over });
+const event = create(JobEventSchema, { eventId: "e", type: JobEventType.JOB_SUCCEEDED, pipeline: "pipelines/a", labels: { team: "x", env: "prod" }, eventTime: timestampFromMs(2000) });
+
+void t.test("matching - type, pipeline, every label, and not older than the subscription", async (t) => {
+  t.ok(matchesEvent(sub(), event), "no filter: every event");
+  t.ok(matchesEvent(sub({ eventTypes: [JobEventType.JOB_FAILED, JobEventType.JOB_SUCCEEDED] }), event));
+  t.notOk(matchesEvent(sub({ eventTypes: [JobEventType.JOB_FAILED] }), event));
+  t.ok(matchesEvent(sub({ filterPipeline: "pipelines/a" }), event));
+  t.notOk(matchesEvent(sub({ filterPipeline: "pipelines/b" }), event));
+  t.ok(matchesEvent(sub({ filterJobLabels: { team: "x" } }), event));
+  t.ok(matchesEvent(sub({ filterJobLabels: { team: "x", env: "prod" } }), event));
+  t.notOk(matchesEvent(sub({ filterJobLabels: { team: "x", env: "dev" } }), event));
+  t.notOk(matchesEvent(sub({ filterJobLabels: { owner: "x" } }), event));
+  t.ok(matchesEvent(sub({ createTimeMs: 2000 }), event), "created at the event's time: delivered");
+  t.notOk(matchesEvent(sub({ createTimeMs: 2001 }), event), "an event from before the subscription: not delivered");
+});
+
+void t.test("budget - shared round-robin, so one subscription's backlog cannot take the whole batch", async (t) => {
+  const wants = [{ n: 100 }, { n: 2 }, { n: 100 }];
+  shareBudget(wants, 10);
+  t.same(wants.map((w) => w.n), [4, 2, 4]);
+  const fits = [{ n: 3 }, { n: 4 }];
+  shareBudget(fits, 10);
+  t.same(fits.map((w) => w.n), [3, 4], "within budget: unchanged");
+});
+
+void t.test("excerpt - at most 1 KiB of UTF-8, invalid bytes replaced, never half a character", async (t) => {
+  t.equal(excerptOf(Buffer.from("ok")), "ok");
+  t.equal(excerptOf(Buffer.from([0x61, 0xff, 0x62])), "a\uFFFDb");
+  const long = excerptOf(Buffer.from("€".repeat(2000)));
+  t.ok(Buffer.byteLength(long) <= 1024);
+  t.notMatch(long, /\uFFFD/, "a character cut at the bound is dropped, not replaced");
+});
