@@ -145,6 +145,7 @@ export const auditEntry: BenchEntry = {
           [`GetPipeline, audit on, c=${lagConcurrency}, store running`, `${Math.round(lag.load.rps)} req/s`, `p50 ${lag.load.p50.toFixed(2)} ms, p99 ${lag.load.p99.toFixed(2)} ms, ${lag.load.errors} errors, ${seconds(lag.loadMs)} incl. warm-up`],
           ["stored during that load", `${Math.round(lag.storedPerSecond)} events/s`, `${lag.stored} events`],
           [`consumer lag (every ${lagSampleMs} ms)`, `max ${lag.max}`, `${lag.samples} samples; ${lag.atLoadEnd} when the load stopped`],
+          ["insert rate / that RPC rate", `${(insertRate / lag.load.rps).toFixed(1)}x`, "the store's headroom over everything the audited server served"],
           ["drain after the load stopped", lag.drainMs === undefined ? "not drained" : seconds(lag.drainMs), lag.drainMs !== undefined && lag.drainMs <= drainBoundMs ? `bounded (back to 0 within ${drainBoundMs / 1000}s)` : `NOT bounded (${drainBoundMs / 1000}s)`],
         ],
       );
