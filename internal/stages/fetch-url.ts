@@ -1,13 +1,13 @@
 /**
  * Fetches a document over http(s) for the ingest stage: redirects followed by hand and each hop
  * re-checked, the size limit enforced while the body streams, every connection made only to an
- * address the SSRF policy accepted (see address-policy.ts).
+ * address the SSRF policy accepted (see internal/netpolicy).
  */
 import { isIP } from "node:net";
 import { Agent, request, errors as undiciErrors, type Dispatcher } from "undici";
 import {
-  assertAllowedAddress, createGuardedLookup, type AddressPolicy, type ConnectLookup,
-} from "./address-policy.ts";
+  createGuardedLookup, findBlockedAddressError, isForbiddenAddress, type AddressPolicy, type ConnectLookup,
+} from "../netpolicy/index.ts";
 import { PermanentStageError, TransientStageError, findStageError } from "./errors.ts";
 
 /** Injected by the worker from its configuration, never from a pipeline. */
@@ -48,8 +48,15 @@ export function checkFetchUrl(raw: string, policy: AddressPolicy, base?: URL): U
   }
   // net.connect skips `lookup` for IP literals, so the guarded lookup never sees them.
   const host = url.hostname.replace(/^\[(.*)\]$/, "$1");
-  if (isIP(host) !== 0) assertAllowedAddress(host, host, policy);
+  if (isIP(host) !== 0 && isForbiddenAddress(host, policy)) {
+    throw ssrfBlocked(host, new Error(`${host} is a forbidden address`));
+  }
   return url;
+}
+
+/** The stage's form of a network-policy refusal; the message names the host, not the address. */
+function ssrfBlocked(host: string, cause: unknown): PermanentStageError {
+  return new PermanentStageError("ssrf_blocked", `refusing to fetch from ${host}: address not allowed`, { cause });
 }
 
 /**
@@ -152,6 +159,8 @@ function classify(err: unknown, signal: AbortSignal, timeout: AbortSignal): unkn
   if (signal.aborted) return signal.reason;
   const stageError = findStageError(err);
   if (stageError) return stageError;
+  const blocked = findBlockedAddressError(err);
+  if (blocked) return ssrfBlocked(blocked.host, blocked);
   if (timeout.aborted || err instanceof undiciErrors.HeadersTimeoutError
     || err instanceof undiciErrors.BodyTimeoutError || err instanceof undiciErrors.ConnectTimeoutError) {
     return new TransientStageError("fetch_timeout", "fetching the document timed out", { cause: err });

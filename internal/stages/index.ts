@@ -13,7 +13,7 @@ export {
 } from "./options.ts";
 
 export { ingestStage, type IngestContext, type IngestResult, type IngestSource } from "./ingest.ts";
-export { isForbiddenAddress, type AddressPolicy } from "./address-policy.ts";
+export { isForbiddenAddress, type AddressPolicy } from "../netpolicy/index.ts";
 export type { FetchPolicy } from "./fetch-url.ts";
 
 export { detectStage, OCTET_STREAM, type DetectInput, type DetectResult } from "./detect.ts";

@@ -1,20 +1,51 @@
 /**
- * Which network addresses a URL fetch may connect to. The policy is an allowlist: only global
- * unicast addresses pass, so any range ipaddr.js knows as special (private, loopback, link-local,
- * CGNAT, multicast, broadcast, unspecified, documentation, benchmarking, reserved, Teredo, 6to4,
- * discard…) is refused, and an IPv6 address that embeds an IPv4 one is judged by the IPv4 one.
+ * Which network addresses an outbound connection (a document fetch, a webhook delivery) may
+ * reach. The policy is an allowlist: only global unicast addresses pass, so any range ipaddr.js
+ * knows as special (private, loopback, link-local, CGNAT, multicast, broadcast, unspecified,
+ * documentation, benchmarking, reserved, Teredo, 6to4, discard…) is refused, and an IPv6 address
+ * that embeds an IPv4 one is judged by the IPv4 one.
  */
 import { lookup as dnsLookup, type LookupAddress } from "node:dns";
 import ipaddr from "ipaddr.js";
-import { PermanentStageError } from "./errors.ts";
 
 /** Knobs of the address policy. */
 export interface AddressPolicy {
-  /** Let 127.0.0.0/8 and ::1 through. Tests only: a worker must never enable it. */
+  /** Let 127.0.0.0/8 and ::1 through. Tests and the local development mesh only. */
   allowLoopback?: boolean;
 }
 
-/** True when a fetch must not connect to `ip`; unparseable input is forbidden too. */
+/**
+ * A connection refused by the address policy. `host` is the name the caller asked for; the
+ * refused address is only in `cause` (it tells an attacker what a name resolves to inside).
+ */
+export class BlockedAddressError extends Error {
+  override readonly name = "BlockedAddressError";
+  /** Recognisable on a socket error without instanceof; never UND_ERR_SOCKET, so undici fails the queued requests. */
+  readonly code = "ERR_NETPOLICY_BLOCKED";
+  readonly host: string;
+
+  /** `detail` (such as the address refused) goes to `cause`: logs see it, callers do not. */
+  constructor(host: string, detail: string, what = "address not allowed") {
+    super(`refusing to connect to ${host}: ${what}`, { cause: new Error(detail) });
+    this.host = host;
+  }
+}
+
+/** Finds a BlockedAddressError in an error's `cause` chain (undici and net may wrap it). */
+export function findBlockedAddressError(err: unknown): BlockedAddressError | undefined {
+  for (let e = err, depth = 0; e != null && depth < 8; depth++) {
+    if (e instanceof BlockedAddressError) return e;
+    e = (e as { cause?: unknown }).cause;
+  }
+  return undefined;
+}
+
+/** True when `err` (or something in its cause chain) is a refusal by the address policy. */
+export function isBlockedAddressError(err: unknown): boolean {
+  return findBlockedAddressError(err) !== undefined;
+}
+
+/** True when a connection must not go to `ip`; unparseable input is forbidden too. */
 export function isForbiddenAddress(ip: string, policy: AddressPolicy = {}): boolean {
   if (!ipaddr.isValid(ip)) return true;
   let addr: ipaddr.IPv4 | ipaddr.IPv6 = ipaddr.parse(ip);
@@ -37,19 +68,22 @@ function embeddedIPv4(addr: ipaddr.IPv6): ipaddr.IPv4 | undefined {
   return new ipaddr.IPv4([p[6]! >> 8, p[6]! & 0xff, p[7]! >> 8, p[7]! & 0xff]);
 }
 
-/** Throws ssrf_blocked when `ip` is forbidden; the message names the host, not the address. */
+/** Throws BlockedAddressError when `ip` is forbidden; the message names the host, not the address. */
 export function assertAllowedAddress(host: string, ip: string, policy: AddressPolicy): void {
-  if (isForbiddenAddress(ip, policy)) {
-    throw new PermanentStageError("ssrf_blocked", `refusing to fetch from ${host}: address not allowed`, {
-      cause: new Error(`${host} resolved to forbidden address ${ip}`),
-    });
-  }
+  if (isForbiddenAddress(ip, policy)) throw new BlockedAddressError(host, `${host} resolved to forbidden address ${ip}`);
 }
 
 type LookupCallback = (err: NodeJS.ErrnoException | null, address: string | LookupAddress[], family?: number) => void;
 
-/** Signature of `net.connect`'s `lookup` option. */
+/** Signature of `net.connect`'s `lookup` option (and of `dns.lookup`). */
 export type ConnectLookup = (hostname: string, options: { all?: boolean; family?: number | string }, cb: LookupCallback) => void;
+
+/** Resolves every address of `hostname` with `resolve` (default `dns.lookup`). */
+export function lookupAll(hostname: string, resolve: ConnectLookup = dnsLookup as ConnectLookup): Promise<LookupAddress[]> {
+  return new Promise((ok, fail) => {
+    resolve(hostname, { all: true }, (err, addresses) => (err ? fail(err) : ok(addresses as LookupAddress[])));
+  });
+}
 
 /**
  * A `lookup` for net/tls connect that resolves every address of the host, refuses the host if
