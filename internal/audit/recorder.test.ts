@@ -5,7 +5,8 @@ import { create, fromJsonString, toBinary } from "@bufbuild/protobuf";
 import { AuditEventSchema } from "../../gen/jobmesh/v1/audit_pb.js";
 import { AuthService, LoginRequestSchema, PrincipalKind } from "../../gen/jobmesh/v1/auth_pb.js";
 import { CreateJobRequestSchema, CreateJobResponseSchema, CreateJobsRequestSchema, GetJobRequestSchema, JobService, UploadDocumentRequestSchema } from "../../gen/jobmesh/v1/jobs_pb.js";
-import { auditEventOf, isAudited, mayHoldRedacted, maxRequestBytes, requestJsonOf, resourceOf, resourceTypeOf, type CallFacts } from "./recorder.ts";
+import { isAudited, mayHoldRedacted, maxRequestBytes, requestJsonOf, resourceOf, resourceTypeOf } from "../rpc/audit.ts";
+import { auditEventOf, type CallFacts } from "./event.ts";
 
 const base: CallFacts = {
   id: "0b5e0a4e-6a53-4c8e-9d1f-3f7c2a1b9e01",

@@ -8,6 +8,15 @@ import { InvalidTokenError } from "./errors.ts";
 /** The shape of an API key secret, `jmk_<prefix>_<secret>`: fixed so secret scanners recognise it. */
 export const apiKeyPattern = /^jmk_[a-z0-9]{8}_[A-Za-z0-9]{43}$/;
 
+/**
+ * An API key's public prefix ("jmk_ab12cd34", as ListApiKeys shows it), never more of the
+ * secret; "malformed" for what is not a key. The hint the audit log names a key by, written the
+ * same by the services' identity, AuthService's ExchangeApiKey and the gateway.
+ */
+export function apiKeyHintOf(secret: string): string {
+  return apiKeyPattern.test(secret) ? secret.slice(0, "jmk_".length + 8) : "malformed";
+}
+
 /** A credential as presented, not yet verified. */
 export interface PresentedCredential {
   kind: "token" | "api_key";

@@ -30,12 +30,12 @@ import {
   UpdateUserResponseSchema,
 } from "../../gen/jobmesh/v1/auth_pb.js";
 import { decodeJwt } from "jose";
-import { auditAttributionKey, type AuditAttribution } from "../audit/recorder.ts";
+import { auditAttributionKey, type AuditAttribution } from "../rpc/audit.ts";
 import { clientAddressKey } from "../rpc/client-address.ts";
 import { callerOf } from "../rpc/context.ts";
 import { credentialKey } from "../rpc/identity.ts";
 import { toApiKey } from "./api-keys.ts";
-import { apiKeyPattern } from "./credentials.ts";
+import { apiKeyHintOf } from "./credentials.ts";
 import { NotAUserError, RolesExceedCreatorError, TooManyLoginAttemptsError } from "./errors.ts";
 import type { AuthDomain } from "./index.ts";
 import { permissionsOf, roleEnum, rolesOrViewer, rolesWithin } from "../contract/roles.ts";
@@ -200,7 +200,7 @@ export function createAuthService(auth: AuthDomain, knownPermissions: readonly s
     },
     async exchangeApiKey(req, ctx) {
       // The key's public prefix, as ListApiKeys shows it; never the secret part.
-      const attribution = attribute(ctx.values, { credentialHint: apiKeyPattern.test(req.secret) ? req.secret.slice(0, "jmk_".length + 8) : "malformed" });
+      const attribution = attribute(ctx.values, { credentialHint: apiKeyHintOf(req.secret) });
       const token = await auth.exchangeApiKey(req.secret);
       issuedTo(attribution, token.token);
       return create(ExchangeApiKeyResponseSchema, { accessToken: token.token, tokenType: "Bearer", expireTime: timestampFromDate(token.expireTime) });

@@ -4,19 +4,16 @@
  * audit event instead. A call the gateway admits is recorded by the service, never here, so
  * every call has exactly one event.
  *
- * The event is built the way a service's recorder builds it: the full RPC name as the action,
- * the actor as far as the edge learnt it (never the secret), the code and message the client
- * got, and the request left empty (the body was not read).
+ * The event is built by the services' own builder (internal/audit/event.ts): the full RPC name
+ * as the action, the actor as far as the edge learnt it (never the secret), the code and message
+ * the client got, and the request left empty (the body was not read).
  */
-import { create } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { Code } from "@connectrpc/connect";
+import type { Code } from "@connectrpc/connect";
 import { decodeJwt } from "jose";
 // @deno-types="../../gen/jobmesh/v1/audit_pb.d.ts"
-import { ActorSchema, AuditEventSchema, type Actor, type AuditEvent } from "../../gen/jobmesh/v1/audit_pb.js";
-// @deno-types="../../gen/jobmesh/v1/auth_pb.d.ts"
-import { PrincipalKind } from "../../gen/jobmesh/v1/auth_pb.js";
-import { apiKeyPattern, credentialOf } from "../auth/credentials.ts";
+import type { AuditEvent } from "../../gen/jobmesh/v1/audit_pb.js";
+import { auditEventOf, type CallFacts } from "../audit/event.ts";
+import { apiKeyHintOf, credentialOf } from "../auth/credentials.ts";
 import type { EdgeCaller } from "./edge-auth.ts";
 
 /** The recorder name of every event the gateway writes. */
@@ -62,59 +59,49 @@ export interface EdgeAuditContext {
   activeTraceId: string | undefined;
 }
 
-const maxUserAgentChars = 256;
-
 /** The audit event of one edge refusal. Pure: same refusal and context, same event. */
 export function edgeAuditEventOf(refusal: EdgeRefusal, context: EdgeAuditContext): AuditEvent {
-  const micros = Math.max(0, Math.round(refusal.durationMs * 1000));
-  return create(AuditEventSchema, {
-    name: `auditEvents/${context.id}`,
-    // "" is the unattributed chain (the consumer maps it to the operator's tenant).
-    tenant: refusal.caller?.tenantId ?? "",
-    actor: actorOf(refusal.caller, refusal.headers),
+  // The event's time is when the call arrived, to the millisecond (as every recorder makes it).
+  const startTime = new Date(context.now.getTime() - Math.floor(Math.max(0, refusal.durationMs)));
+  return auditEventOf({
+    id: context.id,
     action: refusal.action,
-    outcome: { code: refusal.code, message: refusal.message },
+    ...callerFacts(refusal.caller, refusal.headers),
+    error: { code: refusal.code, rawMessage: refusal.message },
+    // The body was not read: no resource, no request.
+    resource: "",
+    resourceType: "",
     requestId: refusal.requestId,
     traceId: context.activeTraceId ?? traceIdOfHeaders(refusal.headers),
-    // Milliseconds, as every recorder makes it from a Date: the store re-reads the same Timestamp.
-    eventTime: timestampFromDate(new Date(context.now.getTime() - Math.floor(micros / 1000))),
+    startTime,
+    durationMs: refusal.durationMs,
     clientAddress: refusal.clientAddress ?? "",
-    // By code points, as the services' recorder cuts it (never half a surrogate pair).
-    userAgent: [...(refusal.headers.get("user-agent") ?? "")].slice(0, maxUserAgentChars).join(""),
-    // Microsecond precision, as the store keeps it (duration_us).
-    duration: { seconds: BigInt(Math.floor(micros / 1_000_000)), nanos: (micros % 1_000_000) * 1000 },
+    userAgent: refusal.headers.get("user-agent") ?? "",
     request: "",
     recorder: gatewayRecorder,
   });
 }
 
 /**
- * The caller as the edge learnt it. A verified credential gives subject, tenant and roles; an
- * unverified one only its hint, spelled as the services' identity interceptor spells it: an API
+ * The caller as the edge learnt it, in the terms the services' identity interceptor records: a
+ * verified credential gives subject, tenant and roles; an unverified one only its hint, an API
  * key's public prefix, "unverified" for a token, "malformed" for what cannot be read.
  */
-export function actorOf(caller: EdgeCaller | undefined, headers: Headers): Actor {
+export function callerFacts(caller: EdgeCaller | undefined, headers: Headers): Pick<CallFacts, "caller" | "attempted"> {
   let presented;
   try {
     presented = credentialOf(headers);
   } catch {
     // An authorization header that is not "Bearer <one value>".
-    return create(ActorSchema, { credentialHint: "malformed" });
+    return { attempted: { kind: "token", credentialHint: "malformed" } };
   }
-  if (!presented) return create(ActorSchema, {});
-  const apiKeyHint = apiKeyPattern.test(presented.value) ? presented.value.slice(0, "jmk_".length + 8) : "malformed";
-  if (!caller) {
-    return create(ActorSchema, {
-      kind: presented.kind === "api_key" ? PrincipalKind.API_KEY : PrincipalKind.UNSPECIFIED,
-      credentialHint: presented.kind === "api_key" ? apiKeyHint : "unverified",
-    });
-  }
-  return create(ActorSchema, {
-    subject: caller.subject,
-    kind: caller.subject.startsWith("apiKeys/") ? PrincipalKind.API_KEY : PrincipalKind.USER,
-    roles: caller.roles,
-    credentialHint: presented.kind === "api_key" ? apiKeyHint : tokenHintOf(presented.value),
-  });
+  if (!presented) return { attempted: { kind: "anonymous" } };
+  const hint = presented.kind === "api_key" ? apiKeyHintOf(presented.value) : caller ? tokenHintOf(presented.value) : "unverified";
+  if (!caller) return { attempted: { kind: presented.kind, credentialHint: hint } };
+  return {
+    caller: { tenantId: caller.tenantId, subject: caller.subject, roles: caller.roles },
+    attempted: { kind: presented.kind, subject: caller.subject, tenantId: caller.tenantId, roles: caller.roles, credentialHint: hint },
+  };
 }
 
 /**

@@ -4,7 +4,7 @@
  */
 import type { DescService } from "@bufbuild/protobuf";
 import type { Interceptor } from "@connectrpc/connect";
-import { createAuditInterceptor } from "../audit/recorder.ts";
+import { createAuditInterceptor } from "../rpc/audit.ts";
 import { createApiKeys, createAuthDomain, createTokenVerifier, createUserStatus, ensureAdmin, loadPublicJwks, type BootstrapAdmin, type TokenVerifier } from "../auth/index.ts";
 import { AuthService, createAuthService } from "../auth/service.ts";
 import { createAuditDomain, createAuditTopology, provisionAuditTopology, startAuditStore, type AuditStore, type AuditTopology } from "../audit/index.ts";

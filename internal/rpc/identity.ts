@@ -13,7 +13,6 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import type { JWK } from "jose";
 import { AuthService } from "../../gen/jobmesh/v1/auth_pb.js";
 import {
-  apiKeyPattern,
   credentialOf,
   MissingPermissionError,
   NoCredentialsError,
@@ -26,6 +25,7 @@ import {
   type UserStanding,
   type VerifiedToken,
 } from "../auth/index.ts";
+import { apiKeyHintOf } from "../auth/credentials.ts";
 import { cappedRoles, decide, type AccessRule } from "../contract/index.ts";
 import { attemptedCallerKey, callerKey, type AttemptedCaller } from "./context.ts";
 
@@ -42,11 +42,6 @@ export const credentialKey = createContextKey<Credential | undefined>(undefined,
 const infrastructurePrefixes = ["grpc.health.v1.", "grpc.reflection."];
 
 const anonymous: AttemptedCaller = Object.freeze({ kind: "anonymous" });
-
-/** An API key's public prefix ("jmk_ab12cd34", as ListApiKeys shows it): never more of the secret. */
-function apiKeyHintOf(secret: string): string {
-  return apiKeyPattern.test(secret) ? secret.slice(0, "jmk_".length + 8) : "malformed";
-}
 
 export interface IdentityOptions {
   /** accessRulesOf(the services served), keyed "/pkg.Service/Method". */

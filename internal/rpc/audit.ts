@@ -1,124 +1,29 @@
 /**
  * The audit interceptor: one AuditEvent per RPC, refused calls included, handed to a sink that
  * publishes it without making the caller wait (internal/audit/sink.ts). It sits in the audit slot
- * (internal/rpc/slots.ts), outside identity, so it sees who a refused call claimed to be, and
- * inside the error mapping, so the outcome is the code and message the client saw.
+ * (slots.ts), outside identity, so it sees who a refused call claimed to be, and inside the error
+ * mapping, so the outcome is the code and message the client saw.
  *
- * The event is built by a pure function, `auditEventOf`, from the facts of the call; the
- * interceptor only gathers them. Health and reflection calls are infrastructure, not operations:
- * they are not recorded.
+ * The event is built by the pure, transport-free builder the gateway shares
+ * (internal/audit/event.ts); this interceptor gathers the facts of the call: who, the resource,
+ * the bounded request. Health and reflection calls are infrastructure, not operations: they are
+ * not recorded.
  */
-import { create, getOption, hasOption, toJsonString, type DescMessage, type DescMethod, type Message } from "@bufbuild/protobuf";
-import { resource as resourceOption } from "../../gen/google/api/resource_pb.js";
-import { isSpanContextValid, trace } from "@opentelemetry/api";
-// An interceptor is transport code, like internal/rpc: the one file of internal/audit that speaks Connect.
-// eslint-disable-next-line no-restricted-imports
+import { getOption, hasOption, toJsonString, type DescMessage, type DescMethod, type Message } from "@bufbuild/protobuf";
 import { createContextKey, type ConnectError, type Interceptor, type StreamRequest, type UnaryRequest } from "@connectrpc/connect";
-import { AuditEventSchema, type AuditEvent } from "../../gen/jobmesh/v1/audit_pb.js";
-import { PrincipalKind } from "../../gen/jobmesh/v1/auth_pb.js";
-import { clientAddressKey } from "../rpc/client-address.ts";
-import { attemptedCallerKey, callerKey, type AttemptedCaller, type Caller } from "../rpc/context.ts";
-import { createCallEndInterceptor, type CallEnd } from "../rpc/slots.ts";
+import { isSpanContextValid, trace } from "@opentelemetry/api";
+import { resource as resourceOption } from "../../gen/google/api/resource_pb.js";
+import type { AuditEvent } from "../../gen/jobmesh/v1/audit_pb.js";
+import { auditEventOf, type AuditAttribution } from "../audit/event.ts";
 import { isRedacted, meshRegistry, redacted } from "../contract/index.ts";
+import { clientAddressKey } from "./client-address.ts";
+import { attemptedCallerKey, callerKey } from "./context.ts";
+import { createCallEndInterceptor, type CallEnd } from "./slots.ts";
 
-/**
- * What a handler of a public method (Login, RefreshToken, ExchangeApiKey) knows about who is
- * calling before its domain call decides: set early, so a refused attempt is still attributed to
- * its tenant and to the credential it tried (never the secret).
- */
-export interface AuditAttribution {
-  tenantId?: string;
-  subject?: string;
-  /** Such as "email:someone@example.com". */
-  credentialHint?: string;
-}
+export type { AuditAttribution } from "../audit/event.ts";
 
-/** Set by the handler of a public method; read by the audit interceptor after the call. */
+/** Set by the handler of a public method (Login…); read by the audit interceptor after the call. */
 export const auditAttributionKey = createContextKey<AuditAttribution | undefined>(undefined, { description: "jobmesh audit attribution" });
-
-/** Longest user agent kept, in characters (the contract's bound). */
-export const maxUserAgentLength = 256;
-
-/** Everything an event is made of, gathered by the interceptor (or by the gateway for a refusal at the edge). */
-export interface CallFacts {
-  /** The event id (a v4 UUID). */
-  id: string;
-  /** "jobmesh.v1.JobService.CreateJob". */
-  action: string;
-  caller?: Caller;
-  attempted?: AttemptedCaller;
-  attribution?: AuditAttribution;
-  /** Undefined on success; else the error the client saw. */
-  error?: Pick<ConnectError, "code" | "rawMessage">;
-  resource: string;
-  resourceType: string;
-  requestId: string;
-  traceId: string;
-  startTime: Date;
-  /** Wall time of the call, in milliseconds (fractions kept: the event holds microseconds). */
-  durationMs: number;
-  clientAddress: string;
-  userAgent: string;
-  /** The redacted request in proto3 JSON (requestJsonOf). */
-  request: string;
-  recorder: string;
-}
-
-/** The AuditEvent of one call, as published: sequence, prev_hash and hash stay empty (the store assigns them). */
-export function auditEventOf(facts: CallFacts): AuditEvent {
-  const { actor, tenant } = actorOf(facts);
-  const micros = Math.max(0, Math.round(facts.durationMs * 1000));
-  return create(AuditEventSchema, {
-    name: `auditEvents/${facts.id}`,
-    tenant,
-    actor,
-    action: facts.action,
-    resource: facts.resource,
-    resourceType: facts.resource ? facts.resourceType : "",
-    outcome: facts.error ? { code: facts.error.code, message: facts.error.rawMessage } : { code: 0, message: "" },
-    requestId: facts.requestId,
-    traceId: facts.traceId,
-    // Milliseconds: a Date has no more, and the store's timestamptz gives back exactly this.
-    eventTime: { seconds: BigInt(Math.floor(facts.startTime.getTime() / 1000)), nanos: (((facts.startTime.getTime() % 1000) + 1000) % 1000) * 1_000_000 },
-    clientAddress: facts.clientAddress,
-    userAgent: [...facts.userAgent].slice(0, maxUserAgentLength).join(""),
-    duration: { seconds: BigInt(Math.floor(micros / 1_000_000)), nanos: (micros % 1_000_000) * 1000 },
-    request: facts.request,
-    recorder: facts.recorder,
-  });
-}
-
-/** USER for "users/…", API_KEY for "apiKeys/…", SYSTEM for "system/…". */
-export function principalKindOf(subject: string): PrincipalKind {
-  if (subject.startsWith("users/")) return PrincipalKind.USER;
-  if (subject.startsWith("apiKeys/")) return PrincipalKind.API_KEY;
-  if (subject.startsWith("system/")) return PrincipalKind.SYSTEM;
-  return PrincipalKind.UNSPECIFIED;
-}
-
-/**
- * Who acted, best source first: the caller identity admitted; else what the call claimed as far
- * as identity got; else what a public method's handler attributed it to; else anonymous.
- */
-function actorOf(facts: CallFacts) {
-  const { caller, attempted, attribution } = facts;
-  const claimed = attempted && attempted.kind !== "anonymous" ? attempted : undefined;
-  if (caller) {
-    const actor = { subject: caller.subject, kind: principalKindOf(caller.subject), roles: [...caller.roles], credentialHint: claimed?.credentialHint ?? "" };
-    return { actor, tenant: caller.tenantId };
-  }
-  if (claimed) {
-    const subject = claimed.subject ?? "";
-    // A key is a key even before it verifies; a token could act for a user or a key.
-    const kind = subject ? principalKindOf(subject) : claimed.kind === "api_key" ? PrincipalKind.API_KEY : PrincipalKind.UNSPECIFIED;
-    return { actor: { subject, kind, roles: [...(claimed.roles ?? [])], credentialHint: claimed.credentialHint }, tenant: claimed.tenantId ?? "" };
-  }
-  if (attribution) {
-    const subject = attribution.subject ?? "";
-    return { actor: { subject, kind: principalKindOf(subject), roles: [], credentialHint: attribution.credentialHint ?? "" }, tenant: attribution.tenantId ?? "" };
-  }
-  return { actor: { subject: "", kind: PrincipalKind.UNSPECIFIED, roles: [], credentialHint: "" }, tenant: "" };
-}
 
 /** Services every server exposes that are not operations on the mesh. */
 const unauditedPrefixes = ["grpc.health.v1.", "grpc.reflection."];
