@@ -16,8 +16,9 @@ export interface NetPolicy {
   /** Let plain http:// through (the local development mesh, tests). */
   allowHttp?: boolean;
   /**
-   * Test-only: exact "host:port" targets ("127.0.0.1:8123", "[::1]:8123", "localhost:8123").
-   * When non-empty it narrows allowLoopback to these targets; on its own it opens nothing.
+   * Test-only: exact "host:port" targets ("127.0.0.1:8123", "[::1]:8123", "localhost:8123") that may
+   * be on a loopback address. When non-empty it REPLACES allowLoopback: loopback is open for these
+   * targets and no other, whatever allowLoopback says. Private and link-local stay closed.
    */
   allowHosts?: string[];
 }
@@ -48,13 +49,14 @@ export function targetKey(hostname: string, port: number): string {
 }
 
 /**
- * The address policy for one target: loopback is allowed when the policy allows it and, if
- * allowHosts is set, only for a listed host:port (so a test receiver cannot open every local port).
+ * The address policy for one target. Loopback is open for a host:port listed in allowHosts and,
+ * when the list is empty, everywhere allowLoopback says so; a list narrows it to exactly its
+ * entries, so a test receiver cannot open every local port.
+ * Read at each connect: a caller may add receivers to the list while the dispatcher lives.
  */
 export function addressPolicyFor(policy: NetPolicy, hostname: string, port: number): AddressPolicy {
-  if (policy.allowLoopback !== true) return { allowLoopback: false };
   const hosts = policy.allowHosts ?? [];
-  if (hosts.length === 0) return { allowLoopback: true };
+  if (hosts.length === 0) return { allowLoopback: policy.allowLoopback === true };
   const key = targetKey(hostname, port);
   return { allowLoopback: hosts.some((h) => h.trim().toLowerCase() === key) };
 }
