@@ -4,7 +4,7 @@
 // and every event is in the stream once, in the order recorded; a spool left by a closed sink,
 // or by a process killed after its flush, is replayed by the next sink on the same path.
 import t from "tap";
-import { create, fromBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomUUID } from "node:crypto";
@@ -16,6 +16,7 @@ import { createInterface } from "node:readline";
 import { AuditEventSchema } from "../gen/jobmesh/v1/audit_pb.js";
 import { connectBus } from "../internal/bus/index.ts";
 import { createAuditSink, type AuditSink, type AuditSinkLog } from "../internal/audit/sink.ts";
+import { openSpool } from "../internal/audit/spool.ts";
 import { createAuditTopology, provisionAuditTopology } from "../internal/audit/topology.ts";
 import { isNatsUp } from "../internal/devstack/probe.ts";
 import { createProcessGuard } from "../internal/devstack/process-guard.ts";
@@ -92,6 +93,12 @@ async function readStream(stream: string): Promise<{ id: string; msgId: string; 
   }
   return out;
 }
+/** The lines of a dead-letter file. */
+async function readDeadLetters(file: string): Promise<{ id: string; reason: string; bytes: number; event?: string }[]> {
+  const text = await readFile(file, "utf8");
+  return text.split("\n").filter(Boolean).map((line) => JSON.parse(line) as { id: string; reason: string; bytes: number; event?: string });
+}
+
 /** The ids of `of` in the order they appear in `stream`. */
 const orderIn = (stream: { id: string }[], of: string[]) => {
   const wanted = new Set(of);
@@ -165,9 +172,15 @@ void t.test("NATS stopped - record() returns at once, flush() ends with the even
   await nats.exited;
   const racingSpooled = await sinkA.flush().then(() => sinkA.spooled);
   t.comment(`${racingSpooled} of the events in flight when NATS died were spooled`);
-  recordedA.push(...recordEvents(sinkA, 500, "down"));
+  recordedA.push(...recordEvents(sinkA, 250, "down"));
+  // Larger than a spool record can be: refused by the spool, kept in the dead letters, not in the way.
+  const huge = randomUUID();
+  sinkA.record(create(AuditEventSchema, { name: `auditEvents/${huge}`, action: "huge", resource: "x".repeat(5 * 1024 * 1024) }));
+  recordedA.push(...recordEvents(sinkA, 250, "down"));
   await sinkA.flush();
-  t.equal(sinkA.spooled, racingSpooled + 500, "every event recorded while NATS is down is in the spool");
+  t.equal(sinkA.spooled, racingSpooled + 500, "every event recorded while NATS is down is in the spool, but the one too large for it");
+  t.equal(sinkA.deadLettered, 1, "that one is dead-lettered");
+  t.same((await readDeadLetters(join(dir, "a.spool.dead"))).map((l) => l.id), [huge], "in the dead-letter file next to the spool");
 
   recordedB.push(...recordEvents(sinkB, 300, "closed"));
   await sinkB.close();
@@ -253,4 +266,42 @@ void t.test("disk full and no stream - memory stays bounded (drops counted and l
   t.equal(await Promise.race([closing, stuck]), "closed", "close() ends although nothing can be published or spooled");
   t.equal(full.dropped, 1010, "what close() gave up on is counted as dropped");
   t.ok(logged.includes("audit sink: closed with events neither published nor spooled; they are lost"), "and logged");
+});
+
+void t.test("poison - an event NATS can never take (past max_payload) is dead-lettered; the events behind it are published, nothing waits in the spool", async (t) => {
+  const sink = await newSink("poison.spool");
+  const before = recordEvents(sink, 5, "before poison");
+  const poison = randomUUID();
+  sink.record(create(AuditEventSchema, { name: `auditEvents/${poison}`, action: "poison", resource: `jobs/${"a".repeat(2 * 1024 * 1024)}` }));
+  const after = recordEvents(sink, 5, "after poison");
+  await sink.flush();
+  t.equal(sink.spooled, 0, "nothing spooled");
+  t.equal(sink.deadLettered, 1);
+  t.same(orderIn(await readStream(topology.eventsStream), [...before, ...after]), [...before, ...after], "the events around it are in the stream, in order");
+  const [letter, ...more] = await readDeadLetters(join(dir, "poison.spool.dead"));
+  t.same(more, [], "one dead letter");
+  t.equal(letter.id, poison);
+  t.match(letter.reason, /max_payload/, "it says why");
+  const kept = fromBinary(AuditEventSchema, Buffer.from(letter.event!, "base64"));
+  t.equal(kept.resource.length, 5 + 2 * 1024 * 1024, "the event is kept whole");
+});
+
+void t.test("poison in a spool - the replay dead-letters a record NATS refuses or that is no event, and moves on past it", async (t) => {
+  const file = join(dir, "left.spool");
+  const [first, last, poison] = [randomUUID(), randomUUID(), randomUUID()];
+  const left = await openSpool(file);
+  await left.append([
+    toBinary(AuditEventSchema, eventOf(first, tenants[0], "left first")),
+    toBinary(AuditEventSchema, create(AuditEventSchema, { name: `auditEvents/${poison}`, action: "poison", resource: "b".repeat(2 * 1024 * 1024) })),
+    new Uint8Array([0x0a, 0x05, 0x61]), // a string field cut short: not an AuditEvent
+    toBinary(AuditEventSchema, eventOf(last, tenants[1], "left last")),
+  ]);
+  await left.close();
+  const sink = await newSink("left.spool");
+  await waitFor("the left spool replayed", () => sink.spooled === 0, 30_000);
+  t.same(orderIn(await readStream(topology.eventsStream), [first, last]), [first, last], "the events on either side are published, in order");
+  const letters = await readDeadLetters(`${file}.dead`);
+  t.same(letters.map((l) => l.id ?? null), [poison, null], "the refused event and the record that is no event are dead-lettered");
+  t.match(letters[1].reason, /not an AuditEvent/);
+  t.equal(sink.deadLettered, 2);
 });

@@ -27,10 +27,11 @@
  */
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { JetStreamClient } from "@nats-io/jetstream";
-import { createInbox, headers, type Msg, type NatsConnection } from "@nats-io/transport-node";
+import { ClosedConnectionError, createInbox, DrainingConnectionError, headers, type Msg, type NatsConnection } from "@nats-io/transport-node";
 // @deno-types="../../gen/jobmesh/v1/audit_pb.d.ts"
 import { AuditEventSchema, type AuditEvent } from "../../gen/jobmesh/v1/audit_pb.js";
-import { claimOrphanSpools, claimSpoolFile, openSpool, type Spool, type SpoolClaim } from "./spool.ts";
+import { openDeadLetters, type DeadLetter } from "./sink-dead-letter.ts";
+import { claimOrphanSpools, claimSpoolFile, maxSpoolRecordBytes, openSpool, type Spool, type SpoolClaim } from "./spool.ts";
 import type { AuditTopology } from "./topology.ts";
 
 export interface AuditSink {
@@ -42,6 +43,8 @@ export interface AuditSink {
   close(): Promise<void>;
   /** Events in spool files, not yet replayed. */
   readonly spooled: number;
+  /** Events given up on as poison (they can never be published) and written to `<spoolFile>.dead`. */
+  readonly deadLettered: number;
   /** Events dropped by this sink: recorded past the memory bound or after close(), or still held when close() gave up. */
   readonly dropped: number;
 }
@@ -69,13 +72,16 @@ export interface AuditSinkTuning {
   /** Pause before a failed replay (or spool write) is tried again. */
   retryMs: number;
   replayBatch: number;
+  /** The dead-letter file's bound: past it, poison events are only counted and logged. */
+  maxDeadLetterBytes: number;
   /** How long close() tries to publish or spool what it holds before it gives up on it (and says so). */
   closeTimeoutMs: number;
 }
 
-const defaults: AuditSinkTuning = { lingerMs: 2, batchSize: 256, maxInFlight: 8192, maxQueue: 50_000, maxHeld: 200_000, ackTimeoutMs: 5_000, retryMs: 1_000, replayBatch: 4_096, closeTimeoutMs: 10_000 };
+const defaults: AuditSinkTuning = { lingerMs: 2, batchSize: 256, maxInFlight: 8192, maxQueue: 50_000, maxHeld: 200_000, ackTimeoutMs: 5_000, retryMs: 1_000, replayBatch: 4_096, closeTimeoutMs: 10_000, maxDeadLetterBytes: 256 * 1024 * 1024 };
 
-interface Entry { seq: number; event: AuditEvent; bytes?: Uint8Array; token?: string; acked: boolean; batch?: Batch }
+// `poison`: why the event can never be published; it goes to the dead letters, not the spool.
+interface Entry { seq: number; event: AuditEvent; bytes?: Uint8Array; token?: string; acked: boolean; poison?: string; batch?: Batch }
 interface Batch { entries: Entry[]; remaining: number; settled: boolean; sentAt: number; onSettled?: () => void }
 interface Source { claim: SpoolClaim; spool: Spool; offset: number; replayed: number }
 
@@ -100,9 +106,11 @@ export async function createAuditSink(deps: {
     if (spool.tornBytes > 0) log.warn({ file: spool.path, bytes: spool.tornBytes }, "audit sink: dropped a torn last record of the spool");
   }
 
+  const deadLetters = openDeadLetters(`${deps.spoolFile}.dead`, log, tune.maxDeadLetterBytes);
   const queue: Entry[] = [];
   const inflight: Batch[] = [];
   let toSpool: Entry[] = [];
+  let toDeadLetter: Entry[] = [];
   const pending = new Map<string, Entry>();
   const waiters: { target: number; resolve: () => void }[] = [];
   // Once anything is spooled, newer events go behind it, so that replay keeps the order.
@@ -128,7 +136,8 @@ export async function createAuditSink(deps: {
     if (!entry) return; // failed already (timed out, disconnected)
     pending.delete(entry.token!);
     const refusal = refusalOf(msg);
-    if (refusal) noteFailure(refusal);
+    if (refusal?.permanent) entry.poison = refusal.reason;
+    else if (refusal) noteFailure(refusal.reason);
     settle(entry, refusal === undefined);
   }
 
@@ -158,6 +167,7 @@ export async function createAuditSink(deps: {
       entry.token = token;
       entry.batch = batch;
       entry.acked = false;
+      entry.poison = undefined;
       pending.set(token, entry);
       try {
         entry.bytes ??= toBinary(AuditEventSchema, entry.event);
@@ -165,7 +175,10 @@ export async function createAuditSink(deps: {
         h.set("Nats-Msg-Id", eventIdOf(entry.event));
         nc.publish(topology.eventsSubject(entry.event.tenant), entry.bytes, { reply: `${inbox}.${token}`, headers: h });
       } catch (error) {
-        noteFailure(error);
+        // The connection's state is NATS's; anything else thrown here is the event's own (larger
+        // than max_payload, a subject NATS refuses, not writable by the codec): trying again cannot help.
+        if (error instanceof ClosedConnectionError || error instanceof DrainingConnectionError) noteFailure(error);
+        else entry.poison = String(error);
         fail([entry]);
       }
     }
@@ -177,28 +190,40 @@ export async function createAuditSink(deps: {
     while (inflight.length > 0 && inflight[0].settled) {
       const batch = inflight.shift()!;
       inflightEvents -= batch.entries.length;
-      for (const entry of batch.entries) if (!entry.acked) toSpool.push(entry);
+      for (const entry of batch.entries) if (!entry.acked) (entry.poison ? toDeadLetter : toSpool).push(entry);
       if (batch.entries.every((e) => e.acked)) failures = 0;
     }
     if (toSpool.length > 0) spooling = true;
+  }
+
+  async function writeDeadLetters() {
+    const letters: DeadLetter[] = toDeadLetter.map((e) => ({ event: e.event, bytes: e.bytes, reason: e.poison ?? "" }));
+    toDeadLetter = [];
+    await deadLetters.write(letters);
   }
 
   async function writeSpool() {
     // In chunks: one write buffer stays small however much waits for the spool.
     const entries = toSpool.slice(0, tune.replayBatch);
     const payloads: Uint8Array[] = [];
+    const poison: DeadLetter[] = [];
     for (const entry of entries) {
       try {
-        payloads.push((entry.bytes ??= toBinary(AuditEventSchema, entry.event)));
+        entry.bytes ??= toBinary(AuditEventSchema, entry.event);
       } catch (error) {
         // Not an AuditEvent the codec can write: it must not hold back every event behind it.
-        log.error({ err: error }, "audit sink: an event that cannot be serialised was dropped");
+        poison.push({ event: entry.event, reason: `cannot be serialised: ${String(error)}` });
+        continue;
       }
+      // Read back, a longer record would be taken for garbage: the spool refuses it.
+      if (entry.bytes.length > maxSpoolRecordBytes) poison.push({ event: entry.event, bytes: entry.bytes, reason: `${entry.bytes.length} bytes: larger than a spool record` });
+      else payloads.push(entry.bytes);
     }
     try {
       await own.spool.append(payloads);
       toSpool = toSpool.slice(entries.length);
       spooling = true;
+      await deadLetters.write(poison);
     } catch (error) {
       log.error({ err: error, file: own.spool.path, events: entries.length }, "audit sink: cannot write the spool; holding the events in memory");
       writeRetryAt = Date.now() + tune.retryMs;
@@ -240,15 +265,15 @@ export async function createAuditSink(deps: {
       try {
         entries.push({ seq: -1, event: fromBinary(AuditEventSchema, bytes), bytes, acked: false });
       } catch (error) {
-        log.error({ err: error, file: source.spool.path }, "audit sink: a spooled record is not an AuditEvent; skipped");
-        entries.push({ seq: -1, event: undefined as never, acked: true });
+        entries.push({ seq: -1, event: undefined as never, bytes, acked: false, poison: `a spooled record that is not an AuditEvent: ${String(error)}` });
       }
     }
-    const publishable = entries.filter((e) => !e.acked);
-    await new Promise<void>((resolve) => (replayBatch = send(publishable, resolve)));
+    await new Promise<void>((resolve) => (replayBatch = send(entries.filter((e) => !e.poison), resolve)));
     replayBatch = undefined;
+    // The spool moves on past what is acknowledged and past poison (kept in the dead letters).
     let done = 0;
-    while (done < entries.length && entries[done].acked) done++;
+    while (done < entries.length && (entries[done].acked || entries[done].poison)) done++;
+    await deadLetters.write(entries.slice(0, done).filter((e) => e.poison).map((e) => ({ event: e.event, bytes: e.bytes, reason: e.poison! })));
     if (done > 0) {
       source.offset = ends[done - 1];
       source.replayed += done;
@@ -284,6 +309,7 @@ export async function createAuditSink(deps: {
     do {
       again = false;
       retire();
+      if (toDeadLetter.length > 0) await writeDeadLetters();
       if (connected && !spooling && queue.length <= tune.maxQueue) {
         while (queue.length > 0 && inflightEvents < tune.maxInFlight) {
           const batch = send(queue.splice(0, tune.batchSize));
@@ -321,6 +347,7 @@ export async function createAuditSink(deps: {
   /** The oldest event recorded that is neither acknowledged nor spooled. */
   function lowWater(): number {
     let low = nextSeq;
+    if (toDeadLetter.length > 0) low = Math.min(low, toDeadLetter[0].seq);
     if (toSpool.length > 0) low = Math.min(low, toSpool[0].seq);
     if (inflight.length > 0) low = Math.min(low, inflight[0].entries[0].seq);
     if (queue.length > 0) low = Math.min(low, queue[0].seq);
@@ -409,6 +436,7 @@ export async function createAuditSink(deps: {
         clearTimeout(lingerTimer);
         (statuses as { stop?: () => void }).stop?.();
         sub.unsubscribe();
+        await deadLetters.close();
         for (const source of [own, ...adopted]) {
           await source.spool.close();
           // An empty spool is removed; one holding events stays for the next process on this path.
@@ -423,6 +451,9 @@ export async function createAuditSink(deps: {
     get dropped() {
       return dropped;
     },
+    get deadLettered() {
+      return deadLetters.count;
+    },
   };
   return sink;
 }
@@ -430,16 +461,20 @@ export async function createAuditSink(deps: {
 // A PubAck starts with its stream name; a refusal with its error (JSPubAckResponse puts it first).
 const pubAckStart = new TextEncoder().encode('{"stream":');
 
-/** Why JetStream refused a publish, from its reply; undefined for a PubAck. */
-function refusalOf(msg: Msg): string | undefined {
-  if (msg.headers?.code === 503) return "no stream stores this subject (no responders)";
+/** JetStream's error for a message larger than the stream's max_msg_size: the event's own, for good. */
+const messageTooLarge = 10054;
+
+/** Why JetStream refused a publish, from its reply, and whether the event itself is the cause; undefined for a PubAck. */
+function refusalOf(msg: Msg): { reason: string; permanent: boolean } | undefined {
+  const transient = (reason: string) => ({ reason, permanent: false });
+  if (msg.headers?.code === 503) return transient("no stream stores this subject (no responders)");
   // Most replies are PubAcks: known by their first bytes, without decoding and parsing them.
   if (msg.data.length > pubAckStart.length && pubAckStart.every((b, i) => msg.data[i] === b)) return undefined;
   try {
-    const reply = msg.json<{ error?: { description?: string }; stream?: string }>();
-    if (reply.error) return `JetStream refused the event: ${reply.error.description ?? "unknown error"}`;
-    return reply.stream ? undefined : "invalid JetStream acknowledgement";
+    const reply = msg.json<{ error?: { description?: string; err_code?: number }; stream?: string }>();
+    if (reply.error) return { reason: `JetStream refused the event: ${reply.error.description ?? "unknown error"}`, permanent: reply.error.err_code === messageTooLarge };
+    return reply.stream ? undefined : transient("invalid JetStream acknowledgement");
   } catch {
-    return "unreadable JetStream acknowledgement";
+    return transient("unreadable JetStream acknowledgement");
   }
 }

@@ -7,7 +7,7 @@ import { once } from "node:events";
 import { appendFile, mkdtemp, readFile, rm, stat, truncate, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { claimOrphanSpools, claimSpoolFile, crc32, openSpool } from "./spool.ts";
+import { claimOrphanSpools, claimSpoolFile, crc32, maxSpoolRecordBytes, openSpool, SpoolRecordTooLargeError } from "./spool.ts";
 
 const dir = await mkdtemp(join(tmpdir(), "jobmesh-spool-test-"));
 t.teardown(() => rm(dir, { recursive: true, force: true }));
@@ -106,6 +106,26 @@ void t.test("a corrupted record stops the read there: nothing after it is taken 
   const reopened = await openSpool(path);
   t.equal(reopened.records, 1);
   t.same(decoded((await reopened.read(0, 10)).payloads), decoded([payload(1)]));
+  await reopened.close();
+});
+
+void t.test("a record larger than maxSpoolRecordBytes is refused at write time; the file and the records before it stay whole", async (t) => {
+  const path = join(dir, "too-large.spool");
+  const spool = await openSpool(path);
+  await spool.append([payload(1)]);
+  const size = (await stat(path)).size;
+  const huge = new Uint8Array(maxSpoolRecordBytes + 1);
+  await t.rejects(spool.append([payload(2), huge, payload(3)]), SpoolRecordTooLargeError, "refused");
+  t.equal((await stat(path)).size, size, "nothing of the refused batch was written");
+  t.equal(spool.records, 1);
+  await spool.append([payload(4), new Uint8Array(maxSpoolRecordBytes).fill(7)]);
+  await spool.close();
+  const reopened = await openSpool(path);
+  t.equal(reopened.records, 3, "reopened: every record written is there, none taken for garbage");
+  t.equal(reopened.tornBytes, 0);
+  const { payloads } = await reopened.read(0, 10);
+  t.same(decoded(payloads.slice(0, 2)), decoded([payload(1), payload(4)]));
+  t.equal(payloads[2].length, maxSpoolRecordBytes, "a record of exactly the limit is kept");
   await reopened.close();
 });
 

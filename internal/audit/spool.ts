@@ -15,10 +15,26 @@ import { mkdir, open, readdir, readFile, stat, unlink, utimes, type FileHandle }
 import { basename, dirname, join } from "node:path";
 import process from "node:process";
 
-/** Larger than any event can be (NATS refuses payloads over 1 MiB): a larger length is garbage. */
-const maxRecordBytes = 4 * 1024 * 1024;
+/**
+ * The largest record: larger than any event NATS takes (its max_payload is 1 MiB by default, at
+ * most 64 MiB), so a larger length read back is garbage, and append() refuses to write one.
+ */
+export const maxSpoolRecordBytes = 4 * 1024 * 1024;
+const maxRecordBytes = maxSpoolRecordBytes;
 const headerBytes = 8;
 const readBlockBytes = 1024 * 1024;
+
+/** append() was given a record larger than maxSpoolRecordBytes: nothing was written. */
+export class SpoolRecordTooLargeError extends Error {
+  override name = "SpoolRecordTooLargeError";
+  readonly index: number;
+  readonly bytes: number;
+  constructor(index: number, bytes: number) {
+    super(`audit spool: record ${index} is ${bytes} bytes, more than the ${maxSpoolRecordBytes} a spool record can hold`);
+    this.index = index;
+    this.bytes = bytes;
+  }
+}
 
 /** An open spool file. Not safe for concurrent calls: the sink serialises them. */
 export interface Spool {
@@ -29,7 +45,11 @@ export interface Spool {
   readonly bytes: number;
   /** Bytes of a torn last record dropped when the file was opened (0 normally). */
   readonly tornBytes: number;
-  /** Appends the records in order and fsyncs: once it resolves they survive a crash. */
+  /**
+   * Appends the records in order and fsyncs: once it resolves they survive a crash. A record
+   * larger than maxSpoolRecordBytes is refused (SpoolRecordTooLargeError) before anything is
+   * written: read back, its length would be taken for garbage and the file cut there.
+   */
   append(payloads: readonly Uint8Array[]): Promise<void>;
   /** Up to `maxRecords` records from `offset` (a record boundary), with the offset after each. */
   read(offset: number, maxRecords: number): Promise<{ payloads: Uint8Array[]; ends: number[] }>;
@@ -69,6 +89,8 @@ export async function openSpool(path: string): Promise<Spool> {
     tornBytes,
     async append(payloads) {
       if (payloads.length === 0) return;
+      const tooLarge = payloads.findIndex((p) => p.length > maxRecordBytes);
+      if (tooLarge >= 0) throw new SpoolRecordTooLargeError(tooLarge, payloads[tooLarge].length);
       let length = 0;
       for (const p of payloads) length += headerBytes + p.length;
       const buffer = new Uint8Array(length);
