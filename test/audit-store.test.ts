@@ -3,10 +3,12 @@ import { clone, create, equals, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { randomUUID } from "node:crypto";
 import { AuditChainBreak, AuditEventSchema, type AuditEvent } from "../gen/jobmesh/v1/audit_pb.js";
+import { createAuditDomain } from "../internal/audit/audit.ts";
 import { chainHashOf, createChainVerifier, genesisHash } from "../internal/audit/chain.ts";
 import { trustedPublicKeys } from "../internal/audit/checkpoints.ts";
 import { AuditEventNotFoundError, InvalidAuditFilterError } from "../internal/audit/errors.ts";
 import { dropExpiredPartitions } from "../internal/audit/retention.ts";
+import { createPageTokens } from "../internal/paging/index.ts";
 import { auditEvent, createAuditStoreWorld } from "./support/audit-store.ts";
 
 t.setTimeout(300_000);
@@ -162,7 +164,7 @@ void t.test("verify and export - signed checkpoints cover the chain; the export 
   t.ok(byTime[0] <= 11n && byTime.at(-1) === 30n, "a time range becomes the sequences that bound it");
 });
 
-void t.test("retention - whole month partitions go; verification starts where the kept chain starts", async (t) => {
+void t.test("retention - whole month partitions go; verification starts where the kept chain starts, when a signed checkpoint proves it", async (t) => {
   const tenantC = randomUUID();
   const old = [0, 1, 2].map((d) => auditEvent(tenantC, { time: new Date(Date.UTC(2020, 0, 10 + d)) }));
   for (const e of old) sink.record(e);
@@ -173,15 +175,37 @@ void t.test("retention - whole month partitions go; verification starts where th
   await sink.flush();
   await world.until("the recent events stored", async () => (await world.count(tenantC)) === 6);
   await world.until("checkpoints cover C", async () => (await domain.listCheckpoints(tenantC, { pageSize: 1, pageToken: "" })).checkpoints[0]?.sequence === 6n);
+  // D: an event filed in an older month BETWEEN recent ones (a recorder's clock behind).
+  const tenantD = randomUUID();
+  for (const time of [new Date(), new Date(Date.UTC(2020, 0, 10)), new Date()]) {
+    sink.record(auditEvent(tenantD, { time }));
+    await sink.flush();
+    const n = await world.count(tenantD);
+    await world.until("D's event stored", async () => (await world.count(tenantD)) === n + 1);
+  }
+  await world.until("checkpoints cover D", async () => (await domain.listCheckpoints(tenantD, { pageSize: 1, pageToken: "" })).checkpoints[0]?.sequence === 3n);
 
   t.same(await dropExpiredPartitions(db, new Date(), 0), [], "0 days keeps everything");
   const dropped = await dropExpiredPartitions(db, new Date(), 365);
-  t.same(dropped.map((d) => [d.tenantId, d.month]), [[tenantC, "2020-01"]], "only C's January 2020 is past a year");
+  t.same(dropped.map((d) => [d.tenantId, d.month]), [[tenantC, "2020-01"]], "only C's January 2020 goes: D's holds sequence 2, above its lowest kept (1)");
   t.equal(await world.count(tenantC), 3);
-  const verdict = await domain.verify(tenantC, { startSequence: 0n, endSequence: 0n });
+  t.equal(await world.count(tenantD), 3, "D keeps all three");
+  const d = await domain.verify(tenantD, { startSequence: 0n, endSequence: 0n });
+  t.same([d.intact, d.verifiedCount], [true, 3n], `D intact, no hole: ${d.reason}`);
+
+  // C's horizon (4) rests on a checkpoint signed seconds ago: not older than a 400-day cutoff, so
+  // not trusted (an event from 2020 stored today), and what it hides is MISSING.
+  const strict = await domain.verify(tenantC, { startSequence: 0n, endSequence: 0n });
+  t.same([strict.intact, strict.firstBrokenSequence, strict.breakKind], [false, 1n, AuditChainBreak.MISSING], strict.reason);
+  t.match(strict.reason, /retention horizon at sequence 4: not trusted: .* not older than the retention cutoff/);
+
+  // Once the checkpoint is older than the retention (here 10 ms), the horizon is trusted.
+  const later = createAuditDomain({ db, js: bus.js, jsm: bus.jsm, topology, pageTokens: createPageTokens("test"), keyEncryptionKey: world.keyEncryptionKey, log: world.log, retentionDays: 10 / 86_400_000 });
+  const verdict = await later.verify(tenantC, { startSequence: 0n, endSequence: 0n });
   t.equal(verdict.intact, true, verdict.reason);
   t.equal(verdict.verifiedCount, 3n, "the kept events 4..6");
   t.equal(verdict.lastSequence, 6n);
+  t.match(verdict.reason, /retention horizon at sequence 4: the hash before it signed in the checkpoint at sequence \d+ \(published\)/, "the horizon and its proof are in the verdict");
 
   // The first kept row removed is not mistaken for retention.
   const attacker = await db.connect();
@@ -192,7 +216,7 @@ void t.test("retention - whole month partitions go; verification starts where th
     await attacker.query("RESET session_replication_role");
     attacker.release();
   }
-  const after = await domain.verify(tenantC, { startSequence: 0n, endSequence: 0n });
+  const after = await later.verify(tenantC, { startSequence: 0n, endSequence: 0n });
   t.equal(after.intact, false);
   t.equal(after.firstBrokenSequence, 4n);
   t.equal(after.breakKind, AuditChainBreak.MISSING, after.reason);

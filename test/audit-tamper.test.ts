@@ -101,6 +101,24 @@ void t.test("tamper - checkpoints gone from Postgres and from the checkpoints st
   t.equal(verdict.breakKind, AuditChainBreak.CHECKPOINT_MISMATCH);
 });
 
+void t.test("tamper - the oldest rows removed behind a hand-written retention horizon are MISSING (the horizon's checkpoint is not older than the cutoff)", async (t) => {
+  const tenant = await signedTenant();
+  const h10 = (await db.query<{ hash: string }>("SELECT hash FROM audit_events WHERE tenant_id = $1 AND sequence = 10", [tenant])).rows[0].hash;
+  await asAttacker(async (c) => {
+    await c.query("DELETE FROM audit_events WHERE tenant_id = $1 AND sequence <= 10", [tenant]);
+    await c.query("INSERT INTO audit_retention_horizons (tenant_id, first_sequence, prev_hash) VALUES ($1, 11, $2)", [tenant, h10]);
+  });
+  const verdict = await domain.verify(tenant, { startSequence: 0n, endSequence: 0n });
+  t.same([verdict.intact, verdict.firstBrokenSequence, verdict.breakKind], [false, 1n, AuditChainBreak.MISSING], verdict.reason);
+  t.match(verdict.reason, /retention horizon at sequence 11: not trusted/, "the refused horizon is named");
+  // A horizon whose hash no checkpoint signed is refused whatever its age.
+  const anyAge = createAuditDomain({ db, js: world.bus.js, jsm: world.bus.jsm, topology: world.topology, pageTokens: createPageTokens("test"), keyEncryptionKey: world.keyEncryptionKey, log: world.log, retentionDays: 10 / 86_400_000 });
+  await asAttacker((c) => c.query("UPDATE audit_retention_horizons SET prev_hash = $2 WHERE tenant_id = $1", [tenant, "ab".repeat(32)]));
+  const forged = await anyAge.verify(tenant, { startSequence: 0n, endSequence: 0n });
+  t.same([forged.intact, forged.firstBrokenSequence], [false, 1n], forged.reason);
+  t.match(forged.reason, /signed another hash for sequence 10/);
+});
+
 void t.test("unsigned - events unsigned much longer than the checkpoint interval are not intact", async (t) => {
   const tenant = await signedTenant();
   await purgeCheckpointsStream(tenant);

@@ -21,6 +21,7 @@ import { createChainVerifier, type ChainVerdict } from "./chain.ts";
 import { chainRangeOf, checkpointsInRange, eventsInRange, type ChainRange } from "./chain-reader.ts";
 import { trustedPublicKeys, trustedSigningKeys } from "./checkpoints.ts";
 import { AuditEventNotFoundError } from "./errors.ts";
+import { retentionHorizonOf } from "./retention.ts";
 import { auditFilterConditions } from "./filter.ts";
 import { auditEventColumns, checkpointColumns, checkpointOfRow, eventOfRow, isUuid, type AuditCheckpointRow, type AuditEventRow } from "./store.ts";
 import type { AuditTopology } from "./topology.ts";
@@ -39,6 +40,11 @@ export interface AuditDomainDeps {
    * signatures are not keeping up, or were removed: the first unsigned event is the break.
    */
   unsignedGraceMs?: number;
+  /**
+   * The retention (JOBMESH_AUDIT_RETENTION_DAYS, default 400): a retention horizon is trusted
+   * only when the checkpoint that signed the hash before it is older than this.
+   */
+  retentionDays?: number;
 }
 
 export interface ListAuditEventsQuery {
@@ -101,6 +107,7 @@ export function createAuditDomain(deps: AuditDomainDeps) {
   }
 
   const unsignedGraceMs = deps.unsignedGraceMs ?? 60_000;
+  const retentionDays = deps.retentionDays ?? 400;
 
   /** An intact verdict, or a break at its first unsigned event when that was stored longer ago than the grace. */
   async function unsignedTooLong(tenantId: string, verdict: ChainVerdict): Promise<ChainVerdict> {
@@ -162,8 +169,9 @@ export function createAuditDomain(deps: AuditDomainDeps) {
      * compares Postgres's checkpoints with the published ones. The first break of either wins.
      */
     async verify(tenantId: string, q: { startSequence: bigint; endSequence: bigint }): Promise<ChainVerdict> {
-      const range = await chainRangeOf(db, deps.js, deps.topology, tenantId, q.startSequence, q.endSequence);
       const keys = await trustedPublicKeys(db, deps.keyEncryptionKey);
+      const horizon = await retentionHorizonOf(db, deps.js, deps.topology, tenantId, { keys, retentionDays });
+      const range = await chainRangeOf(db, deps.js, deps.topology, tenantId, q.startSequence, q.endSequence, horizon);
       const verifier = createChainVerifier({ keys, startSequence: range.start, firstPrevHash: range.firstPrevHash, tenant: tenantId });
       const items = interleaved(tenantId, range);
       let item = await items.next();
@@ -173,11 +181,15 @@ export function createAuditDomain(deps: AuditDomainDeps) {
       }
       const verdict = verifier.finish();
       const mismatch = item.value;
+      let result = verdict;
       if (mismatch && (verdict.intact || mismatch.sequence < verdict.firstBrokenSequence)) {
-        return { ...verdict, intact: false, firstBrokenSequence: mismatch.sequence, breakKind: AuditChainBreak.CHECKPOINT_MISMATCH, reason: mismatch.reason };
+        result = { ...verdict, intact: false, firstBrokenSequence: mismatch.sequence, breakKind: AuditChainBreak.CHECKPOINT_MISMATCH, reason: mismatch.reason };
+      } else if (verdict.intact && verdict.unsignedCount > 0n) {
+        result = await unsignedTooLong(tenantId, verdict);
       }
-      if (verdict.intact && verdict.unsignedCount > 0n) return unsignedTooLong(tenantId, verdict);
-      return verdict;
+      // Where the chain starts after retention, and what proves it (or why it is not trusted).
+      if (horizon && q.startSequence <= horizon.firstSequence) result = { ...result, reason: result.reason ? `${result.reason}; ${horizon.evidence}` : horizon.evidence };
+      return result;
     },
 
     /**
@@ -191,7 +203,9 @@ export function createAuditDomain(deps: AuditDomainDeps) {
         yield create(ExportAuditEventsResponseSchema, { item: { case: "signingKey", value: signingKey } });
       }
       if (!bounds) return;
-      const range = await chainRangeOf(db, deps.js, deps.topology, tenantId, bounds.start, bounds.end);
+      const keys = await trustedPublicKeys(db, deps.keyEncryptionKey);
+      const horizon = await retentionHorizonOf(db, deps.js, deps.topology, tenantId, { keys, retentionDays });
+      const range = await chainRangeOf(db, deps.js, deps.topology, tenantId, bounds.start, bounds.end, horizon);
       for await (const { event, checkpoint } of interleaved(tenantId, range)) {
         if (event) yield create(ExportAuditEventsResponseSchema, { item: { case: "auditEvent", value: event } });
         else if (checkpoint) yield create(ExportAuditEventsResponseSchema, { item: { case: "checkpoint", value: checkpoint } });

@@ -9,6 +9,7 @@ import { AuditChainBreak, AuditCheckpointSchema, type AuditCheckpoint, type Audi
 import type { Pool } from "../db/index.ts";
 import { publishedCheckpoints, publishedHead } from "./checkpoints.ts";
 import { auditEventColumns, checkpointColumns, checkpointOfRow, eventOfRow, type AuditCheckpointRow, type AuditEventRow } from "./store.ts";
+import type { RetentionHorizon } from "./retention.ts";
 import type { AuditTopology } from "./topology.ts";
 
 const pageRows = 1000;
@@ -37,15 +38,22 @@ export interface ChainRange {
  * first absent sequence). The end runs on to the next checkpoint so every event read is covered
  * by a signature when one exists.
  */
-export async function chainRangeOf(db: Pool, js: JetStreamClient, topology: AuditTopology, tenantId: string, startSequence: bigint, endSequence: bigint): Promise<ChainRange> {
-  const { rows } = await db.query<{ horizon: string | null; horizon_prev: string | null; head: string | null; last_cp: string | null }>(
-    `SELECT (SELECT first_sequence FROM audit_retention_horizons WHERE tenant_id = $1)::text AS horizon,
-            (SELECT prev_hash FROM audit_retention_horizons WHERE tenant_id = $1) AS horizon_prev,
-            (SELECT max(sequence) FROM audit_events WHERE tenant_id = $1)::text AS head,
+export async function chainRangeOf(
+  db: Pool,
+  js: JetStreamClient,
+  topology: AuditTopology,
+  tenantId: string,
+  startSequence: bigint,
+  endSequence: bigint,
+  retention?: RetentionHorizon,
+): Promise<ChainRange> {
+  const { rows } = await db.query<{ head: string | null; last_cp: string | null }>(
+    `SELECT (SELECT max(sequence) FROM audit_events WHERE tenant_id = $1)::text AS head,
             (SELECT max(sequence) FROM audit_checkpoints WHERE tenant_id = $1)::text AS last_cp`,
     [tenantId],
   );
-  const horizon = BigInt(rows[0].horizon ?? "1");
+  // A horizon that is not proven is not where the chain starts: what it hides is MISSING.
+  const horizon = retention?.trusted ? retention.firstSequence : 1n;
   const start = startSequence > horizon ? startSequence : horizon;
   const head = BigInt(rows[0].head ?? "0");
   const lastCheckpoint = BigInt(rows[0].last_cp ?? "0");
@@ -56,7 +64,7 @@ export async function chainRangeOf(db: Pool, js: JetStreamClient, topology: Audi
   const next = await db.query<{ s: string | null }>("SELECT min(sequence)::text AS s FROM audit_checkpoints WHERE tenant_id = $1 AND sequence >= $2", [tenantId, end.toString()]);
   if (next.rows[0].s !== null) end = BigInt(next.rows[0].s);
   let firstPrevHash: string | undefined;
-  if (start === horizon && rows[0].horizon_prev) firstPrevHash = rows[0].horizon_prev;
+  if (start === horizon && retention?.trusted) firstPrevHash = retention.prevHash;
   else if (start > 1n) {
     // The stored hash before the range is trusted (the proto says so); without that row, the
     // first row's own prev_hash.
@@ -120,7 +128,15 @@ export interface CheckpointMismatch {
 export async function checkpointsInRange(db: Pool, js: JetStreamClient, topology: AuditTopology, tenantId: string, range: ChainRange) {
   const published = new Map<bigint, AuditCheckpoint>();
   let firstPublished: bigint | undefined;
-  for await (const cp of publishedCheckpoints(js, topology, tenantId)) {
+  // Read from where the range starts, not from the tenant's first checkpoint: the stream is
+  // positioned at the time Postgres's first checkpoint of the range was signed (a minute early,
+  // for clocks). A later time there (a rewrite) only skips copies, which then show as missing.
+  const { rows: firstInRange } = await db.query<{ ms: number }>(
+    "SELECT (extract(epoch FROM checkpoint_time) * 1000)::float8 AS ms FROM audit_checkpoints WHERE tenant_id = $1 AND sequence >= $2 ORDER BY sequence LIMIT 1",
+    [tenantId, range.start.toString()],
+  );
+  const from = range.start > 1n && firstInRange[0] ? new Date(firstInRange[0].ms - 60_000) : undefined;
+  for await (const cp of publishedCheckpoints(js, topology, tenantId, from)) {
     if (firstPublished === undefined || cp.sequence < firstPublished) firstPublished = cp.sequence;
     if (cp.sequence >= range.start && cp.sequence <= range.end && !published.has(cp.sequence)) published.set(cp.sequence, cp);
   }

@@ -16,7 +16,7 @@
  * made in Postgres in between, recomputed consistently, would be signed as it stands.
  */
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
-import type { JetStreamClient } from "@nats-io/jetstream";
+import { DeliverPolicy, type JetStreamClient } from "@nats-io/jetstream";
 import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from "node:crypto";
 import { AuditCheckpointSchema, type AuditCheckpoint } from "../../gen/jobmesh/v1/audit_pb.js";
 import { inTransaction, type Pool, type Queryable } from "../db/index.ts";
@@ -338,10 +338,13 @@ export function createCheckpointer(deps: CheckpointerDeps): Checkpointer {
 
 /**
  * The checkpoints published on the stream for a tenant, in stream order (an ordered consumer
- * filtered on the tenant's subject), for comparison with the table. Ends at the last one.
+ * filtered on the tenant's subject), for comparison with the table. Ends at the last one; with
+ * `from`, starts at the first published at or after that time (a checkpoint is published after
+ * it is signed, so one signed at `from` or later is never before it), not at the tenant's first.
  */
-export async function* publishedCheckpoints(js: JetStreamClient, topology: AuditTopology, tenantId: string): AsyncGenerator<AuditCheckpoint> {
-  const consumer = await js.consumers.get(topology.checkpointsStream, { filter_subjects: topology.checkpointsSubject(tenantId) });
+export async function* publishedCheckpoints(js: JetStreamClient, topology: AuditTopology, tenantId: string, from?: Date): AsyncGenerator<AuditCheckpoint> {
+  const position = from ? { deliver_policy: DeliverPolicy.StartTime, opt_start_time: from.toISOString() } : {};
+  const consumer = await js.consumers.get(topology.checkpointsStream, { filter_subjects: topology.checkpointsSubject(tenantId), ...position });
   try {
     let left = (await consumer.info()).num_pending;
     while (left > 0) {

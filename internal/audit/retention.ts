@@ -3,15 +3,25 @@
  * than the tenant's retention ago. Rows are never deleted (the table refuses it); a partition
  * goes at once, with its rows.
  *
- * The tenant's chain then starts later. audit_retention_horizons records where, in the same
- * transaction as the DROP: the first sequence still kept and the hash of the event before it.
- * Verification starts at that sequence and trusts that hash (it went with its partition), so a
- * row removed at the start of what is kept is still MISSING, not taken for retention. An event
- * stored in an older month than events before it (a recorder's clock behind) goes with its
- * month; the gap it leaves among the kept events is reported by verification.
+ * Only the tables' owner can drop a partition, so the rules live in the database, in the
+ * SECURITY DEFINER function audit_drop_expired_partitions (0007), which the store asks: the
+ * database's clock decides what expired; a partition holding a sequence at or above the lowest
+ * sequence that remains is kept (an event filed in an older month, a recorder's clock behind,
+ * must not leave a hole in the kept chain); the horizon (the first sequence kept and the hash of
+ * the event before it) is written with the drop.
+ *
+ * Verification trusts a horizon only when a checkpoint signed by a trusted key, older than the
+ * retention cutoff, signed that hash at that sequence (chain-reader.ts): a horizon written by
+ * hand cannot hide recent events.
  */
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import type { JetStreamClient } from "@nats-io/jetstream";
+import type { AuditCheckpoint } from "../../gen/jobmesh/v1/audit_pb.js";
 import type { Pool } from "../db/index.ts";
-import { inTransaction } from "../db/index.ts";
+import { ed25519PublicKeyOf, isCheckpointSignedBy } from "./chain.ts";
+import { publishedCheckpoints } from "./checkpoints.ts";
+import { checkpointColumns, checkpointOfRow, type AuditCheckpointRow } from "./store.ts";
+import type { AuditTopology } from "./topology.ts";
 
 export interface DroppedPartition {
   tenantId: string;
@@ -20,56 +30,96 @@ export interface DroppedPartition {
   name: string;
 }
 
-const partitionName = /^audit_events_([0-9a-f]{32})_(\d{4})(\d{2})$/;
-const day = 86_400_000;
-
-const uuidOf = (hex: string) => `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
-
 /**
  * Drops the partitions whose month ended more than the tenant's retention (`perTenant`, else
- * `defaultDays`; 0 or less keeps everything) before `now`. Returns what it dropped.
+ * `defaultDays`; less than 1 day keeps everything) before the database's now. `_now` is not
+ * used (the database's clock decides; the parameter stays for the callers). Returns what it
+ * dropped.
  */
-export async function dropExpiredPartitions(db: Pool, now: Date, defaultDays: number, perTenant?: Map<string, number>): Promise<DroppedPartition[]> {
-  const { rows } = await db.query<{ name: string }>(
-    "SELECT c.relname AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'audit_events'::regclass",
+export async function dropExpiredPartitions(db: Pool, _now: Date | undefined, defaultDays: number, perTenant?: Map<string, number>): Promise<DroppedPartition[]> {
+  const days = Math.floor(defaultDays);
+  if (days < 1 && (!perTenant || perTenant.size === 0)) return [];
+  const { rows } = await db.query<{ tenant_id: string; month: string; name: string }>(
+    "SELECT tenant_id::text, month, name FROM audit_drop_expired_partitions($1::integer, $2::jsonb)",
+    [days, JSON.stringify(Object.fromEntries(perTenant ?? []))],
   );
-  const expired = new Map<string, DroppedPartition[]>();
-  for (const { name } of rows) {
-    const m = partitionName.exec(name);
-    if (!m) continue;
-    const tenantId = uuidOf(m[1]);
-    const days = perTenant?.get(tenantId) ?? defaultDays;
-    // Date.UTC's month is 0-based: the 1-based month number is the index of the month after it.
-    const end = Date.UTC(Number(m[2]), Number(m[3]), 1);
-    if (days <= 0 || end + days * day > now.getTime()) continue;
-    const list = expired.get(tenantId) ?? [];
-    list.push({ tenantId, month: `${m[2]}-${m[3]}`, name });
-    expired.set(tenantId, list);
+  return rows.map((r) => ({ tenantId: r.tenant_id, month: r.month, name: r.name }));
+}
+
+/** Where a tenant's kept chain starts after retention, and whether that is proven. */
+export interface RetentionHorizon {
+  /** The first sequence kept. */
+  firstSequence: bigint;
+  /** The hash of the event before it (dropped with its partition). */
+  prevHash: string;
+  /** For people: what proves it, or why it is not trusted. */
+  evidence: string;
+  /** True when a trusted checkpoint, older than the retention cutoff, signed prevHash at firstSequence - 1. */
+  trusted: boolean;
+}
+
+const dayMs = 86_400_000;
+
+/**
+ * The tenant's retention horizon (undefined when retention never dropped anything), checked:
+ * the table is only a claim (a superuser can write it), so it is trusted only when a checkpoint
+ * signed by a trusted key signed `prev_hash` at `first_sequence - 1`, and that checkpoint was
+ * signed before the retention cutoff (now - retentionDays): only events signed that long ago
+ * can be behind a horizon. The checkpoint is the published one when the streams still hold it
+ * (preferred), else Postgres's: the streams keep 400 days, as long as retention, so the copy
+ * outside has often gone by the time a partition goes; its signature is what cannot be forged.
+ */
+export async function retentionHorizonOf(
+  db: Pool,
+  js: JetStreamClient,
+  topology: AuditTopology,
+  tenantId: string,
+  trust: { keys: Map<string, Uint8Array>; retentionDays: number; now?: Date },
+): Promise<RetentionHorizon | undefined> {
+  const { rows } = await db.query<{ first_sequence: string; prev_hash: string }>(
+    "SELECT first_sequence::text, prev_hash FROM audit_retention_horizons WHERE tenant_id = $1",
+    [tenantId],
+  );
+  if (rows.length === 0 || BigInt(rows[0].first_sequence) <= 1n) return undefined;
+  const firstSequence = BigInt(rows[0].first_sequence);
+  const prevHash = rows[0].prev_hash;
+  const signedAt = firstSequence - 1n;
+  const claim = (trusted: boolean, evidence: string): RetentionHorizon => ({ firstSequence, prevHash, trusted, evidence: `retention horizon at sequence ${firstSequence}: ${evidence}` });
+  if (trust.retentionDays <= 0) return claim(false, "not trusted: retention keeps everything here");
+  const cutoff = (trust.now ?? new Date()).getTime() - trust.retentionDays * dayMs;
+
+  // Candidates: the Postgres checkpoint covering signedAt (also the hint where the stream's copy is).
+  const { rows: stored } = await db.query<AuditCheckpointRow>(
+    `SELECT ${checkpointColumns} FROM audit_checkpoints WHERE tenant_id = $1 AND sequence >= $2 ORDER BY sequence LIMIT 1`,
+    [tenantId, signedAt.toString()],
+  );
+  const candidates: { cp: AuditCheckpoint; where: string }[] = [];
+  const inPostgres = stored[0] && checkpointOfRow(stored[0]);
+  const from = inPostgres?.checkpointTime ? new Date(Number(inPostgres.checkpointTime.seconds) * 1000 - 60_000) : undefined;
+  for await (const cp of publishedCheckpoints(js, topology, tenantId, from)) {
+    if (cp.firstSequence <= signedAt && cp.sequence >= signedAt) candidates.push({ cp, where: "published" });
+    if (cp.sequence >= signedAt) break;
   }
-  const dropped: DroppedPartition[] = [];
-  for (const [tenantId, partitions] of expired) {
-    await inTransaction(db, async (client) => {
-      const names = partitions.map((p) => p.name);
-      const { rows: bounds } = await client.query<{ max_dropped: string | null; min_kept: string | null }>(
-        `SELECT (SELECT max(sequence) FROM audit_events WHERE tenant_id = $1 AND tableoid::regclass::text = ANY($2::text[]))::text AS max_dropped,
-                (SELECT min(sequence) FROM audit_events WHERE tenant_id = $1 AND NOT tableoid::regclass::text = ANY($2::text[]))::text AS min_kept`,
-        [tenantId, names],
-      );
-      const { max_dropped, min_kept } = bounds[0];
-      if (max_dropped !== null) {
-        const afterDropped = BigInt(max_dropped) + 1n;
-        const first = min_kept !== null && BigInt(min_kept) < afterDropped ? BigInt(min_kept) : afterDropped;
-        const before = await client.query<{ hash: string }>("SELECT hash FROM audit_events WHERE tenant_id = $1 AND sequence = $2", [tenantId, (first - 1n).toString()]);
-        await client.query(
-          `INSERT INTO audit_retention_horizons AS h (tenant_id, first_sequence, prev_hash) VALUES ($1, $2, $3)
-           ON CONFLICT (tenant_id) DO UPDATE SET first_sequence = EXCLUDED.first_sequence, prev_hash = EXCLUDED.prev_hash, update_time = now()
-           WHERE EXCLUDED.first_sequence > h.first_sequence`,
-          [tenantId, first.toString(), before.rows[0]?.hash ?? ""],
-        );
-      }
-      for (const name of names) await client.query(`DROP TABLE IF EXISTS "${name}"`);
-    });
-    dropped.push(...partitions);
+  if (inPostgres) candidates.push({ cp: inPostgres, where: "in Postgres" });
+
+  let why = `no checkpoint signs sequence ${signedAt}`;
+  for (const { cp, where } of candidates) {
+    const raw = trust.keys.get(cp.keyId);
+    if (!raw || cp.tenant !== tenantId || !isCheckpointSignedBy(cp, ed25519PublicKeyOf(raw)) || cp.firstSequence > signedAt || cp.sequence < signedAt) {
+      why = `the checkpoint at sequence ${cp.sequence} ${where} is not a valid signature of a trusted key over sequence ${signedAt}`;
+      continue;
+    }
+    const at = Number(signedAt - cp.firstSequence) * 32;
+    if (Buffer.from(cp.eventHashes.subarray(at, at + 32)).toString("hex") !== prevHash) {
+      why = `the checkpoint at sequence ${cp.sequence} (${where}) signed another hash for sequence ${signedAt} than the horizon claims`;
+      continue;
+    }
+    const signed = cp.checkpointTime ? timestampDate(cp.checkpointTime) : new Date(0);
+    if (signed.getTime() >= cutoff) {
+      why = `the checkpoint at sequence ${cp.sequence} (${where}) that signed sequence ${signedAt} is from ${signed.toISOString()}, not older than the retention cutoff ${new Date(cutoff).toISOString()}`;
+      continue;
+    }
+    return claim(true, `the hash before it signed in the checkpoint at sequence ${cp.sequence} (${where}) of ${signed.toISOString()}`);
   }
-  return dropped;
+  return claim(false, `not trusted: ${why}`);
 }
