@@ -1,0 +1,221 @@
+// Webhook delivery against real Postgres, NATS and local receivers that verify every request
+// with the standardwebhooks library: the happy path, retries (schedule shortened by config),
+// Retry-After, 410, an outage of the receiver, days of failure, a receiver that never answers,
+// and a secret rotation.
+import t from "tap";
+import { JobEventType, type JobEvent } from "../gen/jobmesh/v1/events_pb.js";
+import { WebhookAttemptOutcome, WebhookDisabledReason } from "../gen/jobmesh/v1/webhooks_pb.js";
+import { generateWebhookSecret } from "../internal/webhooks/secrets.ts";
+import { createDeliveryWorld } from "./support/webhooks-delivery.ts";
+import { until } from "./support/wait.ts";
+
+t.setTimeout(300_000);
+const world = await createDeliveryWorld(t);
+const { db } = world;
+
+async function attemptsOf(webhookId: string, eventId: string) {
+  const { rows } = await db.query<{ attempt: number; outcome: number; status_code: number; attempt_time: Date; response_excerpt: string; error_message: string }>(
+    `SELECT a.attempt, a.outcome, a.status_code, a.attempt_time, a.response_excerpt, a.error_message
+     FROM webhook_delivery_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id
+     WHERE d.tenant_id = $1 AND d.webhook_id = $2 AND d.event_id = $3 ORDER BY a.attempt`,
+    [world.tenantId, webhookId, eventId],
+  );
+  return rows;
+}
+
+async function deliveryOf(webhookId: string, eventId: string) {
+  const { rows } = await db.query<{ status: number; attempt_count: number; lease_until: Date | null }>(
+    "SELECT status, attempt_count, lease_until FROM webhook_deliveries WHERE tenant_id = $1 AND webhook_id = $2 AND event_id = $3",
+    [world.tenantId, webhookId, eventId],
+  );
+  return rows[0];
+}
+
+async function webhookOf(id: string) {
+  const { rows } = await db.query<{ state: number; disabled_reason: number; failing_since: Date | null }>("SELECT state, disabled_reason, failing_since FROM webhooks WHERE tenant_id = $1 AND id = $2", [world.tenantId, id]);
+  return rows[0];
+}
+
+void t.test("delivery - job_succeeded reaches the receiver signed (standardwebhooks verifies), with the result link; filters hold", async (t) => {
+  let secret = "";
+  const receiver = await world.receiver(() => [secret]);
+  const hook = await world.subscribe(receiver.url);
+  secret = hook.secret;
+  const other = await world.receiver(() => []);
+  await world.subscribe(other.url, { eventTypes: [JobEventType.JOB_FAILED], filterPipeline: "pipelines/document-default" });
+  const labelled = await world.receiver(() => []);
+  await world.subscribe(labelled.url, { filterJobLabels: { team: "blue" } });
+  await world.start({});
+
+  const event = await world.publish({ labels: { team: "red" } });
+  await until(t, "the delivery succeeded", async () => (await deliveryOf(hook.id, event.eventId))?.status === 2);
+  t.equal(receiver.countOf(event.eventId), 1);
+  const arrival = receiver.arrivals[0];
+  t.ok(arrival.verified, "the standardwebhooks library verified the signature");
+  t.equal(arrival.headers["webhook-id"], event.eventId, "webhook-id is the event id");
+  t.equal(arrival.body.type, "job_succeeded");
+  t.equal(arrival.body.data.job, event.job, "the job's name");
+  t.equal(arrival.body.data.resultUrl, `https://jobmesh.example.com/v1/${event.job}/result`);
+  const attempts = await attemptsOf(hook.id, event.eventId);
+  t.same(attempts.map((a) => [a.attempt, a.outcome, a.status_code, a.response_excerpt]), [[1, WebhookAttemptOutcome.SUCCEEDED, 200, "ok"]]);
+  t.equal((await deliveryOf(hook.id, event.eventId)).lease_until, null, "the lease is released");
+
+  // The same event again (a redelivery from the stream): no second delivery row.
+  const failed = await world.publish({ type: JobEventType.JOB_FAILED, labels: { team: "blue" } });
+  await until(t, "the job_failed event reached the type-filtered subscription", () => other.countOf(failed.eventId) === 1);
+  await until(t, "and the label-filtered one", () => labelled.countOf(failed.eventId) === 1);
+  t.equal(other.countOf(event.eventId), 0, "the type filter kept job_succeeded away");
+  t.equal(labelled.countOf(event.eventId), 0, "the label filter kept team=red away");
+  await until(t, "job_failed delivered to the unfiltered subscription", () => receiver.countOf(failed.eventId) === 1);
+  await world.reset();
+});
+
+void t.test("delivery - a receiver that fails 3 times then succeeds gets the event, delivered after 4 attempts", async (t) => {
+  let secret = "";
+  const receiver = await world.receiver(() => [secret]);
+  const hook = await world.subscribe(receiver.url);
+  secret = hook.secret;
+  receiver.answer = (_a, res) => {
+    res.statusCode = receiver.arrivals.length <= 3 ? 500 : 204;
+    res.end(receiver.arrivals.length <= 3 ? "not yet" : "");
+  };
+  await world.start({ retryScheduleMs: [0, 100, 100, 100, 100] });
+  const event = await world.publish();
+  await until(t, "delivered", async () => (await deliveryOf(hook.id, event.eventId))?.status === 2);
+  t.equal((await deliveryOf(hook.id, event.eventId)).attempt_count, 4);
+  const attempts = await attemptsOf(hook.id, event.eventId);
+  t.same(attempts.map((a) => [a.attempt, a.outcome, a.status_code]), [
+    [1, WebhookAttemptOutcome.HTTP_ERROR, 500], [2, WebhookAttemptOutcome.HTTP_ERROR, 500], [3, WebhookAttemptOutcome.HTTP_ERROR, 500], [4, WebhookAttemptOutcome.SUCCEEDED, 204],
+  ]);
+  t.equal(attempts[0].response_excerpt, "not yet");
+  t.equal(attempts[0].error_message, "HTTP 500");
+  t.equal(receiver.countOf(event.eventId), 4);
+  t.ok(receiver.arrivals.every((a) => a.verified), "every attempt signed");
+  t.equal((await webhookOf(hook.id)).failing_since, null, "healthy again after the success");
+  await world.reset();
+});
+
+void t.test("delivery - Retry-After is honoured instead of the (short) schedule", async (t) => {
+  const receiver = await world.receiver(() => []);
+  const hook = await world.subscribe(receiver.url);
+  receiver.answer = (_a, res) => {
+    if (receiver.arrivals.length === 1) {
+      res.writeHead(503, { "retry-after": "2" });
+      res.end();
+    } else res.end("ok");
+  };
+  await world.start({ retryScheduleMs: [0, 50, 50] });
+  const event = await world.publish();
+  await until(t, "delivered", async () => (await deliveryOf(hook.id, event.eventId))?.status === 2);
+  const [first, second] = receiver.arrivals;
+  t.ok(second.at - first.at >= 1_900, `the second attempt came ${second.at - first.at} ms after the first (Retry-After: 2 s, schedule: 50 ms)`);
+  const attempts = await attemptsOf(hook.id, event.eventId);
+  t.same(attempts.map((a) => a.status_code), [503, 200]);
+  await world.reset();
+});
+
+void t.test("delivery - 410 Gone disables the subscription and fails its pending deliveries", async (t) => {
+  const receiver = await world.receiver(() => []);
+  const hook = await world.subscribe(receiver.url, { maxConcurrency: 1 });
+  receiver.answer = (_a, res) => {
+    res.statusCode = 410;
+    res.end("gone");
+  };
+  await world.start({});
+  const events = [await world.publish(), await world.publish(), await world.publish()];
+  await until(t, "disabled", async () => (await webhookOf(hook.id)).state === 2);
+  t.equal((await webhookOf(hook.id)).disabled_reason, WebhookDisabledReason.ENDPOINT_GONE);
+  await until(t, "every delivery FAILED", async () => (await world.statusCounts(hook.id)).failed === events.length);
+  t.equal(receiver.arrivals.length, 1, "one request only: the rest were never sent");
+  const audit = world.audit.find((e) => e.resource === `webhooks/${hook.id}`);
+  t.equal(audit?.action, "jobmesh.v1.WebhookService.DisableWebhook");
+  t.equal(audit?.actor?.subject, "system/webhooks");
+  // Later events are not fanned out to it at all.
+  const later = await world.publish();
+  const control = await world.receiver(() => []);
+  await world.subscribe(control.url);
+  const marker = await world.publish();
+  await until(t, "a later event reached an active subscription", () => control.countOf(marker.eventId) === 1);
+  t.equal(receiver.countOf(later.eventId), 0);
+  await world.reset();
+});
+
+void t.test("delivery - receiver down for a while, then back: every event delivered, none twice after success", async (t) => {
+  const receiver = await world.receiver(() => []);
+  const hook = await world.subscribe(receiver.url);
+  await receiver.close();
+  await world.start({ retryScheduleMs: [0, 200, 200, 400, 400, 800, 800, 1_000, 1_000, 1_000, 1_000, 1_000, 1_000] });
+  const events = await Promise.all(Array.from({ length: 20 }, () => world.publish()));
+  await until(t, "every delivery failed at least once", async () => {
+    const { rows } = await db.query<{ n: number }>("SELECT count(*)::int AS n FROM webhook_deliveries WHERE tenant_id = $1 AND webhook_id = $2 AND attempt_count >= 1", [world.tenantId, hook.id]);
+    return rows[0].n === events.length;
+  });
+  const { rows: failures } = await db.query<{ outcome: number }>("SELECT DISTINCT a.outcome FROM webhook_delivery_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id WHERE d.webhook_id = $1", [hook.id]);
+  t.same(failures.map((f) => f.outcome), [WebhookAttemptOutcome.CONNECTION_ERROR], "a receiver that is down: connection errors");
+  await receiver.reopen();
+  await until(t, "every event delivered", async () => (await world.statusCounts(hook.id)).succeeded === events.length, { timeoutMs: 60_000 });
+  for (const event of events) t.equal(receiver.countOf(event.eventId), 1, `event ${event.eventId} received once`);
+  t.same(await world.statusCounts(hook.id), { succeeded: events.length });
+  await world.reset();
+});
+
+void t.test("delivery - failing without a success for longer than disableAfter disables the subscription, and an audit event says so", async (t) => {
+  const receiver = await world.receiver(() => []);
+  const hook = await world.subscribe(receiver.url);
+  receiver.answer = (_a, res) => {
+    res.statusCode = 500;
+    res.end();
+  };
+  await world.start({ retryScheduleMs: [0, ...Array.from({ length: 40 }, () => 100)], disableAfterMs: 1_000 });
+  await world.publish();
+  await until(t, "disabled", async () => (await webhookOf(hook.id)).state === 2);
+  const webhook = await webhookOf(hook.id);
+  t.equal(webhook.disabled_reason, WebhookDisabledReason.REPEATED_FAILURES);
+  const audit = world.audit.find((e) => e.resource === `webhooks/${hook.id}`);
+  t.equal(audit?.action, "jobmesh.v1.WebhookService.DisableWebhook");
+  t.equal(audit?.actor?.subject, "system/webhooks");
+  t.equal(audit?.tenant, world.tenantId);
+  t.match(audit?.outcome?.message, /REPEATED_FAILURES/);
+  t.same(await world.statusCounts(hook.id), { failed: 1 });
+  await world.reset();
+});
+
+void t.test("delivery - a receiver that never answers does not delay another's deliveries", async (t) => {
+  const stuck = await world.receiver(() => []);
+  stuck.answer = () => {}; // never answers
+  const fast = await world.receiver(() => []);
+  const slowHook = await world.subscribe(stuck.url, { maxConcurrency: 5 });
+  const fastHook = await world.subscribe(fast.url);
+  // A process budget of 8: the stuck subscription can hold 5 of them, never all.
+  await world.start({ timeoutMs: 120_000 }, { maxInFlight: 8 });
+  const events: JobEvent[] = [];
+  for (let i = 0; i < 40; i++) events.push(await world.publish());
+  await until(t, "every event reached the fast receiver", () => events.every((e) => fast.countOf(e.eventId) === 1), { timeoutMs: 60_000 });
+  t.equal(stuck.arrivals.length, 5, "the stuck receiver holds its concurrency, no more");
+  t.same(await world.statusCounts(slowHook.id), { pending: 40 }, "nothing of the stuck subscription finished (its attempts still wait)");
+  await until(t, "the fast deliveries recorded", async () => (await world.statusCounts(fastHook.id)).succeeded === 40);
+  await stuck.close(); // ends the hanging requests, so the engine stops without waiting 2 minutes
+  await world.reset();
+});
+
+void t.test("delivery - during a rotation both secrets sign; after the overlap only the new one", async (t) => {
+  const previous = generateWebhookSecret();
+  let current = "";
+  const both = await world.receiver(() => [current, previous]);
+  const hook = await world.subscribe(both.url, { previousSecret: previous, previousExpire: new Date(Date.now() + 3_600_000) });
+  current = hook.secret;
+  await world.start({});
+  const event = await world.publish();
+  await until(t, "delivered", () => both.countOf(event.eventId) === 1);
+  const arrival = both.arrivals[0];
+  t.ok(arrival.verified, "verified with the new secret AND with the old one, each alone");
+  t.equal(arrival.headers["webhook-signature"].split(" ").length, 2);
+
+  await db.query("UPDATE webhooks SET previous_secret_expire_time = now() - interval '1 second' WHERE id = $1", [hook.id]);
+  const later = await world.publish();
+  await until(t, "delivered after the overlap", () => both.countOf(later.eventId) === 1);
+  const after = both.arrivals.find((a) => a.id === later.eventId)!;
+  t.equal(after.headers["webhook-signature"].split(" ").length, 1, "one signature");
+  t.notOk(after.verified, "the old secret no longer verifies");
+  await world.reset();
+});
