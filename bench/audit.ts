@@ -117,6 +117,7 @@ export const auditEntry: BenchEntry = {
       const storeDone = performance.now();
       const insertRate = storeEvents / ((storeDone - storeReady) / 1000);
       await until(async () => (await consumerLag(bus, topology)) === 0, 30_000, "the store consumer to acknowledge the backlog");
+      const rowsStored = (await infra.db.query<{ n: number }>("SELECT count(*)::int AS n FROM audit_event_ids")).rows[0]!.n;
       await bus.jsm.streams.purge(topology.eventsStream);
 
       // 3. Lag while the mesh serves as fast as it can, the store running.
@@ -140,7 +141,7 @@ export const auditEntry: BenchEntry = {
       const storeTable = formatTable(
         [{ header: "store (cmd/audit's consumer, in this process)" }, { header: "value", align: "right" }, { header: "" }],
         [
-          ["sustained insert rate", `${Math.round(insertRate)} events/s`, `${storeEvents} events of ${template.source}, one tenant, stored in ${seconds(storeDone - storeReady)} (start ${seconds(storeReady - storeStart)})`],
+          ["sustained insert rate", `${Math.round(insertRate)} events/s`, `${storeEvents} events of ${template.source}, one tenant, stored in ${seconds(storeDone - storeReady)} (start ${seconds(storeReady - storeStart)}); ${rowsStored} event ids in Postgres`],
           ["sink publish rate (pre-publishing them)", `${Math.round(storeEvents / publishSeconds)} events/s`, `flushed every ${publishChunk}; ${sink.spooled} spooled`],
           [`GetPipeline, audit on, c=${lagConcurrency}, store running`, `${Math.round(lag.load.rps)} req/s`, `p50 ${lag.load.p50.toFixed(2)} ms, p99 ${lag.load.p99.toFixed(2)} ms, ${lag.load.errors} errors, ${seconds(lag.loadMs)} incl. warm-up`],
           ["stored during that load", `${Math.round(lag.storedPerSecond)} events/s`, `${lag.stored} events`],
