@@ -22,6 +22,13 @@ export function createPool(options: DbOptions): pg.Pool {
     max: options.max ?? 10,
     application_name: options.applicationName ?? "jobmesh",
     connectionTimeoutMillis: 5_000,
+    // A peer that vanishes without closing (a host lost, a cable pulled) is noticed in about a
+    // minute instead of the systems' two hours: this side by TCP keepalives on the socket, the
+    // server's side by its own (asked for per connection). The audit store's lock lives on a
+    // connection: its holder gone, the lock must go too for a standby to take over.
+    keepAlive: true,
+    keepAliveInitialDelayMillis: 10_000,
+    options: "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3",
   });
   // An idle client losing its connection must not crash the process; the pool replaces it.
   pool.on("error", () => {});
