@@ -14,7 +14,7 @@ import { createHash } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import type pg from "pg";
 import { AuditEventSchema, type AuditEvent } from "../../gen/jobmesh/v1/audit_pb.js";
-import type { Pool } from "../db/index.ts";
+import type { Pool, Queryable } from "../db/index.ts";
 import type { Logger } from "../telemetry/index.ts";
 import { chainHashOf, genesisHash } from "./chain.ts";
 import { createCheckpointer, loadAuditSigningKey } from "./checkpoints.ts";
@@ -52,17 +52,32 @@ const lockRetryMs = 2_000;
 const retentionEveryMs = 3_600_000;
 // Checked a few times per interval, so a checkpoint is never much later than the interval.
 const tickMs = (intervalMs: number) => Math.max(50, Math.min(250, intervalMs / 4));
+// Memory is bounded in bytes as well as messages: an event can be up to NATS's max_payload
+// (1 MiB), so 2 × batchSize of them were up to a GB. consume() asks the server for at most
+// consumeBytes at a time (a message must fit in it whole: above max_payload), the queue stops
+// reading at 2 × batchBytes, and a batch stops at batchBytes (always at least one event).
+const consumeBytes = 4 * 1024 * 1024;
+const batchBytes = 4 * 1024 * 1024;
 
 /** The storing of one lock holder: its connection, checkpointer and partition cache. */
 type Session = Awaited<ReturnType<typeof openSession>>;
 
 async function openSession(deps: AuditStoreDeps, client: pg.PoolClient) {
+  // Everything this holder writes goes through the lock connection, one piece of work at a time
+  // (a batch's transaction, a checkpoint's): once the connection is gone, so is the lock, and a
+  // holder that lost it can store neither events nor checkpoints. A pool connection could.
+  let turn: Promise<unknown> = Promise.resolve();
+  const exclusive = <T>(work: (q: Queryable) => Promise<T>): Promise<T> => {
+    const run = turn.then(() => work(client), () => work(client));
+    turn = run.catch(() => {});
+    return run;
+  };
   const key = await loadAuditSigningKey({ db: deps.db, keyEncryptionKey: deps.keyEncryptionKey });
-  const checkpointer = createCheckpointer({ db: deps.db, js: deps.js, topology: deps.topology, key, log: deps.log });
+  const checkpointer = createCheckpointer({ db: deps.db, session: exclusive, js: deps.js, topology: deps.topology, key, log: deps.log });
   // Events stored after a tenant's last checkpoint by the previous holder are signed by this one.
   const { rows } = await client.query<{ tenant_id: string }>("SELECT tenant_id FROM audit_chain_heads ORDER BY tenant_id");
   for (const { tenant_id } of rows) await checkpointer.resume(tenant_id);
-  return { client, checkpointer, partitions: new Set<string>() };
+  return { client, exclusive, checkpointer, partitions: new Set<string>() };
 }
 
 /** The event id of a message: the uuid of its name, or (a malformed name) one derived from its stream position. */
@@ -78,11 +93,23 @@ interface Arrived {
   row: AuditEventRow;
 }
 
+/** The first events of `queue` making at most `maxBytes` (at least one), at most `maxCount`; removed from it. */
+function takeBatch(queue: Arrived[], maxCount: number, maxBytes: number): Arrived[] {
+  let n = 0;
+  let bytes = 0;
+  while (n < queue.length && n < maxCount && (n === 0 || bytes + queue[n].msg.data.length <= maxBytes)) bytes += queue[n++].msg.data.length;
+  return queue.splice(0, n);
+}
+
 /**
  * Stores one batch in one transaction and returns the rows it appended (in chain order per
  * tenant). Duplicates (by event id) are skipped; the caller acknowledges every message after.
  */
 async function storeBatch(deps: AuditStoreDeps, session: Session, batch: Arrived[]): Promise<AuditEventRow[]> {
+  return session.exclusive(() => storeBatchAlone(session, batch));
+}
+
+async function storeBatchAlone(session: Session, batch: Arrived[]): Promise<AuditEventRow[]> {
   const { client } = session;
   const byId = new Map<string, AuditEventRow>();
   for (const { row } of batch) if (!byId.has(row.event_id)) byId.set(row.event_id, row);
@@ -203,23 +230,37 @@ export async function startAuditStore(deps: AuditStoreDeps): Promise<AuditStore>
   async function run(client: pg.PoolClient): Promise<void> {
     const session = await openSession(deps, client);
     const consumer = await deps.js.consumers.get(topology.eventsStream, topology.storeConsumer);
-    const messages = await consumer.consume({ max_messages: batchSize * 2 });
+    const messages = await consumer.consume({ max_bytes: consumeBytes });
     const queue: Arrived[] = [];
+    let queuedBytes = 0;
     let space: (() => void) | undefined;
     let closing = false;
     const reader = (async () => {
       for await (const msg of messages) {
         const arrived = decode(msg);
-        if (arrived) queue.push(arrived);
+        if (arrived) {
+          queue.push(arrived);
+          queuedBytes += msg.data.length;
+        }
         wake?.();
         // Back-pressure: the consume() buffer fills and stops pulling while a batch is stored.
-        if (queue.length >= batchSize * 2 && !closing) await new Promise<void>((resolve) => (space = resolve));
+        if ((queue.length >= batchSize * 2 || queuedBytes >= 2 * batchBytes) && !closing) await new Promise<void>((resolve) => (space = resolve));
       }
     })();
     const tick = setInterval(() => void signDue(session, deps.checkpointIntervalMs), tickMs(deps.checkpointIntervalMs));
     let lastRetention = 0;
+    // Set only when the loop ends because stop() was asked, not because something failed.
+    let clean = false;
+    // The lock connection lost while idle: noticed now, not at the next batch (or at stop()).
+    let lost: Error | undefined;
+    const onLost = (error: Error) => {
+      lost = error;
+      wake?.();
+    };
+    client.on("error", onLost);
     try {
       while (!stopping.signal.aborted) {
+        if (lost) throw lost;
         if (deps.retentionDays > 0 && Date.now() - lastRetention >= retentionEveryMs) {
           lastRetention = Date.now();
           const dropped = await dropExpiredPartitions(deps.db, new Date(), deps.retentionDays);
@@ -236,7 +277,8 @@ export async function startAuditStore(deps: AuditStoreDeps): Promise<AuditStore>
           wake = undefined;
           continue;
         }
-        const batch = queue.splice(0, batchSize);
+        const batch = takeBatch(queue, batchSize, batchBytes);
+        for (const { msg } of batch) queuedBytes -= msg.data.length;
         space?.();
         space = undefined;
         await store(session, batch).catch((error: unknown) => {
@@ -245,7 +287,9 @@ export async function startAuditStore(deps: AuditStoreDeps): Promise<AuditStore>
           throw error;
         });
       }
+      clean = true;
     } finally {
+      client.removeListener("error", onLost);
       clearInterval(tick);
       closing = true;
       await messages.close().catch(() => {});
@@ -253,8 +297,11 @@ export async function startAuditStore(deps: AuditStoreDeps): Promise<AuditStore>
       await reader.catch(() => {});
       // Not stored: redelivered now to whoever holds the lock next.
       for (const { msg } of queue.splice(0)) msg.nak();
-      await signing;
-      await signDue(session, 0).catch(() => {});
+      await signing?.catch(() => {});
+      // Only a holder stopping cleanly signs what is pending. After an error the lock may be gone
+      // (the connection lost) and a successor may be signing the same events: the successor
+      // signs them, from the table, as they stand.
+      if (clean) await signDue(session, 0).catch(() => {});
     }
   }
 
