@@ -4,6 +4,10 @@
  * (internal/gateway/edge-audit.ts): the actor and tenant, the event's time and duration, the
  * user agent and every other bound are coded here once. Pure and transport-free, so the Deno
  * gateway imports it as it is.
+ *
+ * Every free-text field is capped (the request at 8 KiB by its recorder, the rest at 1 KiB here),
+ * so an event always fits far under NATS's max_payload (1 MiB): an unauthenticated call with a
+ * 2 MiB name is refused before validation, and its event must still be publishable.
  */
 import { create } from "@bufbuild/protobuf";
 // @deno-types="../../gen/jobmesh/v1/audit_pb.d.ts"
@@ -37,6 +41,10 @@ export type ClaimedCaller =
 
 /** Longest user agent kept, in characters (the contract's bound). */
 export const maxUserAgentLength = 256;
+/** Longest free-text field kept (action, resource, message, hints, each role…), in UTF-8 bytes. */
+export const maxFieldBytes = 1024;
+/** Most roles an actor keeps: a role list is the tenant's, but the event's size must not depend on it. */
+export const maxRoles = 32;
 
 /** Everything an event is made of, gathered by a recorder. */
 export interface CallFacts {
@@ -68,26 +76,44 @@ export interface CallFacts {
 export function auditEventOf(facts: CallFacts): AuditEvent {
   const { actor, tenant } = actorOf(facts);
   const micros = Math.max(0, Math.round(facts.durationMs * 1000));
+  const resource = capped(facts.resource);
   return create(AuditEventSchema, {
     name: `auditEvents/${facts.id}`,
-    tenant,
-    actor,
-    action: facts.action,
-    resource: facts.resource,
-    resourceType: facts.resource ? facts.resourceType : "",
-    outcome: facts.error ? { code: facts.error.code, message: facts.error.rawMessage } : { code: 0, message: "" },
-    requestId: facts.requestId,
-    traceId: facts.traceId,
+    tenant: capped(tenant),
+    actor: { ...actor, subject: capped(actor.subject), roles: actor.roles.slice(0, maxRoles).map((r) => capped(r)), credentialHint: capped(actor.credentialHint) },
+    action: capped(facts.action),
+    resource,
+    resourceType: resource ? capped(facts.resourceType) : "",
+    outcome: facts.error ? { code: facts.error.code, message: capped(facts.error.rawMessage) } : { code: 0, message: "" },
+    requestId: capped(facts.requestId),
+    traceId: capped(facts.traceId),
     // Milliseconds: a Date has no more, and the store's timestamptz gives back exactly this.
     eventTime: { seconds: BigInt(Math.floor(facts.startTime.getTime() / 1000)), nanos: (((facts.startTime.getTime() % 1000) + 1000) % 1000) * 1_000_000 },
-    clientAddress: facts.clientAddress,
+    clientAddress: capped(facts.clientAddress),
     // By code points: never half a surrogate pair.
-    userAgent: [...facts.userAgent].slice(0, maxUserAgentLength).join(""),
+    userAgent: [...facts.userAgent.slice(0, 2 * maxUserAgentLength)].slice(0, maxUserAgentLength).join(""),
     // Microsecond precision, as the store keeps it (duration_us).
     duration: { seconds: BigInt(Math.floor(micros / 1_000_000)), nanos: (micros % 1_000_000) * 1000 },
     request: facts.request,
-    recorder: facts.recorder,
+    recorder: capped(facts.recorder),
   });
+}
+
+const cutMarker = "…[cut]";
+const cutMarkerBytes = new TextEncoder().encode(cutMarker).length;
+
+/**
+ * `text` if it holds at most `maxBytes` UTF-8 bytes; else its start, cut on a character
+ * boundary, ending with a marker that says so. A huge text is sliced before it is encoded: a
+ * UTF-16 code unit is at most 3 UTF-8 bytes, so only the start is ever encoded.
+ */
+export function capped(text: string, maxBytes = maxFieldBytes): string {
+  if (text.length * 3 <= maxBytes) return text;
+  const bytes = new TextEncoder().encode(text.slice(0, maxBytes + 1));
+  if (bytes.length <= maxBytes && text.length <= maxBytes + 1) return text;
+  let cut = maxBytes - cutMarkerBytes;
+  while (cut > 0 && (bytes[cut]! & 0xc0) === 0x80) cut--; // not inside a UTF-8 sequence
+  return new TextDecoder().decode(bytes.subarray(0, cut)) + cutMarker;
 }
 
 /** USER for "users/…", API_KEY for "apiKeys/…", SYSTEM for "system/…". */

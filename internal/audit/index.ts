@@ -19,7 +19,7 @@ export {
 } from "./chain.ts";
 export { startAuditStore, type AuditStore, type AuditStoreDeps } from "./consumer.ts";
 export { AuditEventNotFoundError, InvalidAuditFilterError } from "./errors.ts";
-export { auditEventOf, principalKindOf, type AuditAttribution, type CallFacts } from "./event.ts";
+export { auditEventOf, capped, principalKindOf, type AuditAttribution, type CallFacts } from "./event.ts";
 export { auditCommand, verifyExport, type ExportVerdict } from "./offline-verify.ts";
 export { createAuditSink, type AuditSink } from "./sink.ts";
 export { createAuditTopology, provisionAuditTopology, unattributedToken, type AuditTopology } from "./topology.ts";

@@ -6,7 +6,7 @@ import { AuditEventSchema } from "../../gen/jobmesh/v1/audit_pb.js";
 import { AuthService, LoginRequestSchema, PrincipalKind } from "../../gen/jobmesh/v1/auth_pb.js";
 import { CreateJobRequestSchema, CreateJobResponseSchema, CreateJobsRequestSchema, GetJobRequestSchema, JobService, UploadDocumentRequestSchema } from "../../gen/jobmesh/v1/jobs_pb.js";
 import { isAudited, mayHoldRedacted, maxRequestBytes, requestJsonOf, resourceOf, resourceTypeOf } from "../rpc/audit.ts";
-import { auditEventOf, type CallFacts } from "./event.ts";
+import { auditEventOf, capped, maxFieldBytes, type CallFacts } from "./event.ts";
 
 const base: CallFacts = {
   id: "0b5e0a4e-6a53-4c8e-9d1f-3f7c2a1b9e01",
@@ -125,3 +125,40 @@ void t.test("request - only a type that can hold a marked field is copied; a nes
   const job = create(CreateJobsRequestSchema, { requests: [{ job: { document: { source: { case: "text", value: "the secret document" } } } }] });
   t.notOk(requestJsonOf(CreateJobsRequestSchema, job).includes("the secret document"));
 });
+
+void t.test("caps - every free-text field is at most 1 KiB, cut on a character boundary and marked, so an event stays far under NATS's 1 MiB", async (t) => {
+  const huge = "é".repeat(2 * 1024 * 1024);
+  const e = auditEventOf({
+    ...base,
+    action: `a${huge}`,
+    resource: `jobs/${huge}`,
+    resourceType: `t${huge}`,
+    requestId: `r${huge}`,
+    traceId: `x${huge}`,
+    clientAddress: `c${huge}`,
+    userAgent: huge,
+    recorder: `j${huge}`,
+    error: { code: 3, rawMessage: `m${huge}` },
+    attempted: { kind: "token", subject: `users/${huge}`, tenantId: `t${huge}`, roles: Array.from({ length: 100 }, () => `role${huge}`), credentialHint: `h${huge}` },
+  });
+  const bytes = (s: string) => new TextEncoder().encode(s).length;
+  const fields = { action: e.action, resource: e.resource, resourceType: e.resourceType, requestId: e.requestId, traceId: e.traceId, clientAddress: e.clientAddress, recorder: e.recorder, tenant: e.tenant, message: e.outcome!.message, subject: e.actor!.subject, credentialHint: e.actor!.credentialHint };
+  for (const [name, value] of Object.entries(fields)) {
+    t.ok(bytes(value) <= maxFieldBytes, `${name}: ${bytes(value)} bytes`);
+    t.ok(value.endsWith("…[cut]"), `${name}: says it was cut`);
+    t.notOk(value.includes("\uFFFD"), `${name}: not cut inside a character`);
+  }
+  t.ok(e.actor!.roles.length <= 32, "a bounded number of roles");
+  for (const role of e.actor!.roles) t.ok(bytes(role) <= maxFieldBytes, "each role capped");
+  t.equal([...e.userAgent].length, 256, "the user agent keeps its own 256-character bound");
+  t.ok(toBinary(AuditEventSchema, e).length < 64 * 1024, `${toBinary(AuditEventSchema, e).length} bytes in all`);
+
+  t.equal(capped("jobs/short"), "jobs/short", "a short text is kept whole");
+  const exact = "a".repeat(maxFieldBytes);
+  t.equal(capped(exact), exact, "exactly 1 KiB is kept whole");
+  t.equal(capped(`${"a".repeat(maxFieldBytes - 1)}é`).endsWith("…[cut]"), true, "1 KiB + 1 byte is cut");
+  const emoji = capped("😀".repeat(300));
+  t.ok(emoji.endsWith("…[cut]") && !emoji.includes("\uFFFD"), "300 emoji (600 UTF-16 units, 1200 bytes) are cut between two of them");
+  t.equal(capped("😀".repeat(256)), "😀".repeat(256), "256 emoji (1024 bytes) are kept whole");
+});
+

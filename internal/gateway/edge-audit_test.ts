@@ -122,3 +122,14 @@ Deno.test("refusal recorder - one event per refusal, each with its own id; a fai
   failing(refusal());
   assert.equal(failures.length, 1);
 });
+
+Deno.test("edge audit - the services' caps: a huge request id, message or client address is cut to 1 KiB, the event stays small", () => {
+  const huge = "x".repeat(2 * 1024 * 1024);
+  const event = edgeAuditEventOf(refusal({ requestId: huge, message: huge, clientAddress: huge, headers: new Headers({ "user-agent": huge, "x-api-key": huge }) }), context);
+  for (const value of [event.requestId, event.outcome!.message, event.clientAddress]) {
+    assert.ok(value.length <= 1024 && value.endsWith("…[cut]"), `${value.length} characters`);
+  }
+  assert.equal(event.userAgent.length, 256);
+  assert.equal(event.actor?.credentialHint, "malformed", "a key that is not a key is named malformed, never copied");
+  assert.ok(toBinary(AuditEventSchema, event).length < 16 * 1024);
+});
