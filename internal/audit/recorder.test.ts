@@ -5,7 +5,7 @@ import { create, fromJsonString, toBinary } from "@bufbuild/protobuf";
 import { AuditEventSchema } from "../../gen/jobmesh/v1/audit_pb.js";
 import { AuthService, LoginRequestSchema, PrincipalKind } from "../../gen/jobmesh/v1/auth_pb.js";
 import { CreateJobRequestSchema, CreateJobResponseSchema, CreateJobsRequestSchema, GetJobRequestSchema, JobService, UploadDocumentRequestSchema } from "../../gen/jobmesh/v1/jobs_pb.js";
-import { isAudited, mayHoldRedacted, maxRequestBytes, requestJsonOf, resourceOf, resourceTypeOf } from "../rpc/audit.ts";
+import { isAudited, mayHoldRedacted, maxRequestBytes, maxSerialisedRequestBytes, requestJsonOf, resourceOf, resourceTypeOf } from "../rpc/audit.ts";
 import { auditEventOf, capped, maxFieldBytes, type CallFacts } from "./event.ts";
 
 const base: CallFacts = {
@@ -162,3 +162,11 @@ void t.test("caps - every free-text field is at most 1 KiB, cut on a character b
   t.equal(capped("😀".repeat(256)), "😀".repeat(256), "256 emoji (1024 bytes) are kept whole");
 });
 
+void t.test("request - a request of more than 64 KiB encoded is a stub naming its size, not megabytes of JSON", async (t) => {
+  const name = `pipelines/${"a".repeat(2 * 1024 * 1024)}`;
+  const big = create(GetJobRequestSchema, { name });
+  const json = requestJsonOf(GetJobRequestSchema, big);
+  t.same(JSON.parse(json), { omitted: `request of ${toBinary(GetJobRequestSchema, big).length} bytes` });
+  const under = create(GetJobRequestSchema, { name: `jobs/${"b".repeat(maxSerialisedRequestBytes - 100)}` });
+  t.ok(requestJsonOf(GetJobRequestSchema, under).endsWith("…[cut at 8 KiB]"), "just under the limit: JSON, cut at 8 KiB");
+});

@@ -9,7 +9,7 @@
  * the bounded request. Health and reflection calls are infrastructure, not operations: they are
  * not recorded.
  */
-import { getOption, hasOption, toJsonString, type DescMessage, type DescMethod, type Message } from "@bufbuild/protobuf";
+import { getOption, hasOption, toBinary, toJsonString, type DescMessage, type DescMethod, type Message } from "@bufbuild/protobuf";
 import { createContextKey, type ConnectError, type Interceptor, type StreamRequest, type UnaryRequest } from "@connectrpc/connect";
 import { isSpanContextValid, trace } from "@opentelemetry/api";
 import { resource as resourceOption } from "../../gen/google/api/resource_pb.js";
@@ -134,12 +134,25 @@ export const maxRequestBytes = 8 * 1024;
 const cutMarker = "…[cut at 8 KiB]";
 
 /**
+ * Largest request, by its encoded (binary) size, that is written as JSON and then cut to
+ * maxRequestBytes. Past it the event holds a stub naming the size: serialising megabytes (an
+ * upload's chunk, a 2 MiB name) to keep 8 KiB of them would cost every such call milliseconds.
+ * Not maxRequestBytes itself: a request just over 8 KiB (a job with a longer inline text) keeps
+ * its first 8 KiB, which name what it was, for the price of a few tens of KiB of JSON.
+ */
+export const maxSerialisedRequestBytes = 64 * 1024;
+
+/**
  * The request as the event keeps it: proto3 JSON of its redacted copy, at most maxRequestBytes
- * (a longer one is cut on a character boundary and ends with a marker that says so).
+ * (a longer one is cut on a character boundary and ends with a marker that says so); a request
+ * of more than maxSerialisedRequestBytes encoded is `{"omitted":"request of N bytes"}`.
  */
 export function requestJsonOf(schema: DescMessage, message: unknown): string {
   let json: string;
   try {
+    // The encoded size first: a copy of the bytes, far cheaper than JSON of them.
+    const size = toBinary(schema, message as Message).length;
+    if (size > maxSerialisedRequestBytes) return JSON.stringify({ omitted: `request of ${size} bytes` });
     // A copy is made only for a type that can hold a marked field: most requests (a Get, a List)
     // cannot, and the copy costs far more than the JSON. JSON never carries unknown fields.
     const safe = mayHoldRedacted(schema) ? redacted(schema, message as Message) : (message as Message);
