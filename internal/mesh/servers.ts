@@ -26,6 +26,10 @@ import { createJobService, JobService } from "../jobs/service.ts";
 import { createTopology, openBuckets, provisionTopology, type Topology } from "../jobs/topology.ts";
 import { createJobWatcher, type JobWatcher } from "../jobs/watch.ts";
 import { startWorker, type Worker } from "../worker/worker.ts";
+import { createWebhookDomain, signingSecretsOf } from "../webhooks/index.ts";
+import { createWebhookService, WebhookService } from "../webhooks/service.ts";
+import { startWebhookDelivery, type WebhookDelivery } from "../webhooks/delivery.ts";
+import { sendTestPing } from "../webhooks/send.ts";
 import type { Infra } from "./infra.ts";
 
 /**
@@ -308,6 +312,80 @@ export async function serveAudit(infra: Infra, port = infra.config.ports.audit, 
     async close() {
       await server.close();
       await store.stop();
+    },
+  };
+}
+
+/** WebhookService with the delivery engine (fan-out and dispatcher) of the process. */
+export interface WebhooksServer extends RpcServer {
+  /** Undefined when started with `delivery: false`. */
+  delivery?: WebhookDelivery;
+  topology: Topology;
+}
+
+export interface ServeWebhooksOptions extends ServeOptions {
+  /** Start the delivery engine (default true); API tests that send nothing turn it off. */
+  delivery?: boolean;
+}
+
+/**
+ * WebhookService always enforces identity (subscriptions are admin-only: their secrets sign what
+ * receivers trust), and runs the delivery engine beside it: every replica fans events out and
+ * dispatches (a durable consumer, SKIP LOCKED claims). close() stops the server, then the engine
+ * (its attempts in flight recorded).
+ */
+export async function serveWebhooks(infra: Infra, port = infra.config.ports.webhooks, options: ServeWebhooksOptions = {}): Promise<WebhooksServer> {
+  const { config } = infra;
+  const policy = { allowHttp: config.webhooks.allowHttp, allowLoopback: config.webhooks.allowLoopback, allowHosts: config.webhooks.allowHosts };
+  const topology = createTopology(config.namespace, { maxStageLosses: config.maxStageLosses, storageLimits: { streamMaxBytes: config.streamMaxBytes, bucketMaxBytes: config.bucketMaxBytes } });
+  await provisionTopology(topology, infra.bus.jsm);
+  const keyEncryptionKey = await loadKeyEncryptionKey(config.auth.keyEncryptionKey, config.auth.signingKeyDir);
+  const domain = createWebhookDomain({
+    db: infra.db,
+    pageTokens: infra.pageTokens,
+    keyEncryptionKey,
+    policy,
+    testPing: (row) => sendTestPing({ name: `webhooks/${row.id}`, url: row.url, secrets: signingSecretsOf(keyEncryptionKey, row) }, { policy, timeoutMs: config.webhooks.timeoutMs }),
+  });
+  // An automatic disable (410 Gone, days of failures) is recorded in the audit log, as a call would be.
+  const sink = config.audit.enabled ? await infra.auditSink() : undefined;
+  const delivery = options.delivery === false ? undefined : await startWebhookDelivery({
+    db: infra.db,
+    js: infra.bus.js,
+    jsm: infra.bus.jsm,
+    topology,
+    log: infra.log,
+    config: config.webhooks,
+    keyEncryptionKey,
+    publicUrl: config.webhooks.publicUrl,
+    record: sink ? (event) => sink.record(event) : undefined,
+  });
+  let server: RpcServer;
+  try {
+    server = await startRpcServer({
+      name: "webhooks",
+      host: config.host,
+      port,
+      services: [bindService(WebhookService, createWebhookService(domain))],
+      log: infra.log,
+      telemetry: infra.telemetry,
+      readiness: infra.readiness,
+      interceptors: { audit: await auditSlotOf(infra, "webhooks", options), identity: identityFor(infra, [WebhookService], "enforce") },
+      maxMessageBytes: config.maxMessageBytes,
+      shutdownGraceMs: config.shutdownGraceMs,
+      server: config.server,
+    });
+  } catch (error) {
+    await delivery?.stop();
+    throw error;
+  }
+  return {
+    ...server,
+    delivery,
+    topology,
+    async close() {
+      await server.close();
+      await delivery?.stop();
     },
   };
 }

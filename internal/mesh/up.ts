@@ -6,13 +6,13 @@
  */
 import { chmod, mkdir, rename, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import type { Config } from "../config/index.ts";
+import type { Config, WebhooksConfig } from "../config/index.ts";
 import { startDevStack } from "../devstack/index.ts";
 import type { RpcServer } from "../rpc/server.ts";
 import type { Logger, Telemetry } from "../telemetry/index.ts";
 import { createInfra } from "./infra.ts";
 import type { BootstrapAdmin } from "../auth/bootstrap.ts";
-import { ensureBootstrapAdmin, serveAudit, serveAuth, serveJobs, servePipelines, startWorkers } from "./servers.ts";
+import { ensureBootstrapAdmin, serveAudit, serveAuth, serveJobs, servePipelines, serveWebhooks, startWorkers } from "./servers.ts";
 import { startGatewayProcess, type GatewayProcess } from "./gateway-process.ts";
 
 export interface MeshDescription {
@@ -64,6 +64,18 @@ async function writeMeshFile(path: string, description: MeshDescription): Promis
   await rename(temporary, path);
 }
 
+/** The webhooks settings of the local mesh: http and loopback receivers allowed unless the environment said otherwise. */
+export function localMeshWebhooks(webhooks: WebhooksConfig): WebhooksConfig {
+  return { ...webhooks, allowHttp: webhooks.explicitPolicy.allowHttp ?? true, allowLoopback: webhooks.explicitPolicy.allowLoopback ?? true };
+}
+
+/** The start-up line that says which webhook receivers this mesh lets through, and how to change it. */
+export function webhookPolicyLine(policy: { allowHttp: boolean; allowLoopback: boolean }): string {
+  const open = [policy.allowHttp && "http:// URLs", policy.allowLoopback && "loopback addresses (127.0.0.1, ::1)"].filter(Boolean);
+  if (open.length === 0) return "webhooks: receivers must be public https URLs";
+  return `webhooks: development mode: receivers may use ${open.join(" and ")} (JOBMESH_WEBHOOKS_ALLOW_HTTP / JOBMESH_WEBHOOKS_ALLOW_LOOPBACK=false to refuse; every other configuration refuses them by default)`;
+}
+
 export async function meshUp(config: Config, log: Logger, telemetry: Telemetry) {
   const dataDir = resolve(config.dataDir);
   const stack = await startDevStack({
@@ -89,12 +101,17 @@ export async function meshUp(config: Config, log: Logger, telemetry: Telemetry) 
   try {
     // The services trust the local gateway's source address only (not loopback as a whole).
     const server = { ...config.server, trustedProxies: config.server.trustedProxies ?? [`${localGatewaySourceAddress}/32`] };
-    const resolved = { ...config, databaseUrl: stack.databaseUrl, redisUrl: stack.redisUrl, natsUrl: stack.natsUrl, server };
+    // The local development mesh, and only it by default, lets webhooks reach http and loopback
+    // receivers, so a new user can try them with a receiver on their own machine. It says so.
+    const webhooks = localMeshWebhooks(config.webhooks);
+    console.log(webhookPolicyLine(webhooks));
+    const resolved = { ...config, databaseUrl: stack.databaseUrl, redisUrl: stack.redisUrl, natsUrl: stack.natsUrl, server, webhooks };
     infra = await createInfra(resolved, log, telemetry, "mesh");
     servers.auth = await serveAuth(infra);
     servers.audit = await serveAudit(infra);
     servers.pipelines = await servePipelines(infra);
     servers.jobs = await serveJobs(infra);
+    servers.webhooks = await serveWebhooks(infra);
     worker = await startWorkers(infra);
     const admin: BootstrapAdmin = await ensureBootstrapAdmin(infra);
     gateway = await startGatewayProcess(
@@ -105,6 +122,7 @@ export async function meshUp(config: Config, log: Logger, telemetry: Telemetry) 
         JOBMESH_PIPELINES_URL: servers.pipelines.url,
         JOBMESH_AUTH_URL: servers.auth.url,
         JOBMESH_AUDIT_URL: servers.audit.url,
+        JOBMESH_WEBHOOKS_URL: servers.webhooks.url,
         REDIS_URL: stack.redisUrl,
         JOBMESH_NAMESPACE: config.namespace,
         JOBMESH_TOKEN_ISSUER: config.auth.issuer,
@@ -129,7 +147,7 @@ export async function meshUp(config: Config, log: Logger, telemetry: Telemetry) 
       natsUrl: splitPassword(stack.natsUrl).withoutPassword,
       namespace: config.namespace,
       startedLocally: stack.started,
-      notYetBuilt: ["webhooks"],
+      notYetBuilt: [],
       authentication: "JWT (AuthService Login) or API key on every service",
       admin: { email: admin.email, created: admin.created },
       trustedProxies: server.trustedProxies,

@@ -6,7 +6,7 @@ import { InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-tr
 import { createInfra, type Infra } from "../../internal/mesh/infra.ts";
 import { removeTopology } from "../../internal/jobs/topology.ts";
 import { createAuditTopology } from "../../internal/audit/topology.ts";
-import { defaultIdentityMode, serveAudit, serveAuth, serveJobs, servePipelines, startWorkers, type AuditServer, type JobsServer } from "../../internal/mesh/servers.ts";
+import { defaultIdentityMode, serveAudit, serveAuth, serveJobs, servePipelines, serveWebhooks, startWorkers, type AuditServer, type JobsServer, type WebhooksServer } from "../../internal/mesh/servers.ts";
 import type { DestinationStream } from "pino";
 import { createTestAuth, type TestAuth } from "./auth.ts";
 import type { Worker } from "../../internal/worker/worker.ts";
@@ -28,6 +28,8 @@ export interface TestMesh {
   auth?: TestAuth;
   /** Set with `{ audit: true }`: AuditService and the audit store (admin-only, so with auth). */
   audit?: AuditServer;
+  /** Set with `{ webhooks: true }`: WebhookService (admin-only, so with auth) and, unless `webhookDelivery: false`, the delivery engine. */
+  webhooks?: WebhooksServer;
   close(): Promise<void>;
 }
 
@@ -42,6 +44,10 @@ export interface TestMeshOptions {
   auth?: boolean;
   /** Also serve AuditService with the audit store (the consumer that chains and stores events). */
   audit?: boolean;
+  /** Also serve WebhookService with the delivery engine. */
+  webhooks?: boolean;
+  /** Start the webhook delivery engine with WebhookService (default true); API tests that send nothing turn it off. */
+  webhookDelivery?: boolean;
   /** Where the mesh's logs go (e.g. a stream a test reads), at `logLevel`. */
   logDestination?: DestinationStream;
   logLevel?: string;
@@ -66,6 +72,7 @@ export async function startTestMesh(overrides: Record<string, string> = {}, opti
   const authServer = withAuth ? await serveAuth(infra, 0) : undefined;
   const auth = authServer ? await createTestAuth(infra, authServer) : undefined;
   const audit = options.audit ? await serveAudit(infra, 0) : undefined;
+  const webhooks = options.webhooks ? await serveWebhooks(infra, 0, { delivery: options.webhookDelivery }) : undefined;
   const workers: Worker[] = [];
   for (let i = 0; options.jobs && i < (options.workers ?? 1); i++) workers.push(await startWorkers(infra));
   return {
@@ -78,11 +85,14 @@ export async function startTestMesh(overrides: Record<string, string> = {}, opti
     workers,
     auth,
     audit,
+    webhooks,
     async close() {
       await authServer?.close();
+      await webhooks?.close();
       await Promise.all(workers.map((w) => w.stop(1000)));
       await jobs?.close();
-      if (jobs) await removeTopology(jobs.topology, infra.bus.jsm);
+      // serveWebhooks provisions the jobs topology too (it reads the events stream).
+      if (jobs ?? webhooks) await removeTopology((jobs ?? webhooks)!.topology, infra.bus.jsm);
       await pipelines.close();
       await audit?.close();
       if (isolated.config.audit.enabled) {
