@@ -1,4 +1,4 @@
-// The audit store killed mid-stream (SIGKILL, between or inside its transactions) loses and
+// The audit store killed mid-stream (SIGKILL, inside a transaction with a batch in hand) loses and
 // duplicates nothing: its standby takes the store lock, the unacknowledged events come back
 // (after the consumer's ack_wait) and those already committed are skipped by event id.
 import t from "tap";
@@ -7,6 +7,8 @@ import { once } from "node:events";
 import { auditEvent, createAuditStoreWorld } from "./support/audit-store.ts";
 
 t.setTimeout(400_000);
+// The chain's first prev_hash (genesisHash in internal/audit), as the store writes a new head.
+const genesisHash = "0".repeat(64);
 const world = await createAuditStoreWorld(t);
 const { db, sink, domain } = world;
 const tenants = [randomUUID(), randomUUID(), randomUUID()];
@@ -19,14 +21,34 @@ void t.test("kill -9 of the audit store mid-stream - a standby stores every even
   const holder = (await world.lockHolder())!;
   const [victim, standby] = holder === "store-a" ? [first, second] : [second, first];
 
-  // The first half, while one process stores; it dies once it has stored a tenth of it.
-  for (let i = 0; i < total / 2; i++) sink.record(auditEvent(i % 10 === 9 ? "" : tenants[i % 3], { resource: `jobs/j${i}` }));
+  // The kill point is made, not raced: the test holds the chain head of tenants[0] (made as the
+  // store makes it), so the store appends the other chains and then stops, inside a transaction
+  // with a batch in hand, at the first batch holding an event of tenants[0].
+  await db.query("INSERT INTO audit_chain_heads (tenant_id, sequence, hash) VALUES ($1, 0, $2)", [tenants[0], genesisHash]);
+  const blocker = await db.connect();
+  await blocker.query("BEGIN");
+  await blocker.query("SELECT 1 FROM audit_chain_heads WHERE tenant_id = $1 FOR UPDATE", [tenants[0]]);
+  const others = (i: number) => (i % 10 === 9 ? "" : tenants[1 + (i % 2)]);
+  const before = 300;
+  for (let i = 0; i < before; i++) sink.record(auditEvent(others(i), { resource: `jobs/j${i}` }));
   await sink.flush();
-  await world.until("the store has begun", async () => (await world.count()) >= 250, 60_000);
+  await world.until("the store has begun", async () => (await world.count()) === before, 60_000);
+  // The first half, every chain's events mixed.
+  for (let i = before; i < total / 2; i++) sink.record(auditEvent(i % 10 === 9 ? "" : tenants[i % 3], { resource: `jobs/j${i}` }));
+  await sink.flush();
+  await world.until("the store waits for the held chain head", async () => {
+    const { rows } = await db.query<{ waiting: boolean }>(
+      "SELECT wait_event_type = 'Lock' AS waiting FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database() AND state = 'active'",
+      [holder],
+    );
+    return rows.some((r) => r.waiting);
+  }, 60_000);
   victim.kill("SIGKILL");
   await once(victim, "exit");
+  await blocker.query("ROLLBACK");
+  blocker.release();
   const storedAtKill = await world.count();
-  t.ok(storedAtKill < total / 2, `killed mid-stream, after ${storedAtKill} of ${total / 2} events`);
+  t.equal(storedAtKill, before, `killed mid-stream, inside a transaction, after ${storedAtKill} of ${total / 2} events`);
 
   // The second half, while the standby takes over.
   for (let i = total / 2; i < total; i++) sink.record(auditEvent(i % 10 === 9 ? "" : tenants[i % 3], { resource: `jobs/j${i}` }));
