@@ -26,16 +26,16 @@ t.test("deploy - every variable set in deploy/ is read by internal/config", asyn
 
 t.test("deploy - the processes started exist, on the ports they listen on", async (t) => {
   const ports = loadConfig({}).ports;
-  const portOf: Record<string, number> = { audit: ports.audit, auth: ports.auth, pipelines: ports.pipelines, jobs: ports.jobs, worker: ports.workerMetrics };
+  const portOf: Record<string, number> = { audit: ports.audit, auth: ports.auth, pipelines: ports.pipelines, jobs: ports.jobs, webhooks: ports.webhooks, worker: ports.workerMetrics };
   const k8s = read(join(root, "deploy", "kubernetes", "jobmesh.yaml"));
   const started = [...k8s.matchAll(/command: \["node", "cmd\/(\w+)\/main\.ts"\]\s+envFrom:[\s\S]*?containerPort: (\d+)/g)];
-  t.same(started.map((m) => m[1]).sort(), ["audit", "auth", "jobs", "pipelines", "worker"], "Kubernetes runs the five processes");
+  t.same(started.map((m) => m[1]).sort(), ["audit", "auth", "jobs", "pipelines", "webhooks", "worker"], "Kubernetes runs the six processes");
   for (const [, binary, port] of started) {
     t.ok(existsSync(join(root, "cmd", binary, "main.ts")), `cmd/${binary}/main.ts exists`);
     t.equal(Number(port), portOf[binary], `${binary} listens on ${portOf[binary]}`);
   }
   const compose = read(join(root, "deploy", "compose.yaml"));
-  for (const binary of ["audit", "auth", "pipelines", "jobs", "worker"]) {
+  for (const binary of ["audit", "auth", "pipelines", "jobs", "webhooks", "worker"]) {
     t.match(compose, new RegExp(`command: \\["node", "cmd/${binary}/main\\.ts"\\]`), `compose runs ${binary}`);
   }
   for (const [binary, port] of Object.entries(portOf).filter(([b]) => b !== "worker")) {
