@@ -12,7 +12,7 @@ const reasonOf = (fn: () => unknown): string | undefined => {
   }
 };
 
-t.test("checkWebhookUrl - https only unless allowHttp, no userinfo, literal addresses checked", async (t) => {
+void t.test("checkWebhookUrl - https only unless allowHttp, no userinfo, literal addresses checked", async (t) => {
   t.equal(checkWebhookUrl("https://hooks.example.com/in", {}).href, "https://hooks.example.com/in");
   t.equal(checkWebhookUrl("https://8.8.8.8/in", {}).hostname, "8.8.8.8", "a public literal passes");
   t.equal(reasonOf(() => checkWebhookUrl("http://hooks.example.com/", {})), "scheme_not_allowed");
@@ -33,7 +33,7 @@ t.test("checkWebhookUrl - https only unless allowHttp, no userinfo, literal addr
   t.match(e, { kind: "invalid_argument" }, "maps to INVALID_ARGUMENT through the domain error table");
 });
 
-t.test("addressPolicyFor - allowHosts replaces allowLoopback with exact host:port entries", async (t) => {
+void t.test("addressPolicyFor - allowHosts replaces allowLoopback with exact host:port entries", async (t) => {
   t.same(addressPolicyFor({}, "127.0.0.1", 80), { allowLoopback: false });
   t.same(addressPolicyFor({ allowLoopback: true }, "127.0.0.1", 80), { allowLoopback: true });
   const listed = { allowLoopback: true, allowHosts: ["127.0.0.1:8123", "[::1]:8123", "LocalHost:9000"] };
@@ -48,7 +48,7 @@ t.test("addressPolicyFor - allowHosts replaces allowLoopback with exact host:por
   t.same(addressPolicyFor({ allowHosts: ["127.0.0.1:8123"] }, "127.0.0.1", 8124), { allowLoopback: false });
 });
 
-t.test("checkWebhookUrl - the default port is the one allowHosts must name", async (t) => {
+void t.test("checkWebhookUrl - the default port is the one allowHosts must name", async (t) => {
   const policy = { allowHttp: true, allowHosts: ["127.0.0.1:80", "127.0.0.1:443"] };
   t.equal(checkWebhookUrl("http://127.0.0.1/", policy).port, "");
   t.equal(checkWebhookUrl("https://127.0.0.1/", policy).port, "");
