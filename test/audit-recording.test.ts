@@ -8,7 +8,7 @@
  * calls carried are searched for in every event and in every column of the stored table.
  */
 import t, { type Test } from "tap";
-import { create, fromBinary, getOption, hasOption, toJsonString, type DescMethod, type DescService } from "@bufbuild/protobuf";
+import { create, fromBinary, getOption, hasOption, toBinary, toJsonString, type DescMethod, type DescService } from "@bufbuild/protobuf";
 import { resource } from "../gen/google/api/resource_pb.js";
 import { createValidator } from "@bufbuild/protovalidate";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
@@ -21,6 +21,7 @@ import { createAuditTopology } from "../internal/audit/topology.ts";
 import { accessRulesOf, decide, meshRegistry } from "../internal/contract/index.ts";
 import { startTestMesh } from "./support/mesh.ts";
 import { testPassword } from "./support/auth.ts";
+import { waitFor } from "./support/wait.ts";
 
 const mesh = await startTestMesh({ JOBMESH_LOG_LEVEL: "fatal" }, { auth: true, jobs: true, workers: 0, audit: true });
 t.teardown(() => mesh.close());
@@ -149,18 +150,31 @@ async function eventsByRequestId(): Promise<Map<string, AuditEvent[]>> {
   return byId;
 }
 
-/** Waits (polling, generous deadline) until every call has at least one event; then returns them all. */
+/** A cheap read of each served service: its event, once stored, says every earlier event of that server has been published. */
+const sentinels: Record<string, (client: Client<DescService>, headers: Record<string, string>) => Promise<unknown>> = {
+  "jobmesh.v1.PipelineService": (c, headers) => (c as unknown as Client<typeof PipelineService>).listPipelines({}, { headers }),
+  "jobmesh.v1.JobService": (c, headers) => (c as unknown as Client<typeof JobService>).listJobs({}, { headers }),
+  "jobmesh.v1.AuthService": (c, headers) => (c as unknown as Client<typeof AuthService>).getJwks({}, { headers }),
+  "jobmesh.v1.AuditService": (c, headers) => (c as unknown as Client<typeof AuditService>).listAuditEvents({}, { headers }),
+};
+
+/**
+ * Waits (polling, generous deadline) until every call has at least one event; then makes one
+ * sentinel call to every server and waits for those too, so an event a server records late
+ * (a second record of a call, after its first) is on the stream before anything is counted.
+ */
 async function settledEvents(t: Test): Promise<Map<string, AuditEvent[]>> {
-  const deadline = Date.now() + 60_000;
-  for (;;) {
-    const byId = await eventsByRequestId();
-    if (calls.every((c) => byId.has(c.requestId))) return byId;
-    if (Date.now() > deadline) {
-      t.fail(`no event for ${calls.filter((c) => !byId.has(c.requestId)).map((c) => `${actionOf(c.method)} as ${c.as}`).join(", ")}`);
-      return byId;
-    }
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
+  const missing = (byId: Map<string, AuditEvent[]>) => calls.filter((c) => !byId.has(c.requestId)).map((c) => `${actionOf(c.method)} as ${c.as}`).join(", ");
+  let last = new Map<string, AuditEvent[]>();
+  await waitFor(t, "an event of every call", async () => ((last = await eventsByRequestId()), calls.every((c) => last.has(c.requestId))), { timeoutMs: 60_000, intervalMs: 100 }).catch(() => t.comment(`no event for ${missing(last)}`));
+  const ids = await Promise.all(
+    served.map(async ({ service }) => {
+      const requestId = `audit-sentinel-${crypto.randomUUID()}`;
+      await sentinels[service.typeName]!(clients.get(service)!, { ...adminHeaders, "x-request-id": requestId });
+      return requestId;
+    }),
+  );
+  return waitFor(t, "the sentinel calls' events", async () => ((last = await eventsByRequestId()), ids.every((id) => last.has(id)) && last), { timeoutMs: 60_000, intervalMs: 100 });
 }
 
 function checkEvent(t: Test, c: Call, events: AuditEvent[] | undefined) {
@@ -279,14 +293,30 @@ t.test("gRPC over HTTP/2: a unary call and a stream read to its end are recorded
     void _;
     if (n++ === 0) await jobs.cancelJob({ name: job!.name }, { headers: adminHeaders });
   }
-  const deadline = Date.now() + 60_000;
-  let events = await eventsByRequestId();
-  while (!(events.has(listed) && events.has(watched)) && Date.now() < deadline) {
-    await new Promise((resolve) => setTimeout(resolve, 100));
-    events = await eventsByRequestId();
-  }
+  calls.push({ requestId: listed, method: PipelineService.method.listPipelines, as: "admin", code: 0, message: "", resource: "" });
+  calls.push({ requestId: watched, method: JobService.method.watchJob, as: "admin", code: 0, message: "", resource: job!.name });
+  const events = await settledEvents(t);
   t.match(events.get(listed), [{ action: "jobmesh.v1.PipelineService.ListPipelines", outcome: { code: 0 }, actor: { subject: admin.name } }]);
   t.equal(events.get(listed)?.length, 1);
   t.match(events.get(watched), [{ action: "jobmesh.v1.JobService.WatchJob", resource: job!.name, outcome: { code: 0 } }]);
   t.equal(events.get(watched)?.length, 1);
+});
+
+t.test("a 2 MiB name sent without credentials: refused, and its event is published (every text capped at 1 KiB, the request a stub), not stuck in the sink", async (t) => {
+  const requestId = `audit-huge-${crypto.randomUUID()}`;
+  const name = `pipelines/${"a".repeat(2 * 1024 * 1024)}`;
+  const pipelines = clients.get(PipelineService) as unknown as Client<typeof PipelineService>;
+  const code = await pipelines.getPipeline({ name }, { headers: { "x-request-id": requestId } }).then(() => 0, (e: unknown) => ConnectError.from(e).code);
+  t.equal(code, Code.Unauthenticated, "identity refuses before validation");
+  const after = `audit-after-huge-${crypto.randomUUID()}`;
+  await pipelines.listPipelines({}, { headers: { ...adminHeaders, "x-request-id": after } });
+  const events = await waitFor(t, "the refused call's event and the next call's", async () => {
+    const byId = await eventsByRequestId();
+    return byId.has(requestId) && byId.has(after) && byId;
+  }, { timeoutMs: 60_000, intervalMs: 100 });
+  const e = events.get(requestId)![0]!;
+  t.match(e, { action: "jobmesh.v1.PipelineService.GetPipeline", outcome: { code: Code.Unauthenticated }, tenant: "" });
+  t.ok(new TextEncoder().encode(e.resource).length <= 1024 && e.resource.startsWith("pipelines/aaaa") && e.resource.endsWith("…[cut]"), "the name, capped and marked");
+  t.match(JSON.parse(e.request), { omitted: /^request of \d+ bytes$/ }, "the request is a stub naming its size");
+  t.ok(toBinary(AuditEventSchema, e).length < 64 * 1024, `${toBinary(AuditEventSchema, e).length} bytes on the wire`);
 });

@@ -13,9 +13,13 @@ import { connect } from "@nats-io/transport-node";
 import { AuditEventSchema, type AuditEvent } from "../gen/jobmesh/v1/audit_pb.js";
 import { PrincipalKind } from "../gen/jobmesh/v1/auth_pb.js";
 import { createAuditTopology, provisionAuditTopology } from "../internal/audit/topology.ts";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { PipelineService } from "../gen/jobmesh/v1/pipelines_pb.js";
 import { testPassword } from "./support/auth.ts";
 import { fetchAnswer, startGatewayMesh } from "./support/gateway.ts";
 import { natsUrl } from "./support/isolation.ts";
+import { waitFor } from "./support/wait.ts";
 
 // A mesh and a Deno process start here; a loaded machine needs more than the default.
 t.setTimeout(300_000);
@@ -79,19 +83,34 @@ t.teardown(async () => {
 const eventsOf = (requestId: string) => seen.filter((s) => s.event.requestId === requestId);
 const byGateway = (requestId: string) => eventsOf(requestId).filter((s) => s.event.recorder === "gateway");
 
-/** Waits (polling, generous deadline) until the gateway's event of `requestId` has arrived; answers every event of it. */
-async function gatewayEventsOf(requestId: string, timeoutMs = 60_000) {
-  const deadline = Date.now() + timeoutMs;
-  while (byGateway(requestId).length === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
+let sentinels = 0;
+/**
+ * Every event of `requestId`, counted only once a sentinel recorded after it has arrived: waits
+ * for the first event of the call (`first`), then makes a sentinel call whose event comes from
+ * the same recorder and waits for that, so a late second event of the call is already here.
+ */
+async function settledEventsOf(t: Test, requestId: string, first: () => boolean, sentinel: (requestId: string) => Promise<unknown>, sentinelArrived: (requestId: string) => boolean) {
+  await waitFor(t, `the first event of ${requestId}`, () => first(), { timeoutMs: 60_000, intervalMs: 100 });
+  const sentinelId = requestIdOf("sentinel");
+  await sentinel(sentinelId);
+  await waitFor(t, `the sentinel after ${requestId}`, () => sentinelArrived(sentinelId), { timeoutMs: 60_000, intervalMs: 100 });
   return eventsOf(requestId);
 }
 
-/** Waits until an event of `requestId` recorded by a service (not the gateway) has arrived; answers every event of it. */
-async function serviceEventsOf(requestId: string, timeoutMs = 60_000) {
-  const deadline = Date.now() + timeoutMs;
-  const byService = () => eventsOf(requestId).filter((s) => s.event.recorder !== "gateway");
-  while (byService().length === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
-  return eventsOf(requestId);
+/** The gateway's sentinel: a refusal of its own (401, or 429 past a burst: either is the gateway's to record), from an address of its own. */
+const gatewaySentinel = (requestId: string) => call("/v1/pipelines", { clientAddress: `192.0.2.${(++sentinels % 250) + 1}`, requestId });
+
+/** Every event of `requestId` once the gateway's is here and the gateway has published what it recorded after it. */
+function gatewayEventsOf(t: Test, requestId: string) {
+  return settledEventsOf(t, requestId, () => byGateway(requestId).length > 0, gatewaySentinel, (id) => byGateway(id).length > 0);
+}
+
+/** Every event of `requestId` once a service's is here and PipelineService has published what it recorded after it. */
+async function serviceEventsOf(t: Test, requestId: string) {
+  const byService = (id: string) => eventsOf(id).filter((s) => s.event.recorder !== "gateway");
+  const pipelines = createClient(PipelineService, createConnectTransport({ baseUrl: mesh.pipelines.url, httpVersion: "1.1" }));
+  const admin = await auth.headersFor("admin");
+  return settledEventsOf(t, requestId, () => byService(requestId).length > 0, (id) => pipelines.listPipelines({}, { headers: { ...admin, "x-request-id": id } }), (id) => byService(id).length > 0);
 }
 
 /** The event is the one the gateway published, on the subject of its tenant, keyed by its own id, holding none of `secrets`. */
@@ -117,7 +136,7 @@ t.test("no audit stream: a refusal is answered all the same, spooled, and publis
   t.equal((await fetchAnswer(`${url}/healthz`)).status, 200, "the gateway did not stop");
   await provisionAuditTopology(topology, mesh.infra.bus.jsm, { streamMaxBytes: mesh.isolated.config.streamMaxBytes });
   await startReading();
-  const events = await gatewayEventsOf(requestId);
+  const events = await gatewayEventsOf(t, requestId);
   t.equal(events.length, 1, "the spooled event was replayed, once");
   t.equal(events[0]?.event.outcome?.code, 16);
 });
@@ -127,7 +146,7 @@ t.test("401 - a REST call without a credential: one event, anonymous, unattribut
   const traceId = "4bf92f3577b34da6a3ce929d0e0e4736";
   const answer = await call("/v1/pipelines/document-default", { clientAddress: "198.51.100.2", requestId, headers: { traceparent: `00-${traceId}-00f067aa0ba902b7-01` } });
   t.equal(answer.status, 401);
-  const events = await gatewayEventsOf(requestId);
+  const events = await gatewayEventsOf(t, requestId);
   t.equal(events.length, 1, "exactly one event for the call");
   const [found] = events;
   const { event } = found!;
@@ -149,7 +168,7 @@ t.test("401 - an unknown API key: named by its public prefix, never its secret",
   const apiKey = `jmk_zz99zz99_${secretPart}`;
   const answer = await call("/v1/pipelines", { clientAddress: "198.51.100.3", requestId, headers: { "x-api-key": apiKey } });
   t.equal(answer.status, 401);
-  const events = await gatewayEventsOf(requestId);
+  const events = await gatewayEventsOf(t, requestId);
   t.equal(events.length, 1, "exactly one event for the call");
   const { event } = events[0]!;
   t.equal(event.action, "jobmesh.v1.PipelineService.ListPipelines");
@@ -167,7 +186,7 @@ t.test("401 - a Connect pass-through call without a credential is recorded the s
     body: JSON.stringify({ name: "pipelines/document-default" }),
   });
   t.equal(answer.status, 401, "Connect's unauthenticated");
-  const events = await gatewayEventsOf(requestId);
+  const events = await gatewayEventsOf(t, requestId);
   t.equal(events.length, 1, "exactly one event for the call");
   t.equal(events[0]!.event.action, "jobmesh.v1.PipelineService.GetPipeline");
   t.equal(events[0]!.event.outcome?.code, 16);
@@ -179,7 +198,7 @@ t.test("403 - a viewer's write: its subject, tenant, roles and token id, PERMISS
   const requestId = requestIdOf("viewer-write");
   const answer = await call("/v1/pipelines/document-default", { method: "DELETE", clientAddress: "198.51.100.5", requestId, headers: { authorization: `Bearer ${token}` } });
   t.equal(answer.status, 403);
-  const events = await gatewayEventsOf(requestId);
+  const events = await gatewayEventsOf(t, requestId);
   t.equal(events.length, 1, "exactly one event for the call");
   const { event } = events[0]!;
   t.equal(event.action, "jobmesh.v1.PipelineService.DeletePipeline");
@@ -199,7 +218,7 @@ t.test("429 - an anonymous burst: every refusal one event, the 429s in the unatt
   }
   t.ok(answers.some((a) => a.status === 429), `the burst was limited: ${answers.map((a) => a.status).join(",")}`);
   for (const { requestId, status } of answers) {
-    const events = await gatewayEventsOf(requestId);
+    const events = await gatewayEventsOf(t, requestId);
     t.equal(events.length, 1, `one event for the ${status}`);
     t.equal(events[0]?.event.outcome?.code, status === 429 ? 8 : 16);
     t.equal(events[0]?.event.tenant, "");
@@ -218,7 +237,7 @@ t.test("429 - a signed-in caller past its credential's burst: attributed to it; 
   const admitted = answers.filter((a) => a.status === 200);
   t.equal(limited.length, 1, `the burst was limited: ${answers.map((a) => a.status).join(",")}`);
   t.ok(admitted.length >= 1, "calls within the burst were admitted");
-  const events = await gatewayEventsOf(limited[0]!.requestId);
+  const events = await gatewayEventsOf(t, limited[0]!.requestId);
   t.equal(events.length, 1, "exactly one event for the 429");
   const { event } = events[0]!;
   t.same({ code: event.outcome?.code, tenant: event.tenant, subject: event.actor?.subject, roles: event.actor?.roles }, { code: 8, tenant: user.tenantId, subject: user.name, roles: ["viewer"] });
@@ -227,7 +246,7 @@ t.test("429 - a signed-in caller past its credential's burst: attributed to it; 
   // order: had it recorded an admitted call, that event would be here by now.
   for (const { requestId } of admitted) {
     t.equal(byGateway(requestId).length, 0, "no gateway event for an admitted call");
-    const recorded = await serviceEventsOf(requestId);
+    const recorded = await serviceEventsOf(t, requestId);
     t.same(recorded.map((s) => [s.event.recorder, s.event.action, s.event.outcome?.code]), [["pipelines", "jobmesh.v1.PipelineService.ListPipelines", 0]], "its one event is the service's");
   }
 });
