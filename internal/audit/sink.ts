@@ -1,9 +1,6 @@
 /**
  * The audit sink: where the recorder (and the gateway) hand their audit events. `record()` only
- * queues; a pump publishes the queue to JetStream in batches, many in flight, each event on its
- * tenant's subject with `Nats-Msg-Id` = its event id. Acknowledgements come back on one shared
- * subscription (as internal/bus/publisher.ts): `js.publish` would cost a request, a timer and
- * two Error objects per event on the RPC path.
+ * queues; a pump publishes the queue to JetStream in batches, many in flight (sink-publish.ts).
  *
  * When NATS does not take an event (the connection is down, a publish is refused or not
  * acknowledged in time, or the queue outgrows `maxQueue` because NATS is slow), the event goes
@@ -11,7 +8,9 @@
  * the order they were recorded. While the spool holds events a replay loop publishes it, in
  * order and with the same Nats-Msg-Id (JetStream drops the copy of an event whose first
  * acknowledgement was lost), then empties it and publishing goes direct again. A spool left by
- * a dead process at the same path (or at `<path>.<pid>`) is replayed at start.
+ * a dead process at the same path (or at `<path>.<pid>`) is replayed at start (sink-spool.ts).
+ * An event that can never be published (poison) goes to `<spoolFile>.dead` (sink-dead-letter.ts)
+ * and holds nothing back. Memory is bounded (tuning.maxHeld) and close() has a deadline.
  *
  * The window: an event is lost only if the process dies while the event is in memory, from
  * `record()` until JetStream acknowledged it or the spool holds it fsynced. Normally that is the
@@ -25,13 +24,13 @@
  *
  * Runtime-neutral (node:fs, node:path, @nats-io/*): the Deno gateway imports it too.
  */
-import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { JetStreamClient } from "@nats-io/jetstream";
-import { ClosedConnectionError, createInbox, DrainingConnectionError, headers, type Msg, type NatsConnection } from "@nats-io/transport-node";
+import type { NatsConnection } from "@nats-io/transport-node";
 // @deno-types="../../gen/jobmesh/v1/audit_pb.d.ts"
-import { AuditEventSchema, type AuditEvent } from "../../gen/jobmesh/v1/audit_pb.js";
-import { openDeadLetters, type DeadLetter } from "./sink-dead-letter.ts";
-import { claimOrphanSpools, claimSpoolFile, maxSpoolRecordBytes, openSpool, type Spool, type SpoolClaim } from "./spool.ts";
+import type { AuditEvent } from "../../gen/jobmesh/v1/audit_pb.js";
+import { openDeadLetters } from "./sink-dead-letter.ts";
+import { createPublisher, type Batch, type Entry } from "./sink-publish.ts";
+import { openSpoolSources } from "./sink-spool.ts";
 import type { AuditTopology } from "./topology.ts";
 
 export interface AuditSink {
@@ -80,112 +79,48 @@ export interface AuditSinkTuning {
 
 const defaults: AuditSinkTuning = { lingerMs: 2, batchSize: 256, maxInFlight: 8192, maxQueue: 50_000, maxHeld: 200_000, ackTimeoutMs: 5_000, retryMs: 1_000, replayBatch: 4_096, closeTimeoutMs: 10_000, maxDeadLetterBytes: 256 * 1024 * 1024 };
 
-// `poison`: why the event can never be published; it goes to the dead letters, not the spool.
-interface Entry { seq: number; event: AuditEvent; bytes?: Uint8Array; token?: string; acked: boolean; poison?: string; batch?: Batch }
-interface Batch { entries: Entry[]; remaining: number; settled: boolean; sentAt: number; onSettled?: () => void }
-interface Source { claim: SpoolClaim; spool: Spool; offset: number; replayed: number }
-
-const eventIdOf = (event: AuditEvent) => event.name.slice(event.name.lastIndexOf("/") + 1);
 const unrefTimer = (timer: unknown) => (timer as { unref?: () => void }).unref?.();
 
 export async function createAuditSink(deps: {
   nc: NatsConnection; js: JetStreamClient; topology: AuditTopology; spoolFile: string; log: AuditSinkLog; tuning?: Partial<AuditSinkTuning>;
 }): Promise<AuditSink> {
-  const { nc, topology, log } = deps;
+  const { nc, log } = deps;
   const tune = { ...defaults, ...deps.tuning };
   if (nc.isClosed()) throw new Error("audit sink: the NATS connection is closed");
-  const claim = await claimSpoolFile(deps.spoolFile);
-  const own: Source = { claim, spool: await openSpool(claim.file).catch(async (error) => { await claim.release({ removeFile: false }); throw error; }), offset: 0, replayed: 0 };
-  const adopted: Source[] = [];
-  for (const orphan of await claimOrphanSpools(deps.spoolFile)) {
-    const spool = await openSpool(orphan.file).catch((error: unknown) => log.error({ err: error, file: orphan.file }, "audit sink: cannot open a dead process's spool"));
-    if (spool) adopted.push({ claim: orphan, spool, offset: 0, replayed: 0 });
-    else await orphan.release({ removeFile: false });
-  }
-  for (const { spool } of [own, ...adopted]) {
-    if (spool.tornBytes > 0) log.warn({ file: spool.path, bytes: spool.tornBytes }, "audit sink: dropped a torn last record of the spool");
-  }
-
   const deadLetters = openDeadLetters(`${deps.spoolFile}.dead`, log, tune.maxDeadLetterBytes);
+  const sources = await openSpoolSources({ spoolFile: deps.spoolFile, deadLetters, replayBatch: tune.replayBatch, log });
+
   const queue: Entry[] = [];
   const inflight: Batch[] = [];
   let toSpool: Entry[] = [];
-  let toDeadLetter: Entry[] = [];
-  const pending = new Map<string, Entry>();
+  const toDeadLetter: Entry[] = [];
   const waiters: { target: number; resolve: () => void }[] = [];
   // Once anything is spooled, newer events go behind it, so that replay keeps the order.
-  let spooling = own.spool.records > 0;
-  let connected = !nc.isClosed();
+  let spooling = sources.ownHolds;
   let inflightEvents = 0;
   let nextSeq = 0;
-  let nextToken = 0;
   let retryAt = 0;
   let writeRetryAt = 0;
   let dropped = 0;
   let failures = 0;
   let closing = false;
-  let replayBatch: Batch | undefined;
   let lingerTimer: ReturnType<typeof setTimeout> | undefined;
   let retryTimer: ReturnType<typeof setTimeout> | undefined;
 
-  const inbox = createInbox();
-  const sub = nc.subscribe(`${inbox}.*`, { callback: (error, msg) => (error ? undefined : onAck(msg)) });
-
-  function onAck(msg: Msg) {
-    const entry = pending.get(msg.subject.slice(inbox.length + 1));
-    if (!entry) return; // failed already (timed out, disconnected)
-    pending.delete(entry.token!);
-    const refusal = refusalOf(msg);
-    if (refusal?.permanent) entry.poison = refusal.reason;
-    else if (refusal) noteFailure(refusal.reason);
-    settle(entry, refusal === undefined);
-  }
-
-  function settle(entry: Entry, acked: boolean) {
-    entry.acked = acked;
-    const batch = entry.batch!;
-    if (--batch.remaining > 0) return;
-    batch.settled = true;
-    batch.onSettled?.();
-    wake();
-  }
-
-  function fail(entries: Iterable<Entry>) {
-    for (const entry of entries) if (entry.token !== undefined && pending.delete(entry.token)) settle(entry, false);
-  }
+  const publisher = createPublisher({
+    nc, topology: deps.topology, ackTimeoutMs: tune.ackTimeoutMs, onSettled: () => wake(), onFailure: noteFailure,
+    onConnection(up) {
+      if (up) retryAt = 0;
+      wake();
+    },
+  });
 
   function noteFailure(why: unknown) {
     if (failures++ % 1000 === 0) log.warn({ err: why, failures }, "audit sink: JetStream did not take an event; spooling");
     retryAt = Date.now() + tune.retryMs;
   }
 
-  function send(entries: Entry[], onSettled?: () => void): Batch {
-    const batch: Batch = { entries, remaining: entries.length, settled: entries.length === 0, sentAt: Date.now(), onSettled };
-    if (batch.settled) onSettled?.();
-    for (const entry of entries) {
-      const token = (nextToken++).toString(36);
-      entry.token = token;
-      entry.batch = batch;
-      entry.acked = false;
-      entry.poison = undefined;
-      pending.set(token, entry);
-      try {
-        entry.bytes ??= toBinary(AuditEventSchema, entry.event);
-        const h = headers();
-        h.set("Nats-Msg-Id", eventIdOf(entry.event));
-        nc.publish(topology.eventsSubject(entry.event.tenant), entry.bytes, { reply: `${inbox}.${token}`, headers: h });
-      } catch (error) {
-        // The connection's state is NATS's; anything else thrown here is the event's own (larger
-        // than max_payload, a subject NATS refuses, not writable by the codec): trying again cannot help.
-        if (error instanceof ClosedConnectionError || error instanceof DrainingConnectionError) noteFailure(error);
-        else entry.poison = String(error);
-        fail([entry]);
-      }
-    }
-    return batch;
-  }
-
-  /** Settled batches leave the head of the line in order; their unacknowledged events go to the spool. */
+  /** Settled batches leave the head of the line in order; their unacknowledged events go to the spool (poison to the dead letters). */
   function retire() {
     while (inflight.length > 0 && inflight[0].settled) {
       const batch = inflight.shift()!;
@@ -196,90 +131,31 @@ export async function createAuditSink(deps: {
     if (toSpool.length > 0) spooling = true;
   }
 
-  async function writeDeadLetters() {
-    const letters: DeadLetter[] = toDeadLetter.map((e) => ({ event: e.event, bytes: e.bytes, reason: e.poison ?? "" }));
-    toDeadLetter = [];
-    await deadLetters.write(letters);
-  }
-
-  async function writeSpool() {
-    // In chunks: one write buffer stays small however much waits for the spool.
-    const entries = toSpool.slice(0, tune.replayBatch);
-    const payloads: Uint8Array[] = [];
-    const poison: DeadLetter[] = [];
-    for (const entry of entries) {
-      try {
-        entry.bytes ??= toBinary(AuditEventSchema, entry.event);
-      } catch (error) {
-        // Not an AuditEvent the codec can write: it must not hold back every event behind it.
-        poison.push({ event: entry.event, reason: `cannot be serialised: ${String(error)}` });
-        continue;
-      }
-      // Read back, a longer record would be taken for garbage: the spool refuses it.
-      if (entry.bytes.length > maxSpoolRecordBytes) poison.push({ event: entry.event, bytes: entry.bytes, reason: `${entry.bytes.length} bytes: larger than a spool record` });
-      else payloads.push(entry.bytes);
-    }
-    try {
-      await own.spool.append(payloads);
-      toSpool = toSpool.slice(entries.length);
-      spooling = true;
-      await deadLetters.write(poison);
-    } catch (error) {
-      log.error({ err: error, file: own.spool.path, events: entries.length }, "audit sink: cannot write the spool; holding the events in memory");
-      writeRetryAt = Date.now() + tune.retryMs;
-      wakeAt(writeRetryAt);
-      return false;
-    }
-    return true;
-  }
-
   /** Writes what waits for the spool, chunk by chunk; false when a write failed (retried after retryMs). */
   async function drainToSpool(): Promise<boolean> {
-    while (toSpool.length > 0 && Date.now() >= writeRetryAt) if (!(await writeSpool())) return false;
+    while (toSpool.length > 0 && Date.now() >= writeRetryAt) {
+      // In chunks: one write buffer stays small however much waits for the spool.
+      const entries = toSpool.slice(0, tune.replayBatch);
+      try {
+        await sources.append(entries);
+      } catch (error) {
+        log.error({ err: error, events: toSpool.length }, "audit sink: cannot write the spool; holding the events in memory");
+        writeRetryAt = Date.now() + tune.retryMs;
+        wakeAt(writeRetryAt);
+        return false;
+      }
+      toSpool = toSpool.slice(entries.length);
+      spooling = true;
+    }
     return true;
   }
 
   /** Publishes the next chunk of the oldest spool and waits for it; false when it must wait. */
   async function replayChunk(): Promise<boolean> {
-    const source = adopted[0] ?? own;
-    if (source.offset >= source.spool.bytes) {
-      if (source === own) {
-        await own.spool.truncate();
-        own.offset = own.replayed = 0;
-        spooling = false;
-      } else {
-        adopted.shift();
-        await source.spool.close();
-        await source.claim.release({ removeFile: true });
-      }
-      return true;
-    }
-    const { payloads, ends } = await source.spool.read(source.offset, tune.replayBatch);
-    if (payloads.length === 0) {
-      log.error({ file: source.spool.path, offset: source.offset }, "audit sink: unreadable spool record; the rest of the spool is skipped");
-      source.offset = source.spool.bytes;
-      return true;
-    }
-    const entries: Entry[] = [];
-    for (const bytes of payloads) {
-      try {
-        entries.push({ seq: -1, event: fromBinary(AuditEventSchema, bytes), bytes, acked: false });
-      } catch (error) {
-        entries.push({ seq: -1, event: undefined as never, bytes, acked: false, poison: `a spooled record that is not an AuditEvent: ${String(error)}` });
-      }
-    }
-    await new Promise<void>((resolve) => (replayBatch = send(entries.filter((e) => !e.poison), resolve)));
-    replayBatch = undefined;
-    // The spool moves on past what is acknowledged and past poison (kept in the dead letters).
-    let done = 0;
-    while (done < entries.length && (entries[done].acked || entries[done].poison)) done++;
-    await deadLetters.write(entries.slice(0, done).filter((e) => e.poison).map((e) => ({ event: e.event, bytes: e.bytes, reason: e.poison! })));
-    if (done > 0) {
-      source.offset = ends[done - 1];
-      source.replayed += done;
-    }
-    if (done < entries.length) wakeAt((retryAt = Date.now() + tune.retryMs));
-    return done === entries.length;
+    const result = await sources.replayChunk((entries) => new Promise<void>((resolve) => publisher.send(entries, resolve)));
+    if (result === "caught-up") spooling = false;
+    if (result === "wait") wakeAt((retryAt = Date.now() + tune.retryMs));
+    return result !== "wait";
   }
 
   /** One timer for every retry: they all come a retryMs after a failure. */
@@ -309,17 +185,17 @@ export async function createAuditSink(deps: {
     do {
       again = false;
       retire();
-      if (toDeadLetter.length > 0) await writeDeadLetters();
-      if (connected && !spooling && queue.length <= tune.maxQueue) {
+      if (toDeadLetter.length > 0) await deadLetters.write(toDeadLetter.splice(0).map((e) => ({ event: e.event, bytes: e.bytes, reason: e.poison! })));
+      if (publisher.connected && !spooling && queue.length <= tune.maxQueue) {
         while (queue.length > 0 && inflightEvents < tune.maxInFlight) {
-          const batch = send(queue.splice(0, tune.batchSize));
+          const batch = publisher.send(queue.splice(0, tune.batchSize));
           inflight.push(batch);
           inflightEvents += batch.entries.length;
         }
       } else {
         if (queue.length > tune.maxQueue && inflight.length > 0) {
           // NATS is slow: spool what is in flight rather than wait (a late copy is deduplicated).
-          for (const batch of inflight) fail(batch.entries);
+          for (const batch of inflight) publisher.fail(batch.entries);
           retire();
         }
         // Behind what was in flight, so not before every batch before it has settled.
@@ -328,8 +204,8 @@ export async function createAuditSink(deps: {
       }
       // Before the replay: a flush waits for the spool's fsync, not for a replay round trip.
       notifyWaiters();
-      const replayable = adopted.length > 0 || (spooling && inflight.length === 0 && toSpool.length === 0);
-      if (connected && !closing && replayable) {
+      const replayable = sources.adopting || (spooling && inflight.length === 0 && toSpool.length === 0);
+      if (publisher.connected && !closing && replayable) {
         if (Date.now() < retryAt) wakeAt(retryAt);
         else if (await replayChunk()) again = true;
       }
@@ -344,7 +220,7 @@ export async function createAuditSink(deps: {
     }
   }
 
-  /** The oldest event recorded that is neither acknowledged nor spooled. */
+  /** The oldest event recorded that is neither acknowledged, spooled nor dead-lettered. */
   function lowWater(): number {
     let low = nextSeq;
     if (toDeadLetter.length > 0) low = Math.min(low, toDeadLetter[0].seq);
@@ -354,41 +230,7 @@ export async function createAuditSink(deps: {
     return low;
   }
 
-  // No acknowledgement in time: the event is treated as not taken (a late copy is deduplicated).
-  const sweeper = setInterval(() => {
-    const before = Date.now() - tune.ackTimeoutMs;
-    for (const batch of replayBatch ? [replayBatch, ...inflight] : inflight) {
-      if (batch.sentAt >= before) continue;
-      if (!batch.settled) noteFailure(new Error(`no JetStream acknowledgement within ${tune.ackTimeoutMs} ms`));
-      fail(batch.entries);
-    }
-  }, Math.min(1_000, tune.ackTimeoutMs));
-  unrefTimer(sweeper);
-
-  // The connection's state decides between publishing and spooling. A publish made while it is
-  // down would be sent after the reconnect, ahead of the spool's older events: it is spooled instead.
-  const statuses = nc.status();
-  let statusSeen = 0;
-  void (async () => {
-    for await (const status of statuses) {
-      if (status.type === "disconnect" || status.type === "close") {
-        connected = false;
-        fail([...pending.values()]);
-      } else if (status.type === "reconnect") {
-        connected = true;
-        retryAt = 0;
-      } else continue;
-      statusSeen++;
-      wake();
-    }
-  })();
-  // Connected as far as we know; a connection down at start answers no flush.
-  void nc.flush().catch(() => {
-    if (statusSeen > 0) return;
-    connected = false;
-    wake();
-  });
-  if (spooling || adopted.length > 0) wake();
+  if (spooling || sources.adopting) wake();
 
   let closed: Promise<void> | undefined;
   const sink: AuditSink = {
@@ -431,22 +273,16 @@ export async function createAuditSink(deps: {
           dropped += lost;
           log.error({ lost, dropped, timeoutMs: tune.closeTimeoutMs }, "audit sink: closed with events neither published nor spooled; they are lost");
         }
-        clearInterval(sweeper);
         clearTimeout(retryTimer);
         clearTimeout(lingerTimer);
-        (statuses as { stop?: () => void }).stop?.();
-        sub.unsubscribe();
+        publisher.close();
         await deadLetters.close();
-        for (const source of [own, ...adopted]) {
-          await source.spool.close();
-          // An empty spool is removed; one holding events stays for the next process on this path.
-          await source.claim.release({ removeFile: source.spool.bytes === source.offset && source === own });
-        }
+        await sources.close();
       })();
       return closed;
     },
     get spooled() {
-      return [own, ...adopted].reduce((n, s) => n + s.spool.records - s.replayed, 0);
+      return sources.spooled;
     },
     get dropped() {
       return dropped;
@@ -456,25 +292,4 @@ export async function createAuditSink(deps: {
     },
   };
   return sink;
-}
-
-// A PubAck starts with its stream name; a refusal with its error (JSPubAckResponse puts it first).
-const pubAckStart = new TextEncoder().encode('{"stream":');
-
-/** JetStream's error for a message larger than the stream's max_msg_size: the event's own, for good. */
-const messageTooLarge = 10054;
-
-/** Why JetStream refused a publish, from its reply, and whether the event itself is the cause; undefined for a PubAck. */
-function refusalOf(msg: Msg): { reason: string; permanent: boolean } | undefined {
-  const transient = (reason: string) => ({ reason, permanent: false });
-  if (msg.headers?.code === 503) return transient("no stream stores this subject (no responders)");
-  // Most replies are PubAcks: known by their first bytes, without decoding and parsing them.
-  if (msg.data.length > pubAckStart.length && pubAckStart.every((b, i) => msg.data[i] === b)) return undefined;
-  try {
-    const reply = msg.json<{ error?: { description?: string; err_code?: number }; stream?: string }>();
-    if (reply.error) return { reason: `JetStream refused the event: ${reply.error.description ?? "unknown error"}`, permanent: reply.error.err_code === messageTooLarge };
-    return reply.stream ? undefined : transient("invalid JetStream acknowledgement");
-  } catch {
-    return transient("unreadable JetStream acknowledgement");
-  }
 }
