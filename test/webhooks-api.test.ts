@@ -12,10 +12,15 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { randomUUID } from "node:crypto";
+import { createServer, type IncomingHttpHeaders } from "node:http";
+import type { AddressInfo } from "node:net";
+import { Webhook as StandardWebhook } from "standardwebhooks";
+import { WebhookAttemptOutcome } from "../gen/jobmesh/v1/webhooks_pb.js";
 import { JobEventType } from "../gen/jobmesh/v1/events_pb.js";
 import { WebhookDeliveryStatus, WebhookDisabledReason, WebhookSchema, WebhookService, WebhookState } from "../gen/jobmesh/v1/webhooks_pb.js";
 import { loadConfig } from "../internal/config/index.ts";
-import { localMeshWebhooks } from "../internal/mesh/up.ts";
+import { serveWebhooks } from "../internal/mesh/servers.ts";
+import { localMeshWebhooks, webhookPolicyLine } from "../internal/mesh/up.ts";
 import { loadKeyEncryptionKey } from "../internal/sealing/index.ts";
 import { createWebhookDomain, signingSecretsOf, unsealWebhookSecret, type WebhookRow } from "../internal/webhooks/index.ts";
 import { startTestMesh } from "./support/mesh.ts";
@@ -212,6 +217,46 @@ t.test("npm start - the local mesh's settings allow http and loopback receivers;
   await t.rejects(domain.create(tenantId, create(WebhookSchema, { url: "http://169.254.169.254/" }), ""), /not a public address/, "metadata stays refused");
   const strictDomain = createWebhookDomain({ db, pageTokens: mesh.infra.pageTokens, keyEncryptionKey: kek, policy: explicit });
   await t.rejects(strictDomain.create(tenantId, create(WebhookSchema, { url: "http://127.0.0.1:9999/hooks" }), ""), /scheme http: is not allowed/);
+});
+
+t.test("npm start - WebhookService served with the local mesh's settings subscribes a loopback http receiver, and TestWebhook reaches it signed", async (t) => {
+  const received: { headers: IncomingHttpHeaders; body: string }[] = [];
+  const receiver = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => {
+      received.push({ headers: req.headers, body: Buffer.concat(chunks).toString() });
+      res.writeHead(204).end();
+    });
+  });
+  await new Promise<void>((resolve) => receiver.listen(0, "127.0.0.1", resolve));
+  t.teardown(() => new Promise<void>((resolve) => receiver.close(() => resolve())));
+  const port = (receiver.address() as AddressInfo).port;
+
+  // The process `jobmesh up` runs, on the same database; only this receiver's port is opened.
+  const webhooks = { ...localMeshWebhooks(mesh.infra.config.webhooks), allowHosts: [`127.0.0.1:${port}`] };
+  t.match(webhookPolicyLine(webhooks), /http:\/\/ URLs and loopback addresses/, "jobmesh up says what it allows");
+  t.match(webhookPolicyLine(mesh.infra.config.webhooks), /public https/);
+  const local = await serveWebhooks({ ...mesh.infra, config: { ...mesh.infra.config, webhooks } }, 0, { delivery: false });
+  t.teardown(() => local.close());
+  const localClient = createClient(WebhookService, createConnectTransport({ baseUrl: local.url, httpVersion: "1.1" }));
+
+  const { webhook, secret } = await localClient.createWebhook({ webhook: { url: `http://127.0.0.1:${port}/hooks` } }, { headers: admin });
+  t.equal(webhook!.url, `http://127.0.0.1:${port}/hooks`);
+  t.equal(await codeOf(localClient.createWebhook({ webhook: { url: `http://127.0.0.1:${port + 1}/hooks` } }, { headers: admin })), Code.InvalidArgument, "another local port stays refused");
+  t.equal(await codeOf(localClient.createWebhook({ webhook: { url: "http://10.0.0.1/hooks" } }, { headers: admin })), Code.InvalidArgument, "private ranges stay refused");
+
+  // Paused, it still answers TestWebhook (the ping is outside the delivery log).
+  await localClient.updateWebhook({ webhook: { name: webhook!.name, state: WebhookState.DISABLED }, updateMask: { paths: ["state"] } }, { headers: admin });
+  const { attempt } = await localClient.testWebhook({ name: webhook!.name }, { headers: admin });
+  t.equal(attempt!.outcome, WebhookAttemptOutcome.SUCCEEDED);
+  t.equal(attempt!.statusCode, 204);
+  t.equal(received.length, 1);
+  const ping = received[0];
+  const verified = new StandardWebhook(secret).verify(ping.body, ping.headers as Record<string, string>) as { type: string };
+  t.equal(verified.type, "webhook.test", "the ping verifies with the Standard Webhooks library and the secret shown once");
+  const { rows } = await db.query("SELECT 1 FROM webhook_deliveries WHERE webhook_id = $1", [webhook!.name.slice(9)]);
+  t.equal(rows.length, 0, "not recorded in the delivery log");
 });
 
 t.test("roles - viewer and operator are PERMISSION_DENIED on every WebhookService RPC; no credentials is UNAUTHENTICATED", async (t) => {
