@@ -10,11 +10,12 @@ import { generateKeyPairSync, randomBytes, randomUUID } from "node:crypto";
 import { AuditChainBreak, AuditCheckpointSchema, AuditEventSchema, type AuditCheckpoint } from "../gen/jobmesh/v1/audit_pb.js";
 import { auditKeyIdOf, chainHashOf, createChainVerifier, genesisHash, type ChainVerdict } from "../internal/audit/chain.ts";
 import { createCheckpointer, loadAuditSigningKey, publishedCheckpoints, trustedPublicKeys } from "../internal/audit/checkpoints.ts";
-import { auditEventColumns, checkpointColumns, checkpointOfRow, eventOfRow, insertAuditEventRows, isoOfMicros, rowOfEvent, type AuditCheckpointRow, type AuditEventRow } from "../internal/audit/store.ts";
+import { auditEventColumns, checkpointColumns, checkpointOfRow, eventOfRow, isoOfMicros, rowOfEvent, type AuditCheckpointRow, type AuditEventRow } from "../internal/audit/store.ts";
 import { createAuditTopology, provisionAuditTopology } from "../internal/audit/topology.ts";
 import { createPool, migrate } from "../internal/db/index.ts";
 import { seal } from "../internal/sealing/index.ts";
 import { createLogger } from "../internal/telemetry/index.ts";
+import { insertAuditEventRows } from "./support/audit-store.ts";
 import { isolate, natsUrl } from "./support/isolation.ts";
 
 const isolated = await isolate();

@@ -1,10 +1,6 @@
 /**
- * Signed checkpoints of the tenants' audit chains, and the Ed25519 key that signs them.
- *
- * The key's private half is sealed (AES-256-GCM under the key-encryption key, internal/sealing)
- * and never stored in clear; a key row whose sealed half does not unseal under our key-encryption
- * key to the private key of its public key is not trusted (a superuser can insert a row, not
- * seal under a key Postgres never sees).
+ * Signed checkpoints of the tenants' audit chains: the checkpointer, and the published copies.
+ * The key that signs them is in checkpoints-keys.ts (re-exported here).
  *
  * A checkpoint lists the hash of every event since the tenant's previous checkpoint. It is
  * INSERTed into audit_checkpoints (the source) and published on the checkpoints stream (the
@@ -16,79 +12,18 @@
  * made in Postgres in between, recomputed consistently, would be signed as it stands.
  */
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
-import { DeliverPolicy, type JetStreamClient } from "@nats-io/jetstream";
-import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from "node:crypto";
+import type { JetStreamClient } from "@nats-io/jetstream";
 import { AuditCheckpointSchema, type AuditCheckpoint } from "../../gen/jobmesh/v1/audit_pb.js";
-import { inTransaction, type Pool, type Queryable } from "../db/index.ts";
-import { seal, unseal } from "../sealing/index.ts";
+import type { Pool, Queryable } from "../db/index.ts";
 import type { Logger } from "../telemetry/index.ts";
-import { auditKeyIdOf, createChainVerifier, genesisHash, signCheckpoint } from "./chain.ts";
+import { genesisHash, hexHash, signCheckpoint } from "./chain-hash.ts";
+import { createChainVerifier } from "./chain.ts";
+import type { AuditKey } from "./checkpoints-keys.ts";
 import { auditEventColumns, checkpointColumns, checkpointOfRow, eventOfRow, type AuditCheckpointRow, type AuditEventRow } from "./store.ts";
 import type { AuditTopology } from "./topology.ts";
 
-/** The key that signs checkpoints. */
-export interface AuditKey {
-  keyId: string;
-  /** Raw 32-byte Ed25519 public key. */
-  publicKey: Uint8Array;
-  privateKey: KeyObject;
-  createTime: Date;
-}
-
-interface KeyRow {
-  key_id: string;
-  public_key: Buffer;
-  private_key_sealed: Buffer;
-  create_time: Date;
-}
-
-const rawPublicOf = (key: KeyObject) => new Uint8Array(Buffer.from(createPublicKey(key).export({ format: "jwk" }).x!, "base64url"));
-
-/** The key a row holds, when its sealed private key unseals under `kek` and matches its public key and id. */
-function trustedKeyOf(row: KeyRow, kek: Buffer): AuditKey | undefined {
-  try {
-    const privateKey = createPrivateKey({ key: unseal(kek, row.key_id, row.private_key_sealed), format: "der", type: "pkcs8" });
-    const publicKey = rawPublicOf(privateKey);
-    if (!Buffer.from(publicKey).equals(row.public_key) || auditKeyIdOf(publicKey) !== row.key_id) return undefined;
-    return { keyId: row.key_id, publicKey, privateKey, createTime: row.create_time };
-  } catch {
-    return undefined;
-  }
-}
-
-async function trustedKeys(db: Queryable, keyEncryptionKey: Buffer): Promise<AuditKey[]> {
-  const { rows } = await db.query<KeyRow>("SELECT key_id, public_key, private_key_sealed, create_time FROM audit_signing_keys ORDER BY create_time DESC, key_id");
-  return rows.flatMap((row) => trustedKeyOf(row, keyEncryptionKey) ?? []);
-}
-
-/** The public keys (raw Ed25519, by key id) of the key rows that are trusted under `keyEncryptionKey`. */
-export async function trustedPublicKeys(db: Queryable, keyEncryptionKey: Buffer): Promise<Map<string, Uint8Array>> {
-  return new Map((await trustedKeys(db, keyEncryptionKey)).map((k) => [k.keyId, k.publicKey]));
-}
-
-/** The trusted keys with their creation times, newest first (what an export lists). */
-export async function trustedSigningKeys(db: Queryable, keyEncryptionKey: Buffer): Promise<Omit<AuditKey, "privateKey">[]> {
-  return (await trustedKeys(db, keyEncryptionKey)).map(({ keyId, publicKey, createTime }) => ({ keyId, publicKey, createTime }));
-}
-
-/** The newest trusted signing key, made (and its private half sealed) when there is none. */
-export async function loadAuditSigningKey(deps: { db: Pool; keyEncryptionKey: Buffer }): Promise<AuditKey> {
-  return inTransaction(deps.db, async (tx) => {
-    // Two stores starting at once make one key between them.
-    await tx.query("SELECT pg_advisory_xact_lock(hashtext('jobmesh.audit_signing_keys'))");
-    const [current] = await trustedKeys(tx, deps.keyEncryptionKey);
-    if (current) return current;
-    const { privateKey } = generateKeyPairSync("ed25519");
-    const publicKey = rawPublicOf(privateKey);
-    const keyId = auditKeyIdOf(publicKey);
-    const sealed = seal(deps.keyEncryptionKey, keyId, privateKey.export({ format: "der", type: "pkcs8" }));
-    const { rows } = await tx.query<{ create_time: Date }>(
-      "INSERT INTO audit_signing_keys (key_id, public_key, private_key_sealed) VALUES ($1, $2, $3) RETURNING create_time",
-      [keyId, Buffer.from(publicKey), sealed],
-    );
-    return { keyId, publicKey, privateKey, createTime: rows[0].create_time };
-  });
-}
+export { loadAuditSigningKey, trustedPublicKeys, trustedSigningKeys, type AuditKey } from "./checkpoints-keys.ts";
+export { publishedCheckpoints, publishedHead } from "./checkpoints-published.ts";
 
 export interface CheckpointerDeps {
   db: Pool;
@@ -239,7 +174,7 @@ export function createCheckpointer(deps: CheckpointerDeps): Checkpointer {
     for (const row of rows) {
       verifier.addEvent(eventOfRow(row));
       const sequence = BigInt(row.sequence);
-      if (sequence === next + 1n && /^[0-9a-f]{64}$/.test(row.prev_hash)) hashes.push(row.prev_hash);
+      if (sequence === next + 1n && hexHash.test(row.prev_hash)) hashes.push(row.prev_hash);
       else if (sequence !== next) break;
       hashes.push(row.hash);
       next = sequence + 1n;
@@ -334,43 +269,4 @@ export function createCheckpointer(deps: CheckpointerDeps): Checkpointer {
       });
     },
   };
-}
-
-/**
- * The checkpoints published on the stream for a tenant, in stream order (an ordered consumer
- * filtered on the tenant's subject), for comparison with the table. Ends at the last one; with
- * `from`, starts at the first published at or after that time (a checkpoint is published after
- * it is signed, so one signed at `from` or later is never before it), not at the tenant's first.
- */
-export async function* publishedCheckpoints(js: JetStreamClient, topology: AuditTopology, tenantId: string, from?: Date): AsyncGenerator<AuditCheckpoint> {
-  const position = from ? { deliver_policy: DeliverPolicy.StartTime, opt_start_time: from.toISOString() } : {};
-  const consumer = await js.consumers.get(topology.checkpointsStream, { filter_subjects: topology.checkpointsSubject(tenantId), ...position });
-  try {
-    let left = (await consumer.info()).num_pending;
-    while (left > 0) {
-      const batch = await consumer.fetch({ max_messages: Math.min(left, 256), expires: 10_000 });
-      let got = 0;
-      for await (const msg of batch) {
-        got++;
-        left = msg.info.pending;
-        yield fromBinary(AuditCheckpointSchema, msg.data);
-      }
-      if (got === 0) throw new Error(`the checkpoints stream stopped answering with ${left} checkpoints of tenant ${tenantId} unread`);
-    }
-  } finally {
-    await consumer.delete().catch(() => {});
-  }
-}
-
-/**
- * The highest checkpoint published for a tenant: its head (kept for good on the heads stream) or
- * the checkpoints stream's last, whichever signs further; undefined when neither holds one.
- */
-export async function publishedHead(js: JetStreamClient, topology: AuditTopology, tenantId: string): Promise<AuditCheckpoint | undefined> {
-  const [head, last] = await Promise.all([
-    js.streams.get(topology.headsStream).then((s) => s.getMessage({ last_by_subj: topology.headsSubject(tenantId) })),
-    js.streams.get(topology.checkpointsStream).then((s) => s.getMessage({ last_by_subj: topology.checkpointsSubject(tenantId) })),
-  ]);
-  const cps = [head, last].flatMap((m) => (m ? [fromBinary(AuditCheckpointSchema, m.data)] : []));
-  return cps.sort((a, b) => (a.sequence > b.sequence ? -1 : a.sequence < b.sequence ? 1 : 0))[0];
 }

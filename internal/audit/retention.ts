@@ -19,7 +19,7 @@ import type { JetStreamClient } from "@nats-io/jetstream";
 import type { AuditCheckpoint } from "../../gen/jobmesh/v1/audit_pb.js";
 import type { Pool } from "../db/index.ts";
 import { ed25519PublicKeyOf, isCheckpointSignedBy } from "./chain.ts";
-import { publishedCheckpoints } from "./checkpoints.ts";
+import { publishedCheckpoints } from "./checkpoints-published.ts";
 import { checkpointColumns, checkpointOfRow, type AuditCheckpointRow } from "./store.ts";
 import type { AuditTopology } from "./topology.ts";
 

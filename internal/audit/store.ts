@@ -160,25 +160,13 @@ export interface ChainHead {
  * store's transaction, under SET LOCAL ROLE jobmesh_audit_appender, after the heads were locked.
  */
 export async function appendAuditEventRows(db: Queryable, rows: AuditEventRow[], heads: ChainHead[]): Promise<void> {
-  await insertRows(db, rows, heads);
-}
-
-/** Inserts rows into audit_events only (no ids, no heads): for tests that build a chain by hand. */
-export async function insertAuditEventRows(db: Queryable, rows: AuditEventRow[]): Promise<void> {
-  await insertRows(db, rows);
-}
-
-async function insertRows(db: Queryable, rows: AuditEventRow[], heads?: ChainHead[]): Promise<void> {
   const column = <K extends keyof AuditEventRow>(k: K) => rows.map((r) => r[k]);
-  const bookkeeping = heads
-    ? `WITH ids AS (
-         INSERT INTO audit_event_ids (event_id, tenant_id, sequence) SELECT * FROM unnest($3::uuid[], $1::uuid[], $2::bigint[])
-       ), heads AS (
-         UPDATE audit_chain_heads h SET sequence = v.s, hash = v.h FROM unnest($23::uuid[], $24::bigint[], $25::text[]) AS v(t, s, h) WHERE h.tenant_id = v.t
-       )`
-    : "";
   await db.query(
-    `${bookkeeping}
+    `WITH ids AS (
+       INSERT INTO audit_event_ids (event_id, tenant_id, sequence) SELECT * FROM unnest($3::uuid[], $1::uuid[], $2::bigint[])
+     ), heads AS (
+       UPDATE audit_chain_heads h SET sequence = v.s, hash = v.h FROM unnest($23::uuid[], $24::bigint[], $25::text[]) AS v(t, s, h) WHERE h.tenant_id = v.t
+     )
      INSERT INTO audit_events (tenant_id, sequence, event_id, event_time, actor_subject, actor_kind, actor_roles, credential_hint, action,
        resource, resource_type, code, message, request_id, trace_id, client_address, user_agent, duration_us, request, recorder, prev_hash, hash)
      SELECT t, s, e, et::timestamptz, sub, kind, ARRAY(SELECT jsonb_array_elements_text(roles)), hint, act, res, rtype, code, msg, rid, tid,
@@ -210,7 +198,9 @@ async function insertRows(db: Queryable, rows: AuditEventRow[], heads?: ChainHea
       column("recorder"),
       column("prev_hash"),
       column("hash"),
-      ...(heads ? [heads.map((h) => h.tenantId), heads.map((h) => h.sequence.toString()), heads.map((h) => h.hash)] : []),
+      heads.map((h) => h.tenantId),
+      heads.map((h) => h.sequence.toString()),
+      heads.map((h) => h.hash),
     ],
   );
 }
