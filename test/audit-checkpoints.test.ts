@@ -125,6 +125,7 @@ void t.test("checkpointer - checkpoints are signed, stored, published, and verif
   t.same(checkpointer.due(Date.now(), 60_000, 5), [tenant], "maxEvents reached");
   const first = await checkpointer.sign(tenant);
   t.same([first.firstSequence, first.sequence, first.hash, first.keyId], [1n, 5n, hashes[4], key.keyId]);
+  const between = new Date();
   hashes.slice(5).forEach((h, i) => checkpointer.append(tenant, BigInt(i + 6), h));
   t.same(checkpointer.due(Date.now() + 1, 0), [tenant], "due once its oldest hash is intervalMs old");
   const second = await checkpointer.sign(tenant);
@@ -134,6 +135,9 @@ void t.test("checkpointer - checkpoints are signed, stored, published, and verif
   const stored = await storedCheckpoints(tenant);
   t.same(bytesOf(stored), bytesOf([first, second]), "the table holds exactly what was signed");
   t.same(bytesOf(await published(tenant)), bytesOf([first, second]), "and so does the stream");
+  const fromBetween: AuditCheckpoint[] = [];
+  for await (const cp of publishedCheckpoints(js, topology, tenant, between)) fromBetween.push(cp);
+  t.same(bytesOf(fromBetween), bytesOf([second]), "read from a start time, the stream gives only what was published since");
   const keys = await trustedPublicKeys(db, kek);
   const verdict = await verifyStored(tenant, keys);
   t.same([verdict.intact, verdict.checkpointsVerified, verdict.unsignedCount], [true, 2n, 0n]);
