@@ -41,6 +41,7 @@ export interface WebhookRow {
   disable_time: Date | null;
 }
 
+/** Every column of WebhookRow, for SELECT and RETURNING. */
 export const webhookColumns = `id, tenant_id, url, event_types, description, state, disabled_reason, labels,
   filter_pipeline, filter_job_labels, max_concurrency, max_rate_per_second, secret_sealed,
   previous_secret_sealed, previous_secret_expire_time, secret_rotate_time, version, request_id,
@@ -102,6 +103,7 @@ export async function notifyWebhooksChanged(db: Queryable, tenantId: string): Pr
   await db.query("SELECT pg_notify($1, $2)", [webhooksChangedChannel, tenantId]);
 }
 
+/** The tenant's subscription `id`, locked for the transaction when `forUpdate`. */
 export async function selectWebhook(db: Queryable, tenantId: string, id: string, forUpdate = false): Promise<WebhookRow | undefined> {
   const { rows } = await db.query<WebhookRow>(
     `SELECT ${webhookColumns} FROM webhooks WHERE tenant_id = $1 AND id = $2${forUpdate ? " FOR UPDATE" : ""}`,
@@ -110,6 +112,7 @@ export async function selectWebhook(db: Queryable, tenantId: string, id: string,
   return rows[0];
 }
 
+/** The subscription an earlier CreateWebhook with this request_id made in the tenant. */
 export async function selectWebhookByRequestId(db: Queryable, tenantId: string, requestId: string): Promise<WebhookRow | undefined> {
   const { rows } = await db.query<WebhookRow>(`SELECT ${webhookColumns} FROM webhooks WHERE tenant_id = $1 AND request_id = $2`, [tenantId, requestId]);
   return rows[0];
@@ -157,6 +160,7 @@ export async function rotateWebhookRow(db: Queryable, tenantId: string, id: stri
   return rows[0]!;
 }
 
+/** Deletes the subscription; its deliveries and attempts go with it (ON DELETE CASCADE). */
 export async function deleteWebhookRow(db: Queryable, tenantId: string, id: string): Promise<void> {
   await db.query("DELETE FROM webhooks WHERE tenant_id = $1 AND id = $2", [tenantId, id]);
 }
