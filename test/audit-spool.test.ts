@@ -268,18 +268,25 @@ void t.test("disk full and no stream - memory stays bounded (drops counted and l
   t.ok(logged.includes("audit sink: closed with events neither published nor spooled; they are lost"), "and logged");
 });
 
-void t.test("poison - an event NATS can never take (past max_payload) is dead-lettered; the events behind it are published, nothing waits in the spool", async (t) => {
+void t.test("poison - an event NATS can never take (past max_payload, an overlong subject) is dead-lettered; the events behind it are published, nothing waits in the spool", async (t) => {
   const sink = await newSink("poison.spool");
   const before = recordEvents(sink, 5, "before poison");
   const poison = randomUUID();
   sink.record(create(AuditEventSchema, { name: `auditEvents/${poison}`, action: "poison", resource: `jobs/${"a".repeat(2 * 1024 * 1024)}` }));
   const after = recordEvents(sink, 5, "after poison");
+  // A subject longer than NATS's control line: published, it would make the server close the connection.
+  const longSubject = randomUUID();
+  sink.record(create(AuditEventSchema, { name: `auditEvents/${longSubject}`, action: "poison", tenant: "t".repeat(8 * 1024) }));
+  const last = recordEvents(sink, 5, "after the long subject");
   await sink.flush();
   t.equal(sink.spooled, 0, "nothing spooled");
-  t.equal(sink.deadLettered, 1);
-  t.same(orderIn(await readStream(topology.eventsStream), [...before, ...after]), [...before, ...after], "the events around it are in the stream, in order");
-  const [letter, ...more] = await readDeadLetters(join(dir, "poison.spool.dead"));
-  t.same(more, [], "one dead letter");
+  t.equal(sink.deadLettered, 2);
+  const published = [...before, ...after, ...last];
+  t.same(orderIn(await readStream(topology.eventsStream), published), published, "the events around them are in the stream, in order");
+  const [letter, second, ...more] = await readDeadLetters(join(dir, "poison.spool.dead"));
+  t.same(more, [], "two dead letters");
+  t.equal(second.id, longSubject);
+  t.match(second.reason, /control line/);
   t.equal(letter.id, poison);
   t.match(letter.reason, /max_payload/, "it says why");
   const kept = fromBinary(AuditEventSchema, Buffer.from(letter.event!, "base64"));

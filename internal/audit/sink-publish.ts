@@ -140,7 +140,9 @@ export function createPublisher(deps: {
           entry.bytes ??= toBinary(AuditEventSchema, entry.event);
           const h = headers();
           h.set("Nats-Msg-Id", msgIdOf(entry.event));
-          nc.publish(topology.eventsSubject(entry.event.tenant), entry.bytes, { reply: `${inbox}.${token}`, headers: h });
+          const subject = topology.eventsSubject(entry.event.tenant);
+          if (subject.length > maxSubjectLength) throw new Error(`a subject of ${subject.length} characters: longer than NATS's control line takes`);
+          nc.publish(subject, entry.bytes, { reply: `${inbox}.${token}`, headers: h });
         } catch (error) {
           // The connection's state is NATS's; anything else thrown here is the event's own (larger
           // than max_payload, a subject NATS refuses, not writable by the codec): trying again cannot help.
@@ -159,6 +161,13 @@ export function createPublisher(deps: {
     },
   };
 }
+
+/**
+ * The server closes a connection whose protocol line passes max_control_line (4 KiB by default):
+ * a publish with a longer subject (an absurd tenant) would take the connection down at every
+ * retry. 1024 characters are at most 3 KiB in UTF-8, with room for the reply subject and sizes.
+ */
+const maxSubjectLength = 1024;
 
 // A PubAck starts with its stream name; a refusal with its error (JSPubAckResponse puts it first).
 const pubAckStart = new TextEncoder().encode('{"stream":');
