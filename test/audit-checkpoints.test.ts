@@ -10,7 +10,7 @@ import { generateKeyPairSync, randomBytes, randomUUID } from "node:crypto";
 import { AuditChainBreak, AuditCheckpointSchema, AuditEventSchema, type AuditCheckpoint } from "../gen/jobmesh/v1/audit_pb.js";
 import { auditKeyIdOf, chainHashOf, createChainVerifier, genesisHash, type ChainVerdict } from "../internal/audit/chain.ts";
 import { createCheckpointer, loadAuditSigningKey, publishedCheckpoints, trustedPublicKeys } from "../internal/audit/checkpoints.ts";
-import { auditEventColumns, checkpointColumns, checkpointOfRow, eventOfRow, isoOfMicros, rowOfEvent, type AuditCheckpointRow, type AuditEventRow } from "../internal/audit/store.ts";
+import { auditEventColumns, checkpointColumns, checkpointOfRow, eventOfRow, isoOfMicros, rowOfEvent, type AuditCheckpointRow, type AuditEventRow } from "../internal/audit/rows.ts";
 import { createAuditTopology, provisionAuditTopology } from "../internal/audit/topology.ts";
 import { createPool, migrate } from "../internal/db/index.ts";
 import { seal } from "../internal/sealing/index.ts";

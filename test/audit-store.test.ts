@@ -3,7 +3,7 @@ import { clone, create, equals, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { randomUUID } from "node:crypto";
 import { AuditChainBreak, AuditEventSchema, type AuditEvent } from "../gen/jobmesh/v1/audit_pb.js";
-import { createAuditDomain } from "../internal/audit/audit.ts";
+import { createAuditDomain } from "../internal/audit/domain.ts";
 import { chainHashOf, createChainVerifier, genesisHash } from "../internal/audit/chain.ts";
 import { trustedPublicKeys } from "../internal/audit/checkpoints.ts";
 import { AuditEventNotFoundError, InvalidAuditFilterError } from "../internal/audit/errors.ts";

@@ -5,10 +5,10 @@ import t, { type Test } from "tap";
 import { randomUUID } from "node:crypto";
 import type pg from "pg";
 import { AuditChainBreak } from "../gen/jobmesh/v1/audit_pb.js";
-import { createAuditDomain } from "../internal/audit/audit.ts";
+import { createAuditDomain } from "../internal/audit/domain.ts";
 import { chainHashOf } from "../internal/audit/chain.ts";
 import { createPageTokens } from "../internal/paging/index.ts";
-import { auditEventColumns, eventOfRow, type AuditEventRow } from "../internal/audit/store.ts";
+import { auditEventColumns, eventOfRow, type AuditEventRow } from "../internal/audit/rows.ts";
 import { auditEvent, createAuditStoreWorld } from "./support/audit-store.ts";
 
 t.setTimeout(300_000);

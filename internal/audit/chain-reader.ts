@@ -8,7 +8,7 @@ import type { JetStreamClient } from "@nats-io/jetstream";
 import { AuditChainBreak, AuditCheckpointSchema, type AuditCheckpoint, type AuditEvent } from "../../gen/jobmesh/v1/audit_pb.js";
 import type { Pool } from "../db/index.ts";
 import { publishedCheckpoints, publishedHead } from "./checkpoints-published.ts";
-import { auditEventColumns, checkpointColumns, checkpointOfRow, eventOfRow, type AuditCheckpointRow, type AuditEventRow } from "./store.ts";
+import { auditEventColumns, checkpointColumns, checkpointOfRow, eventOfRow, type AuditCheckpointRow, type AuditEventRow } from "./rows.ts";
 import type { RetentionHorizon } from "./retention.ts";
 import type { AuditTopology } from "./topology.ts";
 

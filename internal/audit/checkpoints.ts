@@ -19,7 +19,7 @@ import type { Logger } from "../telemetry/index.ts";
 import { genesisHash, hexHash, signCheckpoint } from "./chain-hash.ts";
 import { createChainVerifier } from "./chain.ts";
 import type { AuditKey } from "./checkpoints-keys.ts";
-import { auditEventColumns, checkpointColumns, checkpointOfRow, eventOfRow, type AuditCheckpointRow, type AuditEventRow } from "./store.ts";
+import { auditEventColumns, checkpointColumns, checkpointOfRow, eventOfRow, type AuditCheckpointRow, type AuditEventRow } from "./rows.ts";
 import type { AuditTopology } from "./topology.ts";
 
 export { loadAuditSigningKey, trustedPublicKeys, trustedSigningKeys, type AuditKey } from "./checkpoints-keys.ts";

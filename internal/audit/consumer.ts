@@ -19,7 +19,7 @@ import type { Logger } from "../telemetry/index.ts";
 import { chainHashOf, genesisHash } from "./chain.ts";
 import { createCheckpointer, loadAuditSigningKey } from "./checkpoints.ts";
 import { dropExpiredPartitions } from "./retention.ts";
-import { appendAuditEventRows, eventOfRow, isoOfMicros, isUuid, rowOfEvent, type AuditEventRow } from "./store.ts";
+import { appendAuditEventRows, eventOfRow, isoOfMicros, isUuid, rowOfEvent, type AuditEventRow } from "./rows.ts";
 import type { AuditTopology } from "./topology.ts";
 
 export interface AuditStoreDeps {

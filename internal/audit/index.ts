@@ -6,7 +6,7 @@
  * from their own files, the recorder (internal/rpc/audit.ts, the audit slot's interceptor) and
  * the service (service.ts), as internal/mesh does.
  */
-export { createAuditDomain, type AuditDomain, type AuditDomainDeps, type AuditRangeQuery, type ListAuditEventsQuery } from "./audit.ts";
+export { createAuditDomain, type AuditDomain, type AuditDomainDeps, type AuditRangeQuery, type ListAuditEventsQuery } from "./domain.ts";
 export {
   canonicalEventBytes,
   chainHashOf,

@@ -20,7 +20,7 @@ import type { AuditCheckpoint } from "../../gen/jobmesh/v1/audit_pb.js";
 import type { Pool } from "../db/index.ts";
 import { ed25519PublicKeyOf, isCheckpointSignedBy } from "./chain.ts";
 import { publishedCheckpoints } from "./checkpoints-published.ts";
-import { checkpointColumns, checkpointOfRow, type AuditCheckpointRow } from "./store.ts";
+import { checkpointColumns, checkpointOfRow, type AuditCheckpointRow } from "./rows.ts";
 import type { AuditTopology } from "./topology.ts";
 
 export interface DroppedPartition {

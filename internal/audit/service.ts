@@ -14,7 +14,7 @@ import {
   VerifyAuditChainResponseSchema,
 } from "../../gen/jobmesh/v1/audit_pb.js";
 import { callerOf } from "../rpc/context.ts";
-import type { AuditDomain } from "./audit.ts";
+import type { AuditDomain } from "./domain.ts";
 
 export { AuditService };
 

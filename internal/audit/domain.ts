@@ -23,7 +23,7 @@ import { trustedPublicKeys, trustedSigningKeys } from "./checkpoints.ts";
 import { AuditEventNotFoundError } from "./errors.ts";
 import { retentionHorizonOf } from "./retention.ts";
 import { auditFilterConditions } from "./filter.ts";
-import { auditEventColumns, checkpointColumns, checkpointOfRow, eventOfRow, isUuid, type AuditCheckpointRow, type AuditEventRow } from "./store.ts";
+import { auditEventColumns, checkpointColumns, checkpointOfRow, eventOfRow, isUuid, type AuditCheckpointRow, type AuditEventRow } from "./rows.ts";
 import type { AuditTopology } from "./topology.ts";
 
 export interface AuditDomainDeps {
