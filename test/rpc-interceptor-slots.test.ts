@@ -16,6 +16,8 @@ import { GetPipelineResponseSchema, PipelineService, Stage } from "../gen/jobmes
 import { serveAuth, serveJobs, servePipelines } from "../internal/mesh/servers.ts";
 import { attemptedCallerKey, callerKey, type AttemptedCaller, type Caller } from "../internal/rpc/context.ts";
 import { chainOf, createCallEndInterceptor } from "../internal/rpc/slots.ts";
+import { generateKeyPair, SignJWT, type CryptoKey } from "jose";
+import { createSigningKeys, loadKeyEncryptionKey } from "../internal/auth/signing-keys.ts";
 import { startTestMesh } from "./support/mesh.ts";
 import { until } from "./support/wait.ts";
 
@@ -171,6 +173,26 @@ t.test("unauthenticated - a token that does not verify: kind token, unverified, 
   });
   t.same(r.attempted, { kind: "token", credentialHint: "unverified" });
   t.equal(r.code, Code.Unauthenticated);
+});
+
+t.test("unauthenticated - an expired token whose signature verifies: attributed to its subject, tenant and token id; a forged one is not", async (t) => {
+  const { config } = mesh.infra;
+  const keys = createSigningKeys({ db: mesh.infra.db, keyEncryptionKey: await loadKeyEncryptionKey(config.auth.keyEncryptionKey, config.auth.signingKeyDir), rotationSeconds: config.auth.signingKeyRotationSeconds });
+  const current = await keys.current();
+  const now = Math.floor(Date.now() / 1000);
+  const jti = crypto.randomUUID();
+  const claims = { iss: config.auth.issuer, aud: config.auth.audience, sub: viewer.name, tenant: viewer.tenantId, roles: ["viewer"], iat: now - 1000, nbf: now - 1000, exp: now - 60, jti };
+  const signWith = (key: CryptoKey) => new SignJWT(claims).setProtectedHeader({ alg: "EdDSA", kid: current.kid, typ: "at+jwt" }).sign(key);
+  const expired = await recordOf(t, "/jobmesh.v1.PipelineService/ListPipelines", async () => {
+    t.equal(await codeOf(pipelines.listPipelines({}, { headers: { authorization: `Bearer ${await signWith(current.privateKey)}` } })), Code.Unauthenticated);
+  });
+  t.same(expired.attempted, { kind: "token", subject: viewer.name, tenantId: viewer.tenantId, credentialHint: `tokens/${jti}` }, "the tenant's chain, not the operator's");
+  t.equal(expired.caller, undefined, "still refused");
+  const { privateKey: forger } = await generateKeyPair("EdDSA", { crv: "Ed25519" });
+  const forged = await recordOf(t, "/jobmesh.v1.PipelineService/ListPipelines", async () => {
+    t.equal(await codeOf(pipelines.listPipelines({}, { headers: { authorization: `Bearer ${await signWith(forger)}` } })), Code.Unauthenticated);
+  });
+  t.same(forged.attempted, { kind: "token", credentialHint: "unverified" }, "an expired token someone else signed names nobody");
 });
 
 t.test("permission denied - a viewer creating a pipeline: the viewer's subject, tenant and roles, and the code", async (t) => {

@@ -10,7 +10,7 @@
 import type { DescService } from "@bufbuild/protobuf";
 import { createClient, createContextKey, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import type { JWK } from "jose";
+import { errors as joseErrors, type JWK } from "jose";
 import { AuthService } from "../../gen/jobmesh/v1/auth_pb.js";
 import {
   credentialOf,
@@ -77,7 +77,16 @@ export function createIdentityInterceptors(options: IdentityOptions): Intercepto
     if (!presented) throw new NoCredentialsError();
     const hint = presented.kind === "token" ? "unverified" : apiKeyHintOf(presented.value);
     record({ kind: presented.kind, credentialHint: hint });
-    const who = presented.kind === "token" ? await options.verifier.verify(presented.value) : await options.apiKeys.verify(presented.value);
+    let who;
+    try {
+      who = presented.kind === "token" ? await options.verifier.verify(presented.value) : await options.apiKeys.verify(presented.value);
+    } catch (error) {
+      // An expired token whose signature verified is the issuer's word on whose it was: its
+      // refusal belongs in that tenant's chain, not the operator's.
+      const expired = expiredTokenOf(error);
+      if (expired) record({ kind: "token", ...expired });
+      throw error;
+    }
     const attempted = {
       kind: presented.kind,
       subject: who.subject,
@@ -115,6 +124,20 @@ export function createIdentityInterceptors(options: IdentityOptions): Intercepto
     return next(req);
   };
   return [identity];
+}
+
+/**
+ * Subject, tenant and token id of an access token refused only for its age. jose checks the
+ * signature before any claim, and the issuer, audience and type before the expiry: a JWTExpired
+ * is thrown only for a token our key signed, so its claims are ours. Undefined for any other
+ * refusal (a token that did not verify names nobody).
+ */
+function expiredTokenOf(error: unknown): { subject: string; tenantId: string; credentialHint: string } | undefined {
+  const cause = error instanceof InvalidTokenError ? error.cause : undefined;
+  if (!(cause instanceof joseErrors.JWTExpired)) return undefined;
+  const { sub, tenant, jti } = cause.payload as { sub?: unknown; tenant?: unknown; jti?: unknown };
+  if (typeof sub !== "string" || typeof tenant !== "string" || tenant === "" || typeof jti !== "string") return undefined;
+  return { subject: sub, tenantId: tenant, credentialHint: `tokens/${jti}` };
 }
 
 /** Loads the JWKS from a remote AuthService over Connect (for services in other processes). */
