@@ -7,8 +7,15 @@
 import t from "tap";
 import { randomUUID } from "node:crypto";
 import pg from "pg";
-import { migrate } from "../internal/db/index.ts";
+import { join } from "node:path";
+import { rm } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+import { createAuditDomain, createAuditSink, createAuditTopology, provisionAuditTopology, startAuditStore } from "../internal/audit/index.ts";
+import { connectBus } from "../internal/bus/index.ts";
+import { createPool, migrate } from "../internal/db/index.ts";
+import { createPageTokens } from "../internal/paging/index.ts";
 import { createLogger } from "../internal/telemetry/index.ts";
+import { auditEvent } from "./support/audit-store.ts";
 import { adminDatabaseUrl, isolate } from "./support/isolation.ts";
 
 t.setTimeout(120_000);
@@ -127,4 +134,35 @@ void t.test("the service's role - retention only through the owner's function, w
   t.same(rows, [{ tenant_id: tenant, month: "2020-01" }], "January 2020 is past a year");
   const horizon = await db.query<{ first_sequence: string; prev_hash: string }>("SELECT first_sequence::text, prev_hash FROM audit_retention_horizons WHERE tenant_id = $1", [tenant]);
   t.same(horizon.rows, [{ first_sequence: "2", prev_hash: "h1" }], "the horizon written with the drop");
+});
+
+void t.test("the service's role - the store and the domain run as it: events stored, signed, verified", async (t) => {
+  const pool = createPool({ url: serviceUrl.href });
+  const bus = await connectBus({ url: isolated.config.natsUrl, name: "audit-db-privileges-test", log });
+  const topology = createAuditTopology(isolated.namespace);
+  await provisionAuditTopology(topology, bus.jsm, { streamMaxBytes: 16 * 1024 * 1024 });
+  const keyEncryptionKey = randomBytes(32);
+  const sink = await createAuditSink({ nc: bus.nc, js: bus.js, topology, spoolFile: join(isolated.config.audit.spoolDir, "privileges.spool"), log });
+  const store = await startAuditStore({ db: pool, js: bus.js, jsm: bus.jsm, topology, keyEncryptionKey, log, unattributedTenantId: randomUUID(), checkpointIntervalMs: 200, retentionDays: 400 });
+  t.teardown(async () => {
+    await store.stop();
+    await sink.close();
+    for (const stream of [topology.eventsStream, topology.checkpointsStream, topology.headsStream]) await bus.jsm.streams.delete(stream).catch(() => false);
+    await bus.close();
+    await pool.end();
+    await rm(isolated.config.audit.spoolDir, { recursive: true, force: true });
+  });
+  const storedTenant = randomUUID();
+  for (let i = 0; i < 20; i++) sink.record(auditEvent(storedTenant));
+  await sink.flush();
+  const domain = createAuditDomain({ db: pool, js: bus.js, jsm: bus.jsm, topology, pageTokens: createPageTokens("test"), keyEncryptionKey, log });
+  const deadline = Date.now() + 60_000;
+  let verdict = await domain.verify(storedTenant, { startSequence: 0n, endSequence: 0n });
+  while ((verdict.verifiedCount < 20n || verdict.unsignedCount > 0n) && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    verdict = await domain.verify(storedTenant, { startSequence: 0n, endSequence: 0n });
+  }
+  t.equal(verdict.intact, true, verdict.reason);
+  t.equal(verdict.verifiedCount, 20n, "every event stored by the service's role");
+  t.equal(verdict.unsignedCount, 0n, "and signed");
 });
