@@ -11,8 +11,9 @@ import { authEntry } from "./auth.ts";
 import { gatewayEntry } from "./gateway.ts";
 import { jobsEntry } from "./jobs.ts";
 import { pipelinesEntry } from "./pipelines.ts";
+import { webhooksEntry } from "./webhooks.ts";
 
-const entries: BenchEntry[] = [pipelinesEntry, authEntry, jobsEntry, gatewayEntry, auditEntry];
+const entries: BenchEntry[] = [pipelinesEntry, authEntry, jobsEntry, gatewayEntry, auditEntry, webhooksEntry];
 
 const { values } = parseArgs({
   options: {

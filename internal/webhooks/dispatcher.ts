@@ -58,18 +58,7 @@ export interface DeliveryDispatcher {
   stop(): Promise<void>;
 }
 
-interface Candidate {
-  id: string;
-  tenant_id: string;
-  url: string;
-  max_concurrency: number;
-  max_rate_per_second: number;
-  secret_sealed: Buffer;
-  previous_secret_sealed: Buffer | null;
-  previous_secret_expire_time: Date | null;
-  in_flight: number;
-}
-
+/** A leased delivery with what sending it needs of its subscription. */
 interface ClaimedRow {
   id: string;
   webhook_id: string;
@@ -78,6 +67,12 @@ interface ClaimedRow {
   attempt_count: number;
   replay_pending: boolean;
   lease: string;
+  tenant_id: string;
+  url: string;
+  max_rate_per_second: number;
+  secret_sealed: Buffer;
+  previous_secret_sealed: Buffer | null;
+  previous_secret_expire_time: Date | null;
 }
 
 /** A token bucket per subscription: `rate` starts per second, bursts of at most one second's worth. */
@@ -118,94 +113,79 @@ export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
     wakeLoop?.();
   };
 
-  /** Locks the subscriptions with due work, claims within their limits, and starts the sends. */
+  /**
+   * One statement (one round trip, its own transaction): locks the subscriptions with due work,
+   * counts their deliveries in flight, gives each the least of its free concurrency, its tokens
+   * and a fair share of this process's budget, and leases that many of its due deliveries.
+   */
   async function claimRound(budget: number): Promise<number> {
-    const client = await db.connect();
-    let lost: Error | undefined;
-    const onError = (error: Error) => (lost = error);
-    client.on("error", onError);
-    let claimed: ClaimedRow[] = [];
-    const byId = new Map<string, Candidate>();
-    try {
-      await client.query("BEGIN");
-      // Due rows include the leased ones (claimed when due): in flight is counted among them.
-      const { rows: candidates } = await client.query<Candidate>(
-        `SELECT w.id, w.tenant_id, w.url, w.max_concurrency, w.max_rate_per_second, w.secret_sealed,
-                w.previous_secret_sealed, w.previous_secret_expire_time, p.in_flight::int AS in_flight
+    const now = performance.now();
+    const known = [...buckets.entries()].map(([id, bucket]) => [id, bucket.available(now)] as const);
+    const { rows } = await db.query<ClaimedRow>(
+      `WITH candidates AS (
+         SELECT w.id, w.tenant_id, w.url, w.max_rate_per_second, w.secret_sealed, w.previous_secret_sealed, w.previous_secret_expire_time,
+                least(coalesce(nullif(w.max_concurrency, 0), $1) - p.in_flight,
+                      coalesce(t.tokens, coalesce(nullif(w.max_rate_per_second, 0), $2))) AS n
          FROM (
+           -- Due rows include the leased ones (claimed when due): in flight is counted among them.
            SELECT webhook_id,
                   count(*) FILTER (WHERE lease_until > now()) AS in_flight,
                   count(*) FILTER (WHERE lease_until IS NULL OR lease_until <= now()) AS ready
            FROM webhook_deliveries WHERE status = 1 AND next_attempt_time <= now()
            GROUP BY webhook_id
-         ) p JOIN webhooks w ON w.id = p.webhook_id
+         ) p
+         JOIN webhooks w ON w.id = p.webhook_id
+         LEFT JOIN unnest($3::uuid[], $4::int[]) AS t (webhook_id, tokens) ON t.webhook_id = w.id
          WHERE p.ready > 0 AND w.state = 1
-         FOR NO KEY UPDATE OF w SKIP LOCKED`,
-      );
-      const now = performance.now();
-      const wants: { id: string; n: number }[] = [];
-      let refillIn = Infinity;
-      for (const c of candidates) {
-        byId.set(c.id, c);
-        const rate = c.max_rate_per_second || defaultMaxRatePerSecond;
-        let bucket = buckets.get(c.id);
-        if (!bucket || bucket.rate !== rate) buckets.set(c.id, (bucket = new RateBucket(rate)));
-        const tokens = bucket.available(now);
-        const free = (c.max_concurrency || defaultMaxConcurrency) - c.in_flight;
-        if (tokens === 0 && free > 0) refillIn = Math.min(refillIn, bucket.untilNext());
-        const n = Math.min(free, tokens);
-        if (n > 0) wants.push({ id: c.id, n });
-      }
-      if (refillIn !== Infinity) scheduleRefill(refillIn);
-      // The process's budget shared fairly: every subscription gets its share before any gets more.
-      shareBudget(wants, budget);
-      const take = wants.filter((w) => w.n > 0);
-      if (take.length > 0) {
-        ({ rows: claimed } = await client.query<ClaimedRow>(
-          `UPDATE webhook_deliveries d SET lease_until = now() + $3::int * interval '1 millisecond'
-           FROM (
-             SELECT x.id FROM unnest($1::uuid[], $2::int[]) AS l (webhook_id, n)
-             CROSS JOIN LATERAL (
-               SELECT id FROM webhook_deliveries
-               WHERE webhook_id = l.webhook_id AND status = 1 AND next_attempt_time <= now()
-                 AND (lease_until IS NULL OR lease_until <= now())
-               ORDER BY next_attempt_time LIMIT l.n FOR UPDATE SKIP LOCKED
-             ) x
-           ) c
-           WHERE d.id = c.id
-           RETURNING d.id, d.webhook_id, d.event_id, d.event, d.attempt_count, d.replay_pending, d.lease_until::text AS lease`,
-          [take.map((w) => w.id), take.map((w) => w.n), leaseMs],
-        ));
-      }
-      await client.query("COMMIT");
-    } catch (error) {
-      await client.query("ROLLBACK").catch(() => {});
-      throw error;
-    } finally {
-      client.removeListener("error", onError);
-      client.release(lost);
-    }
-    const now = performance.now();
-    for (const row of claimed) {
-      buckets.get(row.webhook_id)!.tokens -= 1;
-      buckets.get(row.webhook_id)!.at = now;
-    }
+         FOR NO KEY UPDATE OF w SKIP LOCKED
+       ), shares AS (
+         SELECT id, least(n, ceil($5::numeric / count(*) OVER ()))::int AS n FROM candidates
+       ), claimed AS (
+         UPDATE webhook_deliveries d SET lease_until = now() + $6::int * interval '1 millisecond'
+         FROM (
+           SELECT x.id FROM shares s
+           CROSS JOIN LATERAL (
+             SELECT id FROM webhook_deliveries
+             WHERE webhook_id = s.id AND status = 1 AND next_attempt_time <= now()
+               AND (lease_until IS NULL OR lease_until <= now())
+             ORDER BY next_attempt_time LIMIT greatest(s.n, 0) FOR UPDATE SKIP LOCKED
+           ) x
+         ) c
+         WHERE d.id = c.id
+         RETURNING d.id, d.webhook_id, d.event_id, d.event, d.attempt_count, d.replay_pending, d.lease_until::text AS lease
+       )
+       SELECT c.*, w.tenant_id, w.url, w.max_rate_per_second, w.secret_sealed, w.previous_secret_sealed, w.previous_secret_expire_time
+       FROM claimed c JOIN candidates w ON w.id = c.webhook_id`,
+      [defaultMaxConcurrency, defaultMaxRatePerSecond, known.map((k) => k[0]), known.map((k) => k[1]), budget, leaseMs],
+    );
+    const after = performance.now();
     const secrets = new Map<string, string[]>();
-    for (const row of claimed) {
-      const webhook = byId.get(row.webhook_id)!;
-      let signing = secrets.get(webhook.id);
-      if (!signing) secrets.set(webhook.id, (signing = signingSecretsOf(deps.keyEncryptionKey, webhook)));
-      start(row, webhook, signing);
+    for (const row of rows) {
+      const rate = row.max_rate_per_second || defaultMaxRatePerSecond;
+      let bucket = buckets.get(row.webhook_id);
+      if (!bucket || bucket.rate !== rate) buckets.set(row.webhook_id, (bucket = new RateBucket(rate)));
+      bucket.available(after);
+      bucket.tokens -= 1;
     }
-    return claimed.length;
+    // A subscription whose bucket ran dry is claimed again when its next token is there.
+    for (const [id, bucket] of buckets) {
+      if (bucket.available(after) === 0) scheduleRefill(bucket.untilNext());
+      else if (!rows.some((r) => r.webhook_id === id) && bucket.tokens >= bucket.rate) buckets.delete(id); // full and idle: forget it
+    }
+    for (const row of rows) {
+      let signing = secrets.get(row.webhook_id);
+      if (!signing) secrets.set(row.webhook_id, (signing = signingSecretsOf(deps.keyEncryptionKey, { ...row, id: row.webhook_id })));
+      start(row, signing);
+    }
+    return rows.length;
   }
 
-  function start(row: ClaimedRow, webhook: Candidate, secrets: string[]): void {
+  function start(row: ClaimedRow, secrets: string[]): void {
     inFlight++;
     const delivery: ClaimedDelivery = {
       id: row.id,
-      webhookId: webhook.id,
-      tenantId: webhook.tenant_id,
+      webhookId: row.webhook_id,
+      tenantId: row.tenant_id,
       lease: row.lease,
       attempt: row.attempt_count + 1,
       replay: row.replay_pending,
@@ -214,7 +194,7 @@ export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
       let result: AttemptResult;
       try {
         const body = deliveryBody(fromBinary(JobEventSchema, row.event), deps.publicUrl);
-        result = await sendAttempt({ url: webhook.url, id: row.event_id, body, secrets }, deps);
+        result = await sendAttempt({ url: row.url, id: row.event_id, body, secrets }, deps);
       } catch (error) {
         // Only a stored event that no longer decodes gets here: recorded as failed, retried on schedule.
         result = { outcome: WebhookAttemptOutcome.CONNECTION_ERROR, statusCode: 0, latencyUs: 0, responseExcerpt: "", errorMessage: `not sent: ${(error as Error).message}`, attemptTime: new Date() };
@@ -315,24 +295,4 @@ export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
       await flushing;
     },
   };
-}
-
-/** Cuts each want down so their sum fits `budget`, round-robin one at a time (every subscription gets a turn). */
-export function shareBudget(wants: { n: number }[], budget: number): void {
-  const total = wants.reduce((sum, w) => sum + w.n, 0);
-  if (total <= budget) return;
-  const granted = wants.map(() => 0);
-  let left = budget;
-  while (left > 0) {
-    let gave = false;
-    for (let i = 0; i < wants.length && left > 0; i++) {
-      if (granted[i] < wants[i].n) {
-        granted[i]++;
-        left--;
-        gave = true;
-      }
-    }
-    if (!gave) break;
-  }
-  wants.forEach((w, i) => (w.n = granted[i]));
 }

@@ -2,7 +2,6 @@ import t from "tap";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { JobEventSchema, JobEventType } from "../../gen/jobmesh/v1/events_pb.js";
-import { shareBudget } from "./dispatcher.ts";
 import { matchesEvent, type SubscriptionMatch } from "./fanout.ts";
 import { excerptOf } from "./send.ts";
 
@@ -21,15 +20,6 @@ void t.test("matching - type, pipeline, every label, and not older than the subs
   t.notOk(matchesEvent(sub({ filterJobLabels: { owner: "x" } }), event));
   t.ok(matchesEvent(sub({ createTimeMs: 2000 }), event), "created at the event's time: delivered");
   t.notOk(matchesEvent(sub({ createTimeMs: 2001 }), event), "an event from before the subscription: not delivered");
-});
-
-void t.test("budget - shared round-robin, so one subscription's backlog cannot take the whole batch", async (t) => {
-  const wants = [{ n: 100 }, { n: 2 }, { n: 100 }];
-  shareBudget(wants, 10);
-  t.same(wants.map((w) => w.n), [4, 2, 4]);
-  const fits = [{ n: 3 }, { n: 4 }];
-  shareBudget(fits, 10);
-  t.same(fits.map((w) => w.n), [3, 4], "within budget: unchanged");
 });
 
 void t.test("excerpt - at most 1 KiB of UTF-8, invalid bytes replaced, never half a character", async (t) => {
