@@ -38,7 +38,7 @@ if (command === "up") {
       `  postgres   ${mesh.maskedDatabaseUrl}${d.startedLocally.includes("postgres") ? "  (started locally)" : ""}`,
       `  redis      ${d.redisUrl}${d.startedLocally.includes("redis") ? "  (started locally)" : ""}`,
       `  nats       ${d.natsUrl}${d.startedLocally.includes("nats") ? "  (started locally)" : ""}`,
-      `  not built yet: ${d.notYetBuilt.join(", ")}`,
+      ...(d.notYetBuilt.length > 0 ? [`  not built yet: ${d.notYetBuilt.join(", ")}`] : []),
       `  authentication: ${d.authentication}`,
       `  trusted proxies: ${d.trustedProxies.join(", ") || "none"}   (their x-forwarded-for names the client; JOBMESH_TRUSTED_PROXIES)`,
       mesh.generatedAdminPassword
