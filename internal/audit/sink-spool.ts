@@ -13,6 +13,9 @@ import type { DeadLetter, DeadLetters } from "./sink-dead-letter.ts";
 import type { Entry } from "./sink-publish.ts";
 import { claimOrphanSpools, claimSpoolFile, maxSpoolRecordBytes, openSpool, type Spool, type SpoolClaim } from "./spool.ts";
 
+/** Payload bytes a replay chunk holds in memory, at most (one record larger than it goes alone). */
+const replayChunkBytes = 16 * 1024 * 1024;
+
 interface Source { claim: SpoolClaim; spool: Spool; offset: number; replayed: number }
 
 export interface SpoolSources {
@@ -96,7 +99,7 @@ export async function openSpoolSources(deps: {
         await source.claim.release({ removeFile: true });
         return "next";
       }
-      const { payloads, ends } = await source.spool.read(source.offset, deps.replayBatch);
+      const { payloads, ends } = await source.spool.read(source.offset, deps.replayBatch, replayChunkBytes);
       if (payloads.length === 0) {
         log.error({ file: source.spool.path, offset: source.offset }, "audit sink: unreadable spool record; the rest of the spool is skipped");
         source.offset = source.spool.bytes;

@@ -129,6 +129,19 @@ void t.test("a record larger than maxSpoolRecordBytes is refused at write time; 
   await reopened.close();
 });
 
+void t.test("read - maxBytes bounds what one read holds in memory; a record larger than it comes alone", async (t) => {
+  const spool = await openSpool(join(dir, "max-bytes.spool"));
+  const big = new Uint8Array(1000).fill(1);
+  await spool.append([big, big, big, new Uint8Array(5000).fill(2), big]);
+  const first = await spool.read(0, 100, 2500);
+  t.equal(first.payloads.length, 3, "stops once 2500 bytes are read");
+  const second = await spool.read(first.ends[2], 100, 2500);
+  t.same(second.payloads.map((p) => p.length), [5000], "a record larger than maxBytes comes alone");
+  t.equal((await spool.read(second.ends[0], 100, 2500)).payloads.length, 1);
+  t.equal((await spool.read(0, 100)).payloads.length, 5, "no bound without maxBytes");
+  await spool.close();
+});
+
 void t.test("truncate - the spool is empty and appends start again from the beginning", async (t) => {
   const path = join(dir, "truncate.spool");
   const spool = await openSpool(path);

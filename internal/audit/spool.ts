@@ -20,18 +20,15 @@ import process from "node:process";
  * most 64 MiB), so a larger length read back is garbage, and append() refuses to write one.
  */
 export const maxSpoolRecordBytes = 4 * 1024 * 1024;
-const maxRecordBytes = maxSpoolRecordBytes;
 const headerBytes = 8;
 const readBlockBytes = 1024 * 1024;
 
 /** append() was given a record larger than maxSpoolRecordBytes: nothing was written. */
 export class SpoolRecordTooLargeError extends Error {
   override name = "SpoolRecordTooLargeError";
-  readonly index: number;
   readonly bytes: number;
   constructor(index: number, bytes: number) {
     super(`audit spool: record ${index} is ${bytes} bytes, more than the ${maxSpoolRecordBytes} a spool record can hold`);
-    this.index = index;
     this.bytes = bytes;
   }
 }
@@ -51,8 +48,8 @@ export interface Spool {
    * written: read back, its length would be taken for garbage and the file cut there.
    */
   append(payloads: readonly Uint8Array[]): Promise<void>;
-  /** Up to `maxRecords` records from `offset` (a record boundary), with the offset after each. */
-  read(offset: number, maxRecords: number): Promise<{ payloads: Uint8Array[]; ends: number[] }>;
+  /** Up to `maxRecords` records from `offset` (a record boundary), with the offset after each; up to `maxBytes` of payload (but one record at least). */
+  read(offset: number, maxRecords: number, maxBytes?: number): Promise<{ payloads: Uint8Array[]; ends: number[] }>;
   /** Empties the file (every record was replayed). */
   truncate(): Promise<void>;
   close(): Promise<void>;
@@ -89,7 +86,7 @@ export async function openSpool(path: string): Promise<Spool> {
     tornBytes,
     async append(payloads) {
       if (payloads.length === 0) return;
-      const tooLarge = payloads.findIndex((p) => p.length > maxRecordBytes);
+      const tooLarge = payloads.findIndex((p) => p.length > maxSpoolRecordBytes);
       if (tooLarge >= 0) throw new SpoolRecordTooLargeError(tooLarge, payloads[tooLarge].length);
       let length = 0;
       for (const p of payloads) length += headerBytes + p.length;
@@ -114,7 +111,7 @@ export async function openSpool(path: string): Promise<Spool> {
       records += payloads.length;
       bytes += length;
     },
-    read: (offset, maxRecords) => readRecords(fh, offset, bytes, maxRecords),
+    read: (offset, maxRecords, maxBytes = Infinity) => readRecords(fh, offset, bytes, maxRecords, maxBytes),
     async truncate() {
       await fh.truncate(0);
       await fh.datasync();
@@ -126,22 +123,25 @@ export async function openSpool(path: string): Promise<Spool> {
 }
 
 /** Whole, intact records in [offset, end); stops at the first short or corrupt one. */
-async function readRecords(fh: FileHandle, offset: number, end: number, maxRecords: number) {
+async function readRecords(fh: FileHandle, offset: number, end: number, maxRecords: number, maxBytes = Infinity) {
   const payloads: Uint8Array[] = [];
   const ends: number[] = [];
   let at = offset;
-  while (payloads.length < maxRecords && at + headerBytes <= end) {
+  let total = 0;
+  const more = () => payloads.length < maxRecords && total < maxBytes;
+  while (more() && at + headerBytes <= end) {
     const block = new Uint8Array(Math.min(readBlockBytes, end - at));
     const { bytesRead } = await fh.read(block, 0, block.length, at);
     const view = new DataView(block.buffer, 0, bytesRead);
     let i = 0;
-    while (payloads.length < maxRecords && i + headerBytes <= bytesRead) {
+    while (more() && i + headerBytes <= bytesRead) {
       const length = view.getUint32(i);
-      if (length > maxRecordBytes) return { payloads, ends };
+      if (length > maxSpoolRecordBytes) return { payloads, ends };
       if (i + headerBytes + length > bytesRead) break;
       const payload = block.slice(i + headerBytes, i + headerBytes + length);
       if (crc32(payload, crc32(block.subarray(i, i + 4))) !== view.getUint32(i + 4)) return { payloads, ends };
       payloads.push(payload);
+      total += length;
       i += headerBytes + length;
       ends.push(at + i);
     }
@@ -150,11 +150,12 @@ async function readRecords(fh: FileHandle, offset: number, end: number, maxRecor
       const header = new DataView(block.buffer, 0, bytesRead);
       if (bytesRead < headerBytes) break;
       const length = header.getUint32(0);
-      if (length > maxRecordBytes || at + headerBytes + length > end) break;
+      if (length > maxSpoolRecordBytes || at + headerBytes + length > end) break;
       const payload = new Uint8Array(length);
       const got = (await fh.read(payload, 0, length, at + headerBytes)).bytesRead;
       if (got < length || crc32(payload, crc32(block.subarray(0, 4))) !== header.getUint32(4)) break;
       payloads.push(payload);
+      total += length;
       i = headerBytes + length;
       ends.push(at + i);
     }
