@@ -11,13 +11,16 @@ import t, { type Test } from "tap";
 import { create, fromBinary, getOption, hasOption, toBinary, toJsonString, type DescMethod, type DescService } from "@bufbuild/protobuf";
 import { resource } from "../gen/google/api/resource_pb.js";
 import { createValidator } from "@bufbuild/protovalidate";
-import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, createContextValues, type Client } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { AuditEventSchema, AuditService, type AuditEvent } from "../gen/jobmesh/v1/audit_pb.js";
-import { AuthService, PrincipalKind, Role } from "../gen/jobmesh/v1/auth_pb.js";
+import { AuthService, LoginRequestSchema, PrincipalKind, Role } from "../gen/jobmesh/v1/auth_pb.js";
 import { JobService } from "../gen/jobmesh/v1/jobs_pb.js";
 import { PipelineService, Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
 import { createAuditTopology } from "../internal/audit/topology.ts";
+import { InvalidCredentialsError } from "../internal/auth/errors.ts";
+import { createAuthService } from "../internal/auth/service.ts";
+import { auditAttributionKey } from "../internal/rpc/audit.ts";
 import { accessRulesOf, decide, meshRegistry } from "../internal/contract/index.ts";
 import { startTestMesh } from "./support/mesh.ts";
 import { testPassword } from "./support/auth.ts";
@@ -319,4 +322,27 @@ t.test("a 2 MiB name sent without credentials: refused, and its event is publish
   t.ok(new TextEncoder().encode(e.resource).length <= 1024 && e.resource.startsWith("pipelines/aaaa") && e.resource.endsWith("…[cut]"), "the name, capped and marked");
   t.match(JSON.parse(e.request), { omitted: /^request of \d+ bytes$/ }, "the request is a stub naming its size");
   t.ok(toBinary(AuditEventSchema, e).length < 64 * 1024, `${toBinary(AuditEventSchema, e).length} bytes on the wire`);
+});
+
+t.test("login attribution: a successful login's tenant comes from the token it issued (no lookup); a refused one is looked up after the decision", async (t) => {
+  const order: string[] = [];
+  const b64 = (v: unknown) => Buffer.from(JSON.stringify(v)).toString("base64url");
+  const issued = `${b64({ alg: "EdDSA" })}.${b64({ sub: "users/u1", tenant: "tenant-of-token" })}.c2ln`;
+  const domain = {
+    async login(email: string) {
+      order.push("login");
+      if (email === "refused@example.com") throw new InvalidCredentialsError();
+      return { accessToken: issued, expireTime: new Date(), refreshToken: "r", refreshTokenExpireTime: new Date() };
+    },
+  };
+  const service = createAuthService(domain as never, [], { loginTenantOf: async () => (order.push("lookup"), "tenant-looked-up") });
+  const ok = createContextValues();
+  await service.login(create(LoginRequestSchema, { email: "a@example.com", password: "p" }), { values: ok } as never);
+  t.same(order, ["login"], "no lookup for a login that succeeded");
+  t.match(ok.get(auditAttributionKey), { tenantId: "tenant-of-token", subject: "users/u1", credentialHint: "email:a@example.com" });
+  order.length = 0;
+  const refused = createContextValues();
+  await t.rejects(async () => service.login(create(LoginRequestSchema, { email: "refused@example.com", password: "p" }), { values: refused } as never), InvalidCredentialsError);
+  t.same(order, ["login", "lookup"], "the refused login was decided first");
+  t.equal(refused.get(auditAttributionKey)?.tenantId, "tenant-looked-up");
 });

@@ -81,13 +81,18 @@ export interface AuthServiceOptions {
 export function createAuthService(auth: AuthDomain, knownPermissions: readonly string[], options: AuthServiceOptions = {}): ServiceImpl<typeof AuthService> {
   return {
     async login(req, ctx) {
-      // The email, never the password; the tenant as the login will resolve it.
-      const attribution = attribute(ctx.values, { credentialHint: `email:${req.email}`, tenantId: await options.loginTenantOf?.(req.email, req.tenant) });
+      // The email, never the password.
+      const attribution = attribute(ctx.values, { credentialHint: `email:${req.email}` });
       try {
         const tokens = await auth.login(req.email, req.password, req.tenant, ctx.values.get(clientAddressKey));
+        // The tenant and user, from the token the login issued: no lookup of its own.
         issuedTo(attribution, tokens.accessToken);
         return create(LoginResponseSchema, sessionResponse(tokens));
       } catch (error) {
+        // A refused login tells nothing about the tenant (its errors must not: they would tell
+        // which emails have accounts), so only a refused one is looked up, as the login would
+        // resolve it, after the decision: no login waits on the audit log's query before it.
+        attribution.tenantId = await options.loginTenantOf?.(req.email, req.tenant);
         if (!(error instanceof TooManyLoginAttemptsError)) throw error;
         const retryDelay = durationFromMs(error.retryAfterSeconds * 1000);
         throw new ConnectError(error.message, Code.ResourceExhausted, undefined, [{ desc: RetryInfoSchema, value: create(RetryInfoSchema, { retryDelay }) }], error);
