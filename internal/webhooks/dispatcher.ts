@@ -253,6 +253,7 @@ export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
       refillTimer = undefined;
       wake();
     }, ms);
+    refillTimer.unref();
   }
 
   const loop = (async () => {
