@@ -12,7 +12,7 @@ import { jetstream, jetstreamManager, type ConsumerMessages } from "@nats-io/jet
 import { connect } from "@nats-io/transport-node";
 import { AuditEventSchema, type AuditEvent } from "../gen/jobmesh/v1/audit_pb.js";
 import { PrincipalKind } from "../gen/jobmesh/v1/auth_pb.js";
-import { createAuditTopology, provisionAuditTopology } from "../internal/audit/topology.ts";
+import { createAuditTopology, provisionAuditTopology, removeAuditTopology } from "../internal/audit/topology.ts";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { PipelineService } from "../gen/jobmesh/v1/pipelines_pb.js";
@@ -45,8 +45,7 @@ const userAgent = "gateway-audit-test/1.0";
 const nc = await connect({ servers: natsUrl });
 const jsm = await jetstreamManager(nc);
 t.teardown(async () => {
-  await jsm.streams.delete(topology.eventsStream).catch(() => false);
-  await jsm.streams.delete(topology.checkpointsStream).catch(() => false);
+  await removeAuditTopology(topology, jsm);
   await nc.close();
 });
 

@@ -117,3 +117,8 @@ export async function provisionAuditTopology(topology: AuditTopology, jsm: JetSt
     await jsm.consumers.add(topology.eventsStream, consumer);
   }
 }
+
+/** Deletes the audit streams (the events, the checkpoints and the heads): a test namespace's cleanup. */
+export async function removeAuditTopology(topology: AuditTopology, jsm: JetStreamManager): Promise<void> {
+  for (const name of [topology.eventsStream, topology.checkpointsStream, topology.headsStream]) await jsm.streams.delete(name).catch(() => false);
+}

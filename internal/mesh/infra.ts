@@ -59,7 +59,7 @@ export async function createInfra(config: Config, log: Logger, telemetry: Teleme
       if (!auditSink) {
         const made = (async () => {
           const topology = createAuditTopology(config.namespace);
-          await provisionAuditTopology(topology, bus.jsm, { streamMaxBytes: config.streamMaxBytes });
+          await provisionAuditTopology(topology, bus.jsm, { streamMaxBytes: config.streamMaxBytes, checkpointStreamMaxBytes: config.audit.checkpointStreamMaxBytes });
           return createAuditSink({ nc: bus.nc, js: bus.js, topology, spoolFile: join(config.audit.spoolDir, `${processName}.spool`), log });
         })();
         auditSink = made;

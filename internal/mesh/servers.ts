@@ -275,10 +275,10 @@ export interface AuditServer extends RpcServer {
 export async function serveAudit(infra: Infra, port = infra.config.ports.audit, options: ServeOptions = {}): Promise<AuditServer> {
   const { config } = infra;
   const topology = createAuditTopology(config.namespace);
-  await provisionAuditTopology(topology, infra.bus.jsm, { streamMaxBytes: config.streamMaxBytes });
+  await provisionAuditTopology(topology, infra.bus.jsm, { streamMaxBytes: config.streamMaxBytes, checkpointStreamMaxBytes: config.audit.checkpointStreamMaxBytes });
   const keyEncryptionKey = await loadKeyEncryptionKey(config.auth.keyEncryptionKey, config.auth.signingKeyDir);
   const deps = { db: infra.db, js: infra.bus.js, jsm: infra.bus.jsm, topology, keyEncryptionKey, log: infra.log };
-  const domain = createAuditDomain({ ...deps, pageTokens: infra.pageTokens });
+  const domain = createAuditDomain({ ...deps, pageTokens: infra.pageTokens, retentionDays: config.audit.retentionDays });
   // Events recorded before a tenant was known (a bad credential) join the deployment operator's chain.
   const store = await startAuditStore({
     ...deps,

@@ -5,7 +5,7 @@
 import { InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace";
 import { createInfra, type Infra } from "../../internal/mesh/infra.ts";
 import { removeTopology } from "../../internal/jobs/topology.ts";
-import { createAuditTopology } from "../../internal/audit/topology.ts";
+import { createAuditTopology, removeAuditTopology } from "../../internal/audit/topology.ts";
 import { defaultIdentityMode, serveAudit, serveAuth, serveJobs, servePipelines, serveWebhooks, startWorkers, type AuditServer, type JobsServer, type WebhooksServer } from "../../internal/mesh/servers.ts";
 import type { DestinationStream } from "pino";
 import { createTestAuth, type TestAuth } from "./auth.ts";
@@ -98,8 +98,7 @@ export async function startTestMesh(overrides: Record<string, string> = {}, opti
       if (isolated.config.audit.enabled) {
         // Every event the servers recorded reaches the stream first; then the namespace's audit streams go.
         await (await infra.auditSink()).flush();
-        const streams = createAuditTopology(isolated.namespace);
-        for (const name of [streams.eventsStream, streams.checkpointsStream]) await infra.bus.jsm.streams.delete(name).catch(() => false);
+        await removeAuditTopology(createAuditTopology(isolated.namespace), infra.bus.jsm);
       }
       await infra.cache.redis.eval("for _, k in ipairs(redis.call('keys', ARGV[1])) do redis.call('del', k) end", 0, `${isolated.namespace}:*`).catch(() => {});
       await infra.close();
