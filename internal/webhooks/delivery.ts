@@ -72,6 +72,7 @@ export async function startWebhookDelivery(deps: WebhookDeliveryDeps): Promise<W
     log,
     firstDelayMs: firstAttemptDelayMs(config.retryScheduleMs),
     dueChannel: deliveriesDueChannel,
+    onInserted: () => dispatch.wake(),
     cacheUsable: () => listening !== undefined,
   });
 

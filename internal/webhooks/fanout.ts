@@ -79,6 +79,8 @@ export interface FanoutDeps {
   firstDelayMs: number;
   /** The channel the dispatcher LISTENs on; NOTIFYed when rows were inserted. */
   dueChannel: string;
+  /** Called after rows were inserted: wakes this process's dispatcher without the NOTIFY's detour. */
+  onInserted?: () => void;
   /** Whether cached subscriptions may be used (false while the LISTEN connection is down). */
   cacheUsable: () => boolean;
   batchSize?: number;
@@ -214,8 +216,9 @@ export async function startFanout(deps: FanoutDeps): Promise<Fanout> {
         }
       }
       try {
-        await fanOut(events, payloads);
+        const inserted = await fanOut(events, payloads);
         failures = 0;
+        if (inserted > 0) deps.onInserted?.();
         for (const msg of kept) msg.ack();
       } catch (error) {
         failures++;
