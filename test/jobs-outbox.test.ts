@@ -2,7 +2,7 @@ import t from "tap";
 import { JobEventType } from "../gen/jobmesh/v1/events_pb.js";
 import { inTransaction } from "../internal/db/index.ts";
 import { recordEvents } from "../internal/jobs/outbox.ts";
-import { createOutboxRelay } from "../internal/jobs/relay.ts";
+import { createOutboxRelay } from "../internal/outbox/index.ts";
 import { selectJob } from "../internal/jobs/store.ts";
 import { jobClient, signInAsAdmin } from "./jobs-support.ts";
 import { startTestMesh } from "./support/mesh.ts";

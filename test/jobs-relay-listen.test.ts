@@ -5,7 +5,7 @@
  */
 import t from "tap";
 import pg from "pg";
-import { createOutboxRelay } from "../internal/jobs/relay.ts";
+import { createOutboxRelay } from "../internal/outbox/index.ts";
 import { startTestMesh } from "./support/mesh.ts";
 
 const mesh = await startTestMesh({}, { jobs: true, auth: true, workers: 0, relay: false });

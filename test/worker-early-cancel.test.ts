@@ -7,7 +7,7 @@ import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { StageAttemptOutcome } from "../gen/jobmesh/v1/jobs_pb.js";
 import { PipelineConfigSchema, PipelineService, Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
-import { createOutboxRelay } from "../internal/jobs/relay.ts";
+import { createOutboxRelay } from "../internal/outbox/index.ts";
 import { startWorkers } from "../internal/mesh/servers.ts";
 import { jobClient, signInAsAdmin, waitForJob } from "./jobs-support.ts";
 import { startTestMesh } from "./support/mesh.ts";

@@ -15,7 +15,8 @@ import type { Queryable } from "../db/index.ts";
 import type { PipelineDomain } from "../pipelines/pipelines.ts";
 import { isForbiddenAddress } from "../stages/index.ts";
 import { DocumentTooLargeError, ForbiddenUrlError, JobRequestIdReusedError, PipelineUnavailableError, UploadNotFoundError } from "./errors.ts";
-import { applyChange, changeRows, type OutboxMessage } from "./outbox.ts";
+import { writeOutbox, type OutboxMessage } from "../outbox/index.ts";
+import { applyChange, changeRows } from "./outbox.ts";
 import { jobColumnList, jobNameOf, stageAt, type JobRow } from "./store.ts";
 import type { Topology } from "./topology.ts";
 
@@ -150,9 +151,12 @@ export async function insertJobs(db: Queryable, topology: Topology, tenantId: st
       [{ type: JobEventType.JOB_CREATED }], carrier, { stageIndex: 0, attempt: 1 });
     return { id, p, rows };
   });
-  const { rows } = await db.query<JobRow>({
+  // The outbox rows (job_created, first stage task) are written only for the jobs inserted here.
+  const rows = await writeOutbox<JobRow>(db, built.flatMap((b) => b.rows.outbox.map((o) => ({ ...o, key: b.id }))), {
     name: "jobs-insert-many",
-    text: `WITH t AS (
+    gate: { from: "ins", key: "ins.id" },
+    graceSeconds,
+    with: `t AS (
        SELECT * FROM unnest($2::uuid[], $3::text[], $4::int[], $5::jsonb[], $6::smallint[], $7::jsonb[], $8::smallint[], $9::bytea[],
          $10::text[], $11::text[], $12::uuid[], $13::text[], $14::text[], $15::uuid[], $16::text[], $17::bytea[])
          AS t(id, pipeline_id, pipeline_version, pipeline_config, priority, labels, source_kind, source_content,
@@ -170,13 +174,8 @@ export async function insertJobs(db: Queryable, topology: Topology, tenantId: st
      ), events AS (
        INSERT INTO job_events (tenant_id, job_id, sequence, event_type, event)
        SELECT $1, t.id, 1, $21::smallint, t.event FROM ins JOIN t ON t.id = ins.id
-     ), box AS (
-       INSERT INTO outbox (id, subject, payload, headers, available_time)
-       SELECT o.id, o.subject, o.payload, o.headers, clock_timestamp() + make_interval(secs => $27::float8)
-       FROM ins JOIN unnest($22::uuid[], $23::uuid[], $24::text[], $25::bytea[], $26::jsonb[]) AS o(job_id, id, subject, payload, headers)
-         ON o.job_id = ins.id
-     )
-     SELECT * FROM ins`,
+     )`,
+    select: "SELECT * FROM ins",
     values: [
       tenantId,
       built.map((b) => b.id),
@@ -199,12 +198,6 @@ export async function insertJobs(db: Queryable, topology: Topology, tenantId: st
       traceId,
       carrier.traceparent ?? "",
       JobEventType.JOB_CREATED,
-      built.flatMap((b) => b.rows.outbox.map(() => b.id)),
-      built.flatMap((b) => b.rows.outbox.map((o) => o.id)),
-      built.flatMap((b) => b.rows.outbox.map((o) => o.subject)),
-      built.flatMap((b) => b.rows.outbox.map((o) => o.payload)),
-      built.flatMap((b) => b.rows.outbox.map((o) => JSON.stringify(o.headers))),
-      graceSeconds,
     ],
   });
   const inserted = new Map(rows.map((r) => [r.id, r]));

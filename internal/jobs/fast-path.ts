@@ -10,14 +10,15 @@
  * is unchanged: stage_index, stage_attempt and state are checked as well as the version.
  *
  * The rows these statements write to the outbox are published by the caller straight after the
- * statement returns (publisher.ts); the relay takes them only after its grace period.
+ * statement returns (internal/outbox/publisher.ts); the relay takes them only after its grace period.
  */
 import { JobEventType, JobState } from "../../gen/jobmesh/v1/events_pb.js";
 import { StageAttemptOutcome } from "../../gen/jobmesh/v1/jobs_pb.js";
 import { Stage } from "../../gen/jobmesh/v1/pipelines_pb.js";
 import type { Queryable } from "../db/index.ts";
 import { countFinished } from "./metrics.ts";
-import { changeRows, eventSourceOf, type ChangeRows, type NewEvent, type OutboxMessage, type StageTask } from "./outbox.ts";
+import { writeOutbox, type OutboxMessage } from "../outbox/index.ts";
+import { changeRows, eventSourceOf, type ChangeRows, type NewEvent, type StageTask } from "./outbox.ts";
 import type { ResultInsert } from "./results.ts";
 import { configOf, jobColumnList, nextStageMaxAttemptSql, type JobRow } from "./store.ts";
 import type { Topology } from "./topology.ts";
@@ -117,32 +118,32 @@ export async function claimMany(db: Queryable, topology: Topology, requests: Cla
     return { task, rows };
   });
   const event = (b: (typeof built)[number]) => b.rows.outbox[0];
-  const { rows } = await db.query<ClaimedRow & InputColumns>({
+  // The stage_started rows go to the outbox only for the jobs this statement claimed.
+  const rows = await writeOutbox<ClaimedRow & InputColumns>(db, built.map((b) => ({ ...event(b), key: b.task.jobId })), {
     // Named: each connection parses and plans it once.
     name: "jobs-claim-many",
-    text: `WITH t AS (
-       SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::int[], $5::bigint[], $6::smallint[], $7::uuid[], $8::bytea[], $9::text[], $10::jsonb[])
-         AS t(tenant_id, job_id, stage_index, attempt, version, stage, event_id, event, subject, headers)
+    gate: { from: "claimed", key: "claimed.id" },
+    graceSeconds,
+    with: `t AS (
+       SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::int[], $5::bigint[], $6::smallint[], $7::bytea[])
+         AS t(tenant_id, job_id, stage_index, attempt, version, stage, event)
      ), claimed AS (
-       UPDATE jobs j SET state = $12::smallint, start_time = coalesce(j.start_time, date_trunc('milliseconds', now())),
+       UPDATE jobs j SET state = $9::smallint, start_time = coalesce(j.start_time, date_trunc('milliseconds', now())),
          event_seq = j.event_seq + 1, version = j.version + 1, update_time = date_trunc('milliseconds', now())
        FROM t
        WHERE j.tenant_id = t.tenant_id AND j.id = t.job_id AND j.stage_index = t.stage_index AND j.stage_attempt = t.attempt
-         AND j.state = $13::smallint AND j.version = t.version
-       RETURNING ${prefixed("j")}, t.stage AS claimed_stage, t.event_id, t.event, t.subject, t.headers AS event_headers,
+         AND j.state = $10::smallint AND j.version = t.version
+       RETURNING ${prefixed("j")}, t.stage AS claimed_stage, t.event,
          CASE WHEN t.stage = ${Stage.INGEST} THEN j.source_content END AS source_content,
          CASE WHEN t.stage = ${Stage.INGEST} THEN j.source_text END AS source_text
      ), attempts AS (
        INSERT INTO stage_attempts (tenant_id, job_id, stage_index, attempt, stage, worker_id, outcome)
-       SELECT tenant_id, id, stage_index, stage_attempt, claimed_stage, $11, $14::smallint FROM claimed
+       SELECT tenant_id, id, stage_index, stage_attempt, claimed_stage, $8, $11::smallint FROM claimed
      ), events AS (
        INSERT INTO job_events (tenant_id, job_id, sequence, event_type, event)
-       SELECT tenant_id, id, event_seq, $15::smallint, event FROM claimed
-     ), box AS (
-       INSERT INTO outbox (id, subject, payload, headers, available_time)
-       SELECT event_id, subject, event, event_headers, clock_timestamp() + make_interval(secs => $16::float8) FROM claimed
-     )
-     SELECT ${prefixed("c")},
+       SELECT tenant_id, id, event_seq, $12::smallint, event FROM claimed
+     )`,
+    select: `SELECT ${prefixed("c")},
        ${nextStageMaxAttemptSql("c")} AS next_max_attempt,
        ${inputColumnsSql("c", "c.claimed_stage")}
      FROM claimed c`,
@@ -153,16 +154,12 @@ export async function claimMany(db: Queryable, topology: Topology, requests: Cla
       built.map((b) => b.task.attempt),
       built.map((b) => b.task.version),
       built.map((b) => b.task.stage),
-      built.map((b) => event(b).id),
       built.map((b) => event(b).payload),
-      built.map((b) => event(b).subject),
-      built.map((b) => JSON.stringify(event(b).headers)),
       workerId,
       JobState.RUNNING,
       JobState.QUEUED,
       StageAttemptOutcome.RUNNING,
       JobEventType.STAGE_STARTED,
-      graceSeconds,
     ],
   });
   const byJob = new Map(rows.map((row) => [row.id, row]));
@@ -268,19 +265,22 @@ export async function completeMany(db: Queryable, topology: Topology, requests: 
     return { c, next, continued, final: next === undefined, rows, outputJson: JSON.stringify(c.done.output ?? null) };
   });
   const events = built.flatMap((b) => b.rows.events.map((e) => ({ jobId: b.c.task.jobId, ...e })));
-  const outbox = built.flatMap((b) => b.rows.outbox.map((o) => ({ jobId: b.c.task.jobId, ...o })));
+  const outbox = built.flatMap((b) => b.rows.outbox.map((o) => ({ ...o, key: b.c.task.jobId })));
   const withResult = built.filter((b) => b.final && b.c.done.result);
   const result = (b: (typeof built)[number]) => b.c.done.result!;
-  const { rows } = await db.query<{ id: string; version: string; event_seq: string; next_max_attempt: number }>({
+  // The events and next tasks go to the outbox only for the jobs this statement committed.
+  const rows = await writeOutbox<{ id: string; version: string; event_seq: string; next_max_attempt: number }>(db, outbox, {
     name: "jobs-complete-many",
-    text: `WITH t AS (
+    gate: { from: "done d", key: "d.id" },
+    graceSeconds,
+    with: `t AS (
        SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::int[], $5::bigint[], $6::smallint[], $7::bool[], $8::int[], $9::int[],
-         $10::bigint[], $11::text[], $12::text[], $13::jsonb[], $14::bytea[], $15::int[], $16::timestamptz[], $38::bool[], $39::smallint[], $40::text[])
+         $10::bigint[], $11::text[], $12::text[], $13::jsonb[], $14::bytea[], $15::int[], $16::timestamptz[], $32::bool[], $33::smallint[], $34::text[])
          AS t(tenant_id, job_id, stage_index, attempt, version, stage, final, next_index, next_attempt,
            size_bytes, sha256, detected_media_type, output, bytes, event_count, result_expire_time, continued, next_stage, continue_as)
      ), done AS (
        UPDATE jobs j SET
-         state = CASE WHEN t.final THEN $34::smallint WHEN t.continued THEN $36::smallint ELSE $35::smallint END,
+         state = CASE WHEN t.final THEN $28::smallint WHEN t.continued THEN $30::smallint ELSE $29::smallint END,
          stage_index = CASE WHEN t.final THEN j.stage_index ELSE t.next_index END,
          stage_attempt = CASE WHEN t.final THEN j.stage_attempt ELSE t.next_attempt END,
          stage_attempt_base = CASE WHEN t.final THEN j.stage_attempt_base ELSE t.next_attempt END,
@@ -293,16 +293,16 @@ export async function completeMany(db: Queryable, topology: Topology, requests: 
          event_seq = j.event_seq + t.event_count, version = j.version + 1, update_time = date_trunc('milliseconds', now())
        FROM t
        WHERE j.tenant_id = t.tenant_id AND j.id = t.job_id AND j.stage_index = t.stage_index AND j.stage_attempt = t.attempt
-         AND j.state = $36::smallint AND j.version = t.version
+         AND j.state = $30::smallint AND j.version = t.version
        RETURNING j.tenant_id, j.id, j.version, j.event_seq, t.stage_index AS done_index, t.attempt AS done_attempt, t.stage AS done_stage,
          t.output, t.bytes, t.continued, t.next_index, t.next_attempt, t.next_stage, t.continue_as,
          ${nextStageMaxAttemptSql("j")} AS next_max_attempt
      ), ended AS (
-       UPDATE stage_attempts a SET outcome = $37::smallint, end_time = clock_timestamp(), error = NULL
+       UPDATE stage_attempts a SET outcome = $31::smallint, end_time = clock_timestamp(), error = NULL
        FROM done d WHERE a.tenant_id = d.tenant_id AND a.job_id = d.id AND a.stage_index = d.done_index AND a.attempt = d.done_attempt
      ), started AS (
        INSERT INTO stage_attempts (tenant_id, job_id, stage_index, attempt, stage, worker_id, outcome)
-       SELECT d.tenant_id, d.id, d.next_index, d.next_attempt, d.next_stage, d.continue_as, $41::smallint FROM done d WHERE d.continued
+       SELECT d.tenant_id, d.id, d.next_index, d.next_attempt, d.next_stage, d.continue_as, $35::smallint FROM done d WHERE d.continued
      ), outputs AS (
        INSERT INTO stage_outputs (tenant_id, job_id, stage, output, bytes)
        SELECT d.tenant_id, d.id, d.done_stage, d.output, d.bytes FROM done d
@@ -319,13 +319,8 @@ export async function completeMany(db: Queryable, topology: Topology, requests: 
        INSERT INTO job_events (tenant_id, job_id, sequence, event_type, event)
        SELECT d.tenant_id, d.id, e.seq, e.type, e.event
        FROM done d JOIN unnest($24::uuid[], $25::bigint[], $26::smallint[], $27::bytea[]) AS e(job_id, seq, type, event) ON e.job_id = d.id
-     ), box AS (
-       INSERT INTO outbox (id, subject, payload, headers, available_time)
-       SELECT o.id, o.subject, o.payload, o.headers, clock_timestamp() + make_interval(secs => $33::float8)
-       FROM done d JOIN unnest($28::uuid[], $29::uuid[], $30::text[], $31::bytea[], $32::jsonb[]) AS o(job_id, id, subject, payload, headers)
-         ON o.job_id = d.id
-     )
-     SELECT id, version, event_seq, next_max_attempt FROM done`,
+     )`,
+    select: "SELECT id, version, event_seq, next_max_attempt FROM done",
     values: [
       built.map((b) => b.c.task.tenantId),
       built.map((b) => b.c.task.jobId),
@@ -354,12 +349,6 @@ export async function completeMany(db: Queryable, topology: Topology, requests: 
       events.map((e) => e.sequence.toString()),
       events.map((e) => e.type),
       events.map((e) => e.bytes),
-      outbox.map((o) => o.jobId),
-      outbox.map((o) => o.id),
-      outbox.map((o) => o.subject),
-      outbox.map((o) => o.payload),
-      outbox.map((o) => JSON.stringify(o.headers)),
-      graceSeconds,
       JobState.SUCCEEDED,
       JobState.QUEUED,
       JobState.RUNNING,

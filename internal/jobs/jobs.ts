@@ -17,7 +17,7 @@ import { findByRequestId, insertableAtOnce, insertJobs, insertLargeJob, prepareJ
 import { InvalidJobRequestError, JobNotFoundError, JobStateError, ResultNotFoundError, StaleJobEtagError } from "./errors.ts";
 import { listJobs, type ListJobsQuery } from "./list.ts";
 import { applyChange } from "./outbox.ts";
-import type { DirectPublisher } from "./publisher.ts";
+import type { DirectPublisher } from "../outbox/index.ts";
 import { cancelKey } from "./reaper.ts";
 import { selectResult, toJobResult } from "./results.ts";
 import { checkStorageQuota } from "./storage-quota.ts";

@@ -1,8 +1,9 @@
 /**
  * Writes what a job's state change causes into the same transaction as the change: its events
  * (job_events for WatchJob, outbox rows for JetStream) and its next stage task (an outbox row
- * for the work stream, possibly delayed). The relay publishes the outbox after the commit, so a
- * rolled-back change publishes nothing and a committed one is never lost.
+ * for the work stream, possibly delayed). The outbox rows go through the outbox package's one writer
+ * (internal/outbox, writeOutbox); job_events stay here. The relay publishes the outbox after the
+ * commit, so a rolled-back change publishes nothing and a committed one is never lost.
  */
 import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
@@ -12,11 +13,9 @@ import { JobEventSchema, type JobEventType, type JobState } from "../../gen/jobm
 import type { Priority } from "../../gen/jobmesh/v1/jobs_pb.js";
 import { Stage } from "../../gen/jobmesh/v1/pipelines_pb.js";
 import type { Queryable } from "../db/index.ts";
+import { writeOutbox, type OutboxMessage } from "../outbox/index.ts";
 import { jobColumnList, jobErrorOf, jobNameOf, pipelineNameOf, stageAt, type JobErrorJson, type JobRow } from "./store.ts";
 import { eventTypeToken, type Topology } from "./topology.ts";
-
-/** Postgres channel the relay LISTENs on; a NOTIFY in the writing transaction wakes it on commit. */
-export const outboxChannel = "jobmesh_outbox";
 
 /**
  * What every event of a job repeats, fixed when the job is created. A stage task carries it, so
@@ -79,15 +78,6 @@ export interface QueuedTask {
   attempt: number;
   /** Held back this long (retry backoff). */
   delayMs?: number;
-}
-
-/** One outbox row: a message for JetStream, published by the relay or straight after commit. */
-export interface OutboxMessage {
-  id: string;
-  subject: string;
-  payload: Buffer;
-  headers: Record<string, string>;
-  delayMs: number;
 }
 
 /** A job's events and stage task as rows, built before the statement that writes them. */
@@ -200,31 +190,25 @@ export async function applyChange(
     eventRows.map((r) => r.sequence.toString()),
     eventRows.map((r) => r.type),
     eventRows.map((r) => r.bytes),
-    outbox.map((o) => o.id),
-    outbox.map((o) => o.subject),
-    outbox.map((o) => o.payload),
-    outbox.map((o) => JSON.stringify(o.headers)),
-    outbox.map((o) => o.delayMs),
   ];
   const sets = Object.entries(patch).map(([column, value]) => {
     params.push(value);
     return `${column} = $${params.length}`;
   });
-  const { rows } = await tx.query<JobRow>(
-    `WITH job AS (
+  // The outbox rows are due at once (their task's delay aside): nobody publishes them directly,
+  // and the NOTIFY wakes the relay on commit.
+  const rows = await writeOutbox<JobRow>(tx, outbox, {
+    with: `job AS (
        UPDATE jobs SET ${[...sets, "event_seq = event_seq + $3", "version = version + 1", "update_time = date_trunc('milliseconds', now())"].join(", ")}
        WHERE tenant_id = $1 AND id = $2 RETURNING ${jobColumnList}
      ), events AS (
        INSERT INTO job_events (tenant_id, job_id, sequence, event_type, event)
        SELECT $1, $2, x.seq, x.type, x.event FROM unnest($4::bigint[], $5::smallint[], $6::bytea[]) AS x(seq, type, event)
-     ), box AS (
-       INSERT INTO outbox (id, subject, payload, headers, available_time)
-       SELECT x.id, x.subject, x.payload, x.headers, clock_timestamp() + make_interval(secs => x.delay / 1000)
-       FROM unnest($7::uuid[], $8::text[], $9::bytea[], $10::jsonb[], $11::float8[]) AS x(id, subject, payload, headers, delay)
-     )
-     SELECT job.*, pg_notify('${outboxChannel}', '') FROM job`,
-    params,
-  );
+     )`,
+    select: "SELECT job.* FROM job",
+    values: params,
+    notify: true,
+  });
   return rows[0];
 }
 

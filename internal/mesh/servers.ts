@@ -19,8 +19,7 @@ import { createIdentityInterceptors, createRemoteJwksLoader } from "../rpc/ident
 import { bindService, startRpcServer, type RpcServer } from "../rpc/server.ts";
 import { createJobDomain } from "../jobs/jobs.ts";
 import { registerQueueDepth } from "../jobs/metrics.ts";
-import { createDirectPublisher } from "../jobs/publisher.ts";
-import { createOutboxRelay, type OutboxRelay } from "../jobs/relay.ts";
+import { createDirectPublisher, createOutboxRelay, type OutboxRelay } from "../outbox/index.ts";
 import { createReaper, type Reaper } from "../jobs/reaper.ts";
 import { createJobService, JobService } from "../jobs/service.ts";
 import { createTopology, openBuckets, provisionTopology, type Topology } from "../jobs/topology.ts";

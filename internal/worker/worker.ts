@@ -24,7 +24,7 @@ import {
   type Claimed, type ClaimedRow, type ClaimRequest, type Committed, type CompletionRequest, type StageCompletion, type StageInputs,
 } from "../jobs/fast-path.ts";
 import type { StageTask } from "../jobs/outbox.ts";
-import { createDirectPublisher } from "../jobs/publisher.ts";
+import { createDirectPublisher } from "../outbox/index.ts";
 import { cancelKey, heartbeatKey } from "../jobs/reaper.ts";
 import { stageAt } from "../jobs/store.ts";
 import { prioritiesInOrder, stageToken, workAckWaitMs, type Topology } from "../jobs/topology.ts";

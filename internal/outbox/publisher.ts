@@ -12,7 +12,7 @@ import { tracedHeaders } from "../bus/index.ts";
 import { groupCommit } from "../db/group-commit.ts";
 import type { Queryable } from "../db/index.ts";
 import type { Logger } from "../telemetry/index.ts";
-import type { OutboxMessage } from "./outbox.ts";
+import type { OutboxMessage } from "./writer.ts";
 
 /** How long the relay leaves a directly published row to its writer. */
 const relayGraceMs = 2_000;

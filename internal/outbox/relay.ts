@@ -13,7 +13,7 @@ import type { JetStreamClient } from "@nats-io/jetstream";
 import type { PoolClient } from "pg";
 import { inTransaction, type Pool } from "../db/index.ts";
 import type { Logger } from "../telemetry/index.ts";
-import { outboxChannel } from "./outbox.ts";
+import { outboxChannel } from "./writer.ts";
 import { publishOutboxRow, type Send } from "./publisher.ts";
 
 export interface OutboxRelayOptions {
