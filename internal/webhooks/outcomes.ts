@@ -41,10 +41,11 @@ export async function recordSuccesses(db: Pool, group: readonly { delivery: Clai
        SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::int[], $4::int[], $5::bigint[], $6::text[], $7::timestamptz[], $8::bool[], $9::smallint[])
          AS x (id, lease, attempt, status_code, latency_us, excerpt, attempt_time, replay, outcome)
      ), done AS (
+       -- Lost with a Postgres crash, a success is only sent again (at least once): no WAL flush wait.
        UPDATE webhook_deliveries d
        SET status = 2, attempt_count = x.attempt, lease_until = NULL, next_attempt_time = NULL,
            replay_pending = false, update_time = date_trunc('milliseconds', now())
-       FROM x WHERE d.id = x.id AND d.lease_until = x.lease
+       FROM x WHERE d.id = x.id AND d.lease_until = x.lease AND set_config('synchronous_commit', 'off', true) IS NOT NULL
        RETURNING d.id, d.webhook_id
      ), attempts AS (
        INSERT INTO webhook_delivery_attempts (delivery_id, attempt, outcome, status_code, latency_us, response_excerpt, error_message, attempt_time, replay)
