@@ -10,12 +10,12 @@ import { until } from "./support/wait.ts";
 
 t.setTimeout(300_000);
 const world = await createDeliveryWorld(t);
-const total = 400;
+const total = 600;
 
 void t.test("kill -9 of the webhooks process mid-delivery - a second process delivers every event, each delivery recorded once", async (t) => {
   let secret = "";
   const receiver = await world.receiver(() => [secret]);
-  const hook = await world.subscribe(receiver.url, { maxConcurrency: 20, maxRatePerSecond: 200 });
+  const hook = await world.subscribe(receiver.url, { maxConcurrency: 20, maxRatePerSecond: 100 });
   secret = hook.secret;
   // Slow enough that the kill finds requests in flight.
   receiver.answer = (_a, res) => void setTimeout(() => res.end("ok"), 30);

@@ -117,10 +117,14 @@ void t.test("delivery - Retry-After is honoured instead of the (short) schedule"
 void t.test("delivery - 410 Gone disables the subscription and fails its pending deliveries", async (t) => {
   const receiver = await world.receiver(() => []);
   const hook = await world.subscribe(receiver.url, { maxConcurrency: 1 });
-  receiver.answer = (_a, res) => {
+  // The answer waits until every event has its delivery row: a later event fanned out after the
+  // disable would (rightly) get none.
+  const rows = async () => (await db.query<{ n: number }>("SELECT count(*)::int AS n FROM webhook_deliveries WHERE tenant_id = $1 AND webhook_id = $2", [world.tenantId, hook.id])).rows[0].n;
+  receiver.answer = (_a, res) => void (async () => {
+    while ((await rows()) < 3) await new Promise((resolve) => setTimeout(resolve, 20));
     res.statusCode = 410;
     res.end("gone");
-  };
+  })();
   await world.start({});
   const events = [await world.publish(), await world.publish(), await world.publish()];
   await until(t, "disabled", async () => (await webhookOf(hook.id)).state === 2);
@@ -191,6 +195,7 @@ void t.test("delivery - a receiver that never answers does not delay another's d
   const events: JobEvent[] = [];
   for (let i = 0; i < 40; i++) events.push(await world.publish());
   await until(t, "every event reached the fast receiver", () => events.every((e) => fast.countOf(e.eventId) === 1), { timeoutMs: 60_000 });
+  await until(t, "the stuck receiver holds its 5 requests", () => stuck.arrivals.length >= 5);
   t.equal(stuck.arrivals.length, 5, "the stuck receiver holds its concurrency, no more");
   t.same(await world.statusCounts(slowHook.id), { pending: 40 }, "nothing of the stuck subscription finished (its attempts still wait)");
   await until(t, "the fast deliveries recorded", async () => (await world.statusCounts(fastHook.id)).succeeded === 40);
