@@ -73,10 +73,15 @@ export async function startWebhookDelivery(deps: WebhookDeliveryDeps): Promise<W
     firstDelayMs: firstAttemptDelayMs(config.retryScheduleMs),
     dueChannel: deliveriesDueChannel,
     onInserted: () => dispatch.wake(),
-    cacheUsable: () => listening !== undefined,
+    syncCache: async () => {
+      const client = listening;
+      if (!client) return false;
+      // Notifications are delivered before the answer to any query on their connection.
+      return client.query("SELECT 1").then(() => listening === client, () => false);
+    },
   });
 
-  // One LISTEN connection for both channels. While it is down the fan-out does not trust its
+  // One LISTEN connection for both channels. While it is down the fan-out does not use its
   // cache and the dispatcher polls; it is re-established after a second.
   let stopped = false;
   let relisten: NodeJS.Timeout | undefined;

@@ -7,9 +7,11 @@
  * once from the stream, exactly one row per (event, subscription).
  *
  * Subscriptions are cached per tenant. The cache is invalidated by the NOTIFY webhooks_changed
- * (tenant id as payload) that every writer of `webhooks` sends, and entries expire after
- * cacheTtlMs anyway, which bounds the damage of a notification missed while the LISTEN
- * connection was down; while it is down the cache is not used at all.
+ * (tenant id as payload) that every writer of `webhooks` sends. A notification arrives a little
+ * after its commit, so before each batch uses the cache, one round trip on the LISTEN connection
+ * (syncCache) makes sure every notification committed before the batch has been applied: a
+ * subscription committed before an event is fanned out always gets it. While the LISTEN
+ * connection is down the cache is not used; entries also expire after cacheTtlMs.
  */
 import { fromBinary } from "@bufbuild/protobuf";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
@@ -81,8 +83,12 @@ export interface FanoutDeps {
   dueChannel: string;
   /** Called after rows were inserted: wakes this process's dispatcher without the NOTIFY's detour. */
   onInserted?: () => void;
-  /** Whether cached subscriptions may be used (false while the LISTEN connection is down). */
-  cacheUsable: () => boolean;
+  /**
+   * Resolves true once every webhooks_changed notification committed so far has been applied (a
+   * round trip on the LISTEN connection), false when there is no LISTEN connection (then the
+   * cache is not used).
+   */
+  syncCache: () => Promise<boolean>;
   batchSize?: number;
 }
 
@@ -108,11 +114,12 @@ export async function startFanout(deps: FanoutDeps): Promise<Fanout> {
   const cache = new Map<string, { subs: SubscriptionMatch[]; loadedAt: number }>();
 
   async function subscriptionsOf(tenants: string[]): Promise<Map<string, SubscriptionMatch[]>> {
+    const usable = cache.size > 0 && (await deps.syncCache());
     const now = Date.now();
     const found = new Map<string, SubscriptionMatch[]>();
     const missing: string[] = [];
     for (const tenant of tenants) {
-      const hit = deps.cacheUsable() ? cache.get(tenant) : undefined;
+      const hit = usable ? cache.get(tenant) : undefined;
       if (hit && now - hit.loadedAt < cacheTtlMs) found.set(tenant, hit.subs);
       else missing.push(tenant);
     }
