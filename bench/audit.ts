@@ -26,7 +26,7 @@ import { PrincipalKind } from "../gen/jobmesh/v1/auth_pb.js";
 import { AuditEventSchema, type AuditEvent } from "../gen/jobmesh/v1/audit_pb.js";
 import { startAuditStore } from "../internal/audit/consumer.ts";
 import { createAuditSink, type AuditSink } from "../internal/audit/sink.ts";
-import { createAuditTopology, provisionAuditTopology, type AuditTopology } from "../internal/audit/topology.ts";
+import { createAuditTopology, provisionAuditTopology, type AuditTopology } from "../internal/bus/topology.ts";
 import { connectBus, type Bus } from "../internal/bus/index.ts";
 import { servePipelines } from "../internal/mesh/servers.ts";
 import { startTestMesh } from "../test/support/mesh.ts";

@@ -11,7 +11,7 @@ import { AuditChainBreak, AuditCheckpointSchema, AuditEventSchema, type AuditChe
 import { auditKeyIdOf, chainHashOf, createChainVerifier, genesisHash, type ChainVerdict } from "../internal/audit/chain.ts";
 import { createCheckpointer, loadAuditSigningKey, publishedCheckpoints, trustedPublicKeys } from "../internal/audit/checkpoints.ts";
 import { auditEventColumns, checkpointColumns, checkpointOfRow, eventOfRow, isoOfMicros, rowOfEvent, type AuditCheckpointRow, type AuditEventRow } from "../internal/audit/rows.ts";
-import { createAuditTopology, provisionAuditTopology } from "../internal/audit/topology.ts";
+import { createAuditTopology, provisionAuditTopology } from "../internal/bus/topology.ts";
 import { createPool, migrate } from "../internal/db/index.ts";
 import { seal } from "../internal/sealing/index.ts";
 import { createLogger } from "../internal/telemetry/index.ts";

@@ -17,7 +17,7 @@ import { AuditEventSchema, AuditService, type AuditEvent } from "../gen/jobmesh/
 import { AuthService, LoginRequestSchema, PrincipalKind, Role } from "../gen/jobmesh/v1/auth_pb.js";
 import { JobService } from "../gen/jobmesh/v1/jobs_pb.js";
 import { PipelineService, Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
-import { createAuditTopology } from "../internal/audit/topology.ts";
+import { createAuditTopology } from "../internal/bus/topology.ts";
 import { InvalidCredentialsError } from "../internal/auth/errors.ts";
 import { createAuthService } from "../internal/auth/service.ts";
 import { auditAttributionKey } from "../internal/rpc/audit.ts";

@@ -12,7 +12,7 @@ import { jetstream, jetstreamManager, type ConsumerMessages } from "@nats-io/jet
 import { connect } from "@nats-io/transport-node";
 import { AuditEventSchema, type AuditEvent } from "../gen/jobmesh/v1/audit_pb.js";
 import { PrincipalKind } from "../gen/jobmesh/v1/auth_pb.js";
-import { createAuditTopology, provisionAuditTopology, removeAuditTopology } from "../internal/audit/topology.ts";
+import { createAuditTopology, provisionAuditTopology, removeAuditTopology } from "../internal/bus/topology.ts";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { PipelineService } from "../gen/jobmesh/v1/pipelines_pb.js";

@@ -5,7 +5,7 @@ import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } f
 import { JobEventType, JobState } from "../gen/jobmesh/v1/events_pb.js";
 import { JobResultSchema, JobService, Priority, SourceKind, StageAttemptOutcome, UploadDocumentRequestSchema } from "../gen/jobmesh/v1/jobs_pb.js";
 import { PipelineConfigSchema, PipelineService, Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
-import { createTopology, openBuckets } from "../internal/jobs/topology.ts";
+import { createTopology, openBuckets } from "../internal/bus/topology.ts";
 import { startWorkers } from "../internal/mesh/servers.ts";
 import { Code, codeOf, jobClient, readEventStream, signInAsAdmin, waitForJob } from "./jobs-support.ts";
 import { makeDocx, makePdf, makePng, PROSE } from "./stages-fixtures.ts";

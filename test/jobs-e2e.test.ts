@@ -5,7 +5,7 @@ import { createHash } from "node:crypto";
 import { JobState } from "../gen/jobmesh/v1/events_pb.js";
 import { JobResultSchema, ResultFormat, StageAttemptOutcome } from "../gen/jobmesh/v1/jobs_pb.js";
 import { Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
-import { openBuckets } from "../internal/jobs/topology.ts";
+import { openBuckets } from "../internal/bus/topology.ts";
 import { DOCX } from "../internal/stages/index.ts";
 import { Code, codeOf, jobClient, signInAsAdmin, waitForJob } from "./jobs-support.ts";
 import { makeDocx, makePdf, PROSE } from "./stages-fixtures.ts";

@@ -4,7 +4,7 @@
  */
 import t from "tap";
 import { resultObjectKey } from "../internal/jobs/results.ts";
-import { openBuckets } from "../internal/jobs/topology.ts";
+import { openBuckets } from "../internal/bus/topology.ts";
 import { jobClient, signInAsAdmin } from "./jobs-support.ts";
 import { startTestMesh } from "./support/mesh.ts";
 

@@ -12,7 +12,7 @@ import vm from "node:vm";
 import { JobState } from "../gen/jobmesh/v1/events_pb.js";
 import { JobResultSchema, ResultFormat } from "../gen/jobmesh/v1/jobs_pb.js";
 import { PipelineService, Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
-import { openBuckets } from "../internal/jobs/topology.ts";
+import { openBuckets } from "../internal/bus/topology.ts";
 import { downloadResult } from "../internal/jobs/transfer.ts";
 import { jobClient, signInAsAdmin, waitForJob } from "./jobs-support.ts";
 import { startTestMesh } from "./support/mesh.ts";

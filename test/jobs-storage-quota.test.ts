@@ -10,7 +10,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { JobState } from "../gen/jobmesh/v1/events_pb.js";
 import { JobService, UploadDocumentRequestSchema } from "../gen/jobmesh/v1/jobs_pb.js";
 import { PipelineService, Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
-import { openBuckets } from "../internal/jobs/topology.ts";
+import { openBuckets } from "../internal/bus/topology.ts";
 import { Code, waitForJob } from "./jobs-support.ts";
 import { startTestMesh } from "./support/mesh.ts";
 

@@ -17,7 +17,7 @@ import { AuthService } from "../gen/jobmesh/v1/auth_pb.js";
 import { JobState } from "../gen/jobmesh/v1/events_pb.js";
 import { PipelineService } from "../gen/jobmesh/v1/pipelines_pb.js";
 import { freePort } from "../internal/devstack/server-process.ts";
-import { createTopology, removeTopology } from "../internal/jobs/topology.ts";
+import { createTopology, removeTopology } from "../internal/bus/topology.ts";
 import { jobClient, waitForJob } from "./jobs-support.ts";
 import { isolate } from "./support/isolation.ts";
 

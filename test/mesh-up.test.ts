@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import pg from "pg";
 import { connectBus } from "../internal/bus/index.ts";
-import { createTopology, removeTopology } from "../internal/jobs/topology.ts";
+import { createTopology, removeTopology } from "../internal/bus/topology.ts";
 import { meshUp, type MeshDescription } from "../internal/mesh/up.ts";
 import { createLogger, startTelemetry } from "../internal/telemetry/index.ts";
 import { isolate } from "./support/isolation.ts";

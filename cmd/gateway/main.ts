@@ -17,7 +17,7 @@ import { fileURLToPath } from "node:url";
 import { AuthService, GetCurrentIdentityRequestSchema, GetJwksRequestSchema, type GetCurrentIdentityResponse, type GetJwksResponse } from "../../gen/jobmesh/v1/auth_pb.js";
 import { create } from "@bufbuild/protobuf";
 import { createAuditSink, type AuditSink } from "../../internal/audit/sink.ts";
-import { createAuditTopology } from "../../internal/audit/topology.ts";
+import { createAuditTopology } from "../../internal/bus/topology.ts";
 import { createTokenVerifier, jwksOf } from "../../internal/auth/token-verifier.ts";
 import { connectBus, type Bus } from "../../internal/bus/index.ts";
 import { ConfigError } from "../../internal/config/readers.ts";

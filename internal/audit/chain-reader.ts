@@ -10,12 +10,12 @@ import type { Pool } from "../db/index.ts";
 import { publishedCheckpoints, publishedHead } from "./checkpoints-published.ts";
 import { auditEventColumns, checkpointColumns, checkpointOfRow, eventOfRow, type AuditCheckpointRow, type AuditEventRow } from "./rows.ts";
 import type { RetentionHorizon } from "./retention.ts";
-import type { AuditTopology } from "./topology.ts";
+import type { AuditTopology } from "../bus/topology.ts";
 
 const pageRows = 1000;
 // A checkpoint signed this recently may not be on the stream yet (its publish in flight or retried).
 const publishGraceMs = 60_000;
-// The checkpoints stream's max_age (topology.ts: 400 days), less a margin.
+// The checkpoints stream's max_age (bus/topology.ts: 400 days), less a margin.
 const streamKeepsMs = 390 * 86_400_000;
 
 export interface ChainRange {

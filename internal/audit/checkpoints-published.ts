@@ -6,7 +6,7 @@
 import { fromBinary } from "@bufbuild/protobuf";
 import { DeliverPolicy, type JetStreamClient } from "@nats-io/jetstream";
 import { AuditCheckpointSchema, type AuditCheckpoint } from "../../gen/jobmesh/v1/audit_pb.js";
-import type { AuditTopology } from "./topology.ts";
+import type { AuditTopology } from "../bus/topology.ts";
 
 /**
  * The checkpoints published on the stream for a tenant, in stream order (an ordered consumer

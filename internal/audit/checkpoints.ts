@@ -20,7 +20,7 @@ import { genesisHash, hexHash, signCheckpoint } from "./chain-hash.ts";
 import { createChainVerifier } from "./chain.ts";
 import type { AuditKey } from "./checkpoints-keys.ts";
 import { auditEventColumns, checkpointColumns, checkpointOfRow, eventOfRow, type AuditCheckpointRow, type AuditEventRow } from "./rows.ts";
-import type { AuditTopology } from "./topology.ts";
+import type { AuditTopology } from "../bus/topology.ts";
 
 export { loadAuditSigningKey, trustedPublicKeys, trustedSigningKeys, type AuditKey } from "./checkpoints-keys.ts";
 export { publishedCheckpoints, publishedHead } from "./checkpoints-published.ts";

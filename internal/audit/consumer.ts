@@ -20,7 +20,7 @@ import { chainHashOf, genesisHash } from "./chain.ts";
 import { createCheckpointer, loadAuditSigningKey } from "./checkpoints.ts";
 import { dropExpiredPartitions } from "./retention.ts";
 import { appendAuditEventRows, eventOfRow, isoOfMicros, isUuid, rowOfEvent, type AuditEventRow } from "./rows.ts";
-import type { AuditTopology } from "./topology.ts";
+import type { AuditTopology } from "../bus/topology.ts";
 
 export interface AuditStoreDeps {
   db: Pool;

@@ -24,7 +24,7 @@ import { AuditEventNotFoundError } from "./errors.ts";
 import { retentionHorizonOf } from "./retention.ts";
 import { auditFilterConditions } from "./filter.ts";
 import { auditEventColumns, checkpointColumns, checkpointOfRow, eventOfRow, isUuid, type AuditCheckpointRow, type AuditEventRow } from "./rows.ts";
-import type { AuditTopology } from "./topology.ts";
+import type { AuditTopology } from "../bus/topology.ts";
 
 export interface AuditDomainDeps {
   db: Pool;

@@ -22,4 +22,4 @@ export { AuditEventNotFoundError, InvalidAuditFilterError } from "./errors.ts";
 export { auditEventOf, capped, principalKindOf, type AuditAttribution, type CallFacts } from "./event.ts";
 export { auditCommand, verifyExport, type ExportVerdict } from "./offline-verify.ts";
 export { createAuditSink, type AuditSink } from "./sink.ts";
-export { createAuditTopology, provisionAuditTopology, removeAuditTopology, unattributedToken, type AuditTopology } from "./topology.ts";
+export { createAuditTopology, provisionAuditTopology, removeAuditTopology, unattributedToken, type AuditTopology } from "../bus/topology.ts";

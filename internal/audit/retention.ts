@@ -21,7 +21,7 @@ import type { Pool } from "../db/index.ts";
 import { ed25519PublicKeyOf, isCheckpointSignedBy } from "./chain.ts";
 import { publishedCheckpoints } from "./checkpoints-published.ts";
 import { checkpointColumns, checkpointOfRow, type AuditCheckpointRow } from "./rows.ts";
-import type { AuditTopology } from "./topology.ts";
+import type { AuditTopology } from "../bus/topology.ts";
 
 export interface DroppedPartition {
   tenantId: string;

@@ -10,7 +10,7 @@ import { toBinary } from "@bufbuild/protobuf";
 import { ClosedConnectionError, createInbox, DrainingConnectionError, headers, type Msg, type NatsConnection } from "@nats-io/transport-node";
 // @deno-types="../../gen/jobmesh/v1/audit_pb.d.ts"
 import { AuditEventSchema, type AuditEvent } from "../../gen/jobmesh/v1/audit_pb.js";
-import type { AuditTopology } from "./topology.ts";
+import type { AuditTopology } from "../bus/topology.ts";
 
 /** One event on its way; `seq` orders what the sink recorded (-1 for a replayed spool record). */
 export interface Entry {

@@ -31,7 +31,7 @@ import type { AuditEvent } from "../../gen/jobmesh/v1/audit_pb.js";
 import { openDeadLetters } from "./sink-dead-letter.ts";
 import { createPublisher, type Batch, type Entry } from "./sink-publish.ts";
 import { openSpoolSources } from "./sink-spool.ts";
-import type { AuditTopology } from "./topology.ts";
+import type { AuditTopology } from "../bus/topology.ts";
 
 export interface AuditSink {
   /** Queues the event; never throws, never waits. */

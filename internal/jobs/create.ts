@@ -18,7 +18,7 @@ import { DocumentTooLargeError, ForbiddenUrlError, JobRequestIdReusedError, Pipe
 import { writeOutbox, type OutboxMessage } from "../outbox/index.ts";
 import { applyChange, changeRows } from "./outbox.ts";
 import { jobColumnList, jobNameOf, stageAt, type JobRow } from "./store.ts";
-import type { Topology } from "./topology.ts";
+import type { Topology } from "../bus/topology.ts";
 
 export const defaultPipelineName = "pipelines/document-default";
 

@@ -21,7 +21,7 @@ import { writeOutbox, type OutboxMessage } from "../outbox/index.ts";
 import { changeRows, eventSourceOf, type ChangeRows, type NewEvent, type StageTask } from "./outbox.ts";
 import type { ResultInsert } from "./results.ts";
 import { configOf, jobColumnList, nextStageMaxAttemptSql, type JobRow } from "./store.ts";
-import type { Topology } from "./topology.ts";
+import type { Topology } from "../bus/topology.ts";
 
 /** A claimed job: the row after the claim, and the highest attempt its next stage has had. */
 export type ClaimedRow = JobRow & { next_max_attempt: number };

@@ -23,7 +23,7 @@ import { selectResult, toJobResult } from "./results.ts";
 import { checkStorageQuota } from "./storage-quota.ts";
 import { configOf, etagOf, isTerminal, jobIdOf, loadJob, maxAttemptOf, selectAttempts, selectJob, toJob, type JobRow } from "./store.ts";
 import { countFinished, jobCounters } from "./metrics.ts";
-import { priorityToken, type Topology } from "./topology.ts";
+import { priorityToken, type Topology } from "../bus/topology.ts";
 
 export interface JobDomainDeps {
   db: Pool;

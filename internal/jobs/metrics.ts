@@ -6,7 +6,7 @@
 import { metrics, type Counter } from "@opentelemetry/api";
 import { JobState } from "../../gen/jobmesh/v1/events_pb.js";
 import type { JetStreamManager } from "@nats-io/jetstream";
-import { prioritiesInOrder, priorityToken, type Topology } from "./topology.ts";
+import { prioritiesInOrder, priorityToken, type Topology } from "../bus/topology.ts";
 
 interface JobCounters {
   created: Counter;

@@ -15,7 +15,7 @@ import { Stage } from "../../gen/jobmesh/v1/pipelines_pb.js";
 import type { Queryable } from "../db/index.ts";
 import { writeOutbox, type OutboxMessage } from "../outbox/index.ts";
 import { jobColumnList, jobErrorOf, jobNameOf, pipelineNameOf, stageAt, type JobErrorJson, type JobRow } from "./store.ts";
-import { eventTypeToken, type Topology } from "./topology.ts";
+import { eventTypeToken, type Topology } from "../bus/topology.ts";
 
 /**
  * What every event of a job repeats, fixed when the job is created. A stage task carries it, so

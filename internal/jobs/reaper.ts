@@ -12,7 +12,7 @@ import type { Logger } from "../telemetry/index.ts";
 import { jobCounters } from "./metrics.ts";
 import { resultObjectOwner } from "./results.ts";
 import type { StageTask } from "./outbox.ts";
-import { stageToken, type Topology } from "./topology.ts";
+import { stageToken, type Topology } from "../bus/topology.ts";
 import { failStage } from "./transitions.ts";
 
 /** Redis key of a running attempt's heartbeat (the cache adds the namespace prefix). */

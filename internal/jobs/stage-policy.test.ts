@@ -7,7 +7,7 @@ import { create, toJson, type MessageInitShape } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { PipelineConfigSchema, Stage } from "../../gen/jobmesh/v1/pipelines_pb.js";
 import { loadConfig } from "../config/index.ts";
-import { createTopology } from "./topology.ts";
+import { createTopology } from "../bus/topology.ts";
 import { maxStageLossesDefault, retryDefaults, retryPolicyOf, stageTimeoutDefaultMs, stageTimeoutMs } from "./stage-policy.ts";
 
 const proto = readFileSync(join(import.meta.dirname, "../../proto/jobmesh/v1/pipelines.proto"), "utf8");

@@ -13,7 +13,7 @@ import { nextTaskOf, type ClaimedRow, type StageCompletion } from "./fast-path.t
 import { insertResult } from "./results.ts";
 import { backoffMs, retryPolicyOf, stageTimeoutMs } from "./stage-policy.ts";
 import { jobColumnList, nextStageMaxAttemptSql, stageAt, type JobErrorJson, type JobRow } from "./store.ts";
-import type { Topology } from "./topology.ts";
+import type { Topology } from "../bus/topology.ts";
 
 /**
  * Locks the job if `task` is still its current attempt and it is in one of `states`. Also reads

@@ -22,7 +22,7 @@ import type { Pool } from "../db/index.ts";
 import type { Logger } from "../telemetry/index.ts";
 import { JobNotFoundError, WatchStreamLimitError } from "./errors.ts";
 import { isTerminal, jobIdOf, selectJob } from "./store.ts";
-import type { Topology } from "./topology.ts";
+import type { Topology } from "../bus/topology.ts";
 
 const terminalEvents = new Set([JobEventType.JOB_SUCCEEDED, JobEventType.JOB_FAILED, JobEventType.JOB_CANCELLED]);
 /** The safety poll's period: only a missed wake-up waits this long. */

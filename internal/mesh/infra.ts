@@ -1,12 +1,13 @@
 /**
  * The shared dependencies every service process builds the same way: Postgres (migrated), the
- * Redis cache, NATS, the bootstrap tenant, and the readiness checks over all three.
+ * Redis cache, NATS with the whole bus topology provisioned, the bootstrap tenant, and the
+ * readiness checks over all three.
  */
 import { createValidator } from "@bufbuild/protovalidate";
 import { join } from "node:path";
 import { createAuditSink, type AuditSink } from "../audit/sink.ts";
-import { createAuditTopology, provisionAuditTopology } from "../audit/topology.ts";
 import { connectBus, type Bus } from "../bus/index.ts";
+import { createTopology, provisionTopology, type Topology } from "../bus/topology.ts";
 import { createCache, type Cache } from "../cache/index.ts";
 import type { Config } from "../config/index.ts";
 import { createPool, ensureTenant, migrate, pingDb, readSetting, type Pool } from "../db/index.ts";
@@ -21,15 +22,16 @@ export interface Infra {
   db: Pool;
   cache: Cache;
   bus: Bus;
+  /** Every stream, bucket and durable consumer of the namespace, provisioned by createInfra. */
+  topology: Topology;
   pageTokens: PageTokens;
   validator: ReturnType<typeof createValidator>;
   /** Id of the bootstrap tenant (the caller's tenant until identity lands). */
   bootstrapTenantId: string;
   readiness: ReadinessChecks;
   /**
-   * The process's one audit sink, made on first use (the audit streams are provisioned then,
-   * once): every server of the process records into it. Spools to
-   * `<JOBMESH_AUDIT_SPOOL_DIR>/<process name>.spool` while NATS is away.
+   * The process's one audit sink, made on first use: every server of the process records into
+   * it. Spools to `<JOBMESH_AUDIT_SPOOL_DIR>/<process name>.spool` while NATS is away.
    */
   auditSink(): Promise<AuditSink>;
   /** Flushes and closes the audit sink (if made), then closes the bus, cache and pool. */
@@ -41,6 +43,12 @@ export async function createInfra(config: Config, log: Logger, telemetry: Teleme
   const db = createPool({ url: config.databaseUrl, applicationName: `jobmesh-${processName}` });
   const cache = createCache({ url: config.redisUrl, prefix: config.namespace, meter: telemetry.meter, log });
   const bus = await connectBus({ url: config.natsUrl, name: `jobmesh-${processName}`, log });
+  const topology = createTopology(config.namespace, {
+    maxStageLosses: config.maxStageLosses,
+    storageLimits: { streamMaxBytes: config.streamMaxBytes, bucketMaxBytes: config.bucketMaxBytes, checkpointStreamMaxBytes: config.audit.checkpointStreamMaxBytes },
+  });
+  // Every process provisions everything: none waits for the one that used to create a stream.
+  await provisionTopology(topology, bus.jsm);
   const bootstrapTenantId = await ensureTenant(db, config.bootstrapTenant);
   const pageTokens = createPageTokens(await readSetting(db, "page_token_secret"));
   let auditSink: Promise<AuditSink> | undefined;
@@ -51,17 +59,14 @@ export async function createInfra(config: Config, log: Logger, telemetry: Teleme
     db,
     cache,
     bus,
+    topology,
     pageTokens,
     validator: createValidator(),
     bootstrapTenantId,
     readiness: { postgres: () => pingDb(db), nats: () => bus.ping(), redis: () => cache.ping() },
     auditSink() {
       if (!auditSink) {
-        const made = (async () => {
-          const topology = createAuditTopology(config.namespace);
-          await provisionAuditTopology(topology, bus.jsm, { streamMaxBytes: config.streamMaxBytes, checkpointStreamMaxBytes: config.audit.checkpointStreamMaxBytes });
-          return createAuditSink({ nc: bus.nc, js: bus.js, topology, spoolFile: join(config.audit.spoolDir, `${processName}.spool`), log });
-        })();
+        const made = createAuditSink({ nc: bus.nc, js: bus.js, topology: topology.audit, spoolFile: join(config.audit.spoolDir, `${processName}.spool`), log });
         auditSink = made;
         // A failed start is not kept: the next server to ask tries again.
         made.catch(() => {

@@ -7,7 +7,7 @@ import type { Interceptor } from "@connectrpc/connect";
 import { createAuditInterceptor } from "../rpc/audit.ts";
 import { createApiKeys, createAuthDomain, createTokenVerifier, createUserStatus, ensureAdmin, loadPublicJwks, type BootstrapAdmin, type TokenVerifier } from "../auth/index.ts";
 import { AuthService, createAuthService } from "../auth/service.ts";
-import { createAuditDomain, createAuditTopology, provisionAuditTopology, startAuditStore, type AuditStore, type AuditTopology } from "../audit/index.ts";
+import { createAuditDomain, startAuditStore, type AuditStore, type AuditTopology } from "../audit/index.ts";
 import { AuditService, createAuditService } from "../audit/service.ts";
 import { loadKeyEncryptionKey } from "../sealing/index.ts";
 import { selectUsersByEmail } from "../auth/users.ts";
@@ -22,7 +22,7 @@ import { registerQueueDepth } from "../jobs/metrics.ts";
 import { createDirectPublisher, createOutboxRelay, type OutboxRelay } from "../outbox/index.ts";
 import { createReaper, type Reaper } from "../jobs/reaper.ts";
 import { createJobService, JobService } from "../jobs/service.ts";
-import { createTopology, openBuckets, provisionTopology, type Topology } from "../jobs/topology.ts";
+import { openBuckets, type Topology } from "../bus/topology.ts";
 import { createJobWatcher, type JobWatcher } from "../jobs/watch.ts";
 import { startWorker, type Worker } from "../worker/worker.ts";
 import { createWebhookDomain, signingSecretsOf } from "../webhooks/index.ts";
@@ -127,8 +127,7 @@ export interface ServeJobsOptions extends ServeOptions {
 
 export async function serveJobs(infra: Infra, port = infra.config.ports.jobs, options: ServeJobsOptions = {}): Promise<JobsServer> {
   const { config } = infra;
-  const topology = createTopology(config.namespace, { maxStageLosses: config.maxStageLosses, storageLimits: { streamMaxBytes: config.streamMaxBytes, bucketMaxBytes: config.bucketMaxBytes } });
-  await provisionTopology(topology, infra.bus.jsm);
+  const { topology } = infra;
   const buckets = await openBuckets(topology, infra.bus.js);
   const pipelines = createPipelineDomain({
     db: infra.db,
@@ -198,8 +197,7 @@ export interface StartWorkersOptions {
 /** A stage worker on the shared infrastructure (`cmd/worker`, or in-process in `jobmesh up`). */
 export async function startWorkers(infra: Infra, options: StartWorkersOptions = {}): Promise<Worker> {
   const { config } = infra;
-  const topology = createTopology(config.namespace, { maxStageLosses: config.maxStageLosses, storageLimits: { streamMaxBytes: config.streamMaxBytes, bucketMaxBytes: config.bucketMaxBytes } });
-  await provisionTopology(topology, infra.bus.jsm);
+  const { topology } = infra;
   const buckets = await openBuckets(topology, infra.bus.js);
   return startWorker({
     db: infra.db,
@@ -273,8 +271,7 @@ export interface AuditServer extends RpcServer {
  */
 export async function serveAudit(infra: Infra, port = infra.config.ports.audit, options: ServeOptions = {}): Promise<AuditServer> {
   const { config } = infra;
-  const topology = createAuditTopology(config.namespace);
-  await provisionAuditTopology(topology, infra.bus.jsm, { streamMaxBytes: config.streamMaxBytes, checkpointStreamMaxBytes: config.audit.checkpointStreamMaxBytes });
+  const topology = infra.topology.audit;
   const keyEncryptionKey = await loadKeyEncryptionKey(config.auth.keyEncryptionKey, config.auth.signingKeyDir);
   const deps = { db: infra.db, js: infra.bus.js, jsm: infra.bus.jsm, topology, keyEncryptionKey, log: infra.log };
   const domain = createAuditDomain({ ...deps, pageTokens: infra.pageTokens, retentionDays: config.audit.retentionDays });
@@ -336,8 +333,7 @@ export interface ServeWebhooksOptions extends ServeOptions {
 export async function serveWebhooks(infra: Infra, port = infra.config.ports.webhooks, options: ServeWebhooksOptions = {}): Promise<WebhooksServer> {
   const { config } = infra;
   const policy = { allowHttp: config.webhooks.allowHttp, allowLoopback: config.webhooks.allowLoopback, allowHosts: config.webhooks.allowHosts };
-  const topology = createTopology(config.namespace, { maxStageLosses: config.maxStageLosses, storageLimits: { streamMaxBytes: config.streamMaxBytes, bucketMaxBytes: config.bucketMaxBytes } });
-  await provisionTopology(topology, infra.bus.jsm);
+  const { topology } = infra;
   const keyEncryptionKey = await loadKeyEncryptionKey(config.auth.keyEncryptionKey, config.auth.signingKeyDir);
   const domain = createWebhookDomain({
     db: infra.db,

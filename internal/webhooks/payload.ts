@@ -7,7 +7,7 @@
 import { toJson, type JsonObject } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { JobEventSchema, JobEventType, type JobEvent } from "../../gen/jobmesh/v1/events_pb.js";
-import { eventTypeToken } from "../jobs/topology.ts";
+import { eventTypeToken } from "../bus/topology.ts";
 
 /** The type of TestWebhook's ping. */
 export const testEventType = "webhook.test";

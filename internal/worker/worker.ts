@@ -27,7 +27,7 @@ import type { StageTask } from "../jobs/outbox.ts";
 import { createDirectPublisher } from "../outbox/index.ts";
 import { cancelKey, heartbeatKey } from "../jobs/reaper.ts";
 import { stageAt } from "../jobs/store.ts";
-import { prioritiesInOrder, stageToken, workAckWaitMs, type Topology } from "../jobs/topology.ts";
+import { prioritiesInOrder, stageToken, workAckWaitMs, type Topology } from "../bus/topology.ts";
 import { claimAttempt, completeStage, failStage, stageTimeoutMs, type CommitOutcome, type StageFailure } from "../jobs/transitions.ts";
 import { findStageError } from "../stages/index.ts";
 import type { Logger } from "../telemetry/index.ts";

@@ -3,7 +3,7 @@
  * as one JSON argument (see startStoreProcess in audit-store.ts); SIGTERM stops it cleanly.
  */
 import { startAuditStore } from "../../internal/audit/consumer.ts";
-import { createAuditTopology } from "../../internal/audit/topology.ts";
+import { createAuditTopology } from "../../internal/bus/topology.ts";
 import { connectBus } from "../../internal/bus/index.ts";
 import { createPool } from "../../internal/db/index.ts";
 import { createLogger } from "../../internal/telemetry/index.ts";

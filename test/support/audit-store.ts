@@ -15,7 +15,7 @@ import { createAuditDomain, type AuditDomain } from "../../internal/audit/domain
 import { startAuditStore, type AuditStore } from "../../internal/audit/consumer.ts";
 import { appendAuditEventRows, type AuditEventRow } from "../../internal/audit/rows.ts";
 import { createAuditSink, type AuditSink } from "../../internal/audit/sink.ts";
-import { createAuditTopology, provisionAuditTopology, type AuditTopology } from "../../internal/audit/topology.ts";
+import { createAuditTopology, provisionAuditTopology, type AuditTopology } from "../../internal/bus/topology.ts";
 import { connectBus, type Bus } from "../../internal/bus/index.ts";
 import { createPool, migrate, type Pool, type Queryable } from "../../internal/db/index.ts";
 import { createPageTokens } from "../../internal/paging/index.ts";

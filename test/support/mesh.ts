@@ -4,8 +4,7 @@
  */
 import { InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace";
 import { createInfra, type Infra } from "../../internal/mesh/infra.ts";
-import { removeTopology } from "../../internal/jobs/topology.ts";
-import { createAuditTopology, removeAuditTopology } from "../../internal/audit/topology.ts";
+import { removeTopology } from "../../internal/bus/topology.ts";
 import { defaultIdentityMode, serveAudit, serveAuth, serveJobs, servePipelines, serveWebhooks, startWorkers, type AuditServer, type JobsServer, type WebhooksServer } from "../../internal/mesh/servers.ts";
 import type { DestinationStream } from "pino";
 import { createTestAuth, type TestAuth } from "./auth.ts";
@@ -91,15 +90,12 @@ export async function startTestMesh(overrides: Record<string, string> = {}, opti
       await webhooks?.close();
       await Promise.all(workers.map((w) => w.stop(1000)));
       await jobs?.close();
-      // serveWebhooks provisions the jobs topology too (it reads the events stream).
-      if (jobs ?? webhooks) await removeTopology((jobs ?? webhooks)!.topology, infra.bus.jsm);
       await pipelines.close();
       await audit?.close();
-      if (isolated.config.audit.enabled) {
-        // Every event the servers recorded reaches the stream first; then the namespace's audit streams go.
-        await (await infra.auditSink()).flush();
-        await removeAuditTopology(createAuditTopology(isolated.namespace), infra.bus.jsm);
-      }
+      // Every event the servers recorded reaches the stream first.
+      if (isolated.config.audit.enabled) await (await infra.auditSink()).flush();
+      // createInfra provisioned the whole topology: every stream, bucket and consumer goes.
+      await removeTopology(infra.topology, infra.bus.jsm);
       await infra.cache.redis.eval("for _, k in ipairs(redis.call('keys', ARGV[1])) do redis.call('del', k) end", 0, `${isolated.namespace}:*`).catch(() => {});
       await infra.close();
       await telemetry.shutdown();

@@ -5,7 +5,7 @@
  */
 import { connectBus } from "../../internal/bus/index.ts";
 import { createPool } from "../../internal/db/index.ts";
-import { createTopology } from "../../internal/jobs/topology.ts";
+import { createTopology } from "../../internal/bus/topology.ts";
 import { createLogger } from "../../internal/telemetry/index.ts";
 import { startWebhookDelivery, type WebhookDeliveryDeps } from "../../internal/webhooks/delivery.ts";
 

@@ -18,7 +18,7 @@ import type { AuditEvent } from "../../gen/jobmesh/v1/audit_pb.js";
 import { connectBus, type Bus } from "../../internal/bus/index.ts";
 import type { WebhooksConfig } from "../../internal/config/index.ts";
 import { createPool, ensureTenant, migrate, type Pool } from "../../internal/db/index.ts";
-import { createTopology, provisionTopology, removeTopology, type Topology } from "../../internal/jobs/topology.ts";
+import { createTopology, provisionTopology, removeTopology, type Topology } from "../../internal/bus/topology.ts";
 import { createLogger, type Logger } from "../../internal/telemetry/index.ts";
 import { startWebhookDelivery, type WebhookDelivery, type WebhookDeliveryDeps } from "../../internal/webhooks/delivery.ts";
 import { generateWebhookSecret, sealWebhookSecret } from "../../internal/webhooks/secrets.ts";
