@@ -4,7 +4,6 @@
 import t from "tap";
 import { once } from "node:events";
 import type { JobEvent } from "../gen/jobmesh/v1/events_pb.js";
-import { fanoutConsumer } from "../internal/webhooks/fanout.ts";
 import { createDeliveryWorld } from "./support/webhooks-delivery.ts";
 import { until } from "./support/wait.ts";
 
@@ -35,7 +34,7 @@ void t.test("kill -9 of the webhooks process mid-delivery - a second process del
   const survivor = world.startProcess(settings);
   await until(t, "every delivery SUCCEEDED", async () => (await world.statusCounts(hook.id)).succeeded === total, { timeoutMs: 120_000 });
   await until(t, "the fan-out consumer drained", async () => {
-    const info = await world.bus.jsm.consumers.info(world.topology.eventsStream, fanoutConsumer);
+    const info = await world.bus.jsm.consumers.info(world.topology.eventsStream, world.topology.webhooksFanoutConsumer);
     return info.num_pending + info.num_ack_pending === 0;
   }, { timeoutMs: 60_000 });
 

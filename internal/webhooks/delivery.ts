@@ -3,9 +3,11 @@
  * dispatcher (delivery rows → signed HTTP attempts), sharing one LISTEN connection for their
  * wake-ups and one guarded undici dispatcher for their connections. Every webhooks process runs
  * one; several share the work (the stream's durable consumer, SKIP LOCKED claims and leases).
- * The events stream must exist (provisionTopology); the fan-out's consumer is created here.
+ * The bus must be provisioned (internal/bus/topology.ts: the events stream and the fan-out's
+ * durable consumer).
  */
 import type { JetStreamClient, JetStreamManager } from "@nats-io/jetstream";
+import type { Topology } from "../bus/topology.ts";
 import type { PoolClient } from "pg";
 import type { AuditEvent } from "../../gen/jobmesh/v1/audit_pb.js";
 import type { WebhooksConfig } from "../config/index.ts";
@@ -13,7 +15,7 @@ import type { Pool } from "../db/index.ts";
 import { createGuardedDispatcher, type NetPolicy } from "../netpolicy/index.ts";
 import type { Logger } from "../telemetry/index.ts";
 import { startDispatcher } from "./dispatcher.ts";
-import { provisionFanoutConsumer, startFanout } from "./fanout.ts";
+import { startFanout } from "./fanout.ts";
 import { firstAttemptDelayMs } from "./schedule.ts";
 
 /** NOTIFY on it (any payload) to have due deliveries claimed now: the fan-out does, replays may. */
@@ -25,8 +27,8 @@ export interface WebhookDeliveryDeps {
   db: Pool;
   js: JetStreamClient;
   jsm: JetStreamManager;
-  /** The jobs topology: the events stream and the namespace of its subjects. */
-  topology: { namespace: string; eventsStream: string };
+  /** The bus topology (provisioned: the events stream and the fan-out's consumer must exist). */
+  topology: Pick<Topology, "eventsStream" | "webhooksFanoutConsumer">;
   log: Logger;
   config: Pick<WebhooksConfig, "allowHttp" | "allowLoopback" | "allowHosts" | "retryScheduleMs" | "timeoutMs" | "disableAfterMs">;
   keyEncryptionKey: Buffer;
@@ -48,7 +50,6 @@ export async function startWebhookDelivery(deps: WebhookDeliveryDeps): Promise<W
   const { db, log, config } = deps;
   const policy: NetPolicy = { allowHttp: config.allowHttp, allowLoopback: config.allowLoopback, allowHosts: config.allowHosts };
   const dispatcher = createGuardedDispatcher(policy, { connectTimeoutMs: Math.min(config.timeoutMs, 10_000), keepAliveTimeoutMs: 30_000 });
-  await provisionFanoutConsumer(deps.jsm, deps.topology.eventsStream, deps.topology.namespace);
 
   let listening: PoolClient | undefined;
   const dispatch = startDispatcher({
@@ -69,6 +70,7 @@ export async function startWebhookDelivery(deps: WebhookDeliveryDeps): Promise<W
     db,
     js: deps.js,
     eventsStream: deps.topology.eventsStream,
+    consumer: deps.topology.webhooksFanoutConsumer,
     log,
     firstDelayMs: firstAttemptDelayMs(config.retryScheduleMs),
     dueChannel: deliveriesDueChannel,

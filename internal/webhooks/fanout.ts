@@ -1,5 +1,6 @@
 /**
- * The fan-out: a durable JetStream consumer ("webhooks_fanout") on the events stream turns each
+ * The fan-out: a durable JetStream consumer ("webhooks_fanout", provisioned with the rest of the
+ * bus by internal/bus/topology.ts) on the events stream turns each
  * JobEvent into one delivery row per matching ACTIVE subscription of its tenant. A batch of
  * events becomes one INSERT … ON CONFLICT (webhook_id, event_id) DO NOTHING (which also wakes
  * the dispatcher with NOTIFY, at commit), and only then are its messages acknowledged: a crash
@@ -15,16 +16,13 @@
  */
 import { fromBinary } from "@bufbuild/protobuf";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
-import { AckPolicy, DeliverPolicy, type JetStreamClient, type JetStreamManager, type JsMsg } from "@nats-io/jetstream";
+import type { JetStreamClient, JsMsg } from "@nats-io/jetstream";
 import { JobEventSchema, type JobEvent } from "../../gen/jobmesh/v1/events_pb.js";
 import type { Pool } from "../db/index.ts";
 import type { Logger } from "../telemetry/index.ts";
 
-/** The durable consumer's name. */
-export const fanoutConsumer = "webhooks_fanout";
 /** How long a tenant's cached subscriptions are trusted without a notification. */
 export const cacheTtlMs = 10_000;
-const ackWaitMs = 30_000;
 const uuidPattern = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** What the fan-out needs of a subscription to match an event. */
@@ -51,31 +49,12 @@ export function matchesEvent(sub: SubscriptionMatch, event: JobEvent): boolean {
   return eventMs >= sub.createTimeMs;
 }
 
-/** Creates the durable consumer when missing; every webhooks process calls it at start. */
-export async function provisionFanoutConsumer(jsm: JetStreamManager, eventsStream: string, namespace: string): Promise<void> {
-  try {
-    await jsm.consumers.info(eventsStream, fanoutConsumer);
-  } catch {
-    await jsm.consumers.add(eventsStream, {
-      durable_name: fanoutConsumer,
-      ack_policy: AckPolicy.Explicit,
-      // From the start of the stream: events published before the first webhooks process ran are
-      // still fanned out (to subscriptions older than them; see matchesEvent).
-      deliver_policy: DeliverPolicy.All,
-      filter_subject: `${namespace}.events.>`,
-      ack_wait: ackWaitMs * 1_000_000,
-      max_ack_pending: 20_000,
-    }).catch(async (error: unknown) => {
-      // Another process created it meanwhile.
-      await jsm.consumers.info(eventsStream, fanoutConsumer).catch(() => Promise.reject(error));
-    });
-  }
-}
-
 export interface FanoutDeps {
   db: Pool;
   js: JetStreamClient;
   eventsStream: string;
+  /** The durable consumer (internal/bus/topology.ts provisions it). */
+  consumer: string;
   log: Logger;
   /** Delay before the first attempt (the schedule's first entry). */
   firstDelayMs: number;
@@ -178,7 +157,7 @@ export async function startFanout(deps: FanoutDeps): Promise<Fanout> {
     return rows[0].inserted;
   }
 
-  const consumer = await deps.js.consumers.get(deps.eventsStream, fanoutConsumer);
+  const consumer = await deps.js.consumers.get(deps.eventsStream, deps.consumer);
   const messages = await consumer.consume({ max_messages: batchSize * 2 });
   const queue: JsMsg[] = [];
   let wake: (() => void) | undefined;
