@@ -9,9 +9,8 @@
  * so an event always fits far under NATS's max_payload (1 MiB): an unauthenticated call with a
  * 2 MiB name is refused before validation, and its event must still be publishable.
  */
-import { create } from "@bufbuild/protobuf";
 // @deno-types="../../gen/jobmesh/v1/audit_pb.d.ts"
-import { AuditEventSchema, type AuditEvent } from "../../gen/jobmesh/v1/audit_pb.js";
+import type { AuditEvent } from "../../gen/jobmesh/v1/audit_pb.js";
 // @deno-types="../../gen/jobmesh/v1/auth_pb.d.ts"
 import { PrincipalKind } from "../../gen/jobmesh/v1/auth_pb.js";
 
@@ -72,31 +71,47 @@ export interface CallFacts {
   recorder: string;
 }
 
-/** The AuditEvent of one call, as published: sequence, prev_hash and hash stay empty (the store assigns them). */
+/**
+ * The AuditEvent of one call, as published: sequence, prev_hash and hash stay empty (the store
+ * assigns them). Built as a literal, every field of every message set with its $typeName (what
+ * create() would give): create() walks the schema for every field, once per RPC.
+ */
 export function auditEventOf(facts: CallFacts): AuditEvent {
   const { actor, tenant } = actorOf(facts);
   const micros = Math.max(0, Math.round(facts.durationMs * 1000));
   const resource = capped(facts.resource);
-  return create(AuditEventSchema, {
+  const ms = facts.startTime.getTime();
+  const roles = actor.roles.length > maxRoles ? actor.roles.slice(0, maxRoles) : actor.roles;
+  return {
+    $typeName: "jobmesh.v1.AuditEvent",
     name: `auditEvents/${facts.id}`,
+    sequence: 0n,
     tenant: capped(tenant),
-    actor: { ...actor, subject: capped(actor.subject), roles: actor.roles.slice(0, maxRoles).map((r) => capped(r)), credentialHint: capped(actor.credentialHint) },
+    actor: { $typeName: "jobmesh.v1.Actor", subject: capped(actor.subject), kind: actor.kind, roles: roles.map((r) => capped(r)), credentialHint: capped(actor.credentialHint) },
     action: capped(facts.action),
     resource,
-    resourceType: resource ? capped(facts.resourceType) : "",
-    outcome: facts.error ? { code: facts.error.code, message: capped(facts.error.rawMessage) } : { code: 0, message: "" },
+    outcome: { $typeName: "jobmesh.v1.AuditOutcome", code: facts.error ? facts.error.code : 0, message: facts.error ? capped(facts.error.rawMessage) : "" },
     requestId: capped(facts.requestId),
     traceId: capped(facts.traceId),
     // Milliseconds: a Date has no more, and the store's timestamptz gives back exactly this.
-    eventTime: { seconds: BigInt(Math.floor(facts.startTime.getTime() / 1000)), nanos: (((facts.startTime.getTime() % 1000) + 1000) % 1000) * 1_000_000 },
+    eventTime: { $typeName: "google.protobuf.Timestamp", seconds: BigInt(Math.floor(ms / 1000)), nanos: (((ms % 1000) + 1000) % 1000) * 1_000_000 },
+    prevHash: "",
+    hash: "",
+    resourceType: resource ? capped(facts.resourceType) : "",
     clientAddress: capped(facts.clientAddress),
-    // By code points: never half a surrogate pair.
-    userAgent: [...facts.userAgent.slice(0, 2 * maxUserAgentLength)].slice(0, maxUserAgentLength).join(""),
+    userAgent: cappedUserAgent(facts.userAgent),
     // Microsecond precision, as the store keeps it (duration_us).
-    duration: { seconds: BigInt(Math.floor(micros / 1_000_000)), nanos: (micros % 1_000_000) * 1000 },
+    duration: { $typeName: "google.protobuf.Duration", seconds: BigInt(Math.floor(micros / 1_000_000)), nanos: (micros % 1_000_000) * 1000 },
     request: facts.request,
     recorder: capped(facts.recorder),
-  });
+  };
+}
+
+/** At most maxUserAgentLength code points: never half a surrogate pair. */
+function cappedUserAgent(text: string): string {
+  // As many UTF-16 units as the bound: no more code points either, nothing to cut.
+  if (text.length <= maxUserAgentLength) return text;
+  return [...text.slice(0, 2 * maxUserAgentLength)].slice(0, maxUserAgentLength).join("");
 }
 
 const cutMarker = "…[cut]";
@@ -132,18 +147,18 @@ function actorOf(facts: CallFacts) {
   const { caller, attempted, attribution } = facts;
   const claimed = attempted && attempted.kind !== "anonymous" ? attempted : undefined;
   if (caller) {
-    const actor = { subject: caller.subject, kind: principalKindOf(caller.subject), roles: [...caller.roles], credentialHint: claimed?.credentialHint ?? "" };
+    const actor = { subject: caller.subject, kind: principalKindOf(caller.subject), roles: caller.roles, credentialHint: claimed?.credentialHint ?? "" };
     return { actor, tenant: caller.tenantId };
   }
   if (claimed) {
     const subject = claimed.subject ?? "";
     // A key is a key even before it verifies; a token could act for a user or a key.
     const kind = subject ? principalKindOf(subject) : claimed.kind === "api_key" ? PrincipalKind.API_KEY : PrincipalKind.UNSPECIFIED;
-    return { actor: { subject, kind, roles: [...(claimed.roles ?? [])], credentialHint: claimed.credentialHint }, tenant: claimed.tenantId ?? "" };
+    return { actor: { subject, kind, roles: claimed.roles ?? [], credentialHint: claimed.credentialHint }, tenant: claimed.tenantId ?? "" };
   }
   if (attribution) {
     const subject = attribution.subject ?? "";
-    return { actor: { subject, kind: principalKindOf(subject), roles: [] as string[], credentialHint: attribution.credentialHint ?? "" }, tenant: attribution.tenantId ?? "" };
+    return { actor: { subject, kind: principalKindOf(subject), roles: [] as readonly string[], credentialHint: attribution.credentialHint ?? "" }, tenant: attribution.tenantId ?? "" };
   }
-  return { actor: { subject: "", kind: PrincipalKind.UNSPECIFIED, roles: [] as string[], credentialHint: "" }, tenant: "" };
+  return { actor: { subject: "", kind: PrincipalKind.UNSPECIFIED, roles: [] as readonly string[], credentialHint: "" }, tenant: "" };
 }

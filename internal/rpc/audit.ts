@@ -33,6 +33,33 @@ export function isAudited(method: DescMethod): boolean {
   return !unauditedPrefixes.some((p) => method.parent.typeName.startsWith(p));
 }
 
+/** What every call of a method shares, worked out on its first call. */
+interface MethodInfo {
+  audited: boolean;
+  /** "jobmesh.v1.JobService.CreateJob". */
+  action: string;
+  /** The request's string field `request_id`, if it has one. */
+  requestIdField?: string;
+}
+
+const methodInfos = new WeakMap<DescMethod, MethodInfo>();
+
+function methodInfoOf(method: DescMethod): MethodInfo {
+  let info = methodInfos.get(method);
+  if (info) return info;
+  const requestId = method.input.fields.find((f) => f.localName === "requestId" && f.fieldKind === "scalar");
+  info = {
+    audited: isAudited(method),
+    action: `${method.parent.typeName}.${method.name}`,
+    requestIdField: requestId?.localName,
+  };
+  methodInfos.set(method, info);
+  return info;
+}
+
+/** The trace id of a call, read when it starts (a context value: a WeakMap entry per call costs the GC more). */
+const traceIdKey = createContextKey<string>("", { description: "jobmesh audit trace id" });
+
 export interface AuditInterceptorOptions {
   sink: { record(event: AuditEvent): void };
   /** The process that records: "jobs", "pipelines", "auth". */
@@ -45,22 +72,24 @@ export interface AuditInterceptorOptions {
 export function createAuditInterceptor(options: AuditInterceptorOptions): Interceptor {
   // The first message of each client stream, by the request object the inner interceptor sees.
   const firstMessages = new WeakMap<object, { message?: unknown }>();
-  const traceIds = new WeakMap<object, string>();
 
   const record = (req: UnaryRequest | StreamRequest, error: ConnectError | undefined, end: CallEnd) => {
     const requestMessage = req.stream ? firstMessages.get(req)?.message : req.message;
     const header = req.header;
+    const info = methodInfoOf(req.method);
+    const { resource, resourceType } = resourceOf(req.method, requestMessage, error ? undefined : end.response);
     options.sink.record(
       auditEventOf({
         id: crypto.randomUUID(),
-        action: `${req.method.parent.typeName}.${req.method.name}`,
+        action: info.action,
         caller: req.contextValues.get(callerKey),
         attempted: req.contextValues.get(attemptedCallerKey),
         attribution: req.contextValues.get(auditAttributionKey),
         error,
-        ...resourceOf(req.method, requestMessage, error ? undefined : end.response),
-        requestId: stringField(req.method.input, requestMessage, "requestId") || (header.get("x-request-id") ?? ""),
-        traceId: traceIds.get(req) ?? "",
+        resource,
+        resourceType,
+        requestId: stringField(requestMessage, info.requestIdField) || (header.get("x-request-id") ?? ""),
+        traceId: req.contextValues.get(traceIdKey),
         startTime: end.startTime,
         durationMs: performance.now() - end.startMs,
         clientAddress: req.contextValues.get(clientAddressKey) ?? "",
@@ -75,7 +104,7 @@ export function createAuditInterceptor(options: AuditInterceptorOptions): Interc
   return (next) => {
     const inner = callEnd(next);
     return async (req) => {
-      if (!isAudited(req.method)) return next(req);
+      if (!methodInfoOf(req.method).audited) return next(req);
       let call: UnaryRequest | StreamRequest = req;
       if (req.stream) {
         const seen: { message?: unknown } = {};
@@ -87,7 +116,7 @@ export function createAuditInterceptor(options: AuditInterceptorOptions): Interc
       }
       // Read now: the telemetry interceptor's span is the active one while the call starts.
       const span = trace.getActiveSpan()?.spanContext();
-      if (span && isSpanContextValid(span)) traceIds.set(call, span.traceId);
+      if (span && isSpanContextValid(span)) call.contextValues.set(traceIdKey, span.traceId);
       return inner(call);
     };
   };
@@ -122,9 +151,8 @@ async function readAhead<T>(source: AsyncIterable<T>, seen: { message?: unknown 
 }
 
 /** A string field of the request by its localName, or "" when it has none. */
-function stringField(schema: DescMessage, message: unknown, localName: string): string {
-  const field = schema.fields.find((f) => f.localName === localName);
-  if (!field || field.fieldKind !== "scalar" || message === undefined) return "";
+function stringField(message: unknown, localName: string | undefined): string {
+  if (localName === undefined || message === undefined) return "";
   const value = (message as Record<string, unknown>)[localName];
   return typeof value === "string" ? value : "";
 }
@@ -150,9 +178,12 @@ export const maxSerialisedRequestBytes = 64 * 1024;
 export function requestJsonOf(schema: DescMessage, message: unknown): string {
   let json: string;
   try {
-    // The encoded size first: a copy of the bytes, far cheaper than JSON of them.
-    const size = toBinary(schema, message as Message).length;
-    if (size > maxSerialisedRequestBytes) return JSON.stringify({ omitted: `request of ${size} bytes` });
+    // The encoded size first: a bound from the fields' lengths, else a copy of the bytes (far
+    // cheaper than JSON of them), only for a request that might pass the limit.
+    if (encodedSizeBound(schema, message as Message, 0) > maxSerialisedRequestBytes) {
+      const size = toBinary(schema, message as Message).length;
+      if (size > maxSerialisedRequestBytes) return JSON.stringify({ omitted: `request of ${size} bytes` });
+    }
     // A copy is made only for a type that can hold a marked field: most requests (a Get, a List)
     // cannot, and the copy costs far more than the JSON. JSON never carries unknown fields.
     const safe = mayHoldRedacted(schema) ? redacted(schema, message as Message) : (message as Message);
@@ -166,6 +197,45 @@ export function requestJsonOf(schema: DescMessage, message: unknown): string {
   let cut = maxRequestBytes - new TextEncoder().encode(cutMarker).length;
   while (cut > 0 && (bytes[cut]! & 0xc0) === 0x80) cut--; // not inside a UTF-8 sequence
   return new TextDecoder().decode(bytes.subarray(0, cut)) + cutMarker;
+}
+
+/** Most bytes a tag and a length prefix take, or a varint, fixed64 or double value. */
+const fieldOverhead = 16;
+
+/**
+ * Never less than the message's encoded size (a string counts 3 bytes per UTF-16 unit, every number
+ * and tag the most a varint takes), without encoding it: a walk of the set fields. Infinity when
+ * it cannot tell (unknown fields, absurd depth): the caller then measures.
+ */
+function encodedSizeBound(schema: DescMessage, message: Message, depth: number): number {
+  const unknown = (message as { $unknown?: unknown[] }).$unknown;
+  if (depth > 64 || (unknown !== undefined && unknown.length > 0)) return Infinity;
+  const fields = message as unknown as Record<string, unknown>;
+  let size = 0;
+  for (const field of schema.fields) {
+    let value: unknown;
+    if (field.oneof) {
+      const chosen = fields[field.oneof.localName] as { case?: string; value?: unknown } | undefined;
+      if (chosen?.case !== field.localName) continue;
+      value = chosen.value;
+    } else value = fields[field.localName];
+    if (value === undefined || value === null) continue;
+    const nested = field.fieldKind === "scalar" || field.fieldKind === "enum" ? undefined : field.message;
+    if (field.fieldKind === "list") for (const item of value as unknown[]) size += valueBound(item, nested, depth);
+    else if (field.fieldKind === "map") {
+      for (const [key, item] of Object.entries(value as object)) size += fieldOverhead + valueBound(key, undefined, depth) + valueBound(item, nested, depth);
+    } else size += valueBound(value, nested, depth);
+    if (size > maxSerialisedRequestBytes) return size;
+  }
+  return size;
+}
+
+function valueBound(value: unknown, schema: DescMessage | undefined, depth: number): number {
+  if (typeof value === "string") return fieldOverhead + 3 * value.length;
+  if (value instanceof Uint8Array) return fieldOverhead + value.length;
+  // A message, unless a wrapper type's field holds its plain value.
+  if (schema && typeof value === "object" && value !== null) return fieldOverhead + encodedSizeBound(schema, value as Message, depth + 1);
+  return fieldOverhead;
 }
 
 const holdsRedacted = new WeakMap<DescMessage, boolean>();
