@@ -81,6 +81,8 @@ CREATE TABLE webhook_deliveries (
 );
 -- The dispatcher's claim: due pending deliveries.
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_time) WHERE status = 1;
+-- The claim's per-subscription LATERAL (due rows of one webhook_id, oldest first) and the disable path.
+CREATE INDEX webhook_deliveries_due_by_webhook ON webhook_deliveries (webhook_id, next_attempt_time) WHERE status = 1;
 -- ListWebhookDeliveries pages per subscription by create_time or update_time.
 CREATE INDEX webhook_deliveries_create_time ON webhook_deliveries (tenant_id, webhook_id, create_time, id);
 CREATE INDEX webhook_deliveries_update_time ON webhook_deliveries (tenant_id, webhook_id, update_time, id);
