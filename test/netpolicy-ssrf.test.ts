@@ -103,6 +103,8 @@ const refusedLiterals = [
   "127.0.0.1", "127.1.2.3", "10.0.0.1", "10.255.255.254", "172.16.0.1", "172.31.255.255", "192.168.1.1",
   "169.254.169.254", "0.0.0.0", "[::1]", "[fc00::1]", "[fd12:3456::1]", "[fe80::1]", "[::ffff:127.0.0.1]", "[::ffff:10.0.0.1]",
   "[::ffff:169.254.169.254]", "[64:ff9b::a00:1]",
+  // Outside 2000::/3: ipaddr.js calls these "unicast". [::127.0.0.1] is ::7f00:1 (IPv4-compatible, not mapped).
+  "[::127.0.0.1]", "[::7f00:1]", "[::a00:1]", "[::1:2:3]", "[4000::1]", "[2001:db8::1]",
 ];
 
 t.test("ssrf - literal loopback, private, link-local, metadata and IPv4-mapped addresses are refused when subscribing", async (t) => {
@@ -141,6 +143,7 @@ t.test("ssrf - a hostname the DNS resolves to loopback or a private address is r
     "v6-loopback.test": ["::1"],
     "ula.test": ["fc00::5"],
     "mapped.test": ["::ffff:10.0.0.1"],
+    "compatible.test": ["::7f00:1"],
     // One forbidden address refuses the host: the socket might have picked it.
     "mixed.test": ["8.8.8.8", "10.0.0.1"],
   };

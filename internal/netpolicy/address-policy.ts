@@ -3,7 +3,8 @@
  * reach. The policy is an allowlist: only global unicast addresses pass, so any range ipaddr.js
  * knows as special (private, loopback, link-local, CGNAT, multicast, broadcast, unspecified,
  * documentation, benchmarking, reserved, Teredo, 6to4, discard…) is refused, and an IPv6 address
- * that embeds an IPv4 one is judged by the IPv4 one.
+ * that embeds an IPv4 one (mapped, or the well-known NAT64 prefix) is judged by the IPv4 one. Any
+ * other IPv6 address must be in 2000::/3 (global unicast).
  */
 import { lookup as dnsLookup, type LookupAddress } from "node:dns";
 import ipaddr from "ipaddr.js";
@@ -47,13 +48,33 @@ export function isBlockedAddressError(err: unknown): boolean {
 
 /** True when a connection must not go to `ip`; unparseable input is forbidden too. */
 export function isForbiddenAddress(ip: string, policy: AddressPolicy = {}): boolean {
-  if (!ipaddr.isValid(ip)) return true;
-  let addr: ipaddr.IPv4 | ipaddr.IPv6 = ipaddr.parse(ip);
+  const text = ip.includes(":") && ip.includes(".") ? canonicalIPv6(ip) : ip;
+  if (text === undefined || !ipaddr.isValid(text)) return true;
+  let addr: ipaddr.IPv4 | ipaddr.IPv6 = ipaddr.parse(text);
   if (addr.kind() === "ipv6") addr = embeddedIPv4(addr as ipaddr.IPv6) ?? addr;
   const range = addr.range();
-  if (range === "unicast") return false;
-  return !(range === "loopback" && policy.allowLoopback === true);
+  if (range === "loopback") return policy.allowLoopback !== true;
+  if (range !== "unicast") return true;
+  // ipaddr.js calls every IPv6 range it has no name for "unicast" (::7f00:1, ::a00:1, 1:2::3…);
+  // only 2000::/3 is allocated as global unicast, so everything else (all of ::/8 included) is refused.
+  return addr.kind() === "ipv6" && !(addr as ipaddr.IPv6).match(globalUnicast);
 }
+
+/**
+ * An IPv6 literal with a dotted tail as the socket layer reads it: ipaddr.js 2.5 parses
+ * "::127.0.0.1" as ::ffff:127.0.0.1 (mapped), the kernel and WHATWG URL as ::7f00:1. Undefined
+ * when it is not an IPv6 literal.
+ */
+function canonicalIPv6(ip: string): string | undefined {
+  try {
+    return new URL(`http://[${ip}]/`).hostname.slice(1, -1);
+  } catch {
+    return undefined;
+  }
+}
+
+/** IANA's global unicast space (RFC 4291 §2.4); the special ranges inside it are refused by name. */
+const globalUnicast = ipaddr.IPv6.parseCIDR("2000::/3");
 
 /**
  * The IPv4 address inside an IPv4-mapped (::ffff:a.b.c.d) or NAT64 well-known-prefix
