@@ -20,9 +20,9 @@ import type { Queryable } from "../db/index.ts";
 import { keysetSql, pageSizeOf, parseOrderBy, splitPage, type KeysetPosition, type PageTokens } from "../paging/index.ts";
 import { WebhookDeliveryNotFoundError } from "./errors.ts";
 import { deliveryFilterSql } from "./filter.ts";
+import { deliveriesDueChannel } from "./subscriptions.ts";
 
-/** The channel the dispatcher is woken on when deliveries become due (it polls behind it). */
-export const deliveriesDueChannel = "webhook_deliveries_due";
+export { deliveriesDueChannel };
 
 interface DeliveryRow {
   id: string;

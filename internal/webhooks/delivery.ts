@@ -17,11 +17,7 @@ import type { Logger } from "../telemetry/index.ts";
 import { startDispatcher } from "./dispatcher.ts";
 import { startFanout } from "./fanout.ts";
 import { firstAttemptDelayMs } from "./schedule.ts";
-
-/** NOTIFY on it (any payload) to have due deliveries claimed now: the fan-out does, replays may. */
-export const deliveriesDueChannel = "webhook_deliveries_due";
-/** Sent by every writer of `webhooks` with the tenant id as payload (0008_webhooks.sql). */
-export const webhooksChangedChannel = "webhooks_changed";
+import { deliveriesDueChannel, webhooksChangedChannel } from "./subscriptions.ts";
 
 export interface WebhookDeliveryDeps {
   db: Pool;

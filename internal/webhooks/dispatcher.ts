@@ -12,7 +12,7 @@
  * after its lease expired is not moved twice).
  *
  * Woken by NOTIFY (fan-out inserts, replays), by a send finishing and by a rate bucket refilling,
- * with a poll behind them (as the outbox relay, internal/jobs/relay.ts).
+ * with a poll behind them (as the outbox relay, internal/outbox/relay.ts).
  */
 import type { Dispatcher } from "undici";
 import type { AuditEvent } from "../../gen/jobmesh/v1/audit_pb.js";

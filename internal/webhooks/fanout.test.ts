@@ -3,7 +3,6 @@ import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { JobEventSchema, JobEventType } from "../../gen/jobmesh/v1/events_pb.js";
 import { matchesEvent, type SubscriptionMatch } from "./fanout.ts";
-import { excerptOf } from "./send.ts";
 
 const sub = (over: Partial<SubscriptionMatch> = {}): SubscriptionMatch => ({ id: "w", tenantId: "t", eventTypes: [], filterPipeline: "", filterJobLabels: {}, createTimeMs: 1000, ...over });
 const event = create(JobEventSchema, { eventId: "e", type: JobEventType.JOB_SUCCEEDED, pipeline: "pipelines/a", labels: { team: "x", env: "prod" }, eventTime: timestampFromMs(2000) });
@@ -20,12 +19,4 @@ void t.test("matching - type, pipeline, every label, and not older than the subs
   t.notOk(matchesEvent(sub({ filterJobLabels: { owner: "x" } }), event));
   t.ok(matchesEvent(sub({ createTimeMs: 2000 }), event), "created at the event's time: delivered");
   t.notOk(matchesEvent(sub({ createTimeMs: 2001 }), event), "an event from before the subscription: not delivered");
-});
-
-void t.test("excerpt - at most 1 KiB of UTF-8, invalid bytes replaced, never half a character", async (t) => {
-  t.equal(excerptOf(Buffer.from("ok")), "ok");
-  t.equal(excerptOf(Buffer.from([0x61, 0xff, 0x62])), "a\uFFFDb");
-  const long = excerptOf(Buffer.from("€".repeat(2000)));
-  t.ok(Buffer.byteLength(long) <= 1024);
-  t.notMatch(long, /\uFFFD/, "a character cut at the bound is dropped, not replaced");
 });

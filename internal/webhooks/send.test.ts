@@ -6,7 +6,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from "node:ht
 import type { AddressInfo } from "node:net";
 import { WebhookAttemptOutcome } from "../../gen/jobmesh/v1/webhooks_pb.js";
 import { createGuardedDispatcher } from "../netpolicy/index.ts";
-import { sendAttempt, sendTestPing } from "./send.ts";
+import { excerptOf, sendAttempt, sendTestPing } from "./send.ts";
 import { generateWebhookSecret } from "./secrets.ts";
 
 let handler: (req: IncomingMessage, res: ServerResponse) => void = (_req, res) => res.end("ok");
@@ -98,4 +98,12 @@ void t.test("test ping - signed, type webhook.test, reported as an attempt", asy
   t.same([attempt.outcome, attempt.statusCode, attempt.responseExcerpt, attempt.attempt], [WebhookAttemptOutcome.SUCCEEDED, 200, "pong", 1]);
   t.equal(JSON.parse(body).type, "webhook.test");
   t.match(signature, /^v1,/);
+});
+
+void t.test("excerpt - at most 1 KiB of UTF-8, invalid bytes replaced, never half a character", async (t) => {
+  t.equal(excerptOf(Buffer.from("ok")), "ok");
+  t.equal(excerptOf(Buffer.from([0x61, 0xff, 0x62])), "a\uFFFDb");
+  const long = excerptOf(Buffer.from("€".repeat(2000)));
+  t.ok(Buffer.byteLength(long) <= 1024);
+  t.notMatch(long, /\uFFFD/, "a character cut at the bound is dropped, not replaced");
 });

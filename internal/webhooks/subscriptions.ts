@@ -14,6 +14,8 @@ import { WebhookNotFoundError } from "./errors.ts";
 
 /** The channel webhook writers NOTIFY on; the payload is the tenant id. */
 export const webhooksChangedChannel = "webhooks_changed";
+/** NOTIFY on it (any payload) to have due deliveries claimed now: the fan-out and replays do; the dispatcher polls behind it. */
+export const deliveriesDueChannel = "webhook_deliveries_due";
 
 /** A webhooks row as the service reads it (the delivery engine reads the same columns). */
 export interface WebhookRow {

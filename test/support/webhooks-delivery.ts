@@ -22,6 +22,7 @@ import { createTopology, provisionTopology, removeTopology, type Topology } from
 import { createLogger, type Logger } from "../../internal/telemetry/index.ts";
 import { startWebhookDelivery, type WebhookDelivery, type WebhookDeliveryDeps } from "../../internal/webhooks/delivery.ts";
 import { generateWebhookSecret, sealWebhookSecret } from "../../internal/webhooks/secrets.ts";
+import { webhooksChangedChannel } from "../../internal/webhooks/subscriptions.ts";
 import { isolate, type Isolated } from "./isolation.ts";
 
 interface Teardown {
@@ -119,7 +120,8 @@ export async function createDeliveryWorld(t: Teardown): Promise<DeliveryWorld> {
     allowLoopback: false,
     allowHosts: hosts,
     retryScheduleMs: [0, 100, 100, 100, 100, 100],
-    timeoutMs: 5_000,
+    // Generous: on a loaded machine a 5 s timeout fired and the attempt was retried (the 410 case).
+    timeoutMs: 60_000,
     disableAfterMs: 5 * 86_400_000,
     ...over,
   });
@@ -145,7 +147,7 @@ export async function createDeliveryWorld(t: Teardown): Promise<DeliveryWorld> {
           fields.previousSecret ? sealWebhookSecret(keyEncryptionKey, id, fields.previousSecret) : null, fields.previousExpire ?? null,
         ],
       );
-      await db.query("SELECT pg_notify('webhooks_changed', $1)", [tenantId]);
+      await db.query("SELECT pg_notify($1, $2)", [webhooksChangedChannel, tenantId]);
       return { id, secret };
     },
     async publish(fields = {}) {
@@ -184,7 +186,7 @@ export async function createDeliveryWorld(t: Teardown): Promise<DeliveryWorld> {
     async reset() {
       await Promise.all(engines.splice(0).map((e) => e.stop()));
       await db.query("DELETE FROM webhooks WHERE tenant_id = $1", [tenantId]);
-      await db.query("SELECT pg_notify('webhooks_changed', $1)", [tenantId]);
+      await db.query("SELECT pg_notify($1, $2)", [webhooksChangedChannel, tenantId]);
     },
     async statusCounts(webhookId) {
       const { rows } = await db.query<{ status: number; n: number }>(
