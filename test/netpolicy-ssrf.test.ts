@@ -222,6 +222,46 @@ t.test("dispatcher - connections to an allowed receiver are pooled and kept aliv
   t.ok(used >= 1 && used <= 3, `ten sequential deliveries reused their connections (${used} opened)`);
 });
 
+/** The ALPN protocols a TLS ClientHello offers (the first record of a connection). */
+function offeredAlpn(hello: Buffer): string[] {
+  let at = 5 + 4 + 2 + 32; // record header, handshake header, version, random
+  at += 1 + hello[at]!; // session id
+  at += 2 + hello.readUInt16BE(at); // cipher suites
+  at += 1 + hello[at]!; // compression methods
+  const end = at + 2 + hello.readUInt16BE(at);
+  for (at += 2; at + 4 <= end; at += 4 + hello.readUInt16BE(at + 2)) {
+    if (hello.readUInt16BE(at) !== 16) continue; // application_layer_protocol_negotiation
+    const names: string[] = [];
+    for (let p = at + 6; p < at + 4 + hello.readUInt16BE(at + 2); p += 1 + hello[p]!) names.push(hello.toString("latin1", p + 1, p + 1 + hello[p]!));
+    return names;
+  }
+  return [];
+}
+
+t.test("dispatcher - https offers HTTP/1.1 only (undici 8 would offer h2)", async (t) => {
+  // A plain TCP listener reads the ClientHello and hangs up: no certificate is needed to see the offer.
+  const hello = new Promise<Buffer>((resolve) => {
+    const server = net.createServer((socket) => {
+      let data = Buffer.alloc(0);
+      socket.on("data", (chunk: Buffer) => {
+        data = Buffer.concat([data, chunk]);
+        if (data.length >= 5 && data.length >= 5 + data.readUInt16BE(3)) {
+          resolve(data);
+          socket.destroy();
+        }
+      });
+      socket.on("error", () => {});
+    });
+    server.listen(0, "127.0.0.1", () => {
+      const port = (server.address() as AddressInfo).port;
+      const dispatcher = dispatcherFor(t, { allowHosts: [`127.0.0.1:${port}`] });
+      void get(dispatcher, `https://127.0.0.1:${port}/hook`);
+    });
+    t.teardown(() => server.close());
+  });
+  t.same(offeredAlpn(await hello), ["http/1.1"]);
+});
+
 // Last, so it sees every connect the suite made.
 t.test("fuse - the spy saw the suite's loopback connects, and none to any other address", async (t) => {
   t.ok(attempts.some((a) => a.port === receiver.port), "connects to the receiver were recorded: zero elsewhere means none were made");

@@ -32,6 +32,8 @@ export interface GuardedDispatcherOptions {
 export function createGuardedDispatcher(policy: NetPolicy, options: GuardedDispatcherOptions = {}): Dispatcher {
   const build = (allowLoopback: boolean) => buildConnector({
     timeout: options.connectTimeoutMs,
+    // The connector, not the Agent, writes the ALPN list: without this it offers h2 (see allowH2 below).
+    allowH2: false,
     lookup: createGuardedLookup({ allowLoopback }, options.lookup),
   });
   // Two connectors, so loopback is opened per target (allowHosts) without rebuilding one per connection.
@@ -51,6 +53,9 @@ export function createGuardedDispatcher(policy: NetPolicy, options: GuardedDispa
   };
   return new Agent({
     connect,
+    // undici 8 negotiates h2 by default, multiplexing every delivery to a receiver on one
+    // connection; the issue asks for HTTP/1.1 with keep-alive per origin, which receivers expect.
+    allowH2: false,
     ...(options.keepAliveTimeoutMs !== undefined ? { keepAliveTimeout: options.keepAliveTimeoutMs } : {}),
     ...(options.connections !== undefined ? { connections: options.connections } : {}),
   });
