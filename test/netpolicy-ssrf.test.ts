@@ -262,6 +262,15 @@ t.test("dispatcher - https offers HTTP/1.1 only (undici 8 would offer h2)", asyn
   t.same(offeredAlpn(await hello), ["http/1.1"]);
 });
 
+t.test("dispatcher - the policy is copied when the dispatcher is made: a later change to it applies nowhere", async (t) => {
+  const policy: NetPolicy = { allowHosts: [] };
+  const dispatcher = dispatcherFor(t, policy);
+  policy.allowHttp = true;
+  policy.allowHosts!.push(`127.0.0.1:${receiver.port}`);
+  const r = await withoutConnecting(t, "changed policy", () => get(dispatcher, `http://127.0.0.1:${receiver.port}/hook`));
+  t.ok("error" in r && isBlockedAddressError(r.error), "refused under the policy it was made with");
+});
+
 // Last, so it sees every connect the suite made.
 t.test("fuse - the spy saw the suite's loopback connects, and none to any other address", async (t) => {
   t.ok(attempts.some((a) => a.port === receiver.port), "connects to the receiver were recorded: zero elsewhere means none were made");

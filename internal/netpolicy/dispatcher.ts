@@ -29,7 +29,9 @@ export interface GuardedDispatcherOptions {
  * allowHttp, IP-literal hosts before any socket exists, hostnames in the lookup that feeds the
  * socket. A refusal fails the request with an error isBlockedAddressError recognises.
  */
-export function createGuardedDispatcher(policy: NetPolicy, options: GuardedDispatcherOptions = {}): Dispatcher {
+export function createGuardedDispatcher(given: NetPolicy, options: GuardedDispatcherOptions = {}): Dispatcher {
+  // A copy, frozen: a change the caller makes later must not apply to some pooled sockets and not others.
+  const policy: NetPolicy = Object.freeze({ ...given, allowHosts: Object.freeze([...(given.allowHosts ?? [])]) as string[] });
   const build = (allowLoopback: boolean) => buildConnector({
     timeout: options.connectTimeoutMs,
     // The connector, not the Agent, writes the ALPN list: without this it offers h2 (see allowH2 below).

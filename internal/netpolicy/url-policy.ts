@@ -52,7 +52,6 @@ export function targetKey(hostname: string, port: number): string {
  * The address policy for one target. Loopback is open for a host:port listed in allowHosts and,
  * when the list is empty, everywhere allowLoopback says so; a list narrows it to exactly its
  * entries, so a test receiver cannot open every local port.
- * Read at each connect: a caller may add receivers to the list while the dispatcher lives.
  */
 export function addressPolicyFor(policy: NetPolicy, hostname: string, port: number): AddressPolicy {
   const hosts = policy.allowHosts ?? [];
