@@ -10,8 +10,8 @@
  */
 import type { Tracer } from "@opentelemetry/api";
 import type { JetStreamClient } from "@nats-io/jetstream";
-import type { PoolClient } from "pg";
 import { inTransaction, type Pool } from "../db/index.ts";
+import { listenChannels } from "../db/listener.ts";
 import type { Logger } from "../telemetry/index.ts";
 import { outboxChannel } from "./writer.ts";
 import { publishOutboxRow, type Send } from "./publisher.ts";
@@ -87,50 +87,16 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
   // A NOTIFY that lands while a batch is being published must not wait for the next poll.
   let notified = false;
   if (stopped) return { publishBatch, stop: () => Promise.resolve() };
-  /**
-   * The LISTEN connection. When it breaks (Postgres restarted, the backend terminated) the
-   * client emits 'error', which would crash the process without a listener; the relay then
-   * polls alone until a new connection listens again.
-   */
-  let listening: PoolClient | undefined;
-  let relisten: NodeJS.Timeout | undefined;
-  // pg emits 'error' and then also rejects the query in flight: each connection is given back
-  // once, whichever comes first (pg-pool throws on a second release).
-  const released = new WeakSet<PoolClient>();
-  const releaseOnce = (client: PoolClient, error?: Error) => {
-    if (released.has(client)) return;
-    released.add(client);
-    if (listening === client) listening = undefined;
-    client.release(error);
-  };
-  const listenAgain = () => {
-    if (!stopped && !relisten) relisten = setTimeout(() => void listen(), 1_000);
-  };
-  async function listen(): Promise<void> {
-    relisten = undefined;
-    let client: PoolClient | undefined;
-    try {
-      client = await db.connect();
-      const current = client;
-      current.on("notification", () => {
-        notified = true;
-        wake?.();
-      });
-      current.on("error", (error: Error) => {
-        log.warn({ err: error }, "outbox relay lost its LISTEN connection; polling until it listens again");
-        releaseOnce(current, error);
-        listenAgain();
-      });
-      await current.query(`LISTEN ${outboxChannel}`);
-      if (stopped) return releaseOnce(current);
-      listening = current;
-    } catch (error) {
-      log.warn({ err: error }, "outbox relay cannot LISTEN; polling only");
-      if (client) releaseOnce(client, error as Error);
-      listenAgain();
-    }
-  }
-  const listenedOnce = listen();
+  // The LISTEN connection wakes the loop; while it is down (Postgres restarted, the backend
+  // terminated) the relay polls alone until a new connection listens again.
+  const listener = listenChannels(db, [outboxChannel], {
+    log,
+    name: "outbox relay",
+    onNotification: () => {
+      notified = true;
+      wake?.();
+    },
+  });
 
   const loop = (async () => {
     let failures = 0;
@@ -162,13 +128,7 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
       stopped = true;
       wake?.();
       await loop;
-      await listenedOnce;
-      clearTimeout(relisten);
-      const client = listening;
-      if (client) {
-        await client.query(`UNLISTEN ${outboxChannel}`).catch(() => {});
-        releaseOnce(client);
-      }
+      await listener.stop();
     },
   };
 }
