@@ -1,42 +1,19 @@
 import type { LookupAddress } from "node:dns";
 import { createServer, type Server } from "node:http";
 import net, { type AddressInfo } from "node:net";
-import { constants } from "node:os";
 import t, { type Test } from "tap";
 import { request, type Dispatcher } from "undici";
 import {
   assertResolvesAllowed, checkWebhookUrl, createGuardedDispatcher, isBlockedAddressError, UrlPolicyError,
   type ConnectLookup, type NetPolicy,
 } from "../internal/netpolicy/index.ts";
+import { attempts, violations } from "./support/connect-fuse.ts";
 
 // The SSRF suite of the network policy (issue 13). Every socket in this file goes to 127.0.0.1.
 // Other addresses appear only as URL literals refused before a socket exists, or as answers of a
-// test lookup refused inside connect. A fuse below the socket layer makes that a fact rather than
-// a hope: every TCP connect of this process is recorded, and one to a non-loopback address is
-// failed with EACCES before the kernel sees it (and recorded as a violation, failing the suite).
-
-interface ConnectAttempt { address: string; port: number }
-const attempts: ConnectAttempt[] = [];
-const violations: ConnectAttempt[] = [];
-const isLoopback = (a: string) => a.startsWith("127.") || a === "::1" || a.startsWith("::ffff:127.");
-
-type TcpConnect = (this: unknown, req: unknown, address: string, port: number, ...rest: unknown[]) => number;
-const fuseHolder = createServer();
-await new Promise<void>((resolve) => fuseHolder.listen(0, "127.0.0.1", resolve));
-// libuv's TCP handle: every net/tls client connect (happy eyeballs included) ends in its connect/connect6.
-const tcp = Object.getPrototypeOf((fuseHolder as unknown as { _handle: object })._handle) as Record<"connect" | "connect6", TcpConnect>;
-fuseHolder.close();
-for (const name of ["connect", "connect6"] as const) {
-  const original = tcp[name];
-  tcp[name] = function (this: unknown, req, address, port, ...rest) {
-    attempts.push({ address, port });
-    if (!isLoopback(address)) {
-      violations.push({ address, port });
-      return -constants.errno.EACCES;
-    }
-    return original.call(this, req, address, port, ...rest);
-  };
-}
+// test lookup refused inside connect. The connect fuse (support/connect-fuse.ts) makes that a fact
+// rather than a hope: a connect to a non-loopback address fails with EACCES before the kernel sees
+// it, and is recorded as a violation, failing the suite.
 
 /** A loopback HTTP server that counts the connections it accepts. */
 async function listen(handler: Parameters<typeof createServer>[1]): Promise<{ server: Server; port: number; connections: () => number }> {

@@ -4,7 +4,8 @@
  * honour the etag, URLs that are not public https are refused unless the local development mesh
  * (`npm start`) allows http and loopback, and the delivery log is read, replayed and recovered.
  * The delivery engine is off: no packet leaves this machine (subscribed URLs are public IP
- * literals, never resolved, never contacted).
+ * literals, never resolved, never contacted), and the connect fuse makes that a fact: a connect
+ * to a non-loopback address fails before the kernel sees it and fails the last test.
  */
 import t from "tap";
 import { create, toJsonString } from "@bufbuild/protobuf";
@@ -23,6 +24,7 @@ import { serveWebhooks } from "../internal/mesh/servers.ts";
 import { localMeshWebhooks, webhookPolicyLine } from "../internal/mesh/up.ts";
 import { loadKeyEncryptionKey } from "../internal/sealing/index.ts";
 import { createWebhookDomain, signingSecretsOf, unsealWebhookSecret, type WebhookRow } from "../internal/webhooks/index.ts";
+import { attempts, violations } from "./support/connect-fuse.ts";
 import { startTestMesh } from "./support/mesh.ts";
 
 t.setTimeout(300_000);
@@ -406,3 +408,9 @@ async function insertDelivery(webhookName: string, eventId: string, status: numb
   }
   return `${webhookName}/deliveries/${rows[0].id}`;
 }
+
+// Last, so it sees every connect the file made.
+t.test("fuse - no connect to a non-loopback address was attempted", async (t) => {
+  t.ok(attempts.length > 0, "the fuse saw the suite's connects (to Postgres, NATS, the servers)");
+  t.same(violations, []);
+});
