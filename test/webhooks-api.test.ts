@@ -201,13 +201,19 @@ t.test("URLs - not https, userinfo, loopback, private and metadata addresses are
   t.same(rows, [], "nothing refused was stored");
 });
 
-t.test("npm start - the local mesh's settings allow http and loopback receivers; an explicit false and every other configuration refuse them", async (t) => {
+t.test("npm start - the local mesh's settings allow http and loopback receivers when it listens on loopback; an explicit false, a reachable JOBMESH_HOST and every other configuration refuse them", async (t) => {
   const env = mesh.isolated.env;
-  const local = localMeshWebhooks(loadConfig(env).webhooks);
+  const local = localMeshWebhooks(loadConfig(env).webhooks, "127.0.0.1");
   t.ok(local.allowHttp && local.allowLoopback);
+  for (const host of ["0.0.0.0", "::", "192.168.1.20", "jobmesh.example.com"]) {
+    const reachable = localMeshWebhooks(loadConfig(env).webhooks, host);
+    t.notOk(reachable.allowHttp || reachable.allowLoopback, `JOBMESH_HOST=${host}: both stay off`);
+    t.match(webhookPolicyLine(reachable, host), /stay off because JOBMESH_HOST/, `JOBMESH_HOST=${host}: jobmesh up says so`);
+  }
+  t.ok(localMeshWebhooks(loadConfig(env).webhooks, "::1").allowLoopback, "::1 is loopback");
   const strict = loadConfig(env).webhooks;
   t.notOk(strict.allowHttp || strict.allowLoopback, "by default, outside jobmesh up, both are refused");
-  const explicit = localMeshWebhooks(loadConfig({ ...env, JOBMESH_WEBHOOKS_ALLOW_HTTP: "false" }).webhooks);
+  const explicit = localMeshWebhooks(loadConfig({ ...env, JOBMESH_WEBHOOKS_ALLOW_HTTP: "false" }).webhooks, "127.0.0.1");
   t.notOk(explicit.allowHttp, "jobmesh up keeps an explicit false");
   t.ok(explicit.allowLoopback);
 
@@ -236,7 +242,7 @@ t.test("npm start - WebhookService served with the local mesh's settings subscri
   const port = (receiver.address() as AddressInfo).port;
 
   // The process `jobmesh up` runs, on the same database; only this receiver's port is opened.
-  const webhooks = { ...localMeshWebhooks(mesh.infra.config.webhooks), allowHosts: [`127.0.0.1:${port}`] };
+  const webhooks = { ...localMeshWebhooks(mesh.infra.config.webhooks, "127.0.0.1"), allowHosts: [`127.0.0.1:${port}`] };
   t.match(webhookPolicyLine(webhooks), /http:\/\/ URLs and loopback addresses/, "jobmesh up says what it allows");
   t.match(webhookPolicyLine(mesh.infra.config.webhooks), /public https/);
   const local = await serveWebhooks({ ...mesh.infra, config: { ...mesh.infra.config, webhooks } }, 0, { delivery: false });

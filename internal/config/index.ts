@@ -224,11 +224,14 @@ export interface AuditConfig {
 
 /** Who may be subscribed (internal/netpolicy's NetPolicy) and how deliveries are retried (cmd/webhooks). */
 export interface WebhooksConfig {
-  /** JOBMESH_WEBHOOKS_ALLOW_HTTP (default false): http:// receivers. `jobmesh up` turns it on unless set. */
+  /** JOBMESH_WEBHOOKS_ALLOW_HTTP (default false): http:// receivers. `jobmesh up` on a loopback JOBMESH_HOST turns it on unless set. */
   allowHttp: boolean;
-  /** JOBMESH_WEBHOOKS_ALLOW_LOOPBACK (default false): receivers on 127.0.0.0/8 and ::1. `jobmesh up` turns it on unless set. */
+  /** JOBMESH_WEBHOOKS_ALLOW_LOOPBACK (default false): receivers on 127.0.0.0/8 and ::1. `jobmesh up` on a loopback JOBMESH_HOST turns it on unless set. */
   allowLoopback: boolean;
-  /** TEST ONLY: exact "host:port" receivers allowed whatever their address (JOBMESH_WEBHOOKS_ALLOW_HOSTS, comma list). */
+  /**
+   * TEST ONLY: exact "host:port" loopback receivers allowed (JOBMESH_WEBHOOKS_ALLOW_HOSTS, comma
+   * list). Never set it in a deployment; `jobmesh up` logs a warning when it is set.
+   */
   allowHosts: string[];
   /** Which of allowHttp/allowLoopback the environment set, so `jobmesh up` changes only the defaults. */
   explicitPolicy: { allowHttp?: boolean; allowLoopback?: boolean };

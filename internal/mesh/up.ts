@@ -6,6 +6,7 @@
  */
 import { chmod, mkdir, rename, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
+import ipaddr from "ipaddr.js";
 import type { Config, WebhooksConfig } from "../config/index.ts";
 import { startDevStack } from "../devstack/index.ts";
 import type { RpcServer } from "../rpc/server.ts";
@@ -64,14 +65,32 @@ async function writeMeshFile(path: string, description: MeshDescription): Promis
   await rename(temporary, path);
 }
 
-/** The webhooks settings of the local mesh: http and loopback receivers allowed unless the environment said otherwise. */
-export function localMeshWebhooks(webhooks: WebhooksConfig): WebhooksConfig {
-  return { ...webhooks, allowHttp: webhooks.explicitPolicy.allowHttp ?? true, allowLoopback: webhooks.explicitPolicy.allowLoopback ?? true };
+/** True when `host` (JOBMESH_HOST) is a loopback address or localhost: the services listen for this machine only. */
+export function isLoopbackHost(host: string): boolean {
+  const bare = host.replace(/^\[(.*)\]$/, "$1");
+  if (bare.toLowerCase() === "localhost") return true;
+  return ipaddr.isValid(bare) && ipaddr.process(bare).range() === "loopback";
 }
 
-/** The start-up line that says which webhook receivers this mesh lets through, and how to change it. */
-export function webhookPolicyLine(policy: { allowHttp: boolean; allowLoopback: boolean }): string {
+/**
+ * The webhooks settings of the local mesh: http and loopback receivers allowed unless the
+ * environment said otherwise, and only when the mesh listens on a loopback `host`. A mesh other
+ * machines can reach keeps them off: anyone who can subscribe could reach this machine's ports.
+ */
+export function localMeshWebhooks(webhooks: WebhooksConfig, host: string): WebhooksConfig {
+  const local = isLoopbackHost(host);
+  return { ...webhooks, allowHttp: webhooks.explicitPolicy.allowHttp ?? local, allowLoopback: webhooks.explicitPolicy.allowLoopback ?? local };
+}
+
+/**
+ * The start-up line that says which webhook receivers this mesh lets through, and how to change
+ * it; given the `host` the mesh listens on, it says why they stay off when it is not loopback.
+ */
+export function webhookPolicyLine(policy: { allowHttp: boolean; allowLoopback: boolean }, host?: string): string {
   const open = [policy.allowHttp && "http:// URLs", policy.allowLoopback && "loopback addresses (127.0.0.1, ::1)"].filter(Boolean);
+  if (open.length === 0 && host !== undefined && !isLoopbackHost(host)) {
+    return `webhooks: receivers must be public https URLs; http:// and loopback receivers stay off because JOBMESH_HOST=${host} is not a loopback address`;
+  }
   if (open.length === 0) return "webhooks: receivers must be public https URLs";
   return `webhooks: development mode: receivers may use ${open.join(" and ")} (JOBMESH_WEBHOOKS_ALLOW_HTTP / JOBMESH_WEBHOOKS_ALLOW_LOOPBACK=false to refuse; every other configuration refuses them by default)`;
 }
@@ -103,8 +122,11 @@ export async function meshUp(config: Config, log: Logger, telemetry: Telemetry) 
     const server = { ...config.server, trustedProxies: config.server.trustedProxies ?? [`${localGatewaySourceAddress}/32`] };
     // The local development mesh, and only it by default, lets webhooks reach http and loopback
     // receivers, so a new user can try them with a receiver on their own machine. It says so.
-    const webhooks = localMeshWebhooks(config.webhooks);
-    console.log(webhookPolicyLine(webhooks));
+    const webhooks = localMeshWebhooks(config.webhooks, config.host);
+    console.log(webhookPolicyLine(webhooks, config.host));
+    if (webhooks.allowHosts.length > 0) {
+      log.warn({ allowHosts: webhooks.allowHosts }, "JOBMESH_WEBHOOKS_ALLOW_HOSTS is set: it is for tests only, and lets webhooks reach these loopback targets");
+    }
     const resolved = { ...config, databaseUrl: stack.databaseUrl, redisUrl: stack.redisUrl, natsUrl: stack.natsUrl, server, webhooks };
     infra = await createInfra(resolved, log, telemetry, "mesh");
     servers.auth = await serveAuth(infra);
