@@ -166,8 +166,9 @@ const textEncoder = new TextEncoder();
 /**
  * The one header of an event, encoded as MsgHdrs.encode() would (`NATS/1.0`, then `Key: value`
  * lines, then an empty line): publish() only calls encode() on the headers it is given, and a
- * MsgHdrs per event (a Map, an array, a string built line by line) was a tenth of the cost of
- * publishing one. A value MsgHdrs would refuse (a CR or LF) is refused here too: that event is poison.
+ * MsgHdrs per event builds a Map, an array and a string line by line for one header (a small
+ * saving, under a microsecond an event). A value MsgHdrs would refuse (a CR or LF) is refused
+ * here too: that event is poison.
  */
 function msgIdHeader(id: string): MsgHdrs {
   if (/[\r\n]/.test(id)) throw new Error("a Nats-Msg-Id cannot hold CR or LF");
