@@ -7,7 +7,7 @@ import { JobEventType, type JobEvent } from "../gen/jobmesh/v1/events_pb.js";
 import { WebhookAttemptOutcome, WebhookDisabledReason } from "../gen/jobmesh/v1/webhooks_pb.js";
 import { generateWebhookSecret } from "../internal/webhooks/secrets.ts";
 import { createDeliveryWorld } from "./support/webhooks-delivery.ts";
-import { until } from "./support/wait.ts";
+import { until, waitFor } from "./support/wait.ts";
 
 t.setTimeout(300_000);
 const world = await createDeliveryWorld(t);
@@ -134,22 +134,43 @@ void t.test("delivery - 410 Gone disables the subscription and fails its pending
     res.statusCode = 410;
     res.end("gone");
   })();
+  // Created before the engine starts: its dispatcher freezes the allowed hosts.
+  const control = await world.receiver(() => []);
   await world.start({});
   const events = [await world.publish(), await world.publish(), await world.publish()];
   await until(t, "disabled", async () => (await webhookOf(hook.id)).state === 2);
   t.equal((await webhookOf(hook.id)).disabled_reason, WebhookDisabledReason.ENDPOINT_GONE);
   await until(t, "every delivery FAILED", async () => (await world.statusCounts(hook.id)).failed === events.length);
   t.equal(receiver.arrivals.length, 1, "one request only: the rest were never sent");
-  const audit = world.audit.find((e) => e.resource === `webhooks/${hook.id}`);
+  // Recorded just after the disabling transaction commits: waited for, not raced.
+  const audit = await waitFor(t, "the audit event of the disable", () => world.audit.find((e) => e.resource === `webhooks/${hook.id}`));
   t.equal(audit?.action, "jobmesh.v1.WebhookService.DisableWebhook");
   t.equal(audit?.actor?.subject, "system/webhooks");
   // Later events are not fanned out to it at all.
   const later = await world.publish();
-  const control = await world.receiver(() => []);
   await world.subscribe(control.url);
   const marker = await world.publish();
   await until(t, "a later event reached an active subscription", () => control.countOf(marker.eventId) === 1);
   t.equal(receiver.countOf(later.eventId), 0);
+  await world.reset();
+});
+
+void t.test("delivery - a subscription disabled or deleted behind the fan-out's cache gets no rows and fails no batch", async (t) => {
+  const receiver = await world.receiver(() => []);
+  const hook = await world.subscribe(receiver.url);
+  const goneReceiver = await world.receiver(() => []);
+  const disabled = await world.subscribe(goneReceiver.url);
+  const deleted = await world.subscribe(goneReceiver.url);
+  await world.start({});
+  const first = await world.publish();
+  await until(t, "the cache is loaded (every subscription got the first event)", () => receiver.countOf(first.eventId) === 1 && goneReceiver.countOf(first.eventId) === 2);
+  // No webhooks_changed: the fan-out's cache still holds both, as while a notification is in flight.
+  await db.query("UPDATE webhooks SET state = 2 WHERE id = $1", [disabled.id]);
+  await db.query("DELETE FROM webhooks WHERE id = $1", [deleted.id]);
+  const later = await world.publish();
+  await until(t, "the active subscription got the later event", async () => (await deliveryOf(hook.id, later.eventId)) !== undefined);
+  t.equal(await deliveryOf(disabled.id, later.eventId), undefined, "no delivery row for the disabled subscription");
+  t.equal(goneReceiver.countOf(later.eventId), 0);
   await world.reset();
 });
 
@@ -184,7 +205,8 @@ void t.test("delivery - failing without a success for longer than disableAfter d
   await until(t, "disabled", async () => (await webhookOf(hook.id)).state === 2);
   const webhook = await webhookOf(hook.id);
   t.equal(webhook.disabled_reason, WebhookDisabledReason.REPEATED_FAILURES);
-  const audit = world.audit.find((e) => e.resource === `webhooks/${hook.id}`);
+  // Recorded just after the disabling transaction commits: waited for, not raced.
+  const audit = await waitFor(t, "the audit event of the disable", () => world.audit.find((e) => e.resource === `webhooks/${hook.id}`));
   t.equal(audit?.action, "jobmesh.v1.WebhookService.DisableWebhook");
   t.equal(audit?.actor?.subject, "system/webhooks");
   t.equal(audit?.tenant, world.tenantId);

@@ -123,7 +123,11 @@ export async function startFanout(deps: FanoutDeps): Promise<Fanout> {
     return found;
   }
 
-  /** Inserts the deliveries of a batch of events in one statement; the NOTIFY goes out with its commit. */
+  /**
+   * Inserts the deliveries of a batch of events in one statement; the NOTIFY goes out with its commit.
+   * The cache may still hold a subscription disabled or deleted meanwhile: the join on ACTIVE
+   * webhooks drops its rows (a deleted one would otherwise fail the whole batch, every tenant's).
+   */
   async function fanOut(events: JobEvent[], payloads: Uint8Array[]): Promise<number> {
     const tenants = [...new Set(events.map((e) => e.tenant.toLowerCase()).filter((t) => uuidPattern.test(t)))];
     if (tenants.length === 0) return 0;
@@ -144,8 +148,11 @@ export async function startFanout(deps: FanoutDeps): Promise<Fanout> {
     const { rows } = await db.query<{ inserted: number }>(
       `WITH inserted AS (
          INSERT INTO webhook_deliveries (tenant_id, webhook_id, event_id, event_type, job, event, status, next_attempt_time)
-         SELECT t, w, e, ty, j, ev, 1, now() + $7::int * interval '1 millisecond'
+         SELECT x.t, x.w, x.e, x.ty, x.j, x.ev, 1, now() + $7::int * interval '1 millisecond'
          FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::smallint[], $5::text[], $6::bytea[]) AS x (t, w, e, ty, j, ev)
+         JOIN webhooks wh ON wh.id = x.w AND wh.state = 1
+         -- A delete committing meanwhile is waited for and its rows skipped, not an FK violation.
+         FOR KEY SHARE OF wh
          ON CONFLICT (webhook_id, event_id) DO NOTHING
          RETURNING 1
        ), woken AS (
