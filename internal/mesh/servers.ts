@@ -347,7 +347,6 @@ export async function serveWebhooks(infra: Infra, port = infra.config.ports.webh
   const delivery = options.delivery === false ? undefined : await startWebhookDelivery({
     db: infra.db,
     js: infra.bus.js,
-    jsm: infra.bus.jsm,
     topology,
     log: infra.log,
     config: config.webhooks,

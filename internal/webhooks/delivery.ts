@@ -6,12 +6,12 @@
  * The bus must be provisioned (internal/bus/topology.ts: the events stream and the fan-out's
  * durable consumer).
  */
-import type { JetStreamClient, JetStreamManager } from "@nats-io/jetstream";
+import type { JetStreamClient } from "@nats-io/jetstream";
 import type { Topology } from "../bus/topology.ts";
-import type { PoolClient } from "pg";
 import type { AuditEvent } from "../../gen/jobmesh/v1/audit_pb.js";
 import type { WebhooksConfig } from "../config/index.ts";
 import type { Pool } from "../db/index.ts";
+import { listenChannels, type ChannelListener } from "../db/listener.ts";
 import { createGuardedDispatcher, type NetPolicy } from "../netpolicy/index.ts";
 import type { Logger } from "../telemetry/index.ts";
 import { startDispatcher } from "./dispatcher.ts";
@@ -19,10 +19,12 @@ import { startFanout } from "./fanout.ts";
 import { firstAttemptDelayMs } from "./schedule.ts";
 import { deliveriesDueChannel, webhooksChangedChannel } from "./subscriptions.ts";
 
+/** How long the fan-out's sync round trip on the LISTEN connection may take before it is dropped. */
+const syncTimeoutMs = 2_000;
+
 export interface WebhookDeliveryDeps {
   db: Pool;
   js: JetStreamClient;
-  jsm: JetStreamManager;
   /** The bus topology (provisioned: the events stream and the fan-out's consumer must exist). */
   topology: Pick<Topology, "eventsStream" | "webhooksFanoutConsumer">;
   log: Logger;
@@ -47,7 +49,8 @@ export async function startWebhookDelivery(deps: WebhookDeliveryDeps): Promise<W
   const policy: NetPolicy = { allowHttp: config.allowHttp, allowLoopback: config.allowLoopback, allowHosts: config.allowHosts };
   const dispatcher = createGuardedDispatcher(policy, { connectTimeoutMs: Math.min(config.timeoutMs, 10_000), keepAliveTimeoutMs: 30_000 });
 
-  let listening: PoolClient | undefined;
+  // Assigned once the fan-out exists (its callbacks use the fan-out); read only after that.
+  let listener: ChannelListener | undefined;
   const dispatch = startDispatcher({
     db,
     log,
@@ -71,70 +74,33 @@ export async function startWebhookDelivery(deps: WebhookDeliveryDeps): Promise<W
     firstDelayMs: firstAttemptDelayMs(config.retryScheduleMs),
     dueChannel: deliveriesDueChannel,
     onInserted: () => dispatch.wake(),
-    syncCache: async () => {
-      const client = listening;
-      if (!client) return false;
-      // Notifications are delivered before the answer to any query on their connection.
-      return client.query("SELECT 1").then(() => listening === client, () => false);
-    },
+    // One round trip on the LISTEN connection applies every change committed before it. It is
+    // time-boxed: on a half-open connection it would block the fan-out for the kernel's ~15 min;
+    // instead that connection is dropped (the fan-out skips its cache) and a new one listens.
+    syncCache: () => listener?.ping(syncTimeoutMs) ?? Promise.resolve(false),
   });
 
   // One LISTEN connection for both channels. While it is down the fan-out does not use its
   // cache and the dispatcher polls; it is re-established after a second.
-  let stopped = false;
-  let relisten: NodeJS.Timeout | undefined;
-  const released = new WeakSet<PoolClient>();
-  const releaseOnce = (client: PoolClient, error?: Error) => {
-    if (released.has(client)) return;
-    released.add(client);
-    if (listening === client) listening = undefined;
-    client.release(error);
-  };
-  const listenAgain = () => {
-    if (!stopped && !relisten) relisten = setTimeout(() => void listen(), 1_000);
-  };
-  async function listen(): Promise<void> {
-    relisten = undefined;
-    let client: PoolClient | undefined;
-    try {
-      client = await db.connect();
-      const current = client;
-      current.on("notification", (n) => {
-        if (n.channel === webhooksChangedChannel) fanout.invalidate(n.payload || undefined);
-        dispatch.wake();
-      });
-      current.on("error", (error: Error) => {
-        log.warn({ err: error }, "webhooks delivery lost its LISTEN connection; polling until it listens again");
-        fanout.invalidate();
-        releaseOnce(current, error);
-        listenAgain();
-      });
-      await current.query(`LISTEN ${deliveriesDueChannel}; LISTEN ${webhooksChangedChannel}`);
-      if (stopped) return releaseOnce(current);
-      // Changes made before the LISTEN took effect were not heard: start from an empty cache.
-      fanout.invalidate();
-      listening = current;
-    } catch (error) {
-      log.warn({ err: error }, "webhooks delivery cannot LISTEN; polling only");
-      if (client) releaseOnce(client, error as Error);
-      listenAgain();
-    }
-  }
-  const listenedOnce = listen();
-  await listenedOnce;
+  const listening = listenChannels(db, [deliveriesDueChannel, webhooksChangedChannel], {
+    log,
+    name: "webhooks delivery",
+    onNotification: (channel, payload) => {
+      if (channel === webhooksChangedChannel) fanout.invalidate(payload);
+      dispatch.wake();
+    },
+    onLost: () => fanout.invalidate(),
+    // Changes made before the LISTEN took effect were not heard: start from an empty cache.
+    onListening: () => fanout.invalidate(),
+  });
+  listener = listening;
+  await listening.started;
 
   return {
     async stop() {
-      stopped = true;
-      clearTimeout(relisten);
       await fanout.stop();
       await dispatch.stop();
-      await listenedOnce;
-      const client = listening;
-      if (client) {
-        await client.query(`UNLISTEN *`).catch(() => {});
-        releaseOnce(client);
-      }
+      await listening.stop();
       await dispatcher.close().catch(() => {});
     },
   };

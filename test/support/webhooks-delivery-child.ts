@@ -22,7 +22,6 @@ const bus = await connectBus({ url: settings.natsUrl, name: "webhooks-delivery-c
 const engine = await startWebhookDelivery({
   db,
   js: bus.js,
-  jsm: bus.jsm,
   topology: createTopology(settings.namespace),
   log,
   config: settings.config,

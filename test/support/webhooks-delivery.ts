@@ -168,7 +168,7 @@ export async function createDeliveryWorld(t: Teardown): Promise<DeliveryWorld> {
     },
     async start(over, extra = {}) {
       const engine = await startWebhookDelivery({
-        db, js: bus.js, jsm: bus.jsm, topology, log, config: config(over), keyEncryptionKey,
+        db, js: bus.js, topology, log, config: config(over), keyEncryptionKey,
         publicUrl: "https://jobmesh.example.com", record: (event) => audit.push(event), ...extra,
       });
       engines.push(engine);
