@@ -5,13 +5,12 @@
  * false instead of blocking, and a new connection listens.
  */
 import t from "tap";
-import { createServer, connect, type Socket } from "node:net";
-import type { AddressInfo } from "node:net";
 import pg from "pg";
 import { createPool } from "../internal/db/index.ts";
 import { listenChannels, type ChannelListener } from "../internal/db/listener.ts";
 import { createLogger } from "../internal/telemetry/index.ts";
 import { isolate } from "./support/isolation.ts";
+import { startPgProxy } from "./support/pg-proxy.ts";
 
 const isolated = await isolate();
 t.teardown(() => isolated.drop());
@@ -92,41 +91,10 @@ t.test("listen - a terminated connection is replaced and notifications arrive ag
   t.pass("notifications arrive on the new connection");
 });
 
-/** A loopback TCP proxy to Postgres; freeze() makes its open connections silently drop every byte. */
-async function startProxy(target: URL) {
-  const pairs = new Set<{ down: Socket; up: Socket; frozen: boolean }>();
-  const server = createServer((down) => {
-    const up = connect(Number(target.port || 5432), target.hostname);
-    const pair = { down, up, frozen: false };
-    pairs.add(pair);
-    down.on("data", (data) => void (pair.frozen || up.write(data)));
-    up.on("data", (data) => void (pair.frozen || down.write(data)));
-    const close = () => {
-      pairs.delete(pair);
-      down.destroy();
-      up.destroy();
-    };
-    for (const socket of [down, up]) socket.on("error", close).on("close", close);
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  return {
-    port: (server.address() as AddressInfo).port,
-    freeze: () => pairs.forEach((pair) => (pair.frozen = true)),
-    close: () =>
-      new Promise<void>((resolve) => {
-        pairs.forEach((pair) => (pair.down.destroy(), pair.up.destroy()));
-        server.close(() => resolve());
-      }),
-  };
-}
-
 t.test("ping - a connection that stopped answering gives false within the timeout and is replaced", async (t) => {
-  const target = new URL(isolated.databaseUrl);
-  const proxy = await startProxy(target);
+  const proxy = await startPgProxy(isolated.databaseUrl);
   t.teardown(() => proxy.close());
-  const viaProxy = new URL(isolated.databaseUrl);
-  viaProxy.port = String(proxy.port);
-  const db = createPool({ url: viaProxy.href, max: 2 });
+  const db = createPool({ url: proxy.url, max: 2 });
   t.teardown(() => db.end());
   const { listener, heard } = start(db, ["chan_ping"]);
   t.teardown(() => listener.stop());
