@@ -177,6 +177,23 @@ void t.test("delivery - a subscription disabled or deleted behind the fan-out's 
   await world.reset();
 });
 
+void t.test("delivery - a secret that cannot be unsealed fails its attempt (recorded), and the round's other deliveries are sent", async (t) => {
+  const receiver = await world.receiver(() => []);
+  const hook = await world.subscribe(receiver.url);
+  const broken = await world.subscribe(receiver.url);
+  await db.query("UPDATE webhooks SET secret_sealed = '\\x00'::bytea WHERE id = $1", [broken.id]);
+  await world.start({});
+  const event = await world.publish();
+  await until(t, "the other subscription's delivery succeeded", async () => (await deliveryOf(hook.id, event.eventId))?.status === 2);
+  const attempts = await waitFor(t, "the broken subscription's failed attempt", async () => {
+    const found = await attemptsOf(broken.id, event.eventId);
+    return found.length > 0 && found;
+  });
+  t.match(attempts[0].error_message, /secret cannot be unsealed/);
+  t.equal(receiver.countOf(event.eventId), 1, "only the healthy subscription's request was sent");
+  await world.reset();
+});
+
 void t.test("delivery - receiver down for a while, then back: every event delivered, none twice after success", async (t) => {
   const receiver = await world.receiver(() => []);
   const hook = await world.subscribe(receiver.url);

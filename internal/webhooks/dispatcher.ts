@@ -161,7 +161,7 @@ export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
       [defaultMaxConcurrency, defaultMaxRatePerSecond, known.map((k) => k[0]), known.map((k) => k[1]), budget, leaseMs],
     );
     const after = performance.now();
-    const secrets = new Map<string, string[]>();
+    const secrets = new Map<string, string[] | Error>();
     for (const row of rows) {
       const rate = row.max_rate_per_second || defaultMaxRatePerSecond;
       let bucket = buckets.get(row.webhook_id);
@@ -176,13 +176,23 @@ export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
     }
     for (const row of rows) {
       let signing = secrets.get(row.webhook_id);
-      if (!signing) secrets.set(row.webhook_id, (signing = signingSecretsOf(deps.keyEncryptionKey, { ...row, id: row.webhook_id })));
+      if (!signing) {
+        try {
+          signing = signingSecretsOf(deps.keyEncryptionKey, { ...row, id: row.webhook_id });
+        } catch (error) {
+          // Its rows are leased already: each gets a failed attempt (retried on schedule), the
+          // other rows of this round are still sent.
+          log.error({ err: error, webhook: row.webhook_id }, "webhooks: a subscription's secret cannot be unsealed");
+          signing = new Error("secret cannot be unsealed");
+        }
+        secrets.set(row.webhook_id, signing);
+      }
       start(row, signing);
     }
     return rows.length;
   }
 
-  function start(row: ClaimedRow, secrets: string[]): void {
+  function start(row: ClaimedRow, secrets: string[] | Error): void {
     inFlight++;
     const delivery: ClaimedDelivery = {
       id: row.id,
@@ -195,10 +205,11 @@ export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
     const send = (async () => {
       let result: AttemptResult;
       try {
+        if (secrets instanceof Error) throw secrets;
         const body = deliveryBody(fromBinary(JobEventSchema, row.event), deps.publicUrl);
         result = await sendAttempt({ url: row.url, id: row.event_id, body, secrets }, deps);
       } catch (error) {
-        // Only a stored event that no longer decodes gets here: recorded as failed, retried on schedule.
+        // A stored event that no longer decodes, or a secret that cannot be unsealed: recorded as failed, retried on schedule.
         result = { outcome: WebhookAttemptOutcome.CONNECTION_ERROR, statusCode: 0, latencyUs: 0, responseExcerpt: "", errorMessage: `not sent: ${(error as Error).message}`, attemptTime: new Date() };
       }
       await finish(delivery, result);
@@ -219,7 +230,10 @@ export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
         const group = successes;
         successes = [];
         try {
-          await recordSuccesses(db, group);
+          const recorded = await recordSuccesses(db, group);
+          if (recorded < group.length) {
+            log.warn({ discarded: group.length - recorded }, "webhooks: successful attempts discarded, their lease had ended (they are sent again)");
+          }
         } catch (error) {
           // Left leased: the lease runs out and they are sent again (at least once).
           log.error({ err: error, deliveries: group.length }, "webhooks: successful attempts not recorded");

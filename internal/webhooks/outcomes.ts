@@ -14,6 +14,7 @@ import { PrincipalKind } from "../../gen/jobmesh/v1/auth_pb.js";
 import { WebhookDisabledReason } from "../../gen/jobmesh/v1/webhooks_pb.js";
 import { inTransaction, type Pool } from "../db/index.ts";
 import { nextAttemptDelayMs } from "./schedule.ts";
+import type { Logger } from "../telemetry/index.ts";
 import type { AttemptResult } from "./send.ts";
 
 /** A delivery this process holds a lease on. */
@@ -33,10 +34,13 @@ export const systemActor = "system/webhooks";
 /** The action an automatic disable is recorded under. */
 export const disableAction = "jobmesh.v1.WebhookService.DisableWebhook";
 
-/** Records a group of successful attempts in one statement. */
-export async function recordSuccesses(db: Pool, group: readonly { delivery: ClaimedDelivery; result: AttemptResult }[]): Promise<void> {
+/**
+ * Records a group of successful attempts in one statement, then heals their subscriptions in
+ * another; resolves how many were recorded (the others' lease had ended: discarded).
+ */
+export async function recordSuccesses(db: Pool, group: readonly { delivery: ClaimedDelivery; result: AttemptResult }[]): Promise<number> {
   const col = <T>(f: (g: { delivery: ClaimedDelivery; result: AttemptResult }) => T) => group.map(f);
-  await db.query(
+  const { rows } = await db.query<{ webhook_ids: string[] }>(
     `WITH x AS (
        SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::int[], $4::int[], $5::bigint[], $6::text[], $7::timestamptz[], $8::bool[], $9::smallint[])
          AS x (id, lease, attempt, status_code, latency_us, excerpt, attempt_time, replay, outcome)
@@ -52,17 +56,24 @@ export async function recordSuccesses(db: Pool, group: readonly { delivery: Clai
        SELECT x.id, x.attempt, x.outcome, x.status_code, x.latency_us, x.excerpt, '', x.attempt_time, x.replay
        FROM x JOIN done ON done.id = x.id
        ON CONFLICT (delivery_id, attempt) DO NOTHING
-     ), healed AS (
-       UPDATE webhooks SET failing_since = NULL
-       WHERE id IN (SELECT DISTINCT webhook_id FROM done) AND failing_since IS NOT NULL
      )
-     SELECT count(*) FROM done`,
+     SELECT coalesce(array_agg(webhook_id), '{}') AS webhook_ids FROM done`,
     [
       col((g) => g.delivery.id), col((g) => g.delivery.lease), col((g) => g.delivery.attempt), col((g) => g.result.statusCode),
       col((g) => g.result.latencyUs), col((g) => g.result.responseExcerpt), col((g) => g.result.attemptTime), col((g) => g.delivery.replay),
       col((g) => g.result.outcome),
     ],
   );
+  const recorded = rows[0].webhook_ids;
+  // Healed in its own statement, holding no delivery row: the disable path locks the webhooks row
+  // and then its deliveries, so taking them the other way round in one transaction could deadlock.
+  await db.query(
+    `UPDATE webhooks w SET failing_since = NULL
+     FROM (SELECT id FROM webhooks WHERE id = ANY($1::uuid[]) AND failing_since IS NOT NULL ORDER BY id FOR NO KEY UPDATE) h
+     WHERE w.id = h.id`,
+    [[...new Set(recorded)]],
+  );
+  return recorded.length;
 }
 
 export interface FailureDeps {
@@ -70,6 +81,8 @@ export interface FailureDeps {
   disableAfterMs: number;
   /** NOTIFY channel of subscription changes (the fan-out's cache listens). */
   changedChannel: string;
+  /** Told when an outcome is discarded because its lease had ended. */
+  log?: Pick<Logger, "warn">;
 }
 
 /** A subscription this failure disabled, and the audit event that says so. */
@@ -94,7 +107,10 @@ export async function recordFailure(db: Pool, delivery: ClaimedDelivery, result:
        RETURNING d.id`,
       [delivery.id, delivery.lease, delayMs ?? null, delivery.attempt],
     );
-    if (moved.rowCount === 0) return undefined;
+    if (moved.rowCount === 0) {
+      deps.log?.warn({ delivery: delivery.id, discarded: 1 }, "webhooks: failed attempt discarded, its lease had ended (it is sent again)");
+      return undefined;
+    }
     await tx.query(
       `INSERT INTO webhook_delivery_attempts (delivery_id, attempt, outcome, status_code, latency_us, response_excerpt, error_message, attempt_time, replay)
        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (delivery_id, attempt) DO NOTHING`,
