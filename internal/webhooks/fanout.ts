@@ -86,23 +86,66 @@ interface SubscriptionRow {
   create_time: Date;
 }
 
+/** The fan-out's per-tenant subscription cache. */
+export interface SubscriptionCache {
+  /** Every given tenant's ACTIVE subscriptions, from the cache where it is usable, else loaded (and cached). */
+  get(tenants: string[]): Promise<Map<string, SubscriptionMatch[]>>;
+  /** Drops a tenant's entry; no tenant drops all. */
+  invalidate(tenantId?: string): void;
+}
+
+/**
+ * A cache over `load` (which answers every tenant it is asked for). A load's snapshot may predate
+ * a change whose invalidation arrived while it ran (and found nothing to drop): generations, a
+ * global one and one per tenant bumped by invalidate, are read before the load, and its result
+ * is cached only for tenants whose generation did not move.
+ */
+export function createSubscriptionCache(load: (tenants: string[]) => Promise<Map<string, SubscriptionMatch[]>>, syncCache: () => Promise<boolean>): SubscriptionCache {
+  const cache = new Map<string, { subs: SubscriptionMatch[]; loadedAt: number }>();
+  const generations = new Map<string, number>();
+  let allGeneration = 0;
+  const generationOf = (tenant: string) => `${allGeneration}/${generations.get(tenant) ?? 0}`;
+  return {
+    async get(tenants) {
+      const usable = cache.size > 0 && (await syncCache());
+      const now = Date.now();
+      const found = new Map<string, SubscriptionMatch[]>();
+      const missing: string[] = [];
+      for (const tenant of tenants) {
+        const hit = usable ? cache.get(tenant) : undefined;
+        if (hit && now - hit.loadedAt < cacheTtlMs) found.set(tenant, hit.subs);
+        else missing.push(tenant);
+      }
+      if (missing.length === 0) return found;
+      const before = missing.map(generationOf);
+      const loaded = await load(missing);
+      missing.forEach((tenant, i) => {
+        const subs = loaded.get(tenant) ?? [];
+        found.set(tenant, subs);
+        if (generationOf(tenant) === before[i]) cache.set(tenant, { subs, loadedAt: now });
+      });
+      return found;
+    },
+    invalidate(tenantId) {
+      if (tenantId) {
+        const tenant = tenantId.toLowerCase();
+        cache.delete(tenant);
+        generations.set(tenant, (generations.get(tenant) ?? 0) + 1);
+      } else {
+        cache.clear();
+        allGeneration++;
+      }
+    },
+  };
+}
+
 /** Starts reading the events stream; resolves once the consumer is open. */
 export async function startFanout(deps: FanoutDeps): Promise<Fanout> {
   const { db, log } = deps;
   const batchSize = deps.batchSize ?? 500;
-  const cache = new Map<string, { subs: SubscriptionMatch[]; loadedAt: number }>();
 
-  async function subscriptionsOf(tenants: string[]): Promise<Map<string, SubscriptionMatch[]>> {
-    const usable = cache.size > 0 && (await deps.syncCache());
-    const now = Date.now();
+  async function loadSubscriptions(missing: string[]): Promise<Map<string, SubscriptionMatch[]>> {
     const found = new Map<string, SubscriptionMatch[]>();
-    const missing: string[] = [];
-    for (const tenant of tenants) {
-      const hit = usable ? cache.get(tenant) : undefined;
-      if (hit && now - hit.loadedAt < cacheTtlMs) found.set(tenant, hit.subs);
-      else missing.push(tenant);
-    }
-    if (missing.length === 0) return found;
     const { rows } = await db.query<SubscriptionRow>(
       `SELECT id, tenant_id, event_types, filter_pipeline, filter_job_labels, create_time
        FROM webhooks WHERE tenant_id = ANY($1::uuid[]) AND state = 1`,
@@ -119,9 +162,9 @@ export async function startFanout(deps: FanoutDeps): Promise<Fanout> {
         createTimeMs: row.create_time.getTime(),
       });
     }
-    for (const tenant of missing) cache.set(tenant, { subs: found.get(tenant)!, loadedAt: now });
     return found;
   }
+  const cache = createSubscriptionCache(loadSubscriptions, deps.syncCache);
 
   /**
    * Inserts the deliveries of a batch of events in one statement; the NOTIFY goes out with its commit.
@@ -131,7 +174,7 @@ export async function startFanout(deps: FanoutDeps): Promise<Fanout> {
   async function fanOut(events: JobEvent[], payloads: Uint8Array[]): Promise<number> {
     const tenants = [...new Set(events.map((e) => e.tenant.toLowerCase()).filter((t) => uuidPattern.test(t)))];
     if (tenants.length === 0) return 0;
-    const subs = await subscriptionsOf(tenants);
+    const subs = await cache.get(tenants);
     const cols = { tenant: [] as string[], webhook: [] as string[], eventId: [] as string[], type: [] as number[], job: [] as string[], event: [] as Buffer[] };
     events.forEach((event, i) => {
       for (const sub of subs.get(event.tenant.toLowerCase()) ?? []) {
@@ -223,10 +266,7 @@ export async function startFanout(deps: FanoutDeps): Promise<Fanout> {
   })();
 
   return {
-    invalidate(tenantId) {
-      if (tenantId) cache.delete(tenantId.toLowerCase());
-      else cache.clear();
-    },
+    invalidate: cache.invalidate,
     async stop() {
       stopping = true;
       wake?.();
