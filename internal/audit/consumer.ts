@@ -3,8 +3,9 @@
  * audit stream's durable consumer and appends the events to each tenant's chain, in batches,
  * one transaction per batch; the others wait for the lock and take over when its holder dies.
  *
- * Nothing lost, nothing twice: a batch is committed before its messages are acknowledged, so a
- * crash in between redelivers them, and the event ids already in audit_event_ids are skipped.
+ * Nothing lost, nothing twice: a batch is committed before its messages are acknowledged (the
+ * shared consumer loop, bus/consumer-loop.ts), so a crash in between redelivers them, and the
+ * event ids already in audit_event_ids are skipped.
  * Committed events go to the checkpointer, which signs each tenant's new hashes at least every
  * checkpointIntervalMs and every 1000 events.
  */
@@ -16,6 +17,7 @@ import type pg from "pg";
 import { AuditEventSchema, type AuditEvent } from "../../gen/jobmesh/v1/audit_pb.js";
 import type { Pool, Queryable } from "../db/index.ts";
 import type { Logger } from "../telemetry/index.ts";
+import { runDurableConsumer } from "../bus/consumer-loop.ts";
 import { chainHashOf, genesisHash } from "./chain.ts";
 import { createCheckpointer, loadAuditSigningKey } from "./checkpoints.ts";
 import { dropExpiredPartitions } from "./retention.ts";
@@ -53,10 +55,9 @@ const retentionEveryMs = 3_600_000;
 // Checked a few times per interval, so a checkpoint is never much later than the interval.
 const tickMs = (intervalMs: number) => Math.max(50, Math.min(250, intervalMs / 4));
 // Memory is bounded in bytes as well as messages: an event can be up to NATS's max_payload
-// (1 MiB), so 2 × batchSize of them were up to a GB. consume() asks the server for at most
-// consumeBytes at a time (a message must fit in it whole: above max_payload), the queue stops
-// reading at 2 × batchBytes, and a batch stops at batchBytes (always at least one event).
-const consumeBytes = 4 * 1024 * 1024;
+// (1 MiB), so 2 × batchSize of them were up to a GB. The consumer loop pulls at most batchBytes
+// at a time (a message must fit in it whole: above max_payload), reads ahead at most 2 ×
+// batchBytes, and a batch stops at batchBytes (always at least one event).
 const batchBytes = 4 * 1024 * 1024;
 
 /** The storing of one lock holder: its connection, checkpointer and partition cache. */
@@ -91,14 +92,6 @@ function eventIdOf(event: AuditEvent, msg: JsMsg, stream: string): string {
 interface Arrived {
   msg: JsMsg;
   row: AuditEventRow;
-}
-
-/** The first events of `queue` making at most `maxBytes` (at least one), at most `maxCount`; removed from it. */
-function takeBatch(queue: Arrived[], maxCount: number, maxBytes: number): Arrived[] {
-  let n = 0;
-  let bytes = 0;
-  while (n < queue.length && n < maxCount && (n === 0 || bytes + queue[n].msg.data.length <= maxBytes)) bytes += queue[n++].msg.data.length;
-  return queue.splice(0, n);
 }
 
 /**
@@ -167,8 +160,6 @@ export async function startAuditStore(deps: AuditStoreDeps): Promise<AuditStore>
   const { topology, log } = deps;
   const stopping = new AbortController();
   let storedCount = 0n;
-  let wake: (() => void) | undefined;
-  stopping.signal.addEventListener("abort", () => wake?.());
 
   function decode(msg: JsMsg): Arrived | undefined {
     let event: AuditEvent;
@@ -229,74 +220,56 @@ export async function startAuditStore(deps: AuditStoreDeps): Promise<AuditStore>
   /** Holds the lock on `client` and stores until stopped or an error ends the session. */
   async function run(client: pg.PoolClient): Promise<void> {
     const session = await openSession(deps, client);
-    const consumer = await deps.js.consumers.get(topology.eventsStream, topology.storeConsumer);
-    const messages = await consumer.consume({ max_bytes: consumeBytes });
-    const queue: Arrived[] = [];
-    let queuedBytes = 0;
-    let space: (() => void) | undefined;
-    let closing = false;
-    const reader = (async () => {
-      for await (const msg of messages) {
-        const arrived = decode(msg);
-        if (arrived) {
-          queue.push(arrived);
-          queuedBytes += msg.data.length;
-        }
-        wake?.();
-        // Back-pressure: the consume() buffer fills and stops pulling while a batch is stored.
-        if ((queue.length >= batchSize * 2 || queuedBytes >= 2 * batchBytes) && !closing) await new Promise<void>((resolve) => (space = resolve));
+    // The session ends when stop() is asked, when a batch is not stored, or when the lock
+    // connection is lost (noticed at once, even while idle, not at the next batch).
+    const ended = new AbortController();
+    let failure: Error | undefined;
+    const end = (error: Error) => {
+      failure ??= error;
+      ended.abort();
+    };
+    client.on("error", end);
+    const retention = async () => {
+      const dropped = await session.exclusive(() => dropExpiredPartitions(deps.db, new Date(), deps.retentionDays));
+      if (dropped.length > 0) {
+        session.partitions.clear();
+        log.info({ partitions: dropped.map((d) => d.name) }, "audit partitions past retention dropped");
       }
-    })();
+    };
     const tick = setInterval(() => void signDue(session, deps.checkpointIntervalMs), tickMs(deps.checkpointIntervalMs));
-    let lastRetention = 0;
+    let retentionTimer: NodeJS.Timeout | undefined;
     // Set only when the loop ends because stop() was asked, not because something failed.
     let clean = false;
-    // The lock connection lost while idle: noticed now, not at the next batch (or at stop()).
-    let lost: Error | undefined;
-    const onLost = (error: Error) => {
-      lost = error;
-      wake?.();
-    };
-    client.on("error", onLost);
     try {
-      while (!stopping.signal.aborted) {
-        if (lost) throw lost;
-        if (deps.retentionDays > 0 && Date.now() - lastRetention >= retentionEveryMs) {
-          lastRetention = Date.now();
-          const dropped = await dropExpiredPartitions(deps.db, new Date(), deps.retentionDays);
-          if (dropped.length > 0) {
-            session.partitions.clear();
-            log.info({ partitions: dropped.map((d) => d.name) }, "audit partitions past retention dropped");
-          }
-        }
-        if (queue.length === 0) {
-          await new Promise<void>((resolve) => {
-            wake = resolve;
-            setTimeout(resolve, 1_000).unref();
-          });
-          wake = undefined;
-          continue;
-        }
-        const batch = takeBatch(queue, batchSize, batchBytes);
-        for (const { msg } of batch) queuedBytes -= msg.data.length;
-        space?.();
-        space = undefined;
-        await store(session, batch).catch((error: unknown) => {
-          // Not stored: back to the stream at once, for whoever holds the lock next.
-          for (const { msg } of batch) msg.nak();
-          throw error;
-        });
+      if (deps.retentionDays > 0) {
+        await retention();
+        retentionTimer = setInterval(() => void retention().catch((error: unknown) => log.error({ err: error }, "audit retention failed; retried in an hour")), retentionEveryMs);
+        retentionTimer.unref();
       }
+      await runDurableConsumer({
+        js: deps.js,
+        stream: topology.eventsStream,
+        consumer: topology.storeConsumer,
+        maxMessages: batchSize,
+        maxBytes: batchBytes,
+        log,
+        signal: AbortSignal.any([stopping.signal, ended.signal]),
+        async handle(batch) {
+          const arrived = batch.map(decode).filter((a) => a !== undefined);
+          if (arrived.length === 0) return;
+          // Not stored: the loop gives the batch back to the stream, for whoever holds the lock next.
+          await store(session, arrived).catch((error: unknown) => {
+            end(error as Error);
+            throw error;
+          });
+        },
+      });
+      if (failure) throw failure;
       clean = true;
     } finally {
-      client.removeListener("error", onLost);
+      client.removeListener("error", end);
       clearInterval(tick);
-      closing = true;
-      await messages.close().catch(() => {});
-      space?.();
-      await reader.catch(() => {});
-      // Not stored: redelivered now to whoever holds the lock next.
-      for (const { msg } of queue.splice(0)) msg.nak();
+      clearInterval(retentionTimer);
       await signing?.catch(() => {});
       // Only a holder stopping cleanly signs what is pending. After an error the lock may be gone
       // (the connection lost) and a successor may be signing the same events: the successor
