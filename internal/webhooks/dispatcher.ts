@@ -6,7 +6,8 @@
  * how many of their deliveries are in flight (leased, lease_until in the future: across every
  * webhooks process), and takes at most `max_concurrency - in flight` and the tokens of its rate
  * bucket from EACH subscription (a LATERAL LIMIT per webhook_id), so one subscription's backlog
- * never fills the batch. Claimed rows get lease_until; a process that dies mid-send leaves them
+ * never fills the batch, within fair shares of this process's budget per subscription and per
+ * tenant (claim.ts). Claimed rows get lease_until; a process that dies mid-send leaves them
  * leased, and they come back when the lease runs out. Every outcome moves the delivery and inserts
  * its attempt in one transaction, fenced by the lease it was claimed with (a delivery reclaimed
  * after its lease expired is not moved twice).
@@ -26,10 +27,9 @@ import { deliveryBody } from "./payload.ts";
 import { signingSecretsOf } from "./secrets.ts";
 import { sendAttempt, type AttemptResult } from "./send.ts";
 import { recordFailure, recordSuccesses, type ClaimedDelivery } from "./outcomes.ts";
+import { claimDue, defaultMaxRatePerSecond, defaultMaxConcurrency, type ClaimedRow } from "./claim.ts";
 
-/** Defaults of a subscription that left its limits at 0 (the contract's). */
-export const defaultMaxConcurrency = 10;
-export const defaultMaxRatePerSecond = 50;
+export { defaultMaxConcurrency, defaultMaxRatePerSecond };
 
 export interface DispatcherDeps {
   db: Pool;
@@ -58,22 +58,6 @@ export interface DeliveryDispatcher {
   stop(): Promise<void>;
 }
 
-/** A leased delivery with what sending it needs of its subscription. */
-interface ClaimedRow {
-  id: string;
-  webhook_id: string;
-  event_id: string;
-  event: Buffer;
-  attempt_count: number;
-  replay_pending: boolean;
-  lease: string;
-  tenant_id: string;
-  url: string;
-  max_rate_per_second: number;
-  secret_sealed: Buffer;
-  previous_secret_sealed: Buffer | null;
-  previous_secret_expire_time: Date | null;
-}
 
 /** A token bucket per subscription: `rate` starts per second, bursts of at most one second's worth. */
 class RateBucket {
@@ -104,6 +88,14 @@ export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
   const buckets = new Map<string, RateBucket>();
   const sends = new Set<Promise<void>>();
   let inFlight = 0;
+  // This process's sends in flight per subscription and per tenant: the claim's fair shares.
+  const localBySubscription = new Map<string, number>();
+  const localByTenant = new Map<string, number>();
+  const count = (map: Map<string, number>, key: string, by: number) => {
+    const n = (map.get(key) ?? 0) + by;
+    if (n > 0) map.set(key, n);
+    else map.delete(key);
+  };
   let stopped = false;
   let wakeLoop: (() => void) | undefined;
   let woken = false;
@@ -121,45 +113,9 @@ export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
   async function claimRound(budget: number): Promise<number> {
     const now = performance.now();
     const known = [...buckets.entries()].map(([id, bucket]) => [id, bucket.available(now)] as const);
-    const { rows } = await db.query<ClaimedRow>(
-      `WITH candidates AS (
-         SELECT w.id, w.tenant_id, w.url, w.max_rate_per_second, w.secret_sealed, w.previous_secret_sealed, w.previous_secret_expire_time,
-                least(coalesce(nullif(w.max_concurrency, 0), $1) - p.in_flight,
-                      coalesce(t.tokens, coalesce(nullif(w.max_rate_per_second, 0), $2))) AS n
-         FROM (
-           -- Due rows include the leased ones (claimed when due): in flight is counted among them.
-           SELECT webhook_id,
-                  count(*) FILTER (WHERE lease_until > now()) AS in_flight,
-                  count(*) FILTER (WHERE lease_until IS NULL OR lease_until <= now()) AS ready
-           FROM webhook_deliveries WHERE status = 1 AND next_attempt_time <= now()
-           GROUP BY webhook_id
-         ) p
-         JOIN webhooks w ON w.id = p.webhook_id
-         LEFT JOIN unnest($3::uuid[], $4::int[]) AS t (webhook_id, tokens) ON t.webhook_id = w.id
-         -- A lease lost with a Postgres crash only means the delivery is claimed again: this
-         -- commit need not wait for the WAL flush (the fan-out's inserts, which ack the stream, do).
-         WHERE p.ready > 0 AND w.state = 1 AND set_config('synchronous_commit', 'off', true) IS NOT NULL
-         FOR NO KEY UPDATE OF w SKIP LOCKED
-       ), shares AS (
-         SELECT id, least(n, ceil($5::numeric / count(*) OVER ()))::int AS n FROM candidates
-       ), claimed AS (
-         UPDATE webhook_deliveries d SET lease_until = now() + $6::int * interval '1 millisecond'
-         FROM (
-           SELECT x.id FROM shares s
-           CROSS JOIN LATERAL (
-             SELECT id FROM webhook_deliveries
-             WHERE webhook_id = s.id AND status = 1 AND next_attempt_time <= now()
-               AND (lease_until IS NULL OR lease_until <= now())
-             ORDER BY next_attempt_time LIMIT greatest(s.n, 0) FOR UPDATE SKIP LOCKED
-           ) x
-         ) c
-         WHERE d.id = c.id
-         RETURNING d.id, d.webhook_id, d.event_id, d.event, d.attempt_count, d.replay_pending, d.lease_until::text AS lease
-       )
-       SELECT c.*, w.tenant_id, w.url, w.max_rate_per_second, w.secret_sealed, w.previous_secret_sealed, w.previous_secret_expire_time
-       FROM claimed c JOIN candidates w ON w.id = c.webhook_id`,
-      [defaultMaxConcurrency, defaultMaxRatePerSecond, known.map((k) => k[0]), known.map((k) => k[1]), budget, leaseMs],
-    );
+    const rows = await claimDue(db, {
+      budget, maxInFlight, leaseMs, tokens: new Map(known), localBySubscription, localByTenant,
+    });
     const after = performance.now();
     const secrets = new Map<string, string[] | Error>();
     for (const row of rows) {
@@ -194,6 +150,8 @@ export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
 
   function start(row: ClaimedRow, secrets: string[] | Error): void {
     inFlight++;
+    count(localBySubscription, row.webhook_id, 1);
+    count(localByTenant, row.tenant_id, 1);
     const delivery: ClaimedDelivery = {
       id: row.id,
       webhookId: row.webhook_id,
@@ -215,6 +173,8 @@ export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
       await finish(delivery, result);
     })().finally(() => {
       inFlight--;
+      count(localBySubscription, row.webhook_id, -1);
+      count(localByTenant, row.tenant_id, -1);
       sends.delete(send);
       wake();
     });
