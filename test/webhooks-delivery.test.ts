@@ -5,6 +5,7 @@
 import t from "tap";
 import { JobEventType, type JobEvent } from "../gen/jobmesh/v1/events_pb.js";
 import { WebhookAttemptOutcome, WebhookDisabledReason } from "../gen/jobmesh/v1/webhooks_pb.js";
+import { recordFailure, recordSuccesses } from "../internal/webhooks/outcomes.ts";
 import { generateWebhookSecret } from "../internal/webhooks/secrets.ts";
 import { createDeliveryWorld } from "./support/webhooks-delivery.ts";
 import { until, waitFor } from "./support/wait.ts";
@@ -274,6 +275,24 @@ void t.test("delivery - several stuck subscriptions asking together for more tha
   t.ok(stuck.arrivals.length < 8, `the stuck subscriptions hold ${stuck.arrivals.length} of the budget of 8, never all of it`);
   await until(t, "the fast deliveries recorded", async () => (await world.statusCounts(fastHook.id)).succeeded === 30);
   await stuck.close();
+  await world.reset();
+});
+
+void t.test("delivery - outcomes whose lease ended are discarded and counted (the dispatcher logs them)", async (t) => {
+  const receiver = await world.receiver(() => []);
+  const hook = await world.subscribe(receiver.url);
+  await world.start({});
+  const event = await world.publish();
+  await until(t, "delivered", async () => (await deliveryOf(hook.id, event.eventId))?.status === 2);
+  const { rows } = await db.query<{ id: string }>("SELECT id FROM webhook_deliveries WHERE webhook_id = $1 AND event_id = $2", [hook.id, event.eventId]);
+  const delivery = { id: rows[0].id, webhookId: hook.id, tenantId: world.tenantId, lease: new Date(0).toISOString(), attempt: 2, replay: false };
+  const result = { outcome: WebhookAttemptOutcome.SUCCEEDED, statusCode: 200, latencyUs: 1, responseExcerpt: "", errorMessage: "", attemptTime: new Date() };
+  t.equal(await recordSuccesses(db, [{ delivery, result }]), 0, "a success under an ended lease is not recorded, and the count says so");
+  const warned: unknown[] = [];
+  const failed = { ...result, outcome: WebhookAttemptOutcome.HTTP_ERROR, statusCode: 500 };
+  await recordFailure(db, delivery, failed, { retryScheduleMs: [0, 100], disableAfterMs: 86_400_000, changedChannel: "webhooks_changed", log: { warn: (o: unknown) => void warned.push(o) } });
+  t.same(warned, [{ delivery: delivery.id, discarded: 1 }], "a failure under an ended lease is logged as discarded");
+  t.same(await world.statusCounts(hook.id), { succeeded: 1 }, "neither moved the delivery");
   await world.reset();
 });
 
