@@ -10,12 +10,21 @@
 import { AckPolicy, DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType, type ConsumerConfig, type JetStreamManager, type StreamConfig } from "@nats-io/jetstream";
 import { Objm, type ObjectStore } from "@nats-io/obj";
 import type { JetStreamClient } from "@nats-io/jetstream";
+// The Deno gateway imports this module (for the audit streams' names): it needs the .d.ts named.
+// @deno-types="../../gen/jobmesh/v1/events_pb.d.ts"
 import { JobEventType } from "../../gen/jobmesh/v1/events_pb.js";
+// @deno-types="../../gen/jobmesh/v1/jobs_pb.d.ts"
 import { Priority } from "../../gen/jobmesh/v1/jobs_pb.js";
+// @deno-types="../../gen/jobmesh/v1/pipelines_pb.d.ts"
 import { Stage } from "../../gen/jobmesh/v1/pipelines_pb.js";
-// The default only (config reads the same constant): the policy itself stays with the jobs.
-import { maxStageLossesDefault } from "../jobs/stage-policy.ts";
 import { ensureStream } from "./index.ts";
+
+/**
+ * How many times one stage of a job may lose its worker before the job fails, unless
+ * JOBMESH_MAX_STAGE_LOSSES says otherwise. Here, not in jobs/stage-policy.ts (which re-exports
+ * it), so that this module stays free of the jobs' database code: the gateway imports it.
+ */
+export const maxStageLossesDefault = 3;
 
 /** Priorities in the order workers serve them. */
 export const prioritiesInOrder = [Priority.HIGH, Priority.NORMAL, Priority.LOW] as const;

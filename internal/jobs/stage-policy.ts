@@ -21,9 +21,9 @@ export const stageTimeoutDefaultMs = 60_000;
 /**
  * How many times one stage of a job may lose its worker or thread (killed, stopped, its commit
  * failed) before the job fails; losses do not use the stage's max_attempts. The default of
- * JOBMESH_MAX_STAGE_LOSSES.
+ * JOBMESH_MAX_STAGE_LOSSES, kept with the bus topology that every process shares.
  */
-export const maxStageLossesDefault = 3;
+export { maxStageLossesDefault } from "../bus/topology.ts";
 
 /** A stage's retry policy with every default filled in. */
 export interface StageRetryPolicy {
