@@ -18,6 +18,7 @@ import { fromBinary } from "@bufbuild/protobuf";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import type { JetStreamClient, JsMsg } from "@nats-io/jetstream";
 import { JobEventSchema, type JobEvent } from "../../gen/jobmesh/v1/events_pb.js";
+import { runDurableConsumer } from "../bus/consumer-loop.ts";
 import type { Pool } from "../db/index.ts";
 import type { Logger } from "../telemetry/index.ts";
 
@@ -207,75 +208,37 @@ export async function startFanout(deps: FanoutDeps): Promise<Fanout> {
     return rows[0].inserted;
   }
 
-  const consumer = await deps.js.consumers.get(deps.eventsStream, deps.consumer);
-  const messages = await consumer.consume({ max_messages: batchSize * 2 });
-  const queue: JsMsg[] = [];
-  let wake: (() => void) | undefined;
-  let space: (() => void) | undefined;
-  let stopping = false;
-
-  const reader = (async () => {
-    for await (const msg of messages) {
-      queue.push(msg);
-      wake?.();
-      // Back-pressure: consume() stops pulling while a full queue is written.
-      if (queue.length >= batchSize * 2 && !stopping) await new Promise<void>((resolve) => (space = resolve));
-    }
-  })();
-
-  const loop = (async () => {
-    let failures = 0;
-    while (!stopping) {
-      if (queue.length === 0) {
-        await new Promise<void>((resolve) => {
-          wake = resolve;
-          setTimeout(resolve, 1_000).unref();
-        });
-        wake = undefined;
-        continue;
-      }
-      const batch = queue.splice(0, batchSize);
-      space?.();
-      space = undefined;
-      const events: JobEvent[] = [];
-      const payloads: Uint8Array[] = [];
-      const kept: JsMsg[] = [];
-      for (const msg of batch) {
-        try {
-          events.push(fromBinary(JobEventSchema, msg.data));
-          payloads.push(msg.data);
-          kept.push(msg);
-        } catch (error) {
-          // Not a JobEvent: it can never be delivered, and must not hold back the ones behind it.
-          log.error({ err: error, stream_sequence: msg.seq }, "webhooks fan-out: message is not a JobEvent; dropped");
-          msg.term();
-        }
-      }
+  /** Decodes a batch (an undecodable message is terminated) and inserts its deliveries; the loop acks after. */
+  async function handle(batch: JsMsg[]): Promise<void> {
+    const events: JobEvent[] = [];
+    const payloads: Uint8Array[] = [];
+    for (const msg of batch) {
       try {
-        const inserted = await fanOut(events, payloads);
-        failures = 0;
-        if (inserted > 0) deps.onInserted?.();
-        for (const msg of kept) msg.ack();
+        events.push(fromBinary(JobEventSchema, msg.data));
+        payloads.push(msg.data);
       } catch (error) {
-        failures++;
-        if (failures === 1 || failures % 50 === 0) log.warn({ err: error }, "webhooks fan-out: batch not stored; redelivered");
-        // Back to the stream after a pause, so a Postgres outage does not spin.
-        for (const msg of kept) msg.nak(Math.min(5_000, 200 * failures));
+        // Not a JobEvent: it can never be delivered, and must not hold back the ones behind it.
+        log.error({ err: error, stream_sequence: msg.seq }, "webhooks fan-out: message is not a JobEvent; dropped");
+        msg.term();
       }
     }
-  })();
+    const inserted = await fanOut(events, payloads);
+    if (inserted > 0) deps.onInserted?.();
+  }
+
+  // The shared loop acks a batch once handle resolved and naks it with a growing delay when it
+  // failed (a Postgres outage does not spin); stop stores the batch in hand, gives back the rest.
+  const stopping = new AbortController();
+  let opened!: () => void;
+  const open = new Promise<void>((resolve) => (opened = resolve));
+  const loop = runDurableConsumer({ js: deps.js, stream: deps.eventsStream, consumer: deps.consumer, maxMessages: batchSize, handle, log, signal: stopping.signal, onOpen: opened });
+  await Promise.race([open, loop]);
 
   return {
     invalidate: cache.invalidate,
     async stop() {
-      stopping = true;
-      wake?.();
+      stopping.abort();
       await loop;
-      await messages.close().catch(() => {});
-      space?.();
-      await reader.catch(() => {});
-      // Not stored: redelivered now to another webhooks process.
-      for (const msg of queue.splice(0)) msg.nak();
     },
   };
 }
