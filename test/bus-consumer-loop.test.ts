@@ -138,3 +138,33 @@ t.test("stop finishes the batch in hand and gives the rest back", async (t) => {
   next.abort();
   await rerun;
 });
+
+t.test("with concurrency 2, a second batch is handled while the first is held, a third waits, and stop waits for both", async (t) => {
+  const { name } = await consumerWith(3);
+  const stop = new AbortController();
+  const gates = new Map<string, ReturnType<typeof gate>>();
+  const started: string[] = [];
+  let stopped = false;
+  const run = runDurableConsumer({ js, stream, consumer: name, log, signal: stop.signal, maxMessages: 1, concurrency: 2, handle: async (batch) => {
+    const body = text(batch[0]);
+    started.push(body);
+    const held = gate();
+    gates.set(body, held);
+    await held.opened;
+  } }).then(() => (stopped = true));
+  await until(t, "two batches in hand at once", () => started.length === 2);
+  t.same(started, ["m0", "m1"]);
+  await waitFor(t, "the third read ahead", async () => (await jsm.consumers.info(stream, name)).num_pending === 0);
+  t.equal(started.length, 2, "the third waits while two are in hand");
+  gates.get("m1")!.open();
+  await until(t, "the third handled once the second finished", () => started.length === 3);
+  t.same(started, ["m0", "m1", "m2"]);
+  stop.abort();
+  await Promise.resolve();
+  t.notOk(stopped, "stop waits for the batches in hand");
+  gates.get("m0")!.open();
+  gates.get("m2")!.open();
+  await run;
+  await until(t, "all three acknowledged", async () => (await jsm.consumers.info(stream, name)).num_ack_pending === 0);
+  t.equal((await jsm.consumers.info(stream, name)).num_redelivered, 0, "nothing redelivered");
+});

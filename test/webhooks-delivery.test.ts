@@ -5,6 +5,8 @@
 import t from "tap";
 import { JobEventType, type JobEvent } from "../gen/jobmesh/v1/events_pb.js";
 import { WebhookAttemptOutcome, WebhookDisabledReason } from "../gen/jobmesh/v1/webhooks_pb.js";
+import { randomUUID } from "node:crypto";
+import { claimDue, insertDeliveries, type ClaimedRow, type ClaimLimits, type NewDeliveries } from "../internal/webhooks/claim.ts";
 import { recordFailure, recordSuccesses } from "../internal/webhooks/outcomes.ts";
 import { generateWebhookSecret } from "../internal/webhooks/secrets.ts";
 import { createDeliveryWorld } from "./support/webhooks-delivery.ts";
@@ -275,6 +277,33 @@ void t.test("delivery - several stuck subscriptions asking together for more tha
   t.ok(stuck.arrivals.length < 8, `the stuck subscriptions hold ${stuck.arrivals.length} of the budget of 8, never all of it`);
   await until(t, "the fast deliveries recorded", async () => (await world.statusCounts(fastHook.id)).succeeded === 30);
   await stuck.close();
+  await world.reset();
+});
+
+void t.test("delivery - leases taken by the hot-path insert and by claims, in different processes, stay within max_concurrency together", async (t) => {
+  const hook = await world.subscribe("http://127.0.0.1:9/never-sent", { maxConcurrency: 3 });
+  // Each call below stands for a different process: nothing of its own in flight, full buckets.
+  const freshProcess = (): ClaimLimits => ({ budget: 100, maxInFlight: 256, leaseMs: 60_000, tokens: new Map(), localBySubscription: new Map(), localByTenant: new Map() });
+  const batch = (n: number): NewDeliveries => {
+    const ids = Array.from({ length: n }, () => randomUUID());
+    return { tenant: ids.map(() => world.tenantId), webhook: ids.map(() => hook.id), eventId: ids, type: ids.map(() => 1), job: ids.map(() => "jobs/x"), event: ids.map(() => Buffer.from("")) };
+  };
+  const hotInsert = async (n: number) => {
+    const leased: ClaimedRow[] = [];
+    const result = await insertDeliveries(db, batch(n), { firstDelayMs: 0, dueChannel: "webhooks_test_unheard", lease: freshProcess(), onLeased: (rows) => void leased.push(...rows) });
+    return { ...result, rows: leased };
+  };
+  const first = await hotInsert(2);
+  t.same([first.inserted, first.leased, first.rows.length], [2, 2, 2], "the first process leases both of its rows at insert");
+  const second = await hotInsert(4);
+  t.same([second.inserted, second.leased], [4, 1], "another process leases only what the first left of the 3");
+  t.same(await claimDue(db, freshProcess()), [], "a third process's claim finds the subscription at its limit");
+  // Two inserts at once, by two more processes: together still within the limit once one send ends.
+  await db.query("UPDATE webhook_deliveries SET lease_until = NULL WHERE id = $1", [first.rows[0].id]);
+  const racing = await Promise.all([hotInsert(3), hotInsert(3)]);
+  t.equal(racing[0].leased + racing[1].leased, 1, "two inserts racing lease the one free place once");
+  const { rows } = await db.query<{ n: number }>("SELECT count(*)::int AS n FROM webhook_deliveries WHERE webhook_id = $1 AND lease_until > now()", [hook.id]);
+  t.equal(rows[0].n, 3, "3 leased in all");
   await world.reset();
 });
 

@@ -29,6 +29,12 @@ export interface DurableConsumerOptions {
   /** How long one pull request waits on the server (consume()'s `expires`; default nats.js's). */
   expiresMs?: number;
   /**
+   * Batches handled at once (default 1: one after the other, in stream order). More only for a
+   * handler whose batches commute (idempotent, order-free): the next batch then need not wait for
+   * the previous one's commit.
+   */
+  concurrency?: number;
+  /**
    * Handles a batch (commits it). Resolving acknowledges every message of the batch; rejecting
    * naks them (redelivered after a backoff). A message that can never be handled (undecodable)
    * must not hold the others back: `handle` logs it and terminates it (msg.term()), and the loop's
@@ -80,10 +86,30 @@ export async function runDurableConsumer(options: DurableConsumerOptions): Promi
     }
   })();
 
+  const concurrency = options.concurrency ?? 1;
+  const handling = new Set<Promise<void>>();
   let failures = 0;
+  let pausedUntil = 0;
+  const handleBatch = async (batch: JsMsg[]) => {
+    try {
+      await options.handle(batch);
+      failures = 0;
+      for (const msg of batch) msg.ack();
+    } catch (error) {
+      failures++;
+      const delayMs = Math.min(maxBackoffMs, 200 * failures);
+      if (failures === 1 || failures % 50 === 0) log.warn({ err: error, consumer: options.consumer, failures }, "durable consumer: batch not handled; redelivered");
+      for (const msg of batch) msg.nak(delayMs);
+      pausedUntil = Math.max(pausedUntil, Date.now() + delayMs);
+    }
+  };
   try {
     while (!signal.aborted) {
-      if (queue.length === 0) {
+      if (Date.now() < pausedUntil) {
+        await sleep(pausedUntil - Date.now(), undefined, { signal }).catch(() => {});
+        continue;
+      }
+      if (queue.length === 0 || handling.size >= concurrency) {
         await new Promise<void>((resolve) => {
           wake = resolve;
           setTimeout(resolve, idleWakeMs).unref();
@@ -95,19 +121,14 @@ export async function runDurableConsumer(options: DurableConsumerOptions): Promi
       for (const msg of batch) queuedBytes -= msg.data.length;
       space?.();
       space = undefined;
-      try {
-        await options.handle(batch);
-        failures = 0;
-        for (const msg of batch) msg.ack();
-      } catch (error) {
-        failures++;
-        const delayMs = Math.min(maxBackoffMs, 200 * failures);
-        if (failures === 1 || failures % 50 === 0) log.warn({ err: error, consumer: options.consumer, failures }, "durable consumer: batch not handled; redelivered");
-        for (const msg of batch) msg.nak(delayMs);
-        await sleep(delayMs, undefined, { signal }).catch(() => {});
-      }
+      const handled: Promise<void> = handleBatch(batch).finally(() => {
+        handling.delete(handled);
+        wake?.();
+      });
+      handling.add(handled);
     }
   } finally {
+    await Promise.all(handling);
     signal.removeEventListener("abort", onAbort);
     closing = true;
     // The reader is released before close() is awaited: close() resolves only once the iterator

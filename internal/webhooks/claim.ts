@@ -1,8 +1,9 @@
 /**
- * The dispatcher's claim: one statement (one round trip, its own transaction) that locks the
- * ACTIVE subscriptions with due work (FOR NO KEY UPDATE SKIP LOCKED: one claimer per subscription
- * at a time, so its in-flight count cannot be raced), counts their deliveries in flight across
- * every webhooks process, and leases at most this many due deliveries of each:
+ * The dispatcher's claim: a transaction that locks the ACTIVE subscriptions with due work (FOR NO
+ * KEY UPDATE SKIP LOCKED: one claimer per subscription at a time), then, in a second statement
+ * whose snapshot sees every lease committed by those who held them before, counts their
+ * deliveries in flight across every webhooks process, and leases at most this many due
+ * deliveries of each:
  * - its free concurrency (max_concurrency minus in flight everywhere) and its rate tokens;
  * - its fair share of this process: min(max_concurrency, max(1, floor(maxInFlight / (subscriptions
  *   with due work + 1)))) minus what it has in flight here. The + 1 keeps room for a subscription
@@ -13,7 +14,7 @@
  * and never more than the round's budget in all (a running sum in random order, so no
  * subscription is always last).
  */
-import type { Pool } from "../db/index.ts";
+import { inTransaction, type Pool, type Queryable } from "../db/index.ts";
 
 /** Defaults of a subscription that left its limits at 0 (the contract's). */
 export const defaultMaxConcurrency = 10;
@@ -51,8 +52,28 @@ export interface ClaimLimits {
 
 /** Leases due deliveries within every limit; resolves the claimed rows. */
 export async function claimDue(db: Pool, limits: ClaimLimits): Promise<ClaimedRow[]> {
-  const { rows } = await db.query<ClaimedRow>(
-    `WITH candidates AS (
+  return inTransaction(db, async (tx) => {
+    // A lease lost with a Postgres crash only means the delivery is claimed again: this commit
+    // need not wait for the WAL flush (the fan-out's inserts, which ack the stream, do).
+    const { rows: locked } = await tx.query<{ id: string }>({
+      name: "webhooks-lock-for-claim",
+      text: `SELECT w.id FROM webhooks w, (SELECT set_config('synchronous_commit', 'off', true)) async_commit
+             WHERE w.state = 1 AND w.id IN (
+               SELECT webhook_id FROM webhook_deliveries
+               WHERE status = 1 AND next_attempt_time <= now() AND (lease_until IS NULL OR lease_until <= now()))
+             FOR NO KEY UPDATE OF w SKIP LOCKED`,
+    });
+    if (locked.length === 0) return [];
+    return leaseDue(tx, limits, locked.map((r) => r.id));
+  });
+}
+
+/** The claim's second statement, over the subscriptions it locked. */
+async function leaseDue(db: Queryable, limits: ClaimLimits, locked: string[]): Promise<ClaimedRow[]> {
+  // Named: prepared once per connection (planning it costs more than running it).
+  const { rows } = await db.query<ClaimedRow>({
+    name: "webhooks-claim-due",
+    text: `WITH candidates AS (
        SELECT w.id, w.tenant_id, w.url, w.max_rate_per_second, w.secret_sealed, w.previous_secret_sealed, w.previous_secret_expire_time,
               coalesce(nullif(w.max_concurrency, 0), $1) AS concurrency, coalesce(ls.local, 0) AS local,
               least(coalesce(nullif(w.max_concurrency, 0), $1) - p.in_flight,
@@ -62,16 +83,13 @@ export async function claimDue(db: Pool, limits: ClaimLimits): Promise<ClaimedRo
          SELECT webhook_id,
                 count(*) FILTER (WHERE lease_until > now()) AS in_flight,
                 count(*) FILTER (WHERE lease_until IS NULL OR lease_until <= now()) AS ready
-         FROM webhook_deliveries WHERE status = 1 AND next_attempt_time <= now()
+         FROM webhook_deliveries WHERE status = 1 AND next_attempt_time <= now() AND webhook_id = ANY($12::uuid[])
          GROUP BY webhook_id
        ) p
        JOIN webhooks w ON w.id = p.webhook_id
        LEFT JOIN unnest($3::uuid[], $4::int[]) AS t (webhook_id, tokens) ON t.webhook_id = w.id
        LEFT JOIN unnest($8::uuid[], $9::int[]) AS ls (webhook_id, local) ON ls.webhook_id = w.id
-       -- A lease lost with a Postgres crash only means the delivery is claimed again: this
-       -- commit need not wait for the WAL flush (the fan-out's inserts, which ack the stream, do).
-       WHERE p.ready > 0 AND w.state = 1 AND set_config('synchronous_commit', 'off', true) IS NOT NULL
-       FOR NO KEY UPDATE OF w SKIP LOCKED
+       WHERE p.ready > 0 AND w.state = 1
      ), counts AS (
        SELECT count(*) AS subscriptions, count(DISTINCT tenant_id) AS tenants FROM candidates
      ), fair AS (
@@ -103,11 +121,147 @@ export async function claimDue(db: Pool, limits: ClaimLimits): Promise<ClaimedRo
      )
      SELECT c.*, w.tenant_id, w.url, w.max_rate_per_second, w.secret_sealed, w.previous_secret_sealed, w.previous_secret_expire_time
      FROM claimed c JOIN candidates w ON w.id = c.webhook_id`,
-    [
+    values: [
       defaultMaxConcurrency, defaultMaxRatePerSecond, [...limits.tokens.keys()], [...limits.tokens.values()], limits.budget, limits.leaseMs,
       limits.maxInFlight, [...limits.localBySubscription.keys()], [...limits.localBySubscription.values()],
-      [...limits.localByTenant.keys()], [...limits.localByTenant.values()],
+      [...limits.localByTenant.keys()], [...limits.localByTenant.values()], locked,
     ],
-  );
+  });
   return rows;
+}
+
+/** A batch's deliveries, one entry per (event, matching subscription), as parallel columns. */
+export interface NewDeliveries {
+  tenant: string[];
+  webhook: string[];
+  eventId: string[];
+  type: number[];
+  job: string[];
+  event: Buffer[];
+}
+
+export interface InsertOptions {
+  /** Delay before the first attempt (the schedule's first entry). */
+  firstDelayMs: number;
+  /** The channel NOTIFYed (at commit) when rows were inserted that this process did not lease. */
+  dueChannel: string;
+  /**
+   * When given (and the first attempt is due at once), the insert also leases what this process
+   * may send now, as a claim would: within each subscription's free concurrency (across every
+   * process), its rate tokens and its fair share of this process, and the budget in all.
+   */
+  lease?: ClaimLimits;
+  /**
+   * Given the leased rows before the commit, with a promise of it: their sends may start at once,
+   * but their outcomes may be recorded only once it resolved (when it rejects, the rows do not
+   * exist, and the event comes again from the stream).
+   */
+  onLeased?: (rows: ClaimedRow[], committed: Promise<void>) => void;
+}
+
+export interface Inserted {
+  /** How many rows were new (a redelivered event's rows already exist). */
+  inserted: number;
+  /** How many of them were leased to this process (and given to onLeased). */
+  leased: number;
+}
+
+/**
+ * Inserts a batch's deliveries in one statement (one round trip): INSERT … ON CONFLICT
+ * (webhook_id, event_id) DO NOTHING, so a redelivered batch adds nothing. Rows of subscriptions
+ * no longer ACTIVE are dropped (the fan-out's cache may be a moment behind); a delete committing
+ * meanwhile is waited for (FOR KEY SHARE), not an FK violation.
+ *
+ * The hot path: rows due at once are inserted already leased to this process, up to what a claim
+ * would give it, and returned with what sending needs, so the first attempt starts without a
+ * claim round trip (which would cost as much again as this insert). The subscriptions are locked
+ * for it first, as a claim locks them (FOR NO KEY UPDATE SKIP LOCKED, so their in-flight count is
+ * not raced, and no one waits: one held by a claimer or another fan-out gets no hot lease, and
+ * its rows are claimed as usual). Rows not leased wake the claimers with a NOTIFY at commit.
+ *
+ * Leased rows are handed over before the commit, whose WAL flush would otherwise be on the path to
+ * the first attempt: a send is at least once anyway, and its outcome waits for the commit. Until
+ * then the rows are invisible, but their subscriptions are locked, so no claimer counts them short.
+ */
+export async function insertDeliveries(db: Pool, rows: NewDeliveries, options: InsertOptions): Promise<Inserted> {
+  const lease = options.firstDelayMs === 0 && options.lease && options.lease.budget > 0 ? options.lease : undefined;
+  if (!lease) return { inserted: (await insertStatement(db, rows, options, undefined)).inserted, leased: 0 };
+  const committed = Promise.withResolvers<void>();
+  committed.promise.catch(() => {}); // observed by onLeased's taker, when there is one
+  try {
+    const inserted = await inTransaction(db, async (tx) => {
+      // Locked in a statement of its own: the insert's snapshot, taken after, sees every lease
+      // committed by those who held them before (one statement's snapshot could predate them).
+      const { rows: locked } = await tx.query<{ id: string }>({
+        name: "webhooks-lock-for-hot-lease",
+        text: "SELECT id FROM webhooks WHERE id = ANY($1::uuid[]) AND state = 1 ORDER BY id FOR NO KEY UPDATE SKIP LOCKED",
+        values: [[...new Set(rows.webhook)]],
+      });
+      const result = await insertStatement(tx, rows, options, { limits: lease, locked: locked.map((r) => r.id) });
+      if (result.leased.length > 0) options.onLeased?.(result.leased, committed.promise);
+      return { inserted: result.inserted, leased: result.leased.length };
+    });
+    committed.resolve();
+    return inserted;
+  } catch (error) {
+    committed.reject(error);
+    throw error;
+  }
+}
+
+/**
+ * The insert; `lease` with `locked`, the subscriptions locked by this transaction for the hot path
+ * (the others get no hot lease).
+ */
+async function insertStatement(db: Queryable, rows: NewDeliveries, options: InsertOptions, lease?: { limits: ClaimLimits; locked: string[] }): Promise<{ inserted: number; leased: ClaimedRow[] }> {
+  // Named: prepared once per connection. Planning this statement costs more than running it.
+  const { rows: result } = await db.query<Partial<ClaimedRow> & { inserted: number }>({
+    name: "webhooks-insert-deliveries",
+    text: `WITH x AS (
+       SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::smallint[], $5::text[], $6::bytea[]) WITH ORDINALITY AS x (t, w, e, ty, j, ev, ord)
+     ), active AS (
+       SELECT wh.* FROM webhooks wh WHERE wh.id = ANY($2::uuid[]) AND wh.state = 1
+       FOR KEY SHARE OF wh
+     ), lockable AS (
+       SELECT unnest($9::uuid[]) AS id
+     ), room AS (
+       SELECT a.id, greatest(0, least(
+                coalesce(nullif(a.max_concurrency, 0), $10) - (SELECT count(*) FROM webhook_deliveries d
+                  WHERE d.webhook_id = a.id AND d.status = 1 AND d.lease_until > now() AND d.next_attempt_time <= now()),
+                coalesce(t.tokens, coalesce(nullif(a.max_rate_per_second, 0), $11)),
+                least(coalesce(nullif(a.max_concurrency, 0), $10), greatest(1, floor($12::numeric / ((SELECT count(*) FROM lockable) + 1))))
+                  - coalesce(ls.local, 0)))::int AS n
+       FROM active a JOIN lockable l ON l.id = a.id
+       LEFT JOIN unnest($13::uuid[], $14::int[]) AS t (webhook_id, tokens) ON t.webhook_id = a.id
+       LEFT JOIN unnest($15::uuid[], $16::int[]) AS ls (webhook_id, local) ON ls.webhook_id = a.id
+     ), numbered AS (
+       SELECT x.*, coalesce(r.n, 0) AS room, row_number() OVER (PARTITION BY x.w ORDER BY x.ord) AS k
+       FROM x JOIN active a ON a.id = x.w LEFT JOIN room r ON r.id = x.w
+     ), ranked AS (
+       -- Each subscription's first rows up to its room, taken round-robin across subscriptions up to the budget.
+       SELECT *, k <= room AND row_number() OVER (ORDER BY k <= room DESC, k, ord) <= $17 AS leased FROM numbered
+     ), inserted AS (
+       INSERT INTO webhook_deliveries (tenant_id, webhook_id, event_id, event_type, job, event, status, next_attempt_time, lease_until)
+       SELECT t, w, e, ty, j, ev, 1, now() + $7::int * interval '1 millisecond',
+              CASE WHEN leased THEN now() + $18::int * interval '1 millisecond' END
+       FROM ranked
+       ON CONFLICT (webhook_id, event_id) DO NOTHING
+       RETURNING id, webhook_id, event_id, event, attempt_count, replay_pending, lease_until::text AS lease
+     ), woken AS (
+       SELECT pg_notify($8, '') FROM (SELECT 1 FROM inserted WHERE lease IS NULL LIMIT 1) one
+     )
+     SELECT (SELECT count(*) FROM inserted)::int AS inserted, (SELECT count(*) FROM woken) AS woken, h.*
+     FROM (SELECT 1) one LEFT JOIN (
+       SELECT i.*, a.tenant_id, a.url, a.max_rate_per_second, a.secret_sealed, a.previous_secret_sealed, a.previous_secret_expire_time
+       FROM inserted i JOIN active a ON a.id = i.webhook_id WHERE i.lease IS NOT NULL
+     ) h ON true`,
+    values: [
+      rows.tenant, rows.webhook, rows.eventId, rows.type, rows.job, rows.event, options.firstDelayMs, options.dueChannel,
+      lease?.locked ?? [], defaultMaxConcurrency, defaultMaxRatePerSecond, lease?.limits.maxInFlight ?? 0,
+      [...(lease?.limits.tokens.keys() ?? [])], [...(lease?.limits.tokens.values() ?? [])],
+      [...(lease?.limits.localBySubscription.keys() ?? [])], [...(lease?.limits.localBySubscription.values() ?? [])],
+      lease?.limits.budget ?? 0, lease?.limits.leaseMs ?? 0,
+    ],
+  });
+  return { inserted: result[0].inserted, leased: result.filter((r) => r.id != null) as ClaimedRow[] };
 }

@@ -74,6 +74,7 @@ export async function startWebhookDelivery(deps: WebhookDeliveryDeps): Promise<W
     firstDelayMs: firstAttemptDelayMs(config.retryScheduleMs),
     dueChannel: deliveriesDueChannel,
     onInserted: () => dispatch.wake(),
+    hotPath: dispatch,
     // One round trip on the LISTEN connection applies every change committed before it. It is
     // time-boxed: on a half-open connection it would block the fan-out for the kernel's ~15 min;
     // instead that connection is dropped (the fan-out skips its cache) and a new one listens.

@@ -13,7 +13,9 @@
  * after its lease expired is not moved twice).
  *
  * Woken by NOTIFY (fan-out inserts, replays), by a send finishing and by a rate bucket refilling,
- * with a poll behind them (as the outbox relay, internal/outbox/relay.ts).
+ * with a poll behind them (as the outbox relay, internal/outbox/relay.ts). New deliveries due at
+ * once mostly skip the claim: the fan-out's insert leases them within the same limits, in the
+ * budget this dispatcher reserves for it, and hands them over (HotPath).
  */
 import type { Dispatcher } from "undici";
 import type { AuditEvent } from "../../gen/jobmesh/v1/audit_pb.js";
@@ -27,7 +29,7 @@ import { deliveryBody } from "./payload.ts";
 import { signingSecretsOf } from "./secrets.ts";
 import { sendAttempt, type AttemptResult } from "./send.ts";
 import { recordFailure, recordSuccesses, type ClaimedDelivery } from "./outcomes.ts";
-import { claimDue, defaultMaxRatePerSecond, defaultMaxConcurrency, type ClaimedRow } from "./claim.ts";
+import { claimDue, defaultMaxRatePerSecond, defaultMaxConcurrency, type ClaimedRow, type ClaimLimits } from "./claim.ts";
 
 export { defaultMaxConcurrency, defaultMaxRatePerSecond };
 
@@ -51,7 +53,23 @@ export interface DispatcherDeps {
   pollMs?: number;
 }
 
-export interface DeliveryDispatcher {
+/**
+ * The fan-out's way in (fanout.ts): reserve(wanted) sets aside up to `wanted` of this process's
+ * free budget and gives the limits a claim would use now; the insert leases within them, adopt()
+ * starts the leased rows (their outcomes recorded once `committed` resolved), and release() gives
+ * the reservation back (always, once the insert is over).
+ */
+export interface HotPath {
+  reserve(wanted: number): HotReservation | undefined;
+}
+
+export interface HotReservation {
+  limits: ClaimLimits;
+  adopt(rows: ClaimedRow[], committed: Promise<void>): void;
+  release(): void;
+}
+
+export interface DeliveryDispatcher extends HotPath {
   /** A NOTIFY arrived: claim now. */
   wake(): void;
   /** Stops claiming and waits for the sends in flight to be recorded. */
@@ -88,6 +106,8 @@ export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
   const buckets = new Map<string, RateBucket>();
   const sends = new Set<Promise<void>>();
   let inFlight = 0;
+  // Budget set aside for a fan-out insert that may lease rows (the hot path): not claimed meanwhile.
+  let reserved = 0;
   // This process's sends in flight per subscription and per tenant: the claim's fair shares.
   const localBySubscription = new Map<string, number>();
   const localByTenant = new Map<string, number>();
@@ -105,17 +125,29 @@ export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
     wakeLoop?.();
   };
 
+  /** What a claim (or a hot-path insert) may lease now, `budget` of it. */
+  function limits(budget: number): ClaimLimits {
+    const now = performance.now();
+    const tokens = new Map([...buckets.entries()].map(([id, bucket]) => [id, bucket.available(now)] as const));
+    return { budget, maxInFlight, leaseMs, tokens, localBySubscription, localByTenant };
+  }
+
   /**
-   * One statement (one round trip, its own transaction): locks the subscriptions with due work,
-   * counts their deliveries in flight, gives each the least of its free concurrency, its tokens
-   * and a fair share of this process's budget, and leases that many of its due deliveries.
+   * One transaction (claim.ts): locks the subscriptions with due work, counts their deliveries in
+   * flight, gives each the least of its free concurrency, its tokens and a fair share of this
+   * process's budget, and leases that many of its due deliveries.
    */
   async function claimRound(budget: number): Promise<number> {
-    const now = performance.now();
-    const known = [...buckets.entries()].map(([id, bucket]) => [id, bucket.available(now)] as const);
-    const rows = await claimDue(db, {
-      budget, maxInFlight, leaseMs, tokens: new Map(known), localBySubscription, localByTenant,
-    });
+    const rows = await claimDue(db, limits(budget));
+    begin(rows);
+    return rows.length;
+  }
+
+  /**
+   * Starts the sends of leased rows: takes their rate tokens, unseals their secrets. Rows leased
+   * by a transaction not yet committed (the hot path) have their outcomes recorded after it.
+   */
+  function begin(rows: ClaimedRow[], committed?: Promise<void>): void {
     const after = performance.now();
     const secrets = new Map<string, string[] | Error>();
     for (const row of rows) {
@@ -143,12 +175,11 @@ export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
         }
         secrets.set(row.webhook_id, signing);
       }
-      start(row, signing);
+      start(row, signing, committed);
     }
-    return rows.length;
   }
 
-  function start(row: ClaimedRow, secrets: string[] | Error): void {
+  function start(row: ClaimedRow, secrets: string[] | Error, committed: Promise<void> | undefined): void {
     inFlight++;
     count(localBySubscription, row.webhook_id, 1);
     count(localByTenant, row.tenant_id, 1);
@@ -169,6 +200,15 @@ export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
       } catch (error) {
         // A stored event that no longer decodes, or a secret that cannot be unsealed: recorded as failed, retried on schedule.
         result = { outcome: WebhookAttemptOutcome.CONNECTION_ERROR, statusCode: 0, latencyUs: 0, responseExcerpt: "", errorMessage: `not sent: ${(error as Error).message}`, attemptTime: new Date() };
+      }
+      if (committed) {
+        try {
+          await committed;
+        } catch {
+          // Its row was never committed: nothing to record; the event comes again from the stream.
+          log.warn({ delivery: delivery.id }, "webhooks: attempt sent for a delivery whose insert did not commit; it is sent again");
+          return;
+        }
       }
       await finish(delivery, result);
     })().finally(() => {
@@ -237,7 +277,7 @@ export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
     while (!stopped) {
       woken = false;
       let claimed = 0;
-      const budget = maxInFlight - inFlight;
+      const budget = maxInFlight - inFlight - reserved;
       if (budget > 0) {
         try {
           claimed = await claimRound(budget);
@@ -263,6 +303,23 @@ export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
 
   return {
     wake,
+    reserve(wanted) {
+      const budget = Math.min(wanted, maxInFlight - inFlight - reserved);
+      if (stopped || budget <= 0) return undefined;
+      reserved += budget;
+      let released = false;
+      return {
+        limits: limits(budget),
+        // Leased already: sent even while stopping (stop waits for them), as a claim's would be.
+        adopt: (rows, committed) => begin(rows, committed),
+        release() {
+          if (released) return;
+          released = true;
+          reserved -= budget;
+          wake();
+        },
+      };
+    },
     async stop() {
       stopped = true;
       wakeLoop?.();

@@ -2,10 +2,12 @@
  * The fan-out: a durable JetStream consumer ("webhooks_fanout", provisioned with the rest of the
  * bus by internal/bus/topology.ts) on the events stream turns each
  * JobEvent into one delivery row per matching ACTIVE subscription of its tenant. A batch of
- * events becomes one INSERT … ON CONFLICT (webhook_id, event_id) DO NOTHING (which also wakes
- * the dispatcher with NOTIFY, at commit), and only then are its messages acknowledged: a crash
- * in between redelivers them and the conflict clause drops what was already inserted. At least
- * once from the stream, exactly one row per (event, subscription).
+ * events becomes one INSERT … ON CONFLICT (webhook_id, event_id) DO NOTHING (claim.ts's
+ * insertDeliveries), and only then are its messages acknowledged: a crash in between redelivers
+ * them and the conflict clause drops what was already inserted. At least once from the stream,
+ * exactly one row per (event, subscription). Rows due at once are leased by that same insert, as
+ * far as this process's dispatcher has room, and handed to it to send (the hot path: event →
+ * first attempt without a claim round trip); the rest wake the claimers with NOTIFY.
  *
  * Subscriptions are cached per tenant. The cache is invalidated by the NOTIFY webhooks_changed
  * (tenant id as payload) that every writer of `webhooks` sends. A notification arrives a little
@@ -19,6 +21,8 @@ import { timestampMs } from "@bufbuild/protobuf/wkt";
 import type { JetStreamClient, JsMsg } from "@nats-io/jetstream";
 import { JobEventSchema, type JobEvent } from "../../gen/jobmesh/v1/events_pb.js";
 import { runDurableConsumer } from "../bus/consumer-loop.ts";
+import { insertDeliveries, type NewDeliveries } from "./claim.ts";
+import type { HotPath } from "./dispatcher.ts";
 import type { Pool } from "../db/index.ts";
 import type { Logger } from "../telemetry/index.ts";
 
@@ -61,8 +65,10 @@ export interface FanoutDeps {
   firstDelayMs: number;
   /** The channel the dispatcher LISTENs on; NOTIFYed when rows were inserted. */
   dueChannel: string;
-  /** Called after rows were inserted: wakes this process's dispatcher without the NOTIFY's detour. */
+  /** Called after rows were inserted that were not leased here: wakes this process's dispatcher without the NOTIFY's detour. */
   onInserted?: () => void;
+  /** This process's dispatcher, for the hot path: rows due at once are leased by the insert and sent without a claim. */
+  hotPath?: HotPath;
   /**
    * Resolves true once every webhooks_changed notification committed so far has been applied (a
    * round trip on the LISTEN connection), false when there is no LISTEN connection (then the
@@ -167,45 +173,33 @@ export async function startFanout(deps: FanoutDeps): Promise<Fanout> {
   }
   const cache = createSubscriptionCache(loadSubscriptions, deps.syncCache);
 
-  /**
-   * Inserts the deliveries of a batch of events in one statement; the NOTIFY goes out with its commit.
-   * The cache may still hold a subscription disabled or deleted meanwhile: the join on ACTIVE
-   * webhooks drops its rows (a deleted one would otherwise fail the whole batch, every tenant's).
-   */
-  async function fanOut(events: JobEvent[], payloads: Uint8Array[]): Promise<number> {
+  /** Matches a batch's events against the cached subscriptions and inserts their deliveries (leasing what it may send at once). */
+  async function fanOut(events: JobEvent[], payloads: Uint8Array[]): Promise<void> {
     const tenants = [...new Set(events.map((e) => e.tenant.toLowerCase()).filter((t) => uuidPattern.test(t)))];
-    if (tenants.length === 0) return 0;
+    if (tenants.length === 0) return;
     const subs = await cache.get(tenants);
-    const cols = { tenant: [] as string[], webhook: [] as string[], eventId: [] as string[], type: [] as number[], job: [] as string[], event: [] as Buffer[] };
+    const rows: NewDeliveries = { tenant: [], webhook: [], eventId: [], type: [], job: [], event: [] };
     events.forEach((event, i) => {
       for (const sub of subs.get(event.tenant.toLowerCase()) ?? []) {
         if (!event.eventId || !matchesEvent(sub, event)) continue;
-        cols.tenant.push(sub.tenantId);
-        cols.webhook.push(sub.id);
-        cols.eventId.push(event.eventId);
-        cols.type.push(event.type);
-        cols.job.push(event.job);
-        cols.event.push(Buffer.from(payloads[i]));
+        rows.tenant.push(sub.tenantId);
+        rows.webhook.push(sub.id);
+        rows.eventId.push(event.eventId);
+        rows.type.push(event.type);
+        rows.job.push(event.job);
+        rows.event.push(Buffer.from(payloads[i]));
       }
     });
-    if (cols.webhook.length === 0) return 0;
-    const { rows } = await db.query<{ inserted: number }>(
-      `WITH inserted AS (
-         INSERT INTO webhook_deliveries (tenant_id, webhook_id, event_id, event_type, job, event, status, next_attempt_time)
-         SELECT x.t, x.w, x.e, x.ty, x.j, x.ev, 1, now() + $7::int * interval '1 millisecond'
-         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::smallint[], $5::text[], $6::bytea[]) AS x (t, w, e, ty, j, ev)
-         JOIN webhooks wh ON wh.id = x.w AND wh.state = 1
-         -- A delete committing meanwhile is waited for and its rows skipped, not an FK violation.
-         FOR KEY SHARE OF wh
-         ON CONFLICT (webhook_id, event_id) DO NOTHING
-         RETURNING 1
-       ), woken AS (
-         SELECT pg_notify($8, '') FROM (SELECT 1 FROM inserted LIMIT 1) one
-       )
-       SELECT (SELECT count(*) FROM inserted)::int AS inserted, (SELECT count(*) FROM woken) AS woken`,
-      [cols.tenant, cols.webhook, cols.eventId, cols.type, cols.job, cols.event, deps.firstDelayMs, deps.dueChannel],
-    );
-    return rows[0].inserted;
+    if (rows.webhook.length === 0) return;
+    const hot = deps.firstDelayMs === 0 ? deps.hotPath?.reserve(rows.webhook.length) : undefined;
+    try {
+      const result = await insertDeliveries(db, rows, {
+        firstDelayMs: deps.firstDelayMs, dueChannel: deps.dueChannel, lease: hot?.limits, onLeased: (leased, committed) => hot?.adopt(leased, committed),
+      });
+      if (result.inserted > result.leased) deps.onInserted?.();
+    } finally {
+      hot?.release();
+    }
   }
 
   /** Decodes a batch (an undecodable message is terminated) and inserts its deliveries; the loop acks after. */
@@ -222,8 +216,7 @@ export async function startFanout(deps: FanoutDeps): Promise<Fanout> {
         msg.term();
       }
     }
-    const inserted = await fanOut(events, payloads);
-    if (inserted > 0) deps.onInserted?.();
+    await fanOut(events, payloads);
   }
 
   // The shared loop acks a batch once handle resolved and naks it with a growing delay when it
@@ -231,7 +224,9 @@ export async function startFanout(deps: FanoutDeps): Promise<Fanout> {
   const stopping = new AbortController();
   let opened!: () => void;
   const open = new Promise<void>((resolve) => (opened = resolve));
-  const loop = runDurableConsumer({ js: deps.js, stream: deps.eventsStream, consumer: deps.consumer, maxMessages: batchSize, handle, log, signal: stopping.signal, onOpen: opened });
+  // Batches commute (one row per event and subscription, whatever the order): two at once, so a
+  // batch need not wait for the previous one's WAL flush.
+  const loop = runDurableConsumer({ js: deps.js, stream: deps.eventsStream, consumer: deps.consumer, maxMessages: batchSize, concurrency: 2, handle, log, signal: stopping.signal, onOpen: opened });
   await Promise.race([open, loop]);
 
   return {

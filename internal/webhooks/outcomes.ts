@@ -35,13 +35,15 @@ export const systemActor = "system/webhooks";
 export const disableAction = "jobmesh.v1.WebhookService.DisableWebhook";
 
 /**
- * Records a group of successful attempts in one statement, then heals their subscriptions in
- * another; resolves how many were recorded (the others' lease had ended: discarded).
+ * Records a group of successful attempts in one statement, then heals those of their
+ * subscriptions that were failing in another (a failure committed while the first ran is healed
+ * by the next success); resolves how many were recorded (the others' lease had ended: discarded).
  */
 export async function recordSuccesses(db: Pool, group: readonly { delivery: ClaimedDelivery; result: AttemptResult }[]): Promise<number> {
   const col = <T>(f: (g: { delivery: ClaimedDelivery; result: AttemptResult }) => T) => group.map(f);
-  const { rows } = await db.query<{ webhook_ids: string[] }>(
-    `WITH x AS (
+  const { rows } = await db.query<{ recorded: number; failing: string[] }>({
+    name: "webhooks-record-successes",
+    text: `WITH x AS (
        SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::int[], $4::int[], $5::bigint[], $6::text[], $7::timestamptz[], $8::bool[], $9::smallint[])
          AS x (id, lease, attempt, status_code, latency_us, excerpt, attempt_time, replay, outcome)
      ), done AS (
@@ -57,23 +59,26 @@ export async function recordSuccesses(db: Pool, group: readonly { delivery: Clai
        FROM x JOIN done ON done.id = x.id
        ON CONFLICT (delivery_id, attempt) DO NOTHING
      )
-     SELECT coalesce(array_agg(webhook_id), '{}') AS webhook_ids FROM done`,
-    [
+     -- The subscriptions to heal (failing until now); usually none, and then no second statement.
+     SELECT count(*)::int AS recorded, coalesce(array_agg(DISTINCT w.id) FILTER (WHERE w.failing_since IS NOT NULL), '{}') AS failing
+     FROM done JOIN webhooks w ON w.id = done.webhook_id`,
+    values: [
       col((g) => g.delivery.id), col((g) => g.delivery.lease), col((g) => g.delivery.attempt), col((g) => g.result.statusCode),
       col((g) => g.result.latencyUs), col((g) => g.result.responseExcerpt), col((g) => g.result.attemptTime), col((g) => g.delivery.replay),
       col((g) => g.result.outcome),
     ],
-  );
-  const recorded = rows[0].webhook_ids;
+  });
+  const { recorded, failing } = rows[0];
+  if (failing.length === 0) return recorded;
   // Healed in its own statement, holding no delivery row: the disable path locks the webhooks row
   // and then its deliveries, so taking them the other way round in one transaction could deadlock.
   await db.query(
     `UPDATE webhooks w SET failing_since = NULL
      FROM (SELECT id FROM webhooks WHERE id = ANY($1::uuid[]) AND failing_since IS NOT NULL ORDER BY id FOR NO KEY UPDATE) h
      WHERE w.id = h.id`,
-    [[...new Set(recorded)]],
+    [failing],
   );
-  return recorded.length;
+  return recorded;
 }
 
 export interface FailureDeps {

@@ -35,6 +35,7 @@ export interface Arrival {
   body: { type: string; timestamp: string; data: Record<string, unknown> };
   headers: Record<string, string>;
   verified: boolean;
+  /** When its request's head came in (Date.now()). */
   at: number;
 }
 
@@ -203,6 +204,8 @@ async function startReceiver(secrets: () => string[]): Promise<Receiver> {
   const arrivals: Arrival[] = [];
   const open = new Set<import("node:net").Socket>();
   const handle = (req: IncomingMessage, res: ServerResponse) => {
+    // The attempt's arrival: its request's head came in (before the body is read and verified).
+    const at = Date.now();
     const chunks: Buffer[] = [];
     req.on("data", (c: Buffer) => chunks.push(c));
     req.on("end", () => {
@@ -222,7 +225,7 @@ async function startReceiver(secrets: () => string[]): Promise<Receiver> {
       } catch {
         body = { type: "", timestamp: "", data: {} };
       }
-      const arrival = { id: headers["webhook-id"] ?? "", body, headers, verified, at: Date.now() };
+      const arrival = { id: headers["webhook-id"] ?? "", body, headers, verified, at };
       arrivals.push(arrival);
       receiver.answer(arrival, res);
     });
