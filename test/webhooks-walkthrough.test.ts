@@ -16,9 +16,7 @@ import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { Webhook } from "standardwebhooks";
-import { startGatewayProcess } from "../internal/mesh/gateway-process.ts";
-import { fetchAnswer, type GatewayAnswer } from "./support/gateway.ts";
-import { startTestMesh } from "./support/mesh.ts";
+import { fetchAnswer, startGatewayMesh, type GatewayAnswer } from "./support/gateway.ts";
 import { waitFor } from "./support/wait.ts";
 
 // A Deno gateway, a mesh with a stage worker and the delivery engine, and buf processes on a loaded machine: a hang guard.
@@ -58,31 +56,12 @@ await once(receiver, "listening");
 t.teardown(() => new Promise<void>((resolve) => receiver.close(() => resolve())));
 const hostPort = `127.0.0.1:${(receiver.address() as AddressInfo).port}`;
 
-// As test/support/gateway.ts's startGatewayMesh, plus WebhookService (which it does not serve):
-// services trust 127.0.0.2 as their proxy and the gateway connects from it. Only this receiver's
-// exact host:port is allowed, over http.
-const mesh = await startTestMesh(
-  { JOBMESH_TRUSTED_PROXIES: "127.0.0.2", JOBMESH_WEBHOOKS_ALLOW_HTTP: "true", JOBMESH_WEBHOOKS_ALLOW_HOSTS: hostPort },
-  { auth: true, jobs: true, webhooks: true },
-);
-let gateway: Awaited<ReturnType<typeof startGatewayProcess>> | undefined;
-t.teardown(async () => {
-  await gateway?.stop();
-  await mesh.close();
+// Only this receiver's exact host:port is allowed, over http.
+const { mesh, url: base } = await startGatewayMesh(t, {
+  jobs: true,
+  webhooks: true,
+  meshEnv: { JOBMESH_WEBHOOKS_ALLOW_HTTP: "true", JOBMESH_WEBHOOKS_ALLOW_HOSTS: hostPort },
 });
-gateway = await startGatewayProcess({
-  JOBMESH_GATEWAY_PORT: "0",
-  JOBMESH_HOST: "127.0.0.1",
-  JOBMESH_JOBS_URL: mesh.jobs!.url,
-  JOBMESH_PIPELINES_URL: mesh.pipelines.url,
-  JOBMESH_AUTH_URL: mesh.auth!.server.url,
-  JOBMESH_WEBHOOKS_URL: mesh.webhooks!.url,
-  REDIS_URL: mesh.isolated.env.REDIS_URL!,
-  JOBMESH_NAMESPACE: mesh.isolated.namespace,
-  JOBMESH_GATEWAY_SOURCE_ADDRESS: "127.0.0.2",
-  JOBMESH_LOG_LEVEL: "info",
-});
-const base = gateway.url;
 const admin = await mesh.auth!.userFor("admin");
 let token = "";
 

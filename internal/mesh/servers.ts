@@ -3,7 +3,7 @@
  * `jobmesh up` serves them all in one process.
  */
 import type { DescService } from "@bufbuild/protobuf";
-import type { Interceptor } from "@connectrpc/connect";
+import type { Interceptor, ServiceImpl } from "@connectrpc/connect";
 import { createAuditInterceptor } from "../rpc/audit.ts";
 import { createApiKeys, createAuthDomain, createTokenVerifier, createUserStatus, ensureAdmin, loadPublicJwks, type BootstrapAdmin, type TokenVerifier } from "../auth/index.ts";
 import { AuthService, createAuthService } from "../auth/service.ts";
@@ -85,6 +85,26 @@ export async function auditSlotOf(infra: Infra, recorder: string, options: Serve
   return [createAuditInterceptor({ sink, recorder, onFailure: (error) => infra.log.error({ err: error, recorder }, "audit event not recorded") })];
 }
 
+/**
+ * One service on its own port with the mesh's runtime: the process's logger, telemetry and
+ * readiness, the audit slot (named `recorder`), the identity interceptors and the shared limits.
+ */
+async function serveService<S extends DescService>(infra: Infra, spec: { name: string; port: number; service: S; implementation: ServiceImpl<S>; mode: IdentityMode; options: ServeOptions }): Promise<RpcServer> {
+  return startRpcServer({
+    name: spec.name,
+    host: infra.config.host,
+    port: spec.port,
+    services: [bindService(spec.service, spec.implementation)],
+    log: infra.log,
+    telemetry: infra.telemetry,
+    readiness: infra.readiness,
+    interceptors: { audit: await auditSlotOf(infra, spec.name, spec.options), identity: identityFor(infra, [spec.service], spec.mode) },
+    maxMessageBytes: infra.config.maxMessageBytes,
+    shutdownGraceMs: infra.config.shutdownGraceMs,
+    server: infra.config.server,
+  });
+}
+
 export async function servePipelines(infra: Infra, port = infra.config.ports.pipelines, mode: IdentityMode = defaultIdentityMode, options: ServeOptions = {}): Promise<RpcServer> {
   const pipelines = createPipelineDomain({
     db: infra.db,
@@ -94,19 +114,7 @@ export async function servePipelines(infra: Infra, port = infra.config.ports.pip
     cacheTtlSeconds: infra.config.cacheTtlSeconds,
   });
   await pipelines.ensureBuiltIns(infra.bootstrapTenantId);
-  return startRpcServer({
-    name: "pipelines",
-    host: infra.config.host,
-    port,
-    services: [bindService(PipelineService, createPipelineService(pipelines))],
-    log: infra.log,
-    telemetry: infra.telemetry,
-    readiness: infra.readiness,
-    interceptors: { audit: await auditSlotOf(infra, "pipelines", options), identity: identityFor(infra, [PipelineService], mode) },
-    maxMessageBytes: infra.config.maxMessageBytes,
-    shutdownGraceMs: infra.config.shutdownGraceMs,
-    server: infra.config.server,
-  });
+  return serveService(infra, { name: "pipelines", port, service: PipelineService, implementation: createPipelineService(pipelines), mode, options });
 }
 
 /** JobService with the processes' background parts: the outbox relay and the lease reaper. */
@@ -159,19 +167,8 @@ export async function serveJobs(infra: Infra, port = infra.config.ports.jobs, op
     : createOutboxRelay({ db: infra.db, js: infra.bus.js, log: infra.log, tracer: infra.telemetry.tracer });
   const reaper = createReaper({ db: infra.db, redis: infra.cache.redis, topology, buckets, log: infra.log, heartbeatTtlMs: config.heartbeatTtlMs });
   const watcher = createJobWatcher({ db: infra.db, nc: infra.bus.nc, topology, log: infra.log, maxStreamsPerCaller: config.maxWatchStreamsPerCaller });
-  const server = await startRpcServer({
-    name: "jobs",
-    host: config.host,
-    port,
-    services: [bindService(JobService, createJobService({ jobs, db: infra.db, watcher, uploads: buckets.uploads, results: buckets.results, js: infra.bus.js, maxDocumentBytes: config.maxDocumentBytes, storageQuotaBytes: config.tenantStorageQuotaBytes }))],
-    log: infra.log,
-    telemetry: infra.telemetry,
-    readiness: infra.readiness,
-    interceptors: { audit: await auditSlotOf(infra, "jobs", options), identity: identityFor(infra, [JobService], options.identityMode) },
-    maxMessageBytes: config.maxMessageBytes,
-    shutdownGraceMs: config.shutdownGraceMs,
-    server: config.server,
-  });
+  const implementation = createJobService({ jobs, db: infra.db, watcher, uploads: buckets.uploads, results: buckets.results, js: infra.bus.js, maxDocumentBytes: config.maxDocumentBytes, storageQuotaBytes: config.tenantStorageQuotaBytes });
+  const server = await serveService(infra, { name: "jobs", port, service: JobService, implementation, mode: options.identityMode ?? defaultIdentityMode, options });
   return {
     ...server,
     relay,
@@ -225,19 +222,8 @@ export async function startWorkers(infra: Infra, options: StartWorkersOptions = 
 /** AuthService always enforces identity: user and key management open to anyone would be a takeover. */
 export async function serveAuth(infra: Infra, port = infra.config.ports.auth, options: ServeOptions = {}): Promise<RpcServer> {
   const auth = await createAuthDomain({ db: infra.db, cache: infra.cache, pageTokens: infra.pageTokens, log: infra.log, config: infra.config.auth });
-  return startRpcServer({
-    name: "auth",
-    host: infra.config.host,
-    port,
-    services: [bindService(AuthService, createAuthService(auth, permissionsNamedBy(meshServices), { loginTenantOf: (email, tenant) => loginTenantOf(infra, email, tenant) }))],
-    log: infra.log,
-    telemetry: infra.telemetry,
-    readiness: infra.readiness,
-    interceptors: { audit: await auditSlotOf(infra, "auth", options), identity: identityFor(infra, [AuthService], "enforce") },
-    maxMessageBytes: infra.config.maxMessageBytes,
-    shutdownGraceMs: infra.config.shutdownGraceMs,
-    server: infra.config.server,
-  });
+  const implementation = createAuthService(auth, permissionsNamedBy(meshServices), { loginTenantOf: (email, tenant) => loginTenantOf(infra, email, tenant) });
+  return serveService(infra, { name: "auth", port, service: AuthService, implementation, mode: "enforce", options });
 }
 
 /**
@@ -284,19 +270,7 @@ export async function serveAudit(infra: Infra, port = infra.config.ports.audit, 
   });
   let server: RpcServer;
   try {
-    server = await startRpcServer({
-      name: "audit",
-      host: config.host,
-      port,
-      services: [bindService(AuditService, createAuditService(domain))],
-      log: infra.log,
-      telemetry: infra.telemetry,
-      readiness: infra.readiness,
-      interceptors: { audit: await auditSlotOf(infra, "audit", options), identity: identityFor(infra, [AuditService], "enforce") },
-      maxMessageBytes: config.maxMessageBytes,
-      shutdownGraceMs: config.shutdownGraceMs,
-      server: config.server,
-    });
+    server = await serveService(infra, { name: "audit", port, service: AuditService, implementation: createAuditService(domain), mode: "enforce", options });
   } catch (error) {
     await store.stop();
     throw error;
@@ -356,19 +330,7 @@ export async function serveWebhooks(infra: Infra, port = infra.config.ports.webh
   });
   let server: RpcServer;
   try {
-    server = await startRpcServer({
-      name: "webhooks",
-      host: config.host,
-      port,
-      services: [bindService(WebhookService, createWebhookService(domain))],
-      log: infra.log,
-      telemetry: infra.telemetry,
-      readiness: infra.readiness,
-      interceptors: { audit: await auditSlotOf(infra, "webhooks", options), identity: identityFor(infra, [WebhookService], "enforce") },
-      maxMessageBytes: config.maxMessageBytes,
-      shutdownGraceMs: config.shutdownGraceMs,
-      server: config.server,
-    });
+    server = await serveService(infra, { name: "webhooks", port, service: WebhookService, implementation: createWebhookService(domain), mode: "enforce", options });
   } catch (error) {
     await delivery?.stop();
     throw error;

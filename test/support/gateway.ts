@@ -21,6 +21,8 @@ export interface GatewayMeshOptions {
   jobs?: boolean;
   /** Also serve AuditService and the audit store (otherwise its routes answer 501, as for a mesh without it). */
   audit?: boolean;
+  /** Also serve WebhookService with its delivery engine (otherwise its routes answer 501). */
+  webhooks?: boolean;
   /** OTLP/HTTP base URL the gateway exports its spans to (startGatewayProcess's option). */
   otlpEndpoint?: string;
 }
@@ -40,7 +42,7 @@ const unservedUrl = "http://127.0.0.1:1";
 
 /** Starts a test mesh whose services trust 127.0.0.2 as their proxy, and a real Deno gateway process in front of it. */
 export async function startGatewayMesh(t: Teardown, options: GatewayMeshOptions = {}): Promise<GatewayMesh> {
-  const mesh = await startTestMesh({ JOBMESH_TRUSTED_PROXIES: "127.0.0.2", ...options.meshEnv }, { auth: true, jobs: options.jobs, audit: options.audit });
+  const mesh = await startTestMesh({ JOBMESH_TRUSTED_PROXIES: "127.0.0.2", ...options.meshEnv }, { auth: true, jobs: options.jobs, audit: options.audit, webhooks: options.webhooks });
   let stopped: Promise<void> | undefined;
   let gateway: Awaited<ReturnType<typeof startGatewayProcess>> | undefined;
   const stop = () =>
@@ -56,6 +58,7 @@ export async function startGatewayMesh(t: Teardown, options: GatewayMeshOptions 
     JOBMESH_PIPELINES_URL: mesh.pipelines.url,
     JOBMESH_AUTH_URL: mesh.auth!.server.url,
     ...(mesh.audit ? { JOBMESH_AUDIT_URL: mesh.audit.url } : {}),
+    ...(mesh.webhooks ? { JOBMESH_WEBHOOKS_URL: mesh.webhooks.url } : {}),
     REDIS_URL: mesh.isolated.env.REDIS_URL!,
     JOBMESH_NAMESPACE: mesh.isolated.namespace,
     JOBMESH_GATEWAY_SOURCE_ADDRESS: "127.0.0.2",
