@@ -283,7 +283,7 @@ void t.test("delivery - several stuck subscriptions asking together for more tha
 void t.test("delivery - leases taken by the hot-path insert and by claims, in different processes, stay within max_concurrency together", async (t) => {
   const hook = await world.subscribe("http://127.0.0.1:9/never-sent", { maxConcurrency: 3 });
   // Each call below stands for a different process: nothing of its own in flight, full buckets.
-  const freshProcess = (): ClaimLimits => ({ budget: 100, maxInFlight: 256, leaseMs: 60_000, tokens: new Map(), localBySubscription: new Map(), localByTenant: new Map() });
+  const freshProcess = (): ClaimLimits => ({ budget: 100, maxInFlight: 256, leaseMs: 60_000, localBySubscription: new Map(), localByTenant: new Map() });
   const batch = (n: number): NewDeliveries => {
     const ids = Array.from({ length: n }, () => randomUUID());
     return { tenant: ids.map(() => world.tenantId), webhook: ids.map(() => hook.id), eventId: ids, type: ids.map(() => 1), job: ids.map(() => "jobs/x"), event: ids.map(() => Buffer.from("")) };
@@ -304,6 +304,38 @@ void t.test("delivery - leases taken by the hot-path insert and by claims, in di
   t.equal(racing[0].leased + racing[1].leased, 1, "two inserts racing lease the one free place once");
   const { rows } = await db.query<{ n: number }>("SELECT count(*)::int AS n FROM webhook_deliveries WHERE webhook_id = $1 AND lease_until > now()", [hook.id]);
   t.equal(rows[0].n, 3, "3 leased in all");
+  await world.reset();
+});
+
+void t.test("delivery - a subscription's rate bucket is shared: processes leasing one after another draw on the same tokens", async (t) => {
+  const hook = await world.subscribe("http://127.0.0.1:9/never-sent", { maxConcurrency: 100, maxRatePerSecond: 4 });
+  const freshProcess = (): ClaimLimits => ({ budget: 100, maxInFlight: 256, leaseMs: 60_000, localBySubscription: new Map(), localByTenant: new Map() });
+  const ids = Array.from({ length: 10 }, () => randomUUID());
+  const rows: NewDeliveries = { tenant: ids.map(() => world.tenantId), webhook: ids.map(() => hook.id), eventId: ids, type: ids.map(() => 1), job: ids.map(() => "jobs/x"), event: ids.map(() => Buffer.from("")) };
+  // The clock runs on between statements: a step may find what refilled since the previous step
+  // began (4 per second; the bucket's own clock started later), no more.
+  let since = performance.now();
+  const claimNow = async () => {
+    const started = performance.now();
+    const claimed = (await claimDue(db, freshProcess())).length;
+    const bound = Math.floor(((performance.now() - since) / 1000) * 4);
+    since = started;
+    return { claimed, bound };
+  };
+  const hot = await insertDeliveries(db, rows, { firstDelayMs: 0, dueChannel: "webhooks_test_unheard", lease: freshProcess(), onLeased: () => {} });
+  t.same([hot.inserted, hot.leased], [10, 4], "the insert leases a full bucket's 4 tokens, not 10");
+  let next = await claimNow();
+  t.ok(next.claimed <= next.bound, `another process's claim right after finds the bucket empty (${next.claimed} claimed, ${next.bound} refilled meanwhile)`);
+  // A second later, as far as the bucket knows: 4 tokens again, and no more.
+  await db.query("UPDATE webhooks SET rate_refill_time = rate_refill_time - interval '1 second' WHERE id = $1", [hook.id]);
+  next = await claimNow();
+  t.equal(next.claimed, 4, "after a second's refill a third process claims 4 (a bucket holds one second's worth)");
+  next = await claimNow();
+  t.ok(next.claimed <= next.bound, `and then none (${next.claimed} claimed, ${next.bound} refilled meanwhile)`);
+  // Half a second's refill: 2.
+  await db.query("UPDATE webhooks SET rate_refill_time = rate_refill_time - interval '500 milliseconds' WHERE id = $1", [hook.id]);
+  next = await claimNow();
+  t.ok(next.claimed >= 2 && next.claimed <= 2 + next.bound, `half a second later, 2 (${next.claimed})`);
   await world.reset();
 });
 

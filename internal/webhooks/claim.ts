@@ -31,7 +31,6 @@ export interface ClaimedRow {
   lease: string;
   tenant_id: string;
   url: string;
-  max_rate_per_second: number;
   secret_sealed: Buffer;
   previous_secret_sealed: Buffer | null;
   previous_secret_expire_time: Date | null;
@@ -43,12 +42,21 @@ export interface ClaimLimits {
   /** This process's whole budget (maxInFlight). */
   maxInFlight: number;
   leaseMs: number;
-  /** Rate tokens of the subscriptions this process knows (the others have a full bucket). */
-  tokens: Map<string, number>;
   /** This process's sends in flight per subscription and per tenant. */
   localBySubscription: Map<string, number>;
   localByTenant: Map<string, number>;
 }
+
+/**
+ * The tokens of a subscription's rate bucket now (SQL, for the webhooks row `w`): what was left at
+ * the last claim plus what refilled since, at most one second's worth. The bucket lives in the row
+ * (rate_tokens, rate_refill_time), so every webhooks process draws on the same one; only claims
+ * change it, and they hold the row locked.
+ */
+const availableTokensSql = (w: string, defaultRate: string) => {
+  const rate = `coalesce(nullif(${w}.max_rate_per_second, 0), ${defaultRate})::float8`;
+  return `least(${rate}, coalesce(${w}.rate_tokens, ${rate}) + extract(epoch FROM now() - coalesce(${w}.rate_refill_time, now()))::float8 * ${rate})`;
+};
 
 /** Leases due deliveries within every limit; resolves the claimed rows. */
 export async function claimDue(db: Pool, limits: ClaimLimits): Promise<ClaimedRow[]> {
@@ -74,38 +82,37 @@ async function leaseDue(db: Queryable, limits: ClaimLimits, locked: string[]): P
   const { rows } = await db.query<ClaimedRow>({
     name: "webhooks-claim-due",
     text: `WITH candidates AS (
-       SELECT w.id, w.tenant_id, w.url, w.max_rate_per_second, w.secret_sealed, w.previous_secret_sealed, w.previous_secret_expire_time,
+       SELECT w.id, w.tenant_id, w.url, w.secret_sealed, w.previous_secret_sealed, w.previous_secret_expire_time,
               coalesce(nullif(w.max_concurrency, 0), $1) AS concurrency, coalesce(ls.local, 0) AS local,
-              least(coalesce(nullif(w.max_concurrency, 0), $1) - p.in_flight,
-                    coalesce(t.tokens, coalesce(nullif(w.max_rate_per_second, 0), $2))) AS n
+              ${availableTokensSql("w", "$2")} AS available,
+              least(coalesce(nullif(w.max_concurrency, 0), $1) - p.in_flight, floor(${availableTokensSql("w", "$2")})) AS n
        FROM (
          -- Due rows include the leased ones (claimed when due): in flight is counted among them.
          SELECT webhook_id,
                 count(*) FILTER (WHERE lease_until > now()) AS in_flight,
                 count(*) FILTER (WHERE lease_until IS NULL OR lease_until <= now()) AS ready
-         FROM webhook_deliveries WHERE status = 1 AND next_attempt_time <= now() AND webhook_id = ANY($12::uuid[])
+         FROM webhook_deliveries WHERE status = 1 AND next_attempt_time <= now() AND webhook_id = ANY($10::uuid[])
          GROUP BY webhook_id
        ) p
        JOIN webhooks w ON w.id = p.webhook_id
-       LEFT JOIN unnest($3::uuid[], $4::int[]) AS t (webhook_id, tokens) ON t.webhook_id = w.id
-       LEFT JOIN unnest($8::uuid[], $9::int[]) AS ls (webhook_id, local) ON ls.webhook_id = w.id
+       LEFT JOIN unnest($6::uuid[], $7::int[]) AS ls (webhook_id, local) ON ls.webhook_id = w.id
        WHERE p.ready > 0 AND w.state = 1
      ), counts AS (
        SELECT count(*) AS subscriptions, count(DISTINCT tenant_id) AS tenants FROM candidates
      ), fair AS (
        SELECT c.id, c.tenant_id, random() AS r,
-              greatest(0, least(c.n, least(c.concurrency, greatest(1, floor($7::numeric / (k.subscriptions + 1)))) - c.local))::int AS n,
-              greatest(0, greatest(1, floor($7::numeric / k.tenants)) - coalesce(lt.local, 0))::int AS tenant_room
+              greatest(0, least(c.n, least(c.concurrency, greatest(1, floor($5::numeric / (k.subscriptions + 1)))) - c.local))::int AS n,
+              greatest(0, greatest(1, floor($5::numeric / k.tenants)) - coalesce(lt.local, 0))::int AS tenant_room
        FROM candidates c CROSS JOIN counts k
-       LEFT JOIN unnest($10::uuid[], $11::int[]) AS lt (tenant_id, local) ON lt.tenant_id = c.tenant_id
+       LEFT JOIN unnest($8::uuid[], $9::int[]) AS lt (tenant_id, local) ON lt.tenant_id = c.tenant_id
      ), per_tenant AS (
        SELECT id, r, least(n, greatest(0, tenant_room - (sum(n) OVER (PARTITION BY tenant_id ORDER BY r ROWS UNBOUNDED PRECEDING) - n)))::int AS n
        FROM fair
      ), shares AS (
-       SELECT id, least(n, greatest(0, $5::int - (sum(n) OVER (ORDER BY r ROWS UNBOUNDED PRECEDING) - n)))::int AS n
+       SELECT id, least(n, greatest(0, $3::int - (sum(n) OVER (ORDER BY r ROWS UNBOUNDED PRECEDING) - n)))::int AS n
        FROM per_tenant
      ), claimed AS (
-       UPDATE webhook_deliveries d SET lease_until = now() + $6::int * interval '1 millisecond'
+       UPDATE webhook_deliveries d SET lease_until = now() + $4::int * interval '1 millisecond'
        FROM (
          SELECT x.id FROM shares s
          CROSS JOIN LATERAL (
@@ -118,11 +125,16 @@ async function leaseDue(db: Queryable, limits: ClaimLimits, locked: string[]): P
        ) c
        WHERE d.id = c.id
        RETURNING d.id, d.webhook_id, d.event_id, d.event, d.attempt_count, d.replay_pending, d.lease_until::text AS lease
+     ), spent AS (
+       -- The rate bucket, in the row every process claims through: what was left, less what was taken now.
+       UPDATE webhooks w SET rate_tokens = c.available - x.n, rate_refill_time = now()
+       FROM (SELECT webhook_id, count(*) AS n FROM claimed GROUP BY webhook_id) x JOIN candidates c ON c.id = x.webhook_id
+       WHERE w.id = x.webhook_id
      )
-     SELECT c.*, w.tenant_id, w.url, w.max_rate_per_second, w.secret_sealed, w.previous_secret_sealed, w.previous_secret_expire_time
+     SELECT c.*, w.tenant_id, w.url, w.secret_sealed, w.previous_secret_sealed, w.previous_secret_expire_time
      FROM claimed c JOIN candidates w ON w.id = c.webhook_id`,
     values: [
-      defaultMaxConcurrency, defaultMaxRatePerSecond, [...limits.tokens.keys()], [...limits.tokens.values()], limits.budget, limits.leaseMs,
+      defaultMaxConcurrency, defaultMaxRatePerSecond, limits.budget, limits.leaseMs,
       limits.maxInFlight, [...limits.localBySubscription.keys()], [...limits.localBySubscription.values()],
       [...limits.localByTenant.keys()], [...limits.localByTenant.values()], locked,
     ],
@@ -225,40 +237,43 @@ async function insertStatement(db: Queryable, rows: NewDeliveries, options: Inse
      ), lockable AS (
        SELECT unnest($9::uuid[]) AS id
      ), room AS (
-       SELECT a.id, greatest(0, least(
+       SELECT a.id, ${availableTokensSql("a", "$11")} AS available, greatest(0, least(
                 coalesce(nullif(a.max_concurrency, 0), $10) - (SELECT count(*) FROM webhook_deliveries d
                   WHERE d.webhook_id = a.id AND d.status = 1 AND d.lease_until > now() AND d.next_attempt_time <= now()),
-                coalesce(t.tokens, coalesce(nullif(a.max_rate_per_second, 0), $11)),
+                floor(${availableTokensSql("a", "$11")}),
                 least(coalesce(nullif(a.max_concurrency, 0), $10), greatest(1, floor($12::numeric / ((SELECT count(*) FROM lockable) + 1))))
                   - coalesce(ls.local, 0)))::int AS n
        FROM active a JOIN lockable l ON l.id = a.id
-       LEFT JOIN unnest($13::uuid[], $14::int[]) AS t (webhook_id, tokens) ON t.webhook_id = a.id
-       LEFT JOIN unnest($15::uuid[], $16::int[]) AS ls (webhook_id, local) ON ls.webhook_id = a.id
+       LEFT JOIN unnest($13::uuid[], $14::int[]) AS ls (webhook_id, local) ON ls.webhook_id = a.id
      ), numbered AS (
        SELECT x.*, coalesce(r.n, 0) AS room, row_number() OVER (PARTITION BY x.w ORDER BY x.ord) AS k
        FROM x JOIN active a ON a.id = x.w LEFT JOIN room r ON r.id = x.w
      ), ranked AS (
        -- Each subscription's first rows up to its room, taken round-robin across subscriptions up to the budget.
-       SELECT *, k <= room AND row_number() OVER (ORDER BY k <= room DESC, k, ord) <= $17 AS leased FROM numbered
+       SELECT *, k <= room AND row_number() OVER (ORDER BY k <= room DESC, k, ord) <= $15 AS leased FROM numbered
      ), inserted AS (
        INSERT INTO webhook_deliveries (tenant_id, webhook_id, event_id, event_type, job, event, status, next_attempt_time, lease_until)
        SELECT t, w, e, ty, j, ev, 1, now() + $7::int * interval '1 millisecond',
-              CASE WHEN leased THEN now() + $18::int * interval '1 millisecond' END
+              CASE WHEN leased THEN now() + $16::int * interval '1 millisecond' END
        FROM ranked
        ON CONFLICT (webhook_id, event_id) DO NOTHING
        RETURNING id, webhook_id, event_id, event, attempt_count, replay_pending, lease_until::text AS lease
+     ), spent AS (
+       -- The rate bucket, in the row every process claims through: what was left, less what was leased now.
+       UPDATE webhooks w SET rate_tokens = r.available - x.n, rate_refill_time = now()
+       FROM (SELECT webhook_id, count(*) AS n FROM inserted WHERE lease IS NOT NULL GROUP BY webhook_id) x JOIN room r ON r.id = x.webhook_id
+       WHERE w.id = x.webhook_id
      ), woken AS (
        SELECT pg_notify($8, '') FROM (SELECT 1 FROM inserted WHERE lease IS NULL LIMIT 1) one
      )
      SELECT (SELECT count(*) FROM inserted)::int AS inserted, (SELECT count(*) FROM woken) AS woken, h.*
      FROM (SELECT 1) one LEFT JOIN (
-       SELECT i.*, a.tenant_id, a.url, a.max_rate_per_second, a.secret_sealed, a.previous_secret_sealed, a.previous_secret_expire_time
+       SELECT i.*, a.tenant_id, a.url, a.secret_sealed, a.previous_secret_sealed, a.previous_secret_expire_time
        FROM inserted i JOIN active a ON a.id = i.webhook_id WHERE i.lease IS NOT NULL
      ) h ON true`,
     values: [
       rows.tenant, rows.webhook, rows.eventId, rows.type, rows.job, rows.event, options.firstDelayMs, options.dueChannel,
       lease?.locked ?? [], defaultMaxConcurrency, defaultMaxRatePerSecond, lease?.limits.maxInFlight ?? 0,
-      [...(lease?.limits.tokens.keys() ?? [])], [...(lease?.limits.tokens.values() ?? [])],
       [...(lease?.limits.localBySubscription.keys() ?? [])], [...(lease?.limits.localBySubscription.values() ?? [])],
       lease?.limits.budget ?? 0, lease?.limits.leaseMs ?? 0,
     ],

@@ -5,15 +5,16 @@
  * LOCKED: one claimer per subscription at a time, so its in-flight count cannot be raced), reads
  * how many of their deliveries are in flight (leased, lease_until in the future: across every
  * webhooks process), and takes at most `max_concurrency - in flight` and the tokens of its rate
- * bucket from EACH subscription (a LATERAL LIMIT per webhook_id), so one subscription's backlog
+ * bucket (kept in its row, so shared by every process) from EACH subscription (a LATERAL LIMIT
+ * per webhook_id), so one subscription's backlog
  * never fills the batch, within fair shares of this process's budget per subscription and per
  * tenant (claim.ts). Claimed rows get lease_until; a process that dies mid-send leaves them
  * leased, and they come back when the lease runs out. Every outcome moves the delivery and inserts
  * its attempt in one transaction, fenced by the lease it was claimed with (a delivery reclaimed
  * after its lease expired is not moved twice).
  *
- * Woken by NOTIFY (fan-out inserts, replays), by a send finishing and by a rate bucket refilling,
- * with a poll behind them (as the outbox relay, internal/outbox/relay.ts). New deliveries due at
+ * Woken by NOTIFY (fan-out inserts, replays) and by a send finishing, with a poll behind them (as
+ * the outbox relay, internal/outbox/relay.ts), which also claims what a rate bucket refilled. New deliveries due at
  * once mostly skip the claim: the fan-out's insert leases them within the same limits, in the
  * budget this dispatcher reserves for it, and hands them over (HotPath).
  */
@@ -77,33 +78,12 @@ export interface DeliveryDispatcher extends HotPath {
 }
 
 
-/** A token bucket per subscription: `rate` starts per second, bursts of at most one second's worth. */
-class RateBucket {
-  readonly rate: number;
-  tokens: number;
-  at = performance.now();
-  constructor(rate: number) {
-    this.rate = rate;
-    this.tokens = rate;
-  }
-  available(now: number): number {
-    this.tokens = Math.min(this.rate, this.tokens + ((now - this.at) / 1000) * this.rate);
-    this.at = now;
-    return Math.floor(this.tokens);
-  }
-  /** Milliseconds until one more token. */
-  untilNext(): number {
-    return Math.max(1, Math.ceil(((1 - (this.tokens % 1)) / this.rate) * 1000));
-  }
-}
-
 /** Starts the claim loop. */
 export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
   const { db, log } = deps;
   const maxInFlight = deps.maxInFlight ?? 256;
   // Long enough for the send (bounded by the timeout) and its recording; a dead process's claims return after it.
   const leaseMs = deps.timeoutMs + 10_000;
-  const buckets = new Map<string, RateBucket>();
   const sends = new Set<Promise<void>>();
   let inFlight = 0;
   // Budget set aside for a fan-out insert that may lease rows (the hot path): not claimed meanwhile.
@@ -119,7 +99,6 @@ export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
   let stopped = false;
   let wakeLoop: (() => void) | undefined;
   let woken = false;
-  let refillTimer: NodeJS.Timeout | undefined;
   const wake = () => {
     woken = true;
     wakeLoop?.();
@@ -127,9 +106,7 @@ export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
 
   /** What a claim (or a hot-path insert) may lease now, `budget` of it. */
   function limits(budget: number): ClaimLimits {
-    const now = performance.now();
-    const tokens = new Map([...buckets.entries()].map(([id, bucket]) => [id, bucket.available(now)] as const));
-    return { budget, maxInFlight, leaseMs, tokens, localBySubscription, localByTenant };
+    return { budget, maxInFlight, leaseMs, localBySubscription, localByTenant };
   }
 
   /**
@@ -144,24 +121,11 @@ export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
   }
 
   /**
-   * Starts the sends of leased rows: takes their rate tokens, unseals their secrets. Rows leased
-   * by a transaction not yet committed (the hot path) have their outcomes recorded after it.
+   * Starts the sends of leased rows, their secrets unsealed once per subscription. Rows leased by
+   * a transaction not yet committed (the hot path) have their outcomes recorded after it.
    */
   function begin(rows: ClaimedRow[], committed?: Promise<void>): void {
-    const after = performance.now();
     const secrets = new Map<string, string[] | Error>();
-    for (const row of rows) {
-      const rate = row.max_rate_per_second || defaultMaxRatePerSecond;
-      let bucket = buckets.get(row.webhook_id);
-      if (!bucket || bucket.rate !== rate) buckets.set(row.webhook_id, (bucket = new RateBucket(rate)));
-      bucket.available(after);
-      bucket.tokens -= 1;
-    }
-    // A subscription whose bucket ran dry is claimed again when its next token is there.
-    for (const [id, bucket] of buckets) {
-      if (bucket.available(after) === 0) scheduleRefill(bucket.untilNext());
-      else if (!rows.some((r) => r.webhook_id === id) && bucket.tokens >= bucket.rate) buckets.delete(id); // full and idle: forget it
-    }
     for (const row of rows) {
       let signing = secrets.get(row.webhook_id);
       if (!signing) {
@@ -263,15 +227,6 @@ export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
     }
   }
 
-  function scheduleRefill(ms: number): void {
-    if (refillTimer) return;
-    refillTimer = setTimeout(() => {
-      refillTimer = undefined;
-      wake();
-    }, ms);
-    refillTimer.unref();
-  }
-
   const loop = (async () => {
     let failures = 0;
     while (!stopped) {
@@ -323,7 +278,6 @@ export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
     async stop() {
       stopped = true;
       wakeLoop?.();
-      clearTimeout(refillTimer);
       await loop;
       await Promise.allSettled([...sends]);
       await flushing;
