@@ -339,6 +339,61 @@ void t.test("delivery - a subscription's rate bucket is shared: processes leasin
   await world.reset();
 });
 
+void t.test("delivery - an automatic disable racing a fan-out insert leaves no delivery pending, whichever commits first", async (t) => {
+  const hook = await world.subscribe("http://127.0.0.1:9/never-sent");
+  const newRows = (eventId: string): NewDeliveries => ({ tenant: [world.tenantId], webhook: [hook.id], eventId: [eventId], type: [1], job: ["jobs/x"], event: [Buffer.from("")] });
+  const gone = { outcome: WebhookAttemptOutcome.HTTP_ERROR, statusCode: 410, latencyUs: 1, responseExcerpt: "", errorMessage: "", attemptTime: new Date() };
+  const deps = { retryScheduleMs: [0, 100], disableAfterMs: 86_400_000, changedChannel: "webhooks_test_unheard" };
+  // A delivery in flight, whose 410 will disable the subscription.
+  await insertDeliveries(db, newRows(randomUUID()), { firstDelayMs: 0, dueChannel: "webhooks_test_unheard" });
+  const [claimed] = await claimDue(db, { budget: 1, maxInFlight: 8, leaseMs: 60_000, localBySubscription: new Map(), localByTenant: new Map() });
+  const inFlight = { id: claimed.id, webhookId: hook.id, tenantId: world.tenantId, lease: claimed.lease, attempt: 1, replay: false };
+  // Whether some backend waits for a lock the backend `pid` holds.
+  const blockedBy = async (pid: number) => {
+    const { rows } = await db.query<{ n: number }>("SELECT count(*)::int AS n FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))", [pid]);
+    return rows[0].n > 0;
+  };
+
+  // The fan-out's insert first: its transaction is open (as insertDeliveries holds it, FOR KEY SHARE and the row).
+  const fanout = await db.connect();
+  const laterEvent = randomUUID();
+  try {
+    await fanout.query("BEGIN");
+    await fanout.query("SELECT 1 FROM webhooks WHERE id = $1 FOR KEY SHARE", [hook.id]);
+    await fanout.query(
+      "INSERT INTO webhook_deliveries (tenant_id, webhook_id, event_id, event_type, job, event, status, next_attempt_time) VALUES ($1, $2, $3, 1, 'jobs/x', ''::bytea, 1, now())",
+      [world.tenantId, hook.id, laterEvent],
+    );
+    const fanoutPid = (await fanout.query<{ pid: number }>("SELECT pg_backend_pid() AS pid")).rows[0].pid;
+    const disabling = recordFailure(db, inFlight, gone, deps);
+    await until(t, "the disable waits for the insert's transaction", () => blockedBy(fanoutPid));
+    await fanout.query("COMMIT");
+    t.equal((await disabling)?.reason, WebhookDisabledReason.ENDPOINT_GONE, "410 disabled the subscription");
+  } finally {
+    fanout.release();
+  }
+  t.equal((await deliveryOf(hook.id, laterEvent))?.status, 3, "the row the insert committed first is FAILED with the rest, not left pending");
+
+  // The disable first: an insert starting while it is open waits for it, then skips the subscription.
+  await db.query("UPDATE webhooks SET state = 1, disabled_reason = 0, disable_time = NULL WHERE id = $1", [hook.id]);
+  const disabler = await db.connect();
+  try {
+    await disabler.query("BEGIN");
+    await disabler.query("SELECT 1 FROM webhooks WHERE id = $1 FOR UPDATE", [hook.id]);
+    await disabler.query("UPDATE webhooks SET state = 2, disabled_reason = 2 WHERE id = $1", [hook.id]);
+    const disablerPid = (await disabler.query<{ pid: number }>("SELECT pg_backend_pid() AS pid")).rows[0].pid;
+    const lastEvent = randomUUID();
+    const inserting = insertDeliveries(db, newRows(lastEvent), { firstDelayMs: 0, dueChannel: "webhooks_test_unheard" });
+    await until(t, "the insert waits for the disable", () => blockedBy(disablerPid));
+    await disabler.query("COMMIT");
+    t.equal((await inserting).inserted, 0, "then it inserts nothing for the disabled subscription");
+    t.equal(await deliveryOf(hook.id, lastEvent), undefined);
+  } finally {
+    disabler.release();
+  }
+  await world.reset();
+});
+
 void t.test("delivery - outcomes whose lease ended are discarded and counted (the dispatcher logs them)", async (t) => {
   const receiver = await world.receiver(() => []);
   const hook = await world.subscribe(receiver.url);

@@ -181,8 +181,10 @@ export interface Inserted {
 /**
  * Inserts a batch's deliveries in one statement (one round trip): INSERT … ON CONFLICT
  * (webhook_id, event_id) DO NOTHING, so a redelivered batch adds nothing. Rows of subscriptions
- * no longer ACTIVE are dropped (the fan-out's cache may be a moment behind); a delete committing
- * meanwhile is waited for (FOR KEY SHARE), not an FK violation.
+ * no longer ACTIVE are dropped (the fan-out's cache may be a moment behind). The rows' subscriptions
+ * are held FOR KEY SHARE, which only FOR UPDATE waits for and makes wait: a delete, and an
+ * automatic disable (outcomes.ts), which fails the subscription's pending rows: it waits for this
+ * insert to commit and fails its rows too, or this insert waits for it and skips the subscription.
  *
  * The hot path: rows due at once are inserted already leased to this process, up to what a claim
  * would give it, and returned with what sending needs, so the first attempt starts without a

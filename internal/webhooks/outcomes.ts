@@ -129,6 +129,10 @@ export async function recordFailure(db: Pool, delivery: ClaimedDelivery, result:
     const webhook = rows[0];
     if (!webhook || webhook.state !== 1 || !(gone || webhook.overdue)) return undefined;
     const reason = gone ? WebhookDisabledReason.ENDPOINT_GONE : WebhookDisabledReason.REPEATED_FAILURES;
+    // FOR UPDATE, the one lock a fan-out insert's FOR KEY SHARE conflicts with (claim.ts): an
+    // insert in progress commits first and its rows are failed below with the rest; one that
+    // starts now waits for this commit and skips the disabled subscription. No row stays pending.
+    await tx.query("SELECT 1 FROM webhooks WHERE id = $1 FOR UPDATE", [delivery.webhookId]);
     await tx.query(
       `UPDATE webhooks SET state = 2, disabled_reason = $2, disable_time = date_trunc('milliseconds', now()),
          update_time = date_trunc('milliseconds', now()), version = version + 1
