@@ -1,9 +1,10 @@
 /**
  * The peers the jobs entry measures jobmesh against, each as a Side that runs a batch of no-op
  * jobs: BullMQ on the machine's Redis, BullMQ on a Redis of the bench's own that fsyncs every
- * write, and pg-boss in a database of its own.
+ * write, pg-boss and Graphile Worker each in a database of its own.
  */
 import { Queue, Worker as BullWorker } from "bullmq";
+import { Logger as GraphileLogger, makeWorkerUtils, run as runGraphileWorker } from "graphile-worker";
 import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { createServer, type AddressInfo } from "node:net";
@@ -14,13 +15,13 @@ import { PgBoss } from "pg-boss";
 import { createDatabase } from "../test/support/isolation.ts";
 import type { BenchContext } from "./harness.ts";
 
-/** Stage tasks (jobmesh) or jobs (BullMQ, pg-boss) processed at once. */
+/** Stage tasks (jobmesh) or jobs (BullMQ, pg-boss, Graphile Worker) processed at once. */
 export const concurrency = 32;
 /** Longest wait for one batch; a stuck run fails the entry instead of hanging the bench. */
 export const batchTimeoutMs = 120_000;
 
 const sentence = "Invoice 2291 from Acme Corp to Example Ltd: 14 widgets at 3.50 EUR each, due on 1 March.";
-/** The small text document every system gets (BullMQ and pg-boss carry it as job data). */
+/** The small text document every system gets (the peers carry it as job data). */
 export const documentText = (i: number) => `${sentence} Line ${i}. ${sentence}`;
 
 /** One system under test: runs a batch of `n` jobs and resolves when every one is done. */
@@ -166,6 +167,90 @@ export async function startPgBoss(id: string, ctx: BenchContext): Promise<Side> 
       try {
         await probe.end();
         await boss.stop({ graceful: false, close: true });
+      } finally {
+        await drop();
+      }
+    },
+  };
+}
+
+/** Graphile Worker's advice: max(10, concurrentJobs + 2), so that no job waits for a connection to complete. */
+export const graphileMaxPoolSize = Math.max(10, concurrency + 2);
+
+/**
+ * Graphile Worker in a database of its own, dropped at the end, with the settings its performance
+ * page documents for throughput (https://worker.graphile.org/docs/performance): a local queue of
+ * 500 jobs claimed per fetch, and completions written in batches (completeJobBatchDelay 0: what
+ * finishes in the same tick goes in one statement).
+ */
+export async function startGraphileWorker(id: string, ctx: BenchContext): Promise<Side> {
+  const { url, drop } = await createDatabase(`jobmesh_bench_graphile_${id}`);
+  // Its info log is a line per completed job; only errors are worth showing.
+  const logger = new GraphileLogger(() => (level, message) => {
+    if (level === "error") ctx.progress(`jobs: Graphile Worker error: ${message}`);
+  });
+  const worker = {
+    connectionString: url,
+    concurrentJobs: concurrency,
+    maxPoolSize: graphileMaxPoolSize,
+    localQueue: { size: 500 },
+    completeJobBatchDelay: 0,
+    failJobBatchDelay: 0,
+    logger,
+  };
+  let handled = 0;
+  let target = Infinity;
+  let done: (() => void) | undefined;
+  let failed: ((error: Error) => void) | undefined;
+  const utils = await makeWorkerUtils({ preset: { worker } });
+  const probe = new pg.Client({ connectionString: url });
+  let runner: Awaited<ReturnType<typeof runGraphileWorker>> | undefined;
+  try {
+    await utils.migrate();
+    runner = await runGraphileWorker({
+      preset: { worker },
+      taskList: { noop: async () => {} },
+      crontab: "",
+      noHandleSignals: true,
+    });
+    // "job:complete" comes when the task has returned; with batched completion the row goes a moment later.
+    runner.events.on("job:complete", ({ error }) => {
+      if (error) return failed?.(new Error(`Graphile Worker: a job failed: ${error instanceof Error ? error.message : String(error)}`));
+      if (++handled >= target) done?.();
+    });
+    await probe.connect();
+  } catch (error) {
+    await runner?.stop().catch(() => {});
+    await utils.release();
+    await drop();
+    throw error;
+  }
+  let serial = 0;
+  return {
+    name: "Graphile Worker",
+    work: "no-op task",
+    async runBatch(n) {
+      handled = 0;
+      target = n;
+      const handledAll = new Promise<void>((resolve, reject) => {
+        done = resolve;
+        failed = reject;
+      });
+      await utils.addJobs(Array.from({ length: n }, () => ({ identifier: "noop", payload: { text: documentText(serial++) } })));
+      await withTimeout(handledAll, batchTimeoutMs, () => `Graphile Worker: ${handled} of ${n} jobs handled after ${batchTimeoutMs / 1000} s`);
+      target = Infinity;
+      // A completed job's row is deleted; the batch is done when no row is left.
+      for (;;) {
+        const { rows } = await probe.query<{ n: number }>("SELECT count(*)::int AS n FROM graphile_worker._private_jobs");
+        if (rows[0].n === 0) break;
+        await new Promise((r) => setTimeout(r, 2));
+      }
+    },
+    async close() {
+      try {
+        await probe.end();
+        await runner!.stop();
+        await utils.release();
       } finally {
         await drop();
       }

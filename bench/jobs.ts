@@ -1,16 +1,17 @@
 /**
  * Entry "jobs": jobs end to end through jobmesh (JobService, outbox relay, JetStream, stage
- * worker, Postgres), against BullMQ (Redis) and pg-boss (Postgres) doing a no-op job with the
- * same concurrency, same N, same run; then the built-in 5-stage pipeline on small text
- * documents: throughput, and submit→SUCCEEDED latency one job at a time on an idle mesh.
+ * worker, Postgres), against BullMQ (Redis), pg-boss and Graphile Worker (Postgres) doing a
+ * no-op job with the same concurrency, same N, same run; then the built-in 5-stage pipeline on
+ * small text documents: throughput, and submit→SUCCEEDED latency one job at a time on an idle
+ * mesh. Around every jobmesh batch, per-job counters from the servers' books (jobs-counters.ts).
  *
  * Everything runs in this process: jobmesh as the tests start it (own database and namespace,
  * identity enforced, one in-process worker with JOBMESH_WORKER_CONCURRENCY = `concurrency`), the
  * peers' workers next to it (jobs-peers.ts), and the clients that submit. A jobmesh job
  * counts as done when its `job_succeeded` event arrives on `<ns>.events.<tenant>.job_succeeded`
  * (what a client would watch); a BullMQ job on the Worker's "completed" event; a pg-boss job once
- * its row is `completed`. A batch's time runs from just before the submit call to the last
- * completion. Rounds alternate the systems' order and are pooled (jobs / seconds).
+ * its row is `completed`; a Graphile Worker job once its row is gone. A batch's time runs from
+ * just before the submit call to the last completion. Rounds alternate the systems' order and are pooled (jobs / seconds).
  */
 import { fromBinary } from "@bufbuild/protobuf";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
@@ -26,7 +27,8 @@ import { PipelineService, Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
 import { redisUrl } from "../test/support/isolation.ts";
 import { startTestMesh, type TestMesh } from "../test/support/mesh.ts";
 import type { BenchEntry } from "./harness.ts";
-import { batchTimeoutMs, concurrency, documentText, startBullmq, startDurableRedis, startPgBoss, withTimeout, type Side } from "./jobs-peers.ts";
+import { addCounts, emptyCounts, settleMs, startJobmeshCounters, totalMessages, type JobCounts, type JobmeshCounters } from "./jobs-counters.ts";
+import { batchTimeoutMs, concurrency, documentText, startBullmq, graphileMaxPoolSize, startDurableRedis, startGraphileWorker, startPgBoss, withTimeout, type Side } from "./jobs-peers.ts";
 import { formatTable } from "./table.ts";
 
 /** Ingest, detect, parse, output: a pipeline that extracts text, without enrich. */
@@ -42,7 +44,13 @@ interface Measured {
   seconds: number;
   /** CPU of this (the only Node) process, in seconds, over the measured batches. */
   cpuSeconds: number;
+  /** jobmesh's sides only: statements, transactions and messages over the measured batches. */
+  counts?: JobCounts;
 }
+
+/** The peers each jobmesh row is compared with, by side name, in the table's order. */
+const peers = ["BullMQ", "BullMQ durable", "pg-boss", "Graphile Worker"];
+const isJobmesh = (name: string) => name.startsWith("jobmesh");
 
 export const jobsEntry: BenchEntry = {
   name: "jobs",
@@ -72,7 +80,7 @@ export const jobsEntry: BenchEntry = {
         });
       }
 
-      ctx.progress("jobs: starting BullMQ (Redis), BullMQ on a durable Redis (appendfsync always) and pg-boss (fresh database)");
+      ctx.progress("jobs: starting BullMQ (Redis), BullMQ on a durable Redis (appendfsync always), pg-boss and Graphile Worker (fresh databases)");
       const bull = await startBullmq(id, redisUrl, "BullMQ");
       closers.unshift(() => bull.close());
       const durableRedis = await startDurableRedis();
@@ -81,12 +89,17 @@ export const jobsEntry: BenchEntry = {
       closers.unshift(() => durableBull.close());
       const boss = await startPgBoss(id, ctx);
       closers.unshift(() => boss.close());
+      const graphile = await startGraphileWorker(id, ctx);
+      closers.unshift(() => graphile.close());
+      const counters = await startJobmeshCounters(mesh);
+      closers.unshift(() => counters.close());
       const sides: Side[] = [
         jm.side("jobmesh", twoStagePipeline, "2 stages: ingest, output (store + digest)"),
         jm.side("jobmesh 4-stage", smallestPipeline, "4 stages: ingest, detect, parse, output"),
         bull,
         durableBull,
         boss,
+        graphile,
       ];
 
       // Warm-up: connections, JIT, prepared statements, consumers; not measured.
@@ -96,12 +109,12 @@ export const jobsEntry: BenchEntry = {
       }
       mesh.spans.reset();
 
-      const results = new Map<string, Measured>(sides.map((s) => [s.name, { jobs: 0, seconds: 0, cpuSeconds: 0 }]));
+      const results = new Map<string, Measured>(sides.map((s) => [s.name, { jobs: 0, seconds: 0, cpuSeconds: 0, counts: isJobmesh(s.name) ? emptyCounts() : undefined }]));
       for (let round = 0; round < rounds; round++) {
         const order = round % 2 === 0 ? sides : [...sides].reverse();
         for (const side of order) {
           ctx.progress(`jobs: ${side.name}, ${n} jobs, concurrency ${concurrency}, round ${round + 1}/${rounds}`);
-          await measure(results.get(side.name)!, n, () => side.runBatch(n));
+          await measure(results.get(side.name)!, n, () => side.runBatch(n), counters);
           mesh.spans.reset();
         }
       }
@@ -111,10 +124,10 @@ export const jobsEntry: BenchEntry = {
       ctx.progress("jobs: warm-up, jobmesh document-default, 50 jobs");
       await full.runBatch(50);
       mesh.spans.reset();
-      const fullResult: Measured = { jobs: 0, seconds: 0, cpuSeconds: 0 };
+      const fullResult: Measured = { jobs: 0, seconds: 0, cpuSeconds: 0, counts: emptyCounts() };
       for (let round = 0; round < rounds; round++) {
         ctx.progress(`jobs: jobmesh document-default, ${n} jobs, concurrency ${concurrency}, round ${round + 1}/${rounds}`);
-        await measure(fullResult, n, () => full.runBatch(n));
+        await measure(fullResult, n, () => full.runBatch(n), counters);
         mesh.spans.reset();
       }
 
@@ -138,7 +151,11 @@ export const jobsEntry: BenchEntry = {
       mesh.spans.reset();
       const breakdown = breakdownOf(await Promise.all(timed.map(async (t) => ({ ...t, job: (await jm.jobs.getJob({ name: t.name })).job! }))));
 
-      return formatReport({ n, rounds, latencyJobs, results, sides, fullResult, latency, breakdown });
+      // What the idle mesh (relay and reaper polls) adds to a window: how much of a row is background.
+      const idleWindow = await counters.start();
+      const idleCounts = await idleWindow.end();
+
+      return formatReport({ n, rounds, latencyJobs, results, sides, fullResult, latency, breakdown, idleCounts });
     } finally {
       for (const close of closers) {
         try {
@@ -175,7 +192,9 @@ async function waitForIdleMachine(maxMs: number): Promise<boolean> {
   return false;
 }
 
-async function measure(into: Measured, n: number, batch: () => Promise<void>) {
+/** Times `batch`; for a side with counts, also counts around it (the settle after it is not timed). */
+async function measure(into: Measured, n: number, batch: () => Promise<void>, counters: JobmeshCounters) {
+  const window = into.counts ? await counters.start() : undefined;
   const cpu = process.cpuUsage();
   const t0 = performance.now();
   await batch();
@@ -184,6 +203,7 @@ async function measure(into: Measured, n: number, batch: () => Promise<void>) {
   into.jobs += n;
   into.seconds += seconds;
   into.cpuSeconds += (used.user + used.system) / 1e6;
+  if (window) addCounts(into.counts!, await window.end());
 }
 
 /** JobService and PipelineService clients signed in as an admin, and a counter of job_succeeded events. */
@@ -312,11 +332,12 @@ function formatReport(r: {
   fullResult: Measured;
   latency: ReturnType<typeof createHistogram>;
   breakdown: Breakdown;
+  idleCounts: JobCounts;
 }): string {
   const rate = (m: Measured) => m.jobs / m.seconds;
   const cpuPerJob = (m: Measured) => ((m.cpuSeconds * 1e6) / m.jobs).toFixed(0);
   const baseline = (name: string) => rate(r.results.get(name)!);
-  const ratio = (s: Side, against: string) => (s.name.startsWith("jobmesh") ? `${(rate(r.results.get(s.name)!) / baseline(against)).toFixed(2)}x` : "");
+  const ratio = (s: Side, against: string) => (isJobmesh(s.name) ? `${(rate(r.results.get(s.name)!) / baseline(against)).toFixed(2)}x` : "");
   const throughput = formatTable(
     [
       { header: "system" },
@@ -325,15 +346,48 @@ function formatReport(r: {
       { header: "jobs", align: "right" },
       { header: "jobs/s", align: "right" },
       { header: "node cpu us/job", align: "right" },
-      { header: "/BullMQ", align: "right" },
-      { header: "/BullMQ durable", align: "right" },
-      { header: "/pg-boss", align: "right" },
+      ...peers.map((peer) => ({ header: `/${peer}`, align: "right" as const })),
     ],
     r.sides.map((s) => {
       const m = r.results.get(s.name)!;
-      return [s.name, s.work, String(concurrency), String(m.jobs), rate(m).toFixed(0), cpuPerJob(m), ratio(s, "BullMQ"), ratio(s, "BullMQ durable"), ratio(s, "pg-boss")];
+      return [s.name, s.work, String(concurrency), String(m.jobs), rate(m).toFixed(0), cpuPerJob(m), ...peers.map((peer) => ratio(s, peer))];
     }),
   );
+  // Two decimals: batched statements and transactions come to less than one per job.
+  const perJob = (m: Measured, count: number) => (count / m.jobs).toFixed(2);
+  const byStream = (m: Measured) =>
+    [...m.counts!.messages]
+      .filter(([, n]) => n > 0)
+      .sort(([a], [b]) => a.localeCompare(b))
+      .map(([stream, n]) => `${stream} ${n / m.jobs < 0.01 ? "<0.01" : perJob(m, n)}`)
+      .join(", ");
+  const counted: [string, string, Measured][] = [
+    ...r.sides.filter((s) => isJobmesh(s.name)).map((s) => [s.name, s.work, r.results.get(s.name)!] as [string, string, Measured]),
+    ["jobmesh 5-stage", `${defaultPipeline}: ingest, detect, parse, enrich, output`, r.fullResult],
+  ];
+  const counters = formatTable(
+    [
+      { header: "per job" },
+      { header: "work per job" },
+      { header: "jobs", align: "right" },
+      { header: "pg statements", align: "right" },
+      { header: "pg transactions", align: "right" },
+      { header: "JetStream msgs", align: "right" },
+      { header: "node cpu us", align: "right" },
+      { header: "JetStream msgs by stream" },
+    ],
+    counted.map(([name, work, m]) => [
+      name,
+      work,
+      String(m.jobs),
+      perJob(m, m.counts!.statements),
+      perJob(m, m.counts!.transactions),
+      perJob(m, totalMessages(m.counts!)),
+      cpuPerJob(m),
+      byStream(m),
+    ]),
+  );
+  const idle = r.idleCounts;
   const p = (q: number) => r.latency.percentile(q) / 1e6;
   const full = rate(r.fullResult);
   const fullTable = formatTable(
@@ -350,18 +404,32 @@ function formatReport(r: {
     r.breakdown.map((b) => [b.what, b.ms.toFixed(1)]),
   );
   return [
-    `Jobs end to end: jobmesh vs BullMQ (Redis) vs pg-boss (Postgres), same concurrency, same N, same run`,
+    `Jobs end to end: jobmesh vs BullMQ (Redis) vs pg-boss and Graphile Worker (Postgres), same concurrency, same N, same run`,
     "",
     throughput,
-    `  /BullMQ, /BullMQ durable, /pg-boss = jobmesh jobs/s / their jobs/s (target vs BullMQ >= 1.00x); ${r.rounds} batch(es) of ${r.n} per system,`,
+    `  /<peer> = jobmesh jobs/s / the peer's jobs/s (target vs BullMQ >= 1.00x); ${r.rounds} batch(es) of ${r.n} per system,`,
     `  order alternating, pooled, after a 50-job warm-up each. "BullMQ" runs on the machine's Redis, which keeps nothing on disk; "BullMQ durable"`,
     `  on a Redis of the bench's own with appendfsync always, so that an acknowledged job survives a crash as it does in jobmesh and pg-boss.`,
     `  jobmesh has no 1-stage pipeline (ingest first, output last): "jobmesh" runs ${twoStagePipeline} = [ingest, output]: the document stored`,
     `  and digested, 2 stage attempts, each claimed and committed in Postgres with its events, every event published to JetStream (6 per job);`,
-    `  "jobmesh 4-stage" runs ${smallestPipeline} = [ingest, detect, parse, output]. BullMQ and pg-boss run 1 no-op job each.`,
-    `  Submit: one CreateJobs / addBulk / insert call per batch. Done: jobmesh job_succeeded/job_failed event on NATS, BullMQ Worker "completed" event,`,
-    `  pg-boss row state = completed. pg-boss: work() with batchSize ${concurrency}, localConcurrency 1, burstWhenBatchFull (its fastest setting).`,
-    `  node cpu = CPU of the one Node process (jobmesh services + worker + clients, or the BullMQ/pg-boss worker); Postgres, Redis, NATS not counted.`,
+    `  "jobmesh 4-stage" runs ${smallestPipeline} = [ingest, detect, parse, output]. The peers run 1 no-op job each.`,
+    `  Submit: one CreateJobs / addBulk / insert / addJobs call per batch. Done: jobmesh job_succeeded/job_failed event on NATS, BullMQ Worker`,
+    `  "completed" event, pg-boss row state = completed, Graphile Worker: every task returned and no job row left (a completed job's row is deleted).`,
+    `  pg-boss: work() with batchSize ${concurrency}, localConcurrency 1, burstWhenBatchFull (its fastest setting). Graphile Worker 0.18: concurrentJobs`,
+    `  ${concurrency}, localQueue.size 500, completeJobBatchDelay 0, failJobBatchDelay 0 (its documented fast settings), maxPoolSize ${graphileMaxPoolSize}.`,
+    `  node cpu = CPU of the one Node process (jobmesh services + worker + clients, or the peer's worker); Postgres, Redis, NATS not counted.`,
+    "",
+    counters,
+    `  Counted around each measured jobmesh batch (not the warm-up), from just before the submit to ${settleMs} ms after the last job_succeeded, then / jobs:`,
+    `  pg statements = pg Client#query calls (pg.Client.prototype.query wrapped in the bench process) on clients connected to jobmesh's own database,`,
+    `    by every jobmesh service in the process (jobs, worker, relay, reaper, pipelines, auth); BEGIN, COMMIT each count, a multi-statement string once.`,
+    `  pg transactions = xact_commit + xact_rollback of jobmesh's database in pg_stat_database: every backend on it, autovacuum included (a statement`,
+    `    outside BEGIN is a transaction of its own).`,
+    `  JetStream msgs = last_seq deltas of the namespace's streams (messages stored; a duplicate dropped by Nats-Msg-Id is not counted); uploads/results`,
+    `    are the object store buckets' streams (chunks + metadata). node cpu us = the Node process's CPU over the timed batch / jobs.`,
+    `  The ${settleMs} ms after a batch lets Postgres backends flush their statistics (at most once a second); idle background in one such window, no jobs:`,
+    `    ${idle.statements} statements, ${idle.transactions} transactions, ${totalMessages(idle)} messages: in each batch of ${r.n}, about`,
+    `    ${(idle.statements / r.n).toFixed(2)} statements and ${(idle.transactions / r.n).toFixed(2)} transactions per job of each row are this background (not subtracted).`,
     "",
     fullTable,
     "",
