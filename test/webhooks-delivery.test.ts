@@ -7,6 +7,7 @@ import { JobEventType, type JobEvent } from "../gen/jobmesh/v1/events_pb.js";
 import { WebhookAttemptOutcome, WebhookDisabledReason } from "../gen/jobmesh/v1/webhooks_pb.js";
 import { randomUUID } from "node:crypto";
 import { claimDue, insertDeliveries, type ClaimedRow, type ClaimLimits, type NewDeliveries } from "../internal/webhooks/claim.ts";
+import { replayDelivery } from "../internal/webhooks/delivery-log.ts";
 import { recordFailure, recordSuccesses } from "../internal/webhooks/outcomes.ts";
 import { generateWebhookSecret } from "../internal/webhooks/secrets.ts";
 import { createDeliveryWorld } from "./support/webhooks-delivery.ts";
@@ -391,6 +392,31 @@ void t.test("delivery - an automatic disable racing a fan-out insert leaves no d
   } finally {
     disabler.release();
   }
+  await world.reset();
+});
+
+void t.test("delivery - a replay asked for while an attempt is in flight is still sent after it, as a replay", async (t) => {
+  const hook = await world.subscribe("http://127.0.0.1:9/never-sent");
+  const processLimits = () => ({ budget: 10, maxInFlight: 10, leaseMs: 60_000, localBySubscription: new Map(), localByTenant: new Map() });
+  const ok = { outcome: WebhookAttemptOutcome.SUCCEEDED, statusCode: 200, latencyUs: 1, responseExcerpt: "", errorMessage: "", attemptTime: new Date() };
+  const failed = { ...ok, outcome: WebhookAttemptOutcome.HTTP_ERROR, statusCode: 500 };
+  const deps = { retryScheduleMs: [0, 3_600_000], disableAfterMs: 86_400_000, changedChannel: "webhooks_test_unheard" };
+  const eventIds = [randomUUID(), randomUUID()];
+  await insertDeliveries(db, { tenant: eventIds.map(() => world.tenantId), webhook: eventIds.map(() => hook.id), eventId: eventIds, type: [1, 1], job: ["jobs/x", "jobs/x"], event: [Buffer.from(""), Buffer.from("")] }, { firstDelayMs: 0, dueChannel: "webhooks_test_unheard" });
+  const first = await claimDue(db, processLimits());
+  t.equal(first.length, 2);
+  for (const row of first) await replayDelivery(db, world.tenantId, `webhooks/${hook.id}/deliveries/${row.id}`);
+  const claimed = (row: ClaimedRow) => ({ id: row.id, webhookId: hook.id, tenantId: world.tenantId, lease: row.lease, attempt: row.attempt_count + 1, replay: row.replay_pending });
+  // One attempt succeeds, the other fails (its retry an hour away): both owe the replay now.
+  t.equal(await recordSuccesses(db, [{ delivery: claimed(first[0]), result: ok }]), 1);
+  await recordFailure(db, claimed(first[1]), failed, deps);
+  const again = await claimDue(db, processLimits());
+  t.same(again.map((r) => r.id).sort(), first.map((r) => r.id).sort(), "both are due again at once");
+  t.ok(again.every((r) => r.replay_pending), "and their next attempt is a replay");
+  await recordSuccesses(db, again.map((row) => ({ delivery: claimed(row), result: ok })));
+  t.same(await world.statusCounts(hook.id), { succeeded: 2 }, "the replays done, nothing more is owed");
+  const { rows } = await db.query<{ replay: boolean }>("SELECT a.replay FROM webhook_delivery_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id WHERE d.webhook_id = $1 ORDER BY a.attempt", [hook.id]);
+  t.same(rows.map((r) => r.replay), [false, false, true, true], "the log shows each first attempt, then its replay");
   await world.reset();
 });
 

@@ -142,7 +142,8 @@ export async function getDelivery(db: Queryable, tenantId: string, name: string)
 
 /**
  * Queues a delivery again, whatever its status: PENDING, due now, its next attempt a replay. A
- * claim in flight (lease_until) is left alone: the dispatcher sees the delivery due once it ends.
+ * claim in flight (lease_until) is left alone: when its attempt is recorded the replay is still
+ * owed (outcomes.ts), and the delivery is due again once the lease ends.
  */
 export async function replayDelivery(db: Queryable, tenantId: string, name: string): Promise<WebhookDelivery> {
   const { webhookId, deliveryId } = deliveryIdsOf(name);

@@ -48,9 +48,13 @@ export async function recordSuccesses(db: Pool, group: readonly { delivery: Clai
          AS x (id, lease, attempt, status_code, latency_us, excerpt, attempt_time, replay, outcome)
      ), done AS (
        -- Lost with a Postgres crash, a success is only sent again (at least once): no WAL flush wait.
+       -- A replay asked for while this (not replayed) attempt was in flight is still owed: the
+       -- delivery stays PENDING, due when the replay made it due, its next attempt a replay.
        UPDATE webhook_deliveries d
-       SET status = 2, attempt_count = x.attempt, lease_until = NULL, next_attempt_time = NULL,
-           replay_pending = false, update_time = date_trunc('milliseconds', now())
+       SET status = CASE WHEN d.replay_pending AND NOT x.replay THEN 1 ELSE 2 END,
+           next_attempt_time = CASE WHEN d.replay_pending AND NOT x.replay THEN d.next_attempt_time END,
+           replay_pending = d.replay_pending AND NOT x.replay,
+           attempt_count = x.attempt, lease_until = NULL, update_time = date_trunc('milliseconds', now())
        FROM x WHERE d.id = x.id AND d.lease_until = x.lease AND set_config('synchronous_commit', 'off', true) IS NOT NULL
        RETURNING d.id, d.webhook_id
      ), attempts AS (
@@ -105,12 +109,16 @@ export async function recordFailure(db: Pool, delivery: ClaimedDelivery, result:
     const moved = await tx.query<{ id: string }>(
       `UPDATE webhook_deliveries d
        SET status = CASE WHEN $3::int IS NULL OR w.state <> 1 THEN 3 ELSE 1 END,
-           next_attempt_time = CASE WHEN $3::int IS NULL OR w.state <> 1 THEN NULL ELSE now() + $3::int * interval '1 millisecond' END,
-           attempt_count = $4, lease_until = NULL, replay_pending = false, update_time = date_trunc('milliseconds', now())
+           -- A replay asked for while this (not replayed) attempt was in flight is still owed, when it was asked.
+           next_attempt_time = CASE WHEN $3::int IS NULL OR w.state <> 1 THEN NULL
+                                    WHEN d.replay_pending AND NOT $5::bool THEN least(d.next_attempt_time, now() + $3::int * interval '1 millisecond')
+                                    ELSE now() + $3::int * interval '1 millisecond' END,
+           replay_pending = d.replay_pending AND NOT $5::bool AND $3::int IS NOT NULL AND w.state = 1,
+           attempt_count = $4, lease_until = NULL, update_time = date_trunc('milliseconds', now())
        FROM webhooks w
        WHERE d.id = $1 AND d.lease_until = $2::timestamptz AND w.id = d.webhook_id
        RETURNING d.id`,
-      [delivery.id, delivery.lease, delayMs ?? null, delivery.attempt],
+      [delivery.id, delivery.lease, delayMs ?? null, delivery.attempt, delivery.replay],
     );
     if (moved.rowCount === 0) {
       deps.log?.warn({ delivery: delivery.id, discarded: 1 }, "webhooks: failed attempt discarded, its lease had ended (it is sent again)");
