@@ -6,7 +6,7 @@ import { Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
 import { groupCommit } from "../internal/db/group-commit.ts";
 import { inTransaction } from "../internal/db/index.ts";
 import { claimMany, completeMany, type ClaimedRow } from "../internal/jobs/fast-path.ts";
-import type { StageTask } from "../internal/jobs/outbox.ts";
+import type { StageTask } from "../internal/jobs/stage-task.ts";
 import { completeStage } from "../internal/jobs/transitions.ts";
 import { jobClient, signInAsAdmin } from "./jobs-support.ts";
 import { startTestMesh } from "./support/mesh.ts";

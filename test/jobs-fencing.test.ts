@@ -3,7 +3,7 @@ import { JobState } from "../gen/jobmesh/v1/events_pb.js";
 import { StageAttemptOutcome } from "../gen/jobmesh/v1/jobs_pb.js";
 import { Stage } from "../gen/jobmesh/v1/pipelines_pb.js";
 import { inTransaction } from "../internal/db/index.ts";
-import type { StageTask } from "../internal/jobs/outbox.ts";
+import type { StageTask } from "../internal/jobs/stage-task.ts";
 import { claimAttempt, completeStage, failStage } from "../internal/jobs/transitions.ts";
 import { jobClient, signInAsAdmin } from "./jobs-support.ts";
 import { startTestMesh } from "./support/mesh.ts";

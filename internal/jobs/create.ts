@@ -15,7 +15,8 @@ import type { Queryable } from "../db/index.ts";
 import type { PipelineDomain } from "../pipelines/pipelines.ts";
 import { isForbiddenAddress } from "../stages/index.ts";
 import { DocumentTooLargeError, ForbiddenUrlError, JobRequestIdReusedError, PipelineUnavailableError, UploadNotFoundError } from "./errors.ts";
-import { writeOutbox, type OutboxMessage } from "../outbox/index.ts";
+import type { OutboxMessage } from "../outbox/index.ts";
+import { writeJobChanges } from "./change-writer.ts";
 import { applyChange, changeRows } from "./outbox.ts";
 import { jobColumnList, jobNameOf, stageAt, type JobRow } from "./store.ts";
 import type { Topology } from "../bus/topology.ts";
@@ -151,29 +152,27 @@ export async function insertJobs(db: Queryable, topology: Topology, tenantId: st
       [{ type: JobEventType.JOB_CREATED }], carrier, { stageIndex: 0, attempt: 1 });
     return { id, p, rows };
   });
-  // The outbox rows (job_created, first stage task) are written only for the jobs inserted here.
-  const rows = await writeOutbox<JobRow>(db, built.flatMap((b) => b.rows.outbox.map((o) => ({ ...o, key: b.id }))), {
+  // job_created (job_events and outbox) and the first stage task are written only for the jobs inserted here.
+  const writes = { events: built.flatMap((b) => b.rows.events), outbox: built.flatMap((b) => b.rows.outbox.map((o) => ({ ...o, key: b.id }))) };
+  const rows = await writeJobChanges<JobRow>(db, writes, {
     name: "jobs-insert-many",
     gate: { from: "ins", key: "ins.id" },
     graceSeconds,
     with: `t AS (
        SELECT * FROM unnest($2::uuid[], $3::text[], $4::int[], $5::jsonb[], $6::smallint[], $7::jsonb[], $8::smallint[], $9::bytea[],
-         $10::text[], $11::text[], $12::uuid[], $13::text[], $14::text[], $15::uuid[], $16::text[], $17::bytea[])
+         $10::text[], $11::text[], $12::uuid[], $13::text[], $14::text[], $15::uuid[], $16::text[])
          AS t(id, pipeline_id, pipeline_version, pipeline_config, priority, labels, source_kind, source_content,
-           source_text, source_url, source_upload, media_type_hint, filename, request_id, request_hash, event)
+           source_text, source_url, source_upload, media_type_hint, filename, request_id, request_hash)
      ), ins AS (
        INSERT INTO jobs (tenant_id, id, pipeline_id, pipeline_version, pipeline_config, priority, state, labels, source_kind,
          source_content, source_text, source_url, source_upload, media_type_hint, filename, request_id, request_hash,
          trace_id, traceparent, event_seq, version)
-       SELECT $1, id, pipeline_id, pipeline_version, pipeline_config, priority, $18::smallint, labels, source_kind,
+       SELECT $1, id, pipeline_id, pipeline_version, pipeline_config, priority, $17::smallint, labels, source_kind,
          source_content, source_text, source_url, source_upload, media_type_hint, filename, request_id, request_hash,
-         $19, $20, 1, 1
+         $18, $19, 1, 1
        FROM t
        ON CONFLICT (tenant_id, request_id) WHERE request_id IS NOT NULL DO NOTHING
        RETURNING ${jobColumnList}
-     ), events AS (
-       INSERT INTO job_events (tenant_id, job_id, sequence, event_type, event)
-       SELECT $1, t.id, 1, $21::smallint, t.event FROM ins JOIN t ON t.id = ins.id
      )`,
     select: "SELECT * FROM ins",
     values: [
@@ -193,11 +192,9 @@ export async function insertJobs(db: Queryable, topology: Topology, tenantId: st
       built.map((b) => b.p.filename),
       built.map((b) => b.p.requestId),
       built.map((b) => b.p.requestHash),
-      built.map((b) => b.rows.events[0].bytes),
       JobState.QUEUED,
       traceId,
       carrier.traceparent ?? "",
-      JobEventType.JOB_CREATED,
     ],
   });
   const inserted = new Map(rows.map((r) => [r.id, r]));

@@ -17,8 +17,10 @@ import { StageAttemptOutcome } from "../../gen/jobmesh/v1/jobs_pb.js";
 import { Stage } from "../../gen/jobmesh/v1/pipelines_pb.js";
 import type { Queryable } from "../db/index.ts";
 import { countFinished } from "./metrics.ts";
-import { writeOutbox, type OutboxMessage } from "../outbox/index.ts";
-import { changeRows, eventSourceOf, type ChangeRows, type NewEvent, type StageTask } from "./outbox.ts";
+import type { OutboxMessage } from "../outbox/index.ts";
+import { changeRows, eventSourceOf, type ChangeRows, type NewEvent } from "./outbox.ts";
+import { writeJobChanges } from "./change-writer.ts";
+import type { StageTask } from "./stage-task.ts";
 import type { ResultInsert } from "./results.ts";
 import { configOf, jobColumnList, nextStageMaxAttemptSql, type JobRow } from "./store.ts";
 import type { Topology } from "../bus/topology.ts";
@@ -118,30 +120,28 @@ export async function claimMany(db: Queryable, topology: Topology, requests: Cla
     return { task, rows };
   });
   const event = (b: (typeof built)[number]) => b.rows.outbox[0];
-  // The stage_started rows go to the outbox only for the jobs this statement claimed.
-  const rows = await writeOutbox<ClaimedRow & InputColumns>(db, built.map((b) => ({ ...event(b), key: b.task.jobId })), {
+  // The stage_started event is written (job_events and outbox) only for the jobs this statement claimed.
+  const writes = { events: built.map((b) => b.rows.events[0]), outbox: built.map((b) => ({ ...event(b), key: b.task.jobId })) };
+  const rows = await writeJobChanges<ClaimedRow & InputColumns>(db, writes, {
     // Named: each connection parses and plans it once.
     name: "jobs-claim-many",
     gate: { from: "claimed", key: "claimed.id" },
     graceSeconds,
     with: `t AS (
-       SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::int[], $5::bigint[], $6::smallint[], $7::bytea[])
-         AS t(tenant_id, job_id, stage_index, attempt, version, stage, event)
+       SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::int[], $5::bigint[], $6::smallint[])
+         AS t(tenant_id, job_id, stage_index, attempt, version, stage)
      ), claimed AS (
-       UPDATE jobs j SET state = $9::smallint, start_time = coalesce(j.start_time, date_trunc('milliseconds', now())),
+       UPDATE jobs j SET state = $8::smallint, start_time = coalesce(j.start_time, date_trunc('milliseconds', now())),
          event_seq = j.event_seq + 1, version = j.version + 1, update_time = date_trunc('milliseconds', now())
        FROM t
        WHERE j.tenant_id = t.tenant_id AND j.id = t.job_id AND j.stage_index = t.stage_index AND j.stage_attempt = t.attempt
-         AND j.state = $10::smallint AND j.version = t.version
-       RETURNING ${prefixed("j")}, t.stage AS claimed_stage, t.event,
+         AND j.state = $9::smallint AND j.version = t.version
+       RETURNING ${prefixed("j")}, t.stage AS claimed_stage,
          CASE WHEN t.stage = ${Stage.INGEST} THEN j.source_content END AS source_content,
          CASE WHEN t.stage = ${Stage.INGEST} THEN j.source_text END AS source_text
      ), attempts AS (
        INSERT INTO stage_attempts (tenant_id, job_id, stage_index, attempt, stage, worker_id, outcome)
-       SELECT tenant_id, id, stage_index, stage_attempt, claimed_stage, $8, $11::smallint FROM claimed
-     ), events AS (
-       INSERT INTO job_events (tenant_id, job_id, sequence, event_type, event)
-       SELECT tenant_id, id, event_seq, $12::smallint, event FROM claimed
+       SELECT tenant_id, id, stage_index, stage_attempt, claimed_stage, $7, $10::smallint FROM claimed
      )`,
     select: `SELECT ${prefixed("c")},
        ${nextStageMaxAttemptSql("c")} AS next_max_attempt,
@@ -154,12 +154,10 @@ export async function claimMany(db: Queryable, topology: Topology, requests: Cla
       built.map((b) => b.task.attempt),
       built.map((b) => b.task.version),
       built.map((b) => b.task.stage),
-      built.map((b) => event(b).payload),
       workerId,
       JobState.RUNNING,
       JobState.QUEUED,
       StageAttemptOutcome.RUNNING,
-      JobEventType.STAGE_STARTED,
     ],
   });
   const byJob = new Map(rows.map((row) => [row.id, row]));
@@ -264,23 +262,23 @@ export async function completeMany(db: Queryable, topology: Topology, requests: 
     const rows = completionRows(topology, c, next, continued);
     return { c, next, continued, final: next === undefined, rows, outputJson: JSON.stringify(c.done.output ?? null) };
   });
-  const events = built.flatMap((b) => b.rows.events.map((e) => ({ jobId: b.c.task.jobId, ...e })));
+  const events = built.flatMap((b) => b.rows.events);
   const outbox = built.flatMap((b) => b.rows.outbox.map((o) => ({ ...o, key: b.c.task.jobId })));
   const withResult = built.filter((b) => b.final && b.c.done.result);
   const result = (b: (typeof built)[number]) => b.c.done.result!;
-  // The events and next tasks go to the outbox only for the jobs this statement committed.
-  const rows = await writeOutbox<{ id: string; version: string; event_seq: string; next_max_attempt: number }>(db, outbox, {
+  // The events and next tasks are written (job_events, outbox) only for the jobs this statement committed.
+  const rows = await writeJobChanges<{ id: string; version: string; event_seq: string; next_max_attempt: number }>(db, { events, outbox }, {
     name: "jobs-complete-many",
     gate: { from: "done d", key: "d.id" },
     graceSeconds,
     with: `t AS (
        SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::int[], $5::bigint[], $6::smallint[], $7::bool[], $8::int[], $9::int[],
-         $10::bigint[], $11::text[], $12::text[], $13::jsonb[], $14::bytea[], $15::int[], $16::timestamptz[], $32::bool[], $33::smallint[], $34::text[])
+         $10::bigint[], $11::text[], $12::text[], $13::jsonb[], $14::bytea[], $15::int[], $16::timestamptz[], $28::bool[], $29::smallint[], $30::text[])
          AS t(tenant_id, job_id, stage_index, attempt, version, stage, final, next_index, next_attempt,
            size_bytes, sha256, detected_media_type, output, bytes, event_count, result_expire_time, continued, next_stage, continue_as)
      ), done AS (
        UPDATE jobs j SET
-         state = CASE WHEN t.final THEN $28::smallint WHEN t.continued THEN $30::smallint ELSE $29::smallint END,
+         state = CASE WHEN t.final THEN $24::smallint WHEN t.continued THEN $26::smallint ELSE $25::smallint END,
          stage_index = CASE WHEN t.final THEN j.stage_index ELSE t.next_index END,
          stage_attempt = CASE WHEN t.final THEN j.stage_attempt ELSE t.next_attempt END,
          stage_attempt_base = CASE WHEN t.final THEN j.stage_attempt_base ELSE t.next_attempt END,
@@ -293,16 +291,16 @@ export async function completeMany(db: Queryable, topology: Topology, requests: 
          event_seq = j.event_seq + t.event_count, version = j.version + 1, update_time = date_trunc('milliseconds', now())
        FROM t
        WHERE j.tenant_id = t.tenant_id AND j.id = t.job_id AND j.stage_index = t.stage_index AND j.stage_attempt = t.attempt
-         AND j.state = $30::smallint AND j.version = t.version
+         AND j.state = $26::smallint AND j.version = t.version
        RETURNING j.tenant_id, j.id, j.version, j.event_seq, t.stage_index AS done_index, t.attempt AS done_attempt, t.stage AS done_stage,
          t.output, t.bytes, t.continued, t.next_index, t.next_attempt, t.next_stage, t.continue_as,
          ${nextStageMaxAttemptSql("j")} AS next_max_attempt
      ), ended AS (
-       UPDATE stage_attempts a SET outcome = $31::smallint, end_time = clock_timestamp(), error = NULL
+       UPDATE stage_attempts a SET outcome = $27::smallint, end_time = clock_timestamp(), error = NULL
        FROM done d WHERE a.tenant_id = d.tenant_id AND a.job_id = d.id AND a.stage_index = d.done_index AND a.attempt = d.done_attempt
      ), started AS (
        INSERT INTO stage_attempts (tenant_id, job_id, stage_index, attempt, stage, worker_id, outcome)
-       SELECT d.tenant_id, d.id, d.next_index, d.next_attempt, d.next_stage, d.continue_as, $35::smallint FROM done d WHERE d.continued
+       SELECT d.tenant_id, d.id, d.next_index, d.next_attempt, d.next_stage, d.continue_as, $31::smallint FROM done d WHERE d.continued
      ), outputs AS (
        INSERT INTO stage_outputs (tenant_id, job_id, stage, output, bytes)
        SELECT d.tenant_id, d.id, d.done_stage, d.output, d.bytes FROM done d
@@ -315,10 +313,6 @@ export async function completeMany(db: Queryable, topology: Topology, requests: 
        ON CONFLICT (tenant_id, job_id) DO UPDATE SET summary = EXCLUDED.summary, inline_json = EXCLUDED.inline_json,
          object_key = EXCLUDED.object_key, size_bytes = EXCLUDED.size_bytes, sha256 = EXCLUDED.sha256,
          expire_time = EXCLUDED.expire_time, create_time = date_trunc('milliseconds', now())
-     ), events AS (
-       INSERT INTO job_events (tenant_id, job_id, sequence, event_type, event)
-       SELECT d.tenant_id, d.id, e.seq, e.type, e.event
-       FROM done d JOIN unnest($24::uuid[], $25::bigint[], $26::smallint[], $27::bytea[]) AS e(job_id, seq, type, event) ON e.job_id = d.id
      )`,
     select: "SELECT id, version, event_seq, next_max_attempt FROM done",
     values: [
@@ -345,10 +339,6 @@ export async function completeMany(db: Queryable, topology: Topology, requests: 
       withResult.map((b) => result(b).size),
       withResult.map((b) => result(b).sha256),
       withResult.map((b) => result(b).expireTime),
-      events.map((e) => e.jobId),
-      events.map((e) => e.sequence.toString()),
-      events.map((e) => e.type),
-      events.map((e) => e.bytes),
       JobState.SUCCEEDED,
       JobState.QUEUED,
       JobState.RUNNING,

@@ -1,54 +1,22 @@
 /**
- * Writes what a job's state change causes into the same transaction as the change: its events
- * (job_events for WatchJob, outbox rows for JetStream) and its next stage task (an outbox row
- * for the work stream, possibly delayed). The outbox rows go through the outbox package's one writer
- * (internal/outbox, writeOutbox); job_events stay here. The relay publishes the outbox after the
- * commit, so a rolled-back change publishes nothing and a committed one is never lost.
+ * Builds what a job's state change causes, to be written in the same statement as the change:
+ * its events (job_events for WatchJob, outbox rows for JetStream) and its next stage task (an
+ * outbox row for the work stream, possibly delayed); change-writer.ts writes them. The relay
+ * publishes the outbox after the commit, so a rolled-back change publishes nothing and a
+ * committed one is never lost. applyChange is the locking path's whole change in one statement.
  */
 import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { context, propagation, trace } from "@opentelemetry/api";
 import { randomUUID } from "node:crypto";
 import { JobEventSchema, type JobEventType, type JobState } from "../../gen/jobmesh/v1/events_pb.js";
-import type { Priority } from "../../gen/jobmesh/v1/jobs_pb.js";
 import { Stage } from "../../gen/jobmesh/v1/pipelines_pb.js";
 import type { Queryable } from "../db/index.ts";
-import { writeOutbox, type OutboxMessage } from "../outbox/index.ts";
+import type { OutboxMessage } from "../outbox/index.ts";
+import { writeJobChanges, type JobEventRow } from "./change-writer.ts";
+import { headerOf, type JobHeader, type StageTask } from "./stage-task.ts";
 import { jobColumnList, jobErrorOf, jobNameOf, pipelineNameOf, stageAt, type JobErrorJson, type JobRow } from "./store.ts";
 import { eventTypeToken, type Topology } from "../bus/topology.ts";
-
-/**
- * What every event of a job repeats, fixed when the job is created. A stage task carries it, so
- * a worker can write the stage_started event in the same statement that claims the attempt.
- */
-export interface JobHeader {
-  pipelineId: string;
-  pipelineVersion: number;
-  labels: Record<string, string>;
-  traceId: string;
-  priority: Priority;
-}
-
-export function headerOf(row: JobRow): JobHeader {
-  return { pipelineId: row.pipeline_id, pipelineVersion: row.pipeline_version, labels: row.labels, traceId: row.trace_id, priority: row.priority };
-}
-
-/** The payload of a stage task on the work stream. */
-export interface StageTask {
-  tenantId: string;
-  jobId: string;
-  stageIndex: number;
-  attempt: number;
-  /**
-   * The job as the task left it: its stage, version and last event sequence when the task was
-   * queued, and its header. With them a worker claims in one statement, on the condition that
-   * the job has not changed since (see fast-path.ts). Absent on tasks the reaper builds.
-   */
-  stage?: Stage;
-  version?: string;
-  eventSeq?: string;
-  job?: JobHeader;
-}
 
 export interface NewEvent {
   type: JobEventType;
@@ -80,9 +48,9 @@ export interface QueuedTask {
   delayMs?: number;
 }
 
-/** A job's events and stage task as rows, built before the statement that writes them. */
+/** A job's events and stage task as rows, built before the statement that writes them (change-writer.ts). */
 export interface ChangeRows {
-  events: { sequence: bigint; type: JobEventType; bytes: Buffer }[];
+  events: JobEventRow[];
   outbox: OutboxMessage[];
 }
 
@@ -162,7 +130,7 @@ export function changeRows(
       delayMs: task.delayMs ?? 0,
     });
   }
-  return { events: rows.map(({ event, bytes }) => ({ sequence: event.sequence, type: event.type, bytes })), outbox };
+  return { events: rows.map(({ event, bytes }) => ({ tenantId: job.tenantId, jobId: job.jobId, sequence: event.sequence, type: event.type, bytes })), outbox };
 }
 
 /**
@@ -183,27 +151,17 @@ export async function applyChange(
   const { events: eventRows, outbox } = changeRows(
     topology, eventSourceOf(current), after.state, BigInt(current.event_seq) + 1n, BigInt(current.version) + 1n, events, traceHeaders(current), task,
   );
-  const params: unknown[] = [
-    current.tenant_id,
-    current.id,
-    events.length,
-    eventRows.map((r) => r.sequence.toString()),
-    eventRows.map((r) => r.type),
-    eventRows.map((r) => r.bytes),
-  ];
+  const params: unknown[] = [current.tenant_id, current.id, events.length];
   const sets = Object.entries(patch).map(([column, value]) => {
     params.push(value);
     return `${column} = $${params.length}`;
   });
   // The outbox rows are due at once (their task's delay aside): nobody publishes them directly,
   // and the NOTIFY wakes the relay on commit.
-  const rows = await writeOutbox<JobRow>(tx, outbox, {
+  const rows = await writeJobChanges<JobRow>(tx, { events: eventRows, outbox }, {
     with: `job AS (
        UPDATE jobs SET ${[...sets, "event_seq = event_seq + $3", "version = version + 1", "update_time = date_trunc('milliseconds', now())"].join(", ")}
        WHERE tenant_id = $1 AND id = $2 RETURNING ${jobColumnList}
-     ), events AS (
-       INSERT INTO job_events (tenant_id, job_id, sequence, event_type, event)
-       SELECT $1, $2, x.seq, x.type, x.event FROM unnest($4::bigint[], $5::smallint[], $6::bytea[]) AS x(seq, type, event)
      )`,
     select: "SELECT job.* FROM job",
     values: params,

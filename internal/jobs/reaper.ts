@@ -11,7 +11,7 @@ import { inTransaction, type Pool } from "../db/index.ts";
 import type { Logger } from "../telemetry/index.ts";
 import { jobCounters } from "./metrics.ts";
 import { resultObjectOwner } from "./results.ts";
-import type { StageTask } from "./outbox.ts";
+import type { StageTask } from "./stage-task.ts";
 import { stageToken, type Topology } from "../bus/topology.ts";
 import { failStage } from "./transitions.ts";
 

@@ -11,10 +11,10 @@ import type { ObjectStore } from "@nats-io/obj";
 import { createHash } from "node:crypto";
 import { SourceKind } from "../../gen/jobmesh/v1/jobs_pb.js";
 import { Stage, type StageOptions } from "../../gen/jobmesh/v1/pipelines_pb.js";
-import type { StageTask } from "../jobs/outbox.ts";
-import { resultNameOf, resultObjectJson, resultObjectKey, type ResultSummary } from "../jobs/results.ts";
-import { configOf, stageAt, type JobRow } from "../jobs/store.ts";
-import type { StageCompletion, StageInputs } from "../jobs/fast-path.ts";
+import {
+  configOf, resultNameOf, resultObjectJson, resultObjectKey, stageAt,
+  type JobRow, type ResultSummary, type StageCompletion, type StageInputs, type StageTask,
+} from "../jobs/lifecycle.ts";
 import type { StagePool } from "./stage-pool.ts";
 import {
   ingestStage, outputStage, PermanentStageError,

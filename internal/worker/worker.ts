@@ -17,18 +17,12 @@ import { hostname } from "node:os";
 import { randomBytes } from "node:crypto";
 import { type Priority, StageAttemptOutcome } from "../../gen/jobmesh/v1/jobs_pb.js";
 import { traceContextOf, type StreamPublisher } from "../bus/index.ts";
-import { groupCommit } from "../db/group-commit.ts";
-import { inTransaction, type Pool } from "../db/index.ts";
+import type { Pool } from "../db/index.ts";
 import {
-  claimMany, completeMany, loadInputs,
-  type Claimed, type ClaimedRow, type ClaimRequest, type Committed, type CompletionRequest, type StageCompletion, type StageInputs,
-} from "../jobs/fast-path.ts";
-import type { StageTask } from "../jobs/outbox.ts";
-import { createDirectPublisher } from "../outbox/index.ts";
-import { cancelKey, heartbeatKey } from "../jobs/reaper.ts";
-import { stageAt } from "../jobs/store.ts";
+  cancelKey, createJobLifecycle, heartbeatKey, stageAt, stageTimeoutMs,
+  type ClaimedRow, type CommitOutcome, type StageCompletion, type StageFailure, type StageInputs, type StageTask,
+} from "../jobs/lifecycle.ts";
 import { prioritiesInOrder, stageToken, workAckWaitMs, type Topology } from "../bus/topology.ts";
-import { claimAttempt, completeStage, failStage, stageTimeoutMs, type CommitOutcome, type StageFailure } from "../jobs/transitions.ts";
 import { findStageError } from "../stages/index.ts";
 import type { Logger } from "../telemetry/index.ts";
 import { originalKeyOf, runStage } from "./run-stage.ts";
@@ -79,16 +73,13 @@ class WorkerStopping extends Error {
 }
 
 export async function startWorker(deps: WorkerDeps): Promise<Worker> {
-  const { db, redis, topology, log, tracer } = deps;
+  const { redis, topology, log, tracer } = deps;
   const workerId = deps.workerId ?? `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`;
   const stageDuration = deps.meter.createHistogram("jobmesh.stage.duration", { description: "Stage attempt duration by stage and outcome", unit: "ms" });
   const attempts = deps.meter.createCounter("jobmesh.stage.attempts", { description: "Stage attempts by stage and outcome" });
 
-  const publisher = createDirectPublisher({ db, send: deps.streams.publish, tracer, log, enabled: true });
-  // Claims and successful commits of the tasks in hand go to Postgres in groups, one statement
-  // each (fast-path.ts); what a group statement leaves takes the locking path, one by one.
-  const claims = groupCommit<ClaimRequest, Claimed | undefined>((requests) => claimMany(db, topology, requests, workerId, publisher.graceSeconds), { maxItems: deps.concurrency });
-  const commits = groupCommit<CompletionRequest, Committed | undefined>((requests) => completeMany(db, topology, requests, publisher.graceSeconds), { maxItems: deps.concurrency, maxInFlight: 2 });
+  // Claims and successful commits of the tasks in hand go to Postgres in groups (lifecycle.ts).
+  const lifecycle = createJobLifecycle({ db: deps.db, topology, send: deps.streams.publish, tracer, log, workerId, concurrency: deps.concurrency });
   const pool = createStagePool({ threads: deps.stageThreads, heapMb: deps.stageHeapMb, log, meter: deps.meter });
   const stageDeps = { ...deps, pool, uploads: deps.buckets.uploads, results: deps.buckets.results };
 
@@ -231,19 +222,10 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
     });
   }
 
-  /** Claims a delivered task: in the worker's next group statement, else on the locking path. */
+  /** Claims a delivered task (lifecycle.ts); a task nothing could be claimed for goes back to the stream. */
   async function claim(task: StageTask, headers: Record<string, string>, msg: JsMsg): Promise<{ row: ClaimedRow; inputs: StageInputs } | undefined> {
-    const fast = await claims.add({ task, headers }).catch((error: unknown) => {
-      log.debug({ err: error }, "group claim failed; claiming on the locking path");
-      return undefined;
-    });
-    if (fast) {
-      void publisher.publish(fast.outbox);
-      return fast;
-    }
     try {
-      const row = await inTransaction(db, (tx) => claimAttempt(tx, topology, task, workerId));
-      return row && { row, inputs: await loadInputs(db, task.tenantId, task.jobId, stageAt(row, task.stageIndex)) };
+      return await lifecycle.claim(task, headers);
     } catch (error) {
       // Nothing was claimed (Postgres unreachable?): hand the task back for a later try.
       msg.nak(1000);
@@ -312,30 +294,22 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
         // stage's attempts), so another worker takes it without waiting for the heartbeat to
         // lapse. Should this commit fail too, the reaper requeues the attempt later.
         const lost: StageFailure = { kind: "lost", outcome: StageAttemptOutcome.ABANDONED, code: "WORKER_STOPPED", message: "the worker running this stage was stopped before the stage finished" };
-        const given = await inTransaction(db, (tx) => failStage(tx, topology, task, lost)).catch((error: unknown) => {
+        const given = await lifecycle.fail(task, lost).catch((error: unknown) => {
           log.warn({ err: error, job: task.jobId }, "could not give up a stage attempt while stopping; the reaper will requeue it");
           return "stale" as const;
         });
         span.setAttribute("jobmesh.commit", given);
         return undefined;
       }
-      let committed: CommitOutcome;
       const continueAs = continueHere(row.priority) ? workerId : undefined;
-      const fast = result && (await commits.add({ task, row, done: result, headers, inputs, continueAs }).catch((error: unknown) => {
-        log.debug({ err: error }, "group commit failed; committing on the locking path");
-        return undefined;
-      }));
-      if (fast) {
-        committed = "committed";
-        void publisher.publish(fast.outbox);
-      } else {
-        committed = await inTransaction(db, (tx) => (failure ? failStage(tx, topology, task, failure) : completeStage(tx, topology, task, result!)));
-      }
+      const { committed, continued } = result
+        ? await lifecycle.complete({ task, row, done: result, headers, inputs, continueAs })
+        : { committed: await lifecycle.fail(task, failure!), continued: undefined };
       span.setAttribute("jobmesh.commit", committed);
       // A large original this attempt kept but did not commit (stale, cancelled) is nobody's.
       const uncommitted = committed === "committed" ? undefined : originalKeyOf(result?.output);
       if (uncommitted) await deps.buckets.uploads.delete(uncommitted).catch(() => {});
-      return fast ? fast.continued : undefined;
+      return continued;
     } finally {
       clearTimeout(timeout);
       clearInterval(heartbeat);
@@ -365,7 +339,7 @@ export async function startWorker(deps: WorkerDeps): Promise<Worker> {
       clearTimeout(timer);
       cancelSub.unsubscribe();
       await pool.destroy();
-      await publisher.close();
+      await lifecycle.close();
     },
   };
 }

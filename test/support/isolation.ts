@@ -107,6 +107,9 @@ export async function isolate(overrides: Record<string, string> = {}): Promise<I
     // small (the largest object a test stores is about 25 MiB).
     JOBMESH_STREAM_MAX_BYTES: String(64 * 1024 * 1024),
     JOBMESH_BUCKET_MAX_BYTES: String(256 * 1024 * 1024),
+    // The audit checkpoints stream defaults to 10 GiB: a few meshes at once would reserve more
+    // than the server has ("insufficient storage resources available").
+    JOBMESH_AUDIT_CHECKPOINT_STREAM_MAX_BYTES: String(64 * 1024 * 1024),
     ...overrides,
   };
   return {
