@@ -44,6 +44,10 @@ export interface ProcessRss {
   /** The idle RSS split: anonymous memory (heaps, stacks) and mapped files (the node binary, libraries). */
   idleAnonBytes: number;
   idleFileBytes: number;
+  /** VmHWM once idle: the most it held resident during start-up (migrations, provisioning, imports). */
+  startupPeakBytes: number;
+  /** The largest VmRSS sampled (every 100 ms) during the throughput run. */
+  loadPeakBytes: number;
   /** VmHWM after the throughput run: the most the process ever held resident. */
   peakBytes: number;
 }
@@ -127,9 +131,24 @@ export async function measureProcesses(ctx: BenchContext, sizes: { throughputJob
     };
 
     ctx.progress(`scale: throughput run, ${sizes.throughputJobs} [ingest, output] jobs through cmd/jobs and cmd/worker`);
-    const run = await batch(twoStagePipeline, sizes.throughputJobs);
+    const sampler = sampleRss(services.map((s) => s.child.pid!));
+    let run: Awaited<ReturnType<typeof batch>>;
+    let loadPeaks: number[];
+    try {
+      run = await batch(twoStagePipeline, sizes.throughputJobs);
+    } finally {
+      loadPeaks = await sampler.stop();
+    }
     const peaks = await Promise.all(services.map((s) => statusOf(s.child.pid!)));
-    const rss = services.map((s, i) => ({ name: s.name, idleBytes: idle[i].rss, idleAnonBytes: idle[i].anon, idleFileBytes: idle[i].file, peakBytes: peaks[i].hwm }));
+    const rss = services.map((s, i) => ({
+      name: s.name,
+      idleBytes: idle[i].rss,
+      idleAnonBytes: idle[i].anon,
+      idleFileBytes: idle[i].file,
+      startupPeakBytes: idle[i].hwm,
+      loadPeakBytes: loadPeaks[i],
+      peakBytes: peaks[i].hwm,
+    }));
     const throughput = { jobs: sizes.throughputJobs, seconds: (run.lastEnd - run.started) / 1000, succeeded: run.succeeded };
 
     await stopProcess(worker.child);
@@ -203,6 +222,27 @@ async function statusOf(pid: number): Promise<{ rss: number; anon: number; file:
     return Number(match[1]) * 1024;
   };
   return { rss: kib("VmRSS"), anon: kib("RssAnon"), file: kib("RssFile"), hwm: kib("VmHWM") };
+}
+
+/** Samples each process's VmRSS every 100 ms until stopped; stop() resolves with the largest of each. */
+function sampleRss(pids: number[]): { stop(): Promise<number[]> } {
+  const peaks = pids.map(() => 0);
+  let stopped = false;
+  const sampling = (async () => {
+    while (!stopped) {
+      // A process that exited has no status; the run fails on its own account.
+      const now = await Promise.all(pids.map((pid) => statusOf(pid).catch(() => undefined)));
+      now.forEach((s, i) => (peaks[i] = Math.max(peaks[i], s?.rss ?? 0)));
+      await sleep(100);
+    }
+  })();
+  return {
+    async stop() {
+      stopped = true;
+      await sampling;
+      return peaks;
+    },
+  };
 }
 
 /** Logs in as the bootstrap admin through cmd/auth; JobService and PipelineService clients with its token. */

@@ -110,13 +110,15 @@ const mib = (bytes: number) => bytes / 1024 / 1024;
 function formatRss(p: ProcessResults, settleMs: number): string {
   const rows = p.rss.map((r) => {
     const idle = mib(r.idleBytes);
-    const peak = mib(r.peakBytes);
+    const underLoad = mib(r.loadPeakBytes);
     return [
       r.name,
       `${idle.toFixed(0)} (${mib(r.idleAnonBytes).toFixed(0)} + ${mib(r.idleFileBytes).toFixed(0)})`,
       idle <= targets.idleMiB ? "met" : "NOT met",
-      peak.toFixed(0),
-      peak <= targets.loadMiB ? "met" : "NOT met",
+      mib(r.startupPeakBytes).toFixed(0),
+      underLoad.toFixed(0),
+      underLoad <= targets.loadMiB ? "met" : "NOT met",
+      mib(r.peakBytes).toFixed(0),
     ];
   });
   const t = p.throughput;
@@ -128,15 +130,18 @@ function formatRss(p: ProcessResults, settleMs: number): string {
         { header: "process" },
         { header: "idle RSS MiB (anon + file)", align: "right" },
         { header: `<= ${targets.idleMiB}` },
-        { header: "peak RSS MiB", align: "right" },
+        { header: "start-up peak", align: "right" },
+        { header: "peak under load", align: "right" },
         { header: `<= ${targets.loadMiB}` },
+        { header: "VmHWM at end", align: "right" },
       ],
       rows,
     ),
-    `  idle = VmRSS ${settleMs / 1000} s after /readyz answered (RssAnon: heaps; RssFile: the node binary and libraries mapped);`,
-    `  peak = VmHWM (the kernel's high-water mark of the resident set) after the throughput run:`,
-    `  ${t.jobs} [ingest, output] jobs in CreateJobs calls of 1000 through cmd/jobs, run by one cmd/worker (concurrency 32):`,
-    `  ${t.succeeded} of ${t.jobs} SUCCEEDED in ${t.seconds.toFixed(1)} s (${Math.round(t.jobs / t.seconds)} jobs/s). cmd/auth and cmd/pipelines only sign in and create the pipeline.`,
+    `  idle = VmRSS ${settleMs / 1000} s after /readyz answered (RssAnon: heaps; RssFile: the node binary and libraries mapped); start-up peak = VmHWM then.`,
+    `  peak under load = the largest VmRSS sampled every 100 ms during the throughput run; VmHWM at end = the most ever resident.`,
+    `  Throughput run: ${t.jobs} [ingest, output] jobs in CreateJobs calls of 1000 through cmd/jobs, run by one cmd/worker (concurrency 32):`,
+    `  ${t.succeeded} of ${t.jobs} SUCCEEDED in ${t.seconds.toFixed(1)} s (${Math.round(t.jobs / t.seconds)} jobs/s). cmd/auth serves one Login and cmd/pipelines one`,
+    `  CreatePipeline before the run and nothing during it: their rise is what a first call costs, not load (idle, they stay flat).`,
   ].join("\n");
 }
 
