@@ -3,12 +3,12 @@
  * in the tenant, and the small tenant again once another tenant holds the large number.
  *
  * One test mesh (JobService with identity enforced, one worker) runs one real [ingest, output]
- * job through the API; its row and its stage attempts are the template that a set-returning
- * INSERT copies, `generate_series` at a time, into each tenant (terminal states only, so no
- * reaper or worker ever touches them; one create_time a second, oldest first). The calls then go
+ * job through the API; its row and its stage attempts are the template that set-returning
+ * INSERTs (`generate_series`, 50,000 jobs per statement) copy into each tenant: terminal states
+ * only, so no reaper or worker ever touches them; one create_time a second, oldest first. The calls then go
  * through the real JobService from the load process, one at a time.
  */
-import { createClient, type Client } from "@connectrpc/connect";
+import { createClient } from "@connectrpc/connect";
 import { createConnectTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import pg from "pg";
 import { JobState } from "../gen/jobmesh/v1/events_pb.js";
@@ -145,8 +145,8 @@ async function adminClients(mesh: TestMesh, tenant: string) {
     });
   const sessions = [new Http2SessionManager(mesh.jobs!.url), new Http2SessionManager(mesh.pipelines.url)];
   return {
-    jobs: createClient(JobService, transport(mesh.jobs!.url, sessions[0])) as Client<typeof JobService>,
-    pipelines: createClient(PipelineService, transport(mesh.pipelines.url, sessions[1])) as Client<typeof PipelineService>,
+    jobs: createClient(JobService, transport(mesh.jobs!.url, sessions[0])),
+    pipelines: createClient(PipelineService, transport(mesh.pipelines.url, sessions[1])),
     close: () => sessions.forEach((s) => s.abort()),
   };
 }
