@@ -11,9 +11,10 @@ import { authEntry } from "./auth.ts";
 import { gatewayEntry } from "./gateway.ts";
 import { jobsEntry } from "./jobs.ts";
 import { pipelinesEntry } from "./pipelines.ts";
+import { scaleEntry } from "./scale.ts";
 import { webhooksEntry } from "./webhooks.ts";
 
-const entries: BenchEntry[] = [pipelinesEntry, authEntry, jobsEntry, gatewayEntry, auditEntry, webhooksEntry];
+const entries: BenchEntry[] = [pipelinesEntry, authEntry, jobsEntry, gatewayEntry, auditEntry, webhooksEntry, scaleEntry];
 
 const { values } = parseArgs({
   options: {
