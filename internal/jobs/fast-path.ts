@@ -12,15 +12,16 @@
  * The rows these statements write to the outbox are published by the caller straight after the
  * statement returns (internal/outbox/publisher.ts); the relay takes them only after its grace period.
  */
-import { JobEventType, JobState } from "../../gen/jobmesh/v1/events_pb.js";
+import { JobState } from "../../gen/jobmesh/v1/events_pb.js";
 import { StageAttemptOutcome } from "../../gen/jobmesh/v1/jobs_pb.js";
 import { Stage } from "../../gen/jobmesh/v1/pipelines_pb.js";
 import type { Queryable } from "../db/index.ts";
 import { countFinished } from "./metrics.ts";
 import type { OutboxMessage } from "../outbox/index.ts";
-import { changeRows, eventSourceOf, type ChangeRows, type NewEvent } from "./outbox.ts";
+import { changeRows, eventSourceOf, type ChangeRows } from "./outbox.ts";
 import { writeJobChanges } from "./change-writer.ts";
 import type { StageTask } from "./stage-task.ts";
+import { claimStep, nextStageOf, successStep } from "./state-machine.ts";
 import type { ResultInsert } from "./results.ts";
 import { configOf, jobColumnList, nextStageMaxAttemptSql, type JobRow } from "./store.ts";
 import type { Topology } from "../bus/topology.ts";
@@ -114,9 +115,8 @@ export async function claimMany(db: Queryable, topology: Topology, requests: Cla
       header: task.job,
       stageAt: () => task.stage,
     };
-    const rows = changeRows(topology, source, JobState.RUNNING, BigInt(task.eventSeq) + 1n, BigInt(task.version) + 1n, [
-      { type: JobEventType.STAGE_STARTED, stageIndex: task.stageIndex, attempt: task.attempt },
-    ], r.headers);
+    const step = claimStep(task.stageIndex, task.attempt);
+    const rows = changeRows(topology, source, step.state, BigInt(task.eventSeq) + 1n, BigInt(task.version) + 1n, step.events, r.headers);
     return { task, rows };
   });
   const event = (b: (typeof built)[number]) => b.rows.outbox[0];
@@ -198,26 +198,10 @@ export interface CompletionRequest {
 /** Stage outputs larger than this go through the locking path, as a plain bytea parameter. */
 const fastBytesLimit = 256 * 1024;
 
-/**
- * The rows a successful completion writes: stage_succeeded, then job_succeeded after the last
- * stage, stage_started of the next stage when this worker continues with it, or else the next
- * stage's task.
- */
+/** The rows a successful completion writes, as the state machine says (successStep). */
 function completionRows(topology: Topology, c: CompletionRequest, next: { stageIndex: number; attempt: number } | undefined, continued: boolean): ChangeRows {
-  const events: NewEvent[] = [{ type: JobEventType.STAGE_SUCCEEDED, stageIndex: c.task.stageIndex, attempt: c.task.attempt }];
-  if (!next) events.push({ type: JobEventType.JOB_SUCCEEDED });
-  if (next && continued) events.push({ type: JobEventType.STAGE_STARTED, stageIndex: next.stageIndex, attempt: next.attempt });
-  const state = !next ? JobState.SUCCEEDED : continued ? JobState.RUNNING : JobState.QUEUED;
-  return changeRows(topology, eventSourceOf(c.row), state, BigInt(c.row.event_seq) + 1n, BigInt(c.row.version) + 1n, events, c.headers, continued ? undefined : next);
-}
-
-/**
- * The next stage's task of a completion, or undefined after the last stage. After RetryJob the
- * next stage may have run before: its attempt numbers continue (next_max_attempt).
- */
-export function nextTaskOf(row: ClaimedRow, stageIndex: number): { stageIndex: number; attempt: number } | undefined {
-  const next = stageIndex + 1;
-  return next < configOf(row).stages.length ? { stageIndex: next, attempt: row.next_max_attempt + 1 } : undefined;
+  const step = successStep(next, c.task.stageIndex, c.task.attempt, continued);
+  return changeRows(topology, eventSourceOf(c.row), step.state, BigInt(c.row.event_seq) + 1n, BigInt(c.row.version) + 1n, step.events, c.headers, step.task);
 }
 
 export interface Committed {
@@ -257,7 +241,7 @@ export async function completeMany(db: Queryable, topology: Topology, requests: 
   });
   if (fast.length === 0) return results;
   const built = fast.map(({ c }) => {
-    const next = nextTaskOf(c.row, c.task.stageIndex);
+    const next = nextStageOf(c.row, c.task.stageIndex, c.row.next_max_attempt);
     const continued = next !== undefined && c.continueAs !== undefined;
     const rows = completionRows(topology, c, next, continued);
     return { c, next, continued, final: next === undefined, rows, outputJson: JSON.stringify(c.done.output ?? null) };

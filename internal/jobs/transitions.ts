@@ -1,18 +1,21 @@
 /**
- * The state changes of a running job, each one transaction that also records its events and
- * queues what comes next. Every change of a stage attempt is fenced by (stage_index,
- * stage_attempt): a worker whose attempt is no longer the job's current one changes nothing.
+ * The locking path: the state changes of a running job one at a time, each one transaction that
+ * locks the job, also records its events and queues what comes next; what changes is decided by
+ * state-machine.ts, as on the group path (fast-path.ts). Every change of a stage attempt is
+ * fenced by (stage_index, stage_attempt): a worker whose attempt is no longer the job's current
+ * one changes nothing.
  */
-import { JobEventType, JobState } from "../../gen/jobmesh/v1/events_pb.js";
+import { JobState } from "../../gen/jobmesh/v1/events_pb.js";
 import { StageAttemptOutcome } from "../../gen/jobmesh/v1/jobs_pb.js";
 import { Stage } from "../../gen/jobmesh/v1/pipelines_pb.js";
 import type { Queryable } from "../db/index.ts";
 import { countFinished, jobCounters } from "./metrics.ts";
-import { applyChange, type NewEvent } from "./outbox.ts";
+import { applyChange } from "./outbox.ts";
 import type { StageTask } from "./stage-task.ts";
-import { nextTaskOf, type ClaimedRow, type StageCompletion } from "./fast-path.ts";
+import type { ClaimedRow, StageCompletion } from "./fast-path.ts";
 import { insertResult } from "./results.ts";
 import { backoffMs, retryPolicyOf, stageTimeoutMs } from "./stage-policy.ts";
+import { cancelStep, claimStep, failureStep, nextStageOf, successStep, type StageFailure } from "./state-machine.ts";
 import { jobColumnList, nextStageMaxAttemptSql, stageAt, type JobErrorJson, type JobRow } from "./store.ts";
 import type { Topology } from "../bus/topology.ts";
 
@@ -55,9 +58,8 @@ export async function claimAttempt(tx: Queryable, topology: Topology, task: Stag
      VALUES ($1, $2, $3, $4, $5, $6, $7)`,
     [task.tenantId, task.jobId, task.stageIndex, task.attempt, stageAt(current, task.stageIndex), workerId, StageAttemptOutcome.RUNNING],
   );
-  const after = await applyChange(tx, topology, current, { state: JobState.RUNNING, start_time: current.start_time ?? new Date() }, [
-    { type: JobEventType.STAGE_STARTED, stageIndex: task.stageIndex, attempt: task.attempt },
-  ]);
+  const step = claimStep(task.stageIndex, task.attempt);
+  const after = await applyChange(tx, topology, current, { state: step.state, start_time: current.start_time ?? new Date() }, step.events);
   return { ...after, next_max_attempt: current.next_max_attempt };
 }
 
@@ -65,7 +67,8 @@ export type CommitOutcome = "committed" | "stale" | "cancelled";
 
 async function cancelRunning(tx: Queryable, topology: Topology, row: JobRow, task: StageTask): Promise<CommitOutcome> {
   await endAttempt(tx, task, StageAttemptOutcome.CANCELLED);
-  await applyChange(tx, topology, row, { state: JobState.CANCELLED, end_time: new Date() }, [{ type: JobEventType.JOB_CANCELLED }]);
+  const step = cancelStep();
+  await applyChange(tx, topology, row, { state: step.state, end_time: new Date() }, step.events);
   countFinished(JobState.CANCELLED);
   return "cancelled";
 }
@@ -86,35 +89,21 @@ export async function completeStage(tx: Queryable, topology: Topology, task: Sta
      ON CONFLICT (tenant_id, job_id, stage) DO UPDATE SET output = EXCLUDED.output, bytes = EXCLUDED.bytes`,
     [task.tenantId, task.jobId, stage, JSON.stringify(done.output ?? null), done.bytes ? Buffer.from(done.bytes) : null, StageAttemptOutcome.SUCCEEDED, task.stageIndex, task.attempt],
   );
-  const succeeded: NewEvent = { type: JobEventType.STAGE_SUCCEEDED, stageIndex: task.stageIndex, attempt: task.attempt };
-  const next = nextTaskOf(current, task.stageIndex);
-  if (next) {
-    const patch = { ...done.patch, state: JobState.QUEUED, stage_index: next.stageIndex, stage_attempt: next.attempt, stage_attempt_base: next.attempt };
-    await applyChange(tx, topology, current, patch, [succeeded], next);
+  const next = nextStageOf(current, task.stageIndex, current.next_max_attempt);
+  const step = successStep(next, task.stageIndex, task.attempt, false);
+  if (step.state === JobState.QUEUED && next) {
+    const patch = { ...done.patch, state: step.state, stage_index: next.stageIndex, stage_attempt: next.attempt, stage_attempt_base: next.attempt };
+    await applyChange(tx, topology, current, patch, step.events, step.task);
     return "committed";
   }
   if (done.result) await insertResult(tx, task.tenantId, task.jobId, done.result);
-  const patch = { ...done.patch, state: JobState.SUCCEEDED, end_time: new Date(), result_expire_time: done.result?.expireTime ?? null, error: null };
-  await applyChange(tx, topology, current, patch, [succeeded, { type: JobEventType.JOB_SUCCEEDED }]);
+  const patch = { ...done.patch, state: step.state, end_time: new Date(), result_expire_time: done.result?.expireTime ?? null, error: null };
+  await applyChange(tx, topology, current, patch, step.events);
   countFinished(JobState.SUCCEEDED);
   return "committed";
 }
 
-/** How a stage attempt failed. */
-export interface StageFailure {
-  /**
-   * transient: retry while attempts remain; permanent: fail the job; cancelled: the job was
-   * cancelled; lost: the attempt's worker or thread was lost (killed, stopped, its commit failed),
-   * not the stage's own failure, so it is counted apart from the stage's attempts: requeued
-   * without using one of them, while the stage has lost fewer than topology.maxStageLosses.
-   * A lost attempt is recorded ABANDONED, and an attempt recorded ABANDONED is a loss: that is
-   * how losses are counted.
-   */
-  kind: "transient" | "permanent" | "cancelled" | "lost";
-  outcome: StageAttemptOutcome;
-  code: string;
-  message: string;
-}
+export type { StageFailure };
 
 /** How many attempts of the task's stage, since the stage was (re)started, were lost before this one. */
 async function lossesBefore(tx: Queryable, task: StageTask, base: number): Promise<number> {
@@ -132,30 +121,15 @@ export async function failStage(tx: Queryable, topology: Topology, task: StageTa
   if (!current) return "stale";
   if (current.state === JobState.CANCELLING) return cancelRunning(tx, topology, current, task);
   const stage = stageAt(current, task.stageIndex);
-  const policy = retryPolicyOf(current, task.stageIndex);
-  const lost = failure.kind === "lost" || failure.outcome === StageAttemptOutcome.ABANDONED;
-  const losses = (await lossesBefore(tx, task, current.stage_attempt_base)) + (lost ? 1 : 0);
-  // The stage's own attempts since it was (re)started; lost ones do not count.
-  const attemptsUsed = task.attempt - current.stage_attempt_base + 1 - losses;
-  // A stage aborted for a cancel that is no longer pending (the job was not CANCELLING) is retried.
-  const retry = lost ? losses < topology.maxStageLosses : failure.kind !== "permanent" && attemptsUsed < policy.maxAttempts;
-  const message = lost && !retry ? `the stage's worker was lost ${losses === 1 ? "once" : `${losses} times`}; last: ${failure.message}` : failure.message;
-  const error: JobErrorJson = { stage, code: failure.code, message, transient: retry };
-  await endAttempt(tx, task, lost ? StageAttemptOutcome.ABANDONED : failure.outcome, error);
-  const failed: NewEvent = { type: JobEventType.STAGE_FAILED, stageIndex: task.stageIndex, attempt: task.attempt, error };
-  if (lost) jobCounters().losses.add(1, { stage: Stage[stage].toLowerCase(), code: failure.code });
-  if (retry) {
-    // After a loss too, so a document that kills every worker does not spin.
-    const delayMs = backoffMs(policy, lost ? losses : attemptsUsed);
-    const next = { stageIndex: task.stageIndex, attempt: task.attempt + 1, delayMs };
-    await applyChange(tx, topology, current, { state: JobState.QUEUED, stage_attempt: task.attempt + 1 }, [failed], next);
-    if (!lost) jobCounters().retries.add(1, { stage: Stage[stage].toLowerCase() });
+  const step = failureStep(current, task.stageIndex, task.attempt, failure, await lossesBefore(tx, task, current.stage_attempt_base), topology.maxStageLosses);
+  await endAttempt(tx, task, step.outcome, step.error);
+  if (step.lost) jobCounters().losses.add(1, { stage: Stage[stage].toLowerCase(), code: failure.code });
+  if (step.retried) {
+    await applyChange(tx, topology, current, { state: step.state, stage_attempt: task.attempt + 1 }, step.events, step.task);
+    if (!step.lost) jobCounters().retries.add(1, { stage: Stage[stage].toLowerCase() });
     return "committed";
   }
-  await applyChange(tx, topology, current, { state: JobState.FAILED, end_time: new Date(), error }, [
-    failed,
-    { type: JobEventType.JOB_FAILED, stageIndex: task.stageIndex, attempt: task.attempt, error },
-  ]);
+  await applyChange(tx, topology, current, { state: step.state, end_time: new Date(), error: step.error }, step.events);
   countFinished(JobState.FAILED);
   return "committed";
 }
