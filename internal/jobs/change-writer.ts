@@ -15,6 +15,8 @@ import { writeOutbox, type KeyedOutboxMessage, type OutboxStatement } from "../o
 
 /** One job_events row. */
 export interface JobEventRow {
+  /** The event's id: the id of its outbox message, whose payload is these bytes (sent once). */
+  eventId: string;
   tenantId: string;
   jobId: string;
   sequence: bigint;
@@ -36,11 +38,16 @@ export interface ChangeWrites {
 export async function writeJobChanges<R extends object = Record<string, unknown>>(db: Queryable, writes: ChangeWrites, statement: OutboxStatement = {}): Promise<R[]> {
   const values = [...(statement.values ?? [])];
   const p = (i: number) => `$${values.length + i}`;
-  const rows = `unnest(${p(1)}::uuid[], ${p(2)}::uuid[], ${p(3)}::bigint[], ${p(4)}::smallint[], ${p(5)}::bytea[]) AS e(tenant_id, job_id, seq, type, event)`;
-  const source = statement.gate ? `${statement.gate.from} JOIN ${rows} ON e.job_id = ${statement.gate.key}` : rows;
+  // The events once, as a relation both INSERTs read: job_events, and the outbox messages that
+  // publish them (their payloads are not sent a second time).
+  const rows = `job_event_rows AS (
+       SELECT * FROM unnest(${p(1)}::uuid[], ${p(2)}::uuid[], ${p(3)}::bigint[], ${p(4)}::smallint[], ${p(5)}::bytea[], ${p(6)}::uuid[])
+         AS e(tenant_id, job_id, seq, type, payload, id)
+     )`;
+  const source = statement.gate ? `${statement.gate.from} JOIN job_event_rows e ON e.job_id = ${statement.gate.key}` : "job_event_rows e";
   const events = `job_events_written AS (
        INSERT INTO job_events (tenant_id, job_id, sequence, event_type, event)
-       SELECT e.tenant_id, e.job_id, e.seq, e.type, e.event FROM ${source}
+       SELECT e.tenant_id, e.job_id, e.seq, e.type, e.payload FROM ${source}
      )`;
   values.push(
     writes.events.map((e) => e.tenantId),
@@ -48,6 +55,10 @@ export async function writeJobChanges<R extends object = Record<string, unknown>
     writes.events.map((e) => e.sequence.toString()),
     writes.events.map((e) => e.type),
     writes.events.map((e) => e.bytes),
+    writes.events.map((e) => e.eventId),
   );
-  return writeOutbox<R>(db, writes.outbox, { ...statement, with: statement.with ? `${statement.with}, ${events}` : events, values });
+  const eventIds = new Set(writes.events.map((e) => e.eventId));
+  const outbox = writes.outbox.map((m) => (eventIds.has(m.id) ? { ...m, shared: true } : m));
+  const withs = [statement.with, rows, events].filter(Boolean).join(", ");
+  return writeOutbox<R>(db, outbox, { ...statement, with: withs, values, payloadsFrom: "job_event_rows" });
 }

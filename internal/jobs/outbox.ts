@@ -130,7 +130,7 @@ export function changeRows(
       delayMs: task.delayMs ?? 0,
     });
   }
-  return { events: rows.map(({ event, bytes }) => ({ tenantId: job.tenantId, jobId: job.jobId, sequence: event.sequence, type: event.type, bytes })), outbox };
+  return { events: rows.map(({ event, bytes }) => ({ eventId: event.eventId, tenantId: job.tenantId, jobId: job.jobId, sequence: event.sequence, type: event.type, bytes })), outbox };
 }
 
 /**

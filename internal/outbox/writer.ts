@@ -26,8 +26,11 @@ export interface OutboxMessage {
   delayMs: number;
 }
 
-/** A message with the key (a uuid) of the row of the caller's change it belongs to. */
-export type KeyedOutboxMessage = OutboxMessage & { key?: string };
+/**
+ * A message with the key (a uuid) of the row of the caller's change it belongs to. `shared`: its
+ * payload is written by the caller's statement too and is taken from there (statement.payloadsFrom).
+ */
+export type KeyedOutboxMessage = OutboxMessage & { key?: string; shared?: boolean };
 
 /** The caller's statement the outbox rows are written in, and how. */
 export interface OutboxStatement {
@@ -51,6 +54,12 @@ export interface OutboxStatement {
   graceSeconds?: number;
   /** NOTIFY the relay on commit (rows nobody publishes directly); once per returned row. */
   notify?: boolean;
+  /**
+   * Where the payloads of messages written with `payload: null` come from: a relation of `with`
+   * with the message id in column `id` and the bytes in column `payload`. Spares sending the same
+   * bytes twice when the caller's statement writes them elsewhere too (job_events).
+   */
+  payloadsFrom?: string;
 }
 
 /**
@@ -67,9 +76,11 @@ export async function writeOutbox<R extends object = Record<string, unknown>>(
   const p = (i: number) => `$${values.length + i}`;
   const rows = `unnest(${p(1)}::uuid[], ${p(2)}::text[], ${p(3)}::bytea[], ${p(4)}::jsonb[], ${p(5)}::float8[], ${p(6)}::uuid[])
          AS o(id, subject, payload, headers, delay, key)`;
-  const source = statement.gate ? `${statement.gate.from} JOIN ${rows} ON o.key = ${statement.gate.key}` : rows;
+  let source = statement.gate ? `${statement.gate.from} JOIN ${rows} ON o.key = ${statement.gate.key}` : rows;
+  if (statement.payloadsFrom) source += ` LEFT JOIN ${statement.payloadsFrom} shared ON shared.id = o.id`;
+  const payload = statement.payloadsFrom ? "coalesce(o.payload, shared.payload)" : "o.payload";
   const insert = `INSERT INTO outbox (id, subject, payload, headers, available_time)
-       SELECT o.id, o.subject, o.payload, o.headers, clock_timestamp() + make_interval(secs => ${p(7)}::float8 + o.delay / 1000)
+       SELECT o.id, o.subject, ${payload}, o.headers, clock_timestamp() + make_interval(secs => ${p(7)}::float8 + o.delay / 1000)
        FROM ${source}`;
   const wake = `pg_notify('${outboxChannel}', '')`;
   const select = statement.select === undefined
@@ -78,7 +89,7 @@ export async function writeOutbox<R extends object = Record<string, unknown>>(
   values.push(
     messages.map((m) => m.id),
     messages.map((m) => m.subject),
-    messages.map((m) => m.payload),
+    messages.map((m) => (m.shared && statement.payloadsFrom ? null : m.payload)),
     messages.map((m) => JSON.stringify(m.headers)),
     messages.map((m) => m.delayMs),
     messages.map((m) => m.key ?? null),
