@@ -189,9 +189,9 @@ export interface Inserted {
  * The hot path: rows due at once are inserted already leased to this process, up to what a claim
  * would give it, and returned with what sending needs, so the first attempt starts without a
  * claim round trip (which would cost as much again as this insert). The subscriptions are locked
- * for it first, as a claim locks them (FOR NO KEY UPDATE SKIP LOCKED, so their in-flight count is
- * not raced, and no one waits: one held by a claimer or another fan-out gets no hot lease, and
- * its rows are claimed as usual). Rows not leased wake the claimers with a NOTIFY at commit.
+ * for it first, as a claim locks them (FOR NO KEY UPDATE, so their in-flight count is not raced;
+ * waiting the few milliseconds another holder takes). Rows not leased (no room, no tokens) wake
+ * the claimers with a NOTIFY at commit.
  *
  * Leased rows are handed over before the commit, whose WAL flush would otherwise be on the path to
  * the first attempt: a send is at least once anyway, and its outcome waits for the commit. Until
@@ -206,9 +206,13 @@ export async function insertDeliveries(db: Pool, rows: NewDeliveries, options: I
     const inserted = await inTransaction(db, async (tx) => {
       // Locked in a statement of its own: the insert's snapshot, taken after, sees every lease
       // committed by those who held them before (one statement's snapshot could predate them).
+      // Waited for, not skipped: a claim or another fan-out batch holds a subscription for a few
+      // milliseconds, and skipping it would send its new rows the slow way (NOTIFY, then a
+      // claim), which holds it again. Taken in id order, as every multi-row lock on webhooks is;
+      // claims never wait (SKIP LOCKED).
       const { rows: locked } = await tx.query<{ id: string }>({
         name: "webhooks-lock-for-hot-lease",
-        text: "SELECT id FROM webhooks WHERE id = ANY($1::uuid[]) AND state = 1 ORDER BY id FOR NO KEY UPDATE SKIP LOCKED",
+        text: "SELECT id FROM webhooks WHERE id = ANY($1::uuid[]) AND state = 1 ORDER BY id FOR NO KEY UPDATE",
         values: [[...new Set(rows.webhook)]],
       });
       const result = await insertStatement(tx, rows, options, { limits: lease, locked: locked.map((r) => r.id) });
