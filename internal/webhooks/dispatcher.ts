@@ -99,9 +99,21 @@ export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
   let stopped = false;
   let wakeLoop: (() => void) | undefined;
   let woken = false;
+  /**
+   * Whether due rows may be waiting unclaimed: set by every outside wake-up (NOTIFY, rows the
+   * fan-out did not lease) and by a claim that took rows (there may be more), cleared by a claim
+   * that found none. Room freed in this process (a send ending, a hot-path reservation given
+   * back) wakes the loop only while it is set: with the fan-out leasing new rows itself, a claim
+   * after every send would find nothing, hundreds of times a second.
+   */
+  let mayHaveReady = true;
   const wake = () => {
+    mayHaveReady = true;
     woken = true;
     wakeLoop?.();
+  };
+  const roomFreed = () => {
+    if (mayHaveReady) wake();
   };
 
   /** What a claim (or a hot-path insert) may lease now, `budget` of it. */
@@ -180,7 +192,7 @@ export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
       count(localBySubscription, row.webhook_id, -1);
       count(localByTenant, row.tenant_id, -1);
       sends.delete(send);
-      wake();
+      roomFreed();
     });
     sends.add(send);
   }
@@ -235,9 +247,13 @@ export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
       const budget = maxInFlight - inFlight - reserved;
       if (budget > 0) {
         try {
+          // Cleared before the round: a wake-up that arrives while it runs sets it again.
+          mayHaveReady = false;
           claimed = await claimRound(budget);
+          if (claimed > 0) mayHaveReady = true;
           failures = 0;
         } catch (error) {
+          mayHaveReady = true;
           failures++;
           if (failures === 1 || failures % 50 === 0) log.warn({ err: error }, "webhooks dispatcher: claim failed; retrying");
         }
@@ -271,7 +287,7 @@ export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
           if (released) return;
           released = true;
           reserved -= budget;
-          wake();
+          roomFreed();
         },
       };
     },
