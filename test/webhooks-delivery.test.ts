@@ -298,7 +298,7 @@ void t.test("delivery - leases taken by the hot-path insert and by claims, in di
   t.same([first.inserted, first.leased, first.rows.length], [2, 2, 2], "the first process leases both of its rows at insert");
   const second = await hotInsert(4);
   t.same([second.inserted, second.leased], [4, 1], "another process leases only what the first left of the 3");
-  t.same(await claimDue(db, freshProcess()), [], "a third process's claim finds the subscription at its limit");
+  t.same(await claimDue(db, freshProcess()), { rows: [], readyLeft: true }, "a third process's claim finds the subscription at its limit, its ready row left");
   // Two inserts at once, by two more processes: together still within the limit once one send ends.
   await db.query("UPDATE webhook_deliveries SET lease_until = NULL WHERE id = $1", [first.rows[0].id]);
   const racing = await Promise.all([hotInsert(3), hotInsert(3)]);
@@ -318,7 +318,7 @@ void t.test("delivery - a subscription's rate bucket is shared: processes leasin
   let since = performance.now();
   const claimNow = async () => {
     const started = performance.now();
-    const claimed = (await claimDue(db, freshProcess())).length;
+    const claimed = (await claimDue(db, freshProcess())).rows.length;
     const bound = Math.floor(((performance.now() - since) / 1000) * 4);
     since = started;
     return { claimed, bound };
@@ -347,7 +347,7 @@ void t.test("delivery - an automatic disable racing a fan-out insert leaves no d
   const deps = { retryScheduleMs: [0, 100], disableAfterMs: 86_400_000, changedChannel: "webhooks_test_unheard" };
   // A delivery in flight, whose 410 will disable the subscription.
   await insertDeliveries(db, newRows(randomUUID()), { firstDelayMs: 0, dueChannel: "webhooks_test_unheard" });
-  const [claimed] = await claimDue(db, { budget: 1, maxInFlight: 8, leaseMs: 60_000, localBySubscription: new Map(), localByTenant: new Map() });
+  const [claimed] = (await claimDue(db, { budget: 1, maxInFlight: 8, leaseMs: 60_000, localBySubscription: new Map(), localByTenant: new Map() })).rows;
   const inFlight = { id: claimed.id, webhookId: hook.id, tenantId: world.tenantId, lease: claimed.lease, attempt: 1, replay: false };
   // Whether some backend waits for a lock the backend `pid` holds.
   const blockedBy = async (pid: number) => {
@@ -403,20 +403,32 @@ void t.test("delivery - a replay asked for while an attempt is in flight is stil
   const deps = { retryScheduleMs: [0, 3_600_000], disableAfterMs: 86_400_000, changedChannel: "webhooks_test_unheard" };
   const eventIds = [randomUUID(), randomUUID()];
   await insertDeliveries(db, { tenant: eventIds.map(() => world.tenantId), webhook: eventIds.map(() => hook.id), eventId: eventIds, type: [1, 1], job: ["jobs/x", "jobs/x"], event: [Buffer.from(""), Buffer.from("")] }, { firstDelayMs: 0, dueChannel: "webhooks_test_unheard" });
-  const first = await claimDue(db, processLimits());
+  const { rows: first } = await claimDue(db, processLimits());
   t.equal(first.length, 2);
   for (const row of first) await replayDelivery(db, world.tenantId, `webhooks/${hook.id}/deliveries/${row.id}`);
   const claimed = (row: ClaimedRow) => ({ id: row.id, webhookId: hook.id, tenantId: world.tenantId, lease: row.lease, attempt: row.attempt_count + 1, replay: row.replay_pending });
   // One attempt succeeds, the other fails (its retry an hour away): both owe the replay now.
   t.equal(await recordSuccesses(db, [{ delivery: claimed(first[0]), result: ok }]), 1);
   await recordFailure(db, claimed(first[1]), failed, deps);
-  const again = await claimDue(db, processLimits());
+  const { rows: again } = await claimDue(db, processLimits());
   t.same(again.map((r) => r.id).sort(), first.map((r) => r.id).sort(), "both are due again at once");
   t.ok(again.every((r) => r.replay_pending), "and their next attempt is a replay");
   await recordSuccesses(db, again.map((row) => ({ delivery: claimed(row), result: ok })));
   t.same(await world.statusCounts(hook.id), { succeeded: 2 }, "the replays done, nothing more is owed");
   const { rows } = await db.query<{ replay: boolean }>("SELECT a.replay FROM webhook_delivery_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id WHERE d.webhook_id = $1 ORDER BY a.attempt", [hook.id]);
   t.same(rows.map((r) => r.replay), [false, false, true, true], "the log shows each first attempt, then its replay");
+  await world.reset();
+});
+
+void t.test("delivery - a backlog held back by max_concurrency drains send after send, not poll after poll", async (t) => {
+  const receiver = await world.receiver(() => []);
+  const hook = await world.subscribe(receiver.url, { maxConcurrency: 1 });
+  const events: JobEvent[] = [];
+  for (let i = 0; i < 10; i++) events.push(await world.publish());
+  // A poll a minute away: only the wake-ups (rows inserted, a send ending while rows wait) can drain it.
+  await world.start({}, { pollMs: 60_000 });
+  await until(t, "all 10 delivered, one at a time", () => events.every((e) => receiver.countOf(e.eventId) === 1), { timeoutMs: 30_000 });
+  await until(t, "all recorded", async () => (await world.statusCounts(hook.id)).succeeded === 10);
   await world.reset();
 });
 

@@ -58,32 +58,48 @@ const availableTokensSql = (w: string, defaultRate: string) => {
   return `least(${rate}, coalesce(${w}.rate_tokens, ${rate}) + extract(epoch FROM now() - coalesce(${w}.rate_refill_time, now()))::float8 * ${rate})`;
 };
 
-/** Leases due deliveries within every limit; resolves the claimed rows. */
-export async function claimDue(db: Pool, limits: ClaimLimits): Promise<ClaimedRow[]> {
+/** What a claim took, and whether due rows it could not take are left (a limit, another claimer). */
+export interface ClaimResult {
+  rows: ClaimedRow[];
+  /** Due rows left unclaimed: of a subscription at its concurrency or rate limit, or held by another claimer. */
+  readyLeft: boolean;
+}
+
+/** Leases due deliveries within every limit. */
+export async function claimDue(db: Pool, limits: ClaimLimits): Promise<ClaimResult> {
   return inTransaction(db, async (tx) => {
     // A lease lost with a Postgres crash only means the delivery is claimed again: this commit
     // need not wait for the WAL flush (the fan-out's inserts, which ack the stream, do).
-    const { rows: locked } = await tx.query<{ id: string }>({
+    // One row always: the subscriptions locked, and how many have due rows ready in all.
+    const { rows } = await tx.query<{ locked: string[] | null; ready: number }>({
       name: "webhooks-lock-for-claim",
-      text: `SELECT w.id FROM webhooks w, (SELECT set_config('synchronous_commit', 'off', true)) async_commit
-             WHERE w.state = 1 AND w.id IN (
-               SELECT webhook_id FROM webhook_deliveries
-               WHERE status = 1 AND next_attempt_time <= now() AND (lease_until IS NULL OR lease_until <= now()))
-             FOR NO KEY UPDATE OF w SKIP LOCKED`,
+      text: `WITH async_commit AS (
+               SELECT set_config('synchronous_commit', 'off', true)
+             ), ready AS (
+               SELECT DISTINCT d.webhook_id FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id AND w.state = 1
+               WHERE d.status = 1 AND d.next_attempt_time <= now() AND (d.lease_until IS NULL OR d.lease_until <= now())
+             ), locked AS (
+               SELECT w.id FROM webhooks w, async_commit
+               WHERE w.id IN (SELECT webhook_id FROM ready) AND w.state = 1
+               FOR NO KEY UPDATE OF w SKIP LOCKED
+             )
+             SELECT (SELECT array_agg(id) FROM locked) AS locked, (SELECT count(*) FROM ready)::int AS ready`,
     });
-    if (locked.length === 0) return [];
-    return leaseDue(tx, limits, locked.map((r) => r.id));
+    const locked = rows[0].locked ?? [];
+    if (locked.length === 0) return { rows: [], readyLeft: rows[0].ready > 0 };
+    const leased = await leaseDue(tx, limits, locked);
+    return { rows: leased.rows, readyLeft: rows[0].ready > locked.length || leased.readyTotal > leased.rows.length };
   });
 }
 
-/** The claim's second statement, over the subscriptions it locked. */
-async function leaseDue(db: Queryable, limits: ClaimLimits, locked: string[]): Promise<ClaimedRow[]> {
+/** The claim's second statement, over the subscriptions it locked; also counts their ready rows. */
+async function leaseDue(db: Queryable, limits: ClaimLimits, locked: string[]): Promise<{ rows: ClaimedRow[]; readyTotal: number }> {
   // Named: prepared once per connection (planning it costs more than running it).
-  const { rows } = await db.query<ClaimedRow>({
+  const { rows } = await db.query<Partial<ClaimedRow> & { ready_total: number }>({
     name: "webhooks-claim-due",
     text: `WITH candidates AS (
        SELECT w.id, w.tenant_id, w.url, w.secret_sealed, w.previous_secret_sealed, w.previous_secret_expire_time,
-              coalesce(nullif(w.max_concurrency, 0), $1) AS concurrency, coalesce(ls.local, 0) AS local,
+              coalesce(nullif(w.max_concurrency, 0), $1) AS concurrency, coalesce(ls.local, 0) AS local, p.ready,
               ${availableTokensSql("w", "$2")} AS available,
               least(coalesce(nullif(w.max_concurrency, 0), $1) - p.in_flight, floor(${availableTokensSql("w", "$2")})) AS n
        FROM (
@@ -131,15 +147,19 @@ async function leaseDue(db: Queryable, limits: ClaimLimits, locked: string[]): P
        FROM (SELECT webhook_id, count(*) AS n FROM claimed GROUP BY webhook_id) x JOIN candidates c ON c.id = x.webhook_id
        WHERE w.id = x.webhook_id
      )
-     SELECT c.*, w.tenant_id, w.url, w.secret_sealed, w.previous_secret_sealed, w.previous_secret_expire_time
-     FROM claimed c JOIN candidates w ON w.id = c.webhook_id`,
+     -- One row always, for the count of ready rows.
+     SELECT h.*, (SELECT coalesce(sum(ready), 0) FROM candidates)::int AS ready_total
+     FROM (SELECT 1) one LEFT JOIN (
+       SELECT c.*, w.tenant_id, w.url, w.secret_sealed, w.previous_secret_sealed, w.previous_secret_expire_time
+       FROM claimed c JOIN candidates w ON w.id = c.webhook_id
+     ) h ON true`,
     values: [
       defaultMaxConcurrency, defaultMaxRatePerSecond, limits.budget, limits.leaseMs,
       limits.maxInFlight, [...limits.localBySubscription.keys()], [...limits.localBySubscription.values()],
       [...limits.localByTenant.keys()], [...limits.localByTenant.values()], locked,
     ],
   });
-  return rows;
+  return { rows: rows.filter((r) => r.id != null) as ClaimedRow[], readyTotal: rows[0].ready_total };
 }
 
 /** A batch's deliveries, one entry per (event, matching subscription), as parallel columns. */

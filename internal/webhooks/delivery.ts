@@ -36,6 +36,8 @@ export interface WebhookDeliveryDeps {
   record?: (event: AuditEvent) => void;
   /** Deliveries in flight in this process at most (default 256). */
   maxInFlight?: number;
+  /** The dispatcher's poll behind its wake-ups (default 500 ms); tests lengthen it to show what the wake-ups do alone. */
+  pollMs?: number;
 }
 
 export interface WebhookDelivery {
@@ -64,6 +66,7 @@ export async function startWebhookDelivery(deps: WebhookDeliveryDeps): Promise<W
     record: deps.record ?? ((event) => log.warn({ action: event.action, resource: event.resource, outcome: event.outcome?.message }, "webhooks: audit event (no audit sink)")),
     changedChannel: webhooksChangedChannel,
     maxInFlight: deps.maxInFlight,
+    pollMs: deps.pollMs,
   });
   const fanout = await startFanout({
     db,

@@ -101,10 +101,12 @@ export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
   let woken = false;
   /**
    * Whether due rows may be waiting unclaimed: set by every outside wake-up (NOTIFY, rows the
-   * fan-out did not lease) and by a claim that took rows (there may be more), cleared by a claim
-   * that found none. Room freed in this process (a send ending, a hot-path reservation given
-   * back) wakes the loop only while it is set: with the fan-out leasing new rows itself, a claim
-   * after every send would find nothing, hundreds of times a second.
+   * fan-out did not lease) and by a claim that left ready rows behind (a subscription at its
+   * concurrency or rate limit, one another claimer held), cleared by a claim that left none.
+   * Room freed in this process (a send ending, a hot-path reservation given back) wakes the loop
+   * only while it is set: with the fan-out leasing new rows itself, a claim after every send
+   * would find nothing, hundreds of times a second. Rows that become due by time (retries) and
+   * leases that ran out are the poll's.
    */
   let mayHaveReady = true;
   const wake = () => {
@@ -112,7 +114,10 @@ export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
     woken = true;
     wakeLoop?.();
   };
+  /** Room freed since the current claim round began: when that round leaves ready rows behind, claim again at once. */
+  let freedDuringRound = false;
   const roomFreed = () => {
+    freedDuringRound = true;
     if (mayHaveReady) wake();
   };
 
@@ -126,10 +131,10 @@ export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
    * flight, gives each the least of its free concurrency, its tokens and a fair share of this
    * process's budget, and leases that many of its due deliveries.
    */
-  async function claimRound(budget: number): Promise<number> {
-    const rows = await claimDue(db, limits(budget));
+  async function claimRound(budget: number): Promise<{ claimed: number; readyLeft: boolean }> {
+    const { rows, readyLeft } = await claimDue(db, limits(budget));
     begin(rows);
-    return rows.length;
+    return { claimed: rows.length, readyLeft };
   }
 
   /**
@@ -249,8 +254,14 @@ export function startDispatcher(deps: DispatcherDeps): DeliveryDispatcher {
         try {
           // Cleared before the round: a wake-up that arrives while it runs sets it again.
           mayHaveReady = false;
-          claimed = await claimRound(budget);
-          if (claimed > 0) mayHaveReady = true;
+          freedDuringRound = false;
+          const round = await claimRound(budget);
+          claimed = round.claimed;
+          if (round.readyLeft) {
+            mayHaveReady = true;
+            // A send that ended while the round ran freed room the round did not see.
+            if (freedDuringRound) woken = true;
+          }
           failures = 0;
         } catch (error) {
           mayHaveReady = true;
