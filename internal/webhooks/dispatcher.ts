@@ -1,22 +1,24 @@
 /**
  * The dispatcher: claims due deliveries and sends them, within each subscription's limits.
  *
- * A claim round locks the ACTIVE subscriptions that have due deliveries (FOR NO KEY UPDATE SKIP
- * LOCKED: one claimer per subscription at a time, so its in-flight count cannot be raced), reads
- * how many of their deliveries are in flight (leased, lease_until in the future: across every
- * webhooks process), and takes at most `max_concurrency - in flight` and the tokens of its rate
- * bucket (kept in its row, so shared by every process) from EACH subscription (a LATERAL LIMIT
- * per webhook_id), so one subscription's backlog
- * never fills the batch, within fair shares of this process's budget per subscription and per
- * tenant (claim.ts). Claimed rows get lease_until; a process that dies mid-send leaves them
- * leased, and they come back when the lease runs out. Every outcome moves the delivery and inserts
- * its attempt in one transaction, fenced by the lease it was claimed with (a delivery reclaimed
- * after its lease expired is not moved twice).
+ * A claim round (claim.ts) locks the ACTIVE subscriptions that have due deliveries (FOR NO KEY
+ * UPDATE SKIP LOCKED: one claimer per subscription at a time), then, in a statement whose snapshot
+ * sees every lease committed before, counts how many of their deliveries are in flight (leased,
+ * lease_until in the future: across every webhooks process), and takes at most
+ * `max_concurrency - in flight` and the tokens of its rate bucket (kept in its row, so shared by
+ * every process) from EACH subscription (a LATERAL LIMIT per webhook_id), so one subscription's
+ * backlog never fills the batch, within fair shares of this process's budget per subscription
+ * and per tenant. Claimed rows get lease_until; a process that dies mid-send leaves them leased,
+ * and they come back when the lease runs out. Every outcome moves the delivery and inserts its
+ * attempt in one transaction, fenced by the lease it was claimed with (a delivery reclaimed after
+ * its lease expired is not moved twice).
  *
- * Woken by NOTIFY (fan-out inserts, replays) and by a send finishing, with a poll behind them (as
- * the outbox relay, internal/outbox/relay.ts), which also claims what a rate bucket refilled. New deliveries due at
- * once mostly skip the claim: the fan-out's insert leases them within the same limits, in the
- * budget this dispatcher reserves for it, and hands them over (HotPath).
+ * New deliveries due at once mostly skip the claim: the fan-out's insert leases them within the
+ * same limits, in the budget this dispatcher reserves for it, and hands them over (HotPath). The
+ * claim loop is woken by NOTIFY (rows the fan-out did not lease, replays) and by room freed in
+ * this process while due rows may be waiting (mayHaveReady), with a poll behind them (as the
+ * outbox relay, internal/outbox/relay.ts) for what becomes due by time: retries, refilled rate
+ * buckets, leases that ran out.
  */
 import type { Dispatcher } from "undici";
 import type { AuditEvent } from "../../gen/jobmesh/v1/audit_pb.js";
