@@ -20,7 +20,7 @@ import { traceContextOf, type StreamPublisher } from "../bus/index.ts";
 import type { Pool } from "../db/index.ts";
 import {
   cancelKey, createJobLifecycle, heartbeatKey, stageAt, stageTimeoutMs,
-  type ClaimedRow, type CommitOutcome, type StageCompletion, type StageFailure, type StageInputs, type StageTask,
+  type ClaimedRow, type StageCompletion, type StageFailure, type StageInputs, type StageTask,
 } from "../jobs/lifecycle.ts";
 import { prioritiesInOrder, stageToken, workAckWaitMs, type Topology } from "../bus/topology.ts";
 import { findStageError } from "../stages/index.ts";
