@@ -35,6 +35,17 @@ async function deliveryOf(webhookId: string, eventId: string) {
   return rows[0];
 }
 
+/** The limits of a process with nothing of its own in flight: what its claim or hot-path insert may take. */
+const freshProcess = (budget = 100): ClaimLimits => ({ budget, maxInFlight: 256, leaseMs: 60_000, localBySubscription: new Map(), localByTenant: new Map() });
+
+/** Deliveries of the events `eventIds` to one subscription, as the fan-out hands them to insertDeliveries. */
+function deliveriesTo(webhookId: string, eventIds: string[]): NewDeliveries {
+  return {
+    tenant: eventIds.map(() => world.tenantId), webhook: eventIds.map(() => webhookId), eventId: eventIds,
+    type: eventIds.map(() => 1), job: eventIds.map(() => "jobs/x"), event: eventIds.map(() => Buffer.from("")),
+  };
+}
+
 async function webhookOf(id: string) {
   const { rows } = await db.query<{ state: number; disabled_reason: number; failing_since: Date | null }>("SELECT state, disabled_reason, failing_since FROM webhooks WHERE tenant_id = $1 AND id = $2", [world.tenantId, id]);
   return rows[0];
@@ -284,11 +295,7 @@ void t.test("delivery - several stuck subscriptions asking together for more tha
 void t.test("delivery - leases taken by the hot-path insert and by claims, in different processes, stay within max_concurrency together", async (t) => {
   const hook = await world.subscribe("http://127.0.0.1:9/never-sent", { maxConcurrency: 3 });
   // Each call below stands for a different process: nothing of its own in flight, full buckets.
-  const freshProcess = (): ClaimLimits => ({ budget: 100, maxInFlight: 256, leaseMs: 60_000, localBySubscription: new Map(), localByTenant: new Map() });
-  const batch = (n: number): NewDeliveries => {
-    const ids = Array.from({ length: n }, () => randomUUID());
-    return { tenant: ids.map(() => world.tenantId), webhook: ids.map(() => hook.id), eventId: ids, type: ids.map(() => 1), job: ids.map(() => "jobs/x"), event: ids.map(() => Buffer.from("")) };
-  };
+  const batch = (n: number) => deliveriesTo(hook.id, Array.from({ length: n }, () => randomUUID()));
   const hotInsert = async (n: number) => {
     const leased: ClaimedRow[] = [];
     const result = await insertDeliveries(db, batch(n), { firstDelayMs: 0, dueChannel: "webhooks_test_unheard", lease: freshProcess(), onLeased: (rows) => void leased.push(...rows) });
@@ -310,9 +317,7 @@ void t.test("delivery - leases taken by the hot-path insert and by claims, in di
 
 void t.test("delivery - a subscription's rate bucket is shared: processes leasing one after another draw on the same tokens", async (t) => {
   const hook = await world.subscribe("http://127.0.0.1:9/never-sent", { maxConcurrency: 100, maxRatePerSecond: 4 });
-  const freshProcess = (): ClaimLimits => ({ budget: 100, maxInFlight: 256, leaseMs: 60_000, localBySubscription: new Map(), localByTenant: new Map() });
-  const ids = Array.from({ length: 10 }, () => randomUUID());
-  const rows: NewDeliveries = { tenant: ids.map(() => world.tenantId), webhook: ids.map(() => hook.id), eventId: ids, type: ids.map(() => 1), job: ids.map(() => "jobs/x"), event: ids.map(() => Buffer.from("")) };
+  const rows = deliveriesTo(hook.id, Array.from({ length: 10 }, () => randomUUID()));
   // The clock runs on between statements: a step may find what refilled since the previous step
   // began (4 per second; the bucket's own clock started later), no more.
   let since = performance.now();
@@ -342,12 +347,12 @@ void t.test("delivery - a subscription's rate bucket is shared: processes leasin
 
 void t.test("delivery - an automatic disable racing a fan-out insert leaves no delivery pending, whichever commits first", async (t) => {
   const hook = await world.subscribe("http://127.0.0.1:9/never-sent");
-  const newRows = (eventId: string): NewDeliveries => ({ tenant: [world.tenantId], webhook: [hook.id], eventId: [eventId], type: [1], job: ["jobs/x"], event: [Buffer.from("")] });
+  const newRows = (eventId: string) => deliveriesTo(hook.id, [eventId]);
   const gone = { outcome: WebhookAttemptOutcome.HTTP_ERROR, statusCode: 410, latencyUs: 1, responseExcerpt: "", errorMessage: "", attemptTime: new Date() };
   const deps = { retryScheduleMs: [0, 100], disableAfterMs: 86_400_000, changedChannel: "webhooks_test_unheard" };
   // A delivery in flight, whose 410 will disable the subscription.
   await insertDeliveries(db, newRows(randomUUID()), { firstDelayMs: 0, dueChannel: "webhooks_test_unheard" });
-  const [claimed] = (await claimDue(db, { budget: 1, maxInFlight: 8, leaseMs: 60_000, localBySubscription: new Map(), localByTenant: new Map() })).rows;
+  const [claimed] = (await claimDue(db, freshProcess(1))).rows;
   const inFlight = { id: claimed.id, webhookId: hook.id, tenantId: world.tenantId, lease: claimed.lease, attempt: 1, replay: false };
   // Whether some backend waits for a lock the backend `pid` holds.
   const blockedBy = async (pid: number) => {
@@ -397,20 +402,19 @@ void t.test("delivery - an automatic disable racing a fan-out insert leaves no d
 
 void t.test("delivery - a replay asked for while an attempt is in flight is still sent after it, as a replay", async (t) => {
   const hook = await world.subscribe("http://127.0.0.1:9/never-sent");
-  const processLimits = () => ({ budget: 10, maxInFlight: 10, leaseMs: 60_000, localBySubscription: new Map(), localByTenant: new Map() });
   const ok = { outcome: WebhookAttemptOutcome.SUCCEEDED, statusCode: 200, latencyUs: 1, responseExcerpt: "", errorMessage: "", attemptTime: new Date() };
   const failed = { ...ok, outcome: WebhookAttemptOutcome.HTTP_ERROR, statusCode: 500 };
   const deps = { retryScheduleMs: [0, 3_600_000], disableAfterMs: 86_400_000, changedChannel: "webhooks_test_unheard" };
   const eventIds = [randomUUID(), randomUUID()];
-  await insertDeliveries(db, { tenant: eventIds.map(() => world.tenantId), webhook: eventIds.map(() => hook.id), eventId: eventIds, type: [1, 1], job: ["jobs/x", "jobs/x"], event: [Buffer.from(""), Buffer.from("")] }, { firstDelayMs: 0, dueChannel: "webhooks_test_unheard" });
-  const { rows: first } = await claimDue(db, processLimits());
+  await insertDeliveries(db, deliveriesTo(hook.id, eventIds), { firstDelayMs: 0, dueChannel: "webhooks_test_unheard" });
+  const { rows: first } = await claimDue(db, freshProcess(10));
   t.equal(first.length, 2);
   for (const row of first) await replayDelivery(db, world.tenantId, `webhooks/${hook.id}/deliveries/${row.id}`);
   const claimed = (row: ClaimedRow) => ({ id: row.id, webhookId: hook.id, tenantId: world.tenantId, lease: row.lease, attempt: row.attempt_count + 1, replay: row.replay_pending });
   // One attempt succeeds, the other fails (its retry an hour away): both owe the replay now.
   t.equal(await recordSuccesses(db, [{ delivery: claimed(first[0]), result: ok }]), 1);
   await recordFailure(db, claimed(first[1]), failed, deps);
-  const { rows: again } = await claimDue(db, processLimits());
+  const { rows: again } = await claimDue(db, freshProcess(10));
   t.same(again.map((r) => r.id).sort(), first.map((r) => r.id).sort(), "both are due again at once");
   t.ok(again.every((r) => r.replay_pending), "and their next attempt is a replay");
   await recordSuccesses(db, again.map((row) => ({ delivery: claimed(row), result: ok })));
